@@ -1,0 +1,219 @@
+"""The metric catalog: every sensor metric lampwatch knows, declared once.
+
+Validation (gateway), detection defaults (gateway.detect), the simulator's signal models,
+line-protocol field names (ingest) and Grafana panels are all derived from this table.
+Adding a sensor is one entry in ``METRICS`` below, nothing else.
+
+Thresholds come from published references where one exists:
+
+* residual-current devices (RCD, IEC 61008 / 30 mA class) trip at 30 mA of leakage;
+* lamp fault when power < 80 % of rated while the lamp should be on;
+* supply voltage alarm at +/-15 % of nominal (EN 50160 allows +/-10 % for 95 % of the week;
+  +/-15 % is the hard band most driver datasheets give);
+* power factor < 0.65 while on (typical minimum in LED-driver tender specs);
+* WHO 2021 air-quality guidelines: PM2.5 15 ug/m3 (24 h; interim target 1 is 75),
+  PM10 45 ug/m3 (24 h), NO2 25 ug/m3 (24 h). They are 24-hour means: a single reading above them is
+  reported as ``info`` (context for operators), never as a safety alarm.
+* Tilt has no published standard for lamp poles, so it is judged against each pole's own installed
+  baseline (``relative_to="baseline"``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+Severity = Literal["info", "warning", "critical"]
+SEVERITIES: tuple[Severity, ...] = ("info", "warning", "critical")
+Dtype = Literal["float", "bool"]
+RelativeTo = Literal["absolute", "nominal", "rated", "baseline"]
+Op = Literal[">=", "<="]
+Shape = Literal["constant", "noise", "diurnal", "lamp", "rush_hour", "binary", "slow_walk"]
+
+
+@dataclass(frozen=True, slots=True)
+class Threshold:
+    """One safety rule on one metric.
+
+    ``value`` is compared with the reading directly (``absolute``), or as a factor of the pole's
+    nominal supply voltage / rated lamp power (``nominal``/``rated``), or as an offset from the pole's
+    own learned baseline (``baseline``). ``clear`` is the hysteresis level at which a raised alarm
+    clears (same units as ``value``); ``lamp_on`` restricts the rule to when the lamp should be lit.
+    """
+
+    kind: str
+    op: Op
+    value: float
+    severity: Severity
+    clear: float
+    explain: str
+    relative_to: RelativeTo = "absolute"
+    lamp_on: bool = False
+
+    def __post_init__(self) -> None:
+        if self.severity not in SEVERITIES:
+            raise ValueError(f"unknown severity {self.severity!r}")
+        # hysteresis must sit on the safe side of the trigger level
+        if self.op == ">=" and not self.clear <= self.value:
+            raise ValueError(f"{self.kind}: clear level must be <= trigger for '>='")
+        if self.op == "<=" and not self.clear >= self.value:
+            raise ValueError(f"{self.kind}: clear level must be >= trigger for '<='")
+
+
+@dataclass(frozen=True, slots=True)
+class Signal:
+    """Hints for the simulator's signal model (typical level, noise and shape)."""
+
+    shape: Shape
+    base: float
+    noise: float = 0.0
+    amplitude: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Metric:
+    name: str
+    unit: str
+    description: str
+    lo: float  # valid physical range, inclusive; values outside are rejected
+    hi: float
+    signal: Signal
+    group: str
+    dtype: Dtype = "float"
+    thresholds: tuple[Threshold, ...] = field(default_factory=tuple)
+    critical: bool = False  # safety fast path on the edge: sampled often, published at once
+    decimals: int = 2  # precision the simulator and dashboards use
+
+    def __post_init__(self) -> None:
+        if not self.lo < self.hi:
+            raise ValueError(f"{self.name}: empty valid range")
+        if self.dtype == "bool" and (self.lo, self.hi) != (0.0, 1.0):
+            raise ValueError(f"{self.name}: a bool metric has range 0..1")
+
+    def in_range(self, value: float) -> bool:
+        if not math.isfinite(value) or not (self.lo <= value <= self.hi):
+            return False
+        return self.dtype != "bool" or value in (0.0, 1.0)
+
+
+T = Threshold
+S = Signal
+
+#: Every sensor metric, in dashboard order. Names carry their unit.
+METRICS: tuple[Metric, ...] = (
+    # --- lamp and driver -------------------------------------------------------------------
+    Metric("lamp_power_w", "W", "LED driver input power", 0, 2000, S("lamp", 120, 1.0), "lamp",
+           thresholds=(T("lamp_failure", "<=", 0.8, "warning", 0.85, "lamp draws under 80 % of its "
+                         "rated power while it should be lit", relative_to="rated", lamp_on=True),)),
+    Metric("supply_voltage_v", "V", "mains supply voltage at the pole", 0, 500, S("noise", 230, 1.5),
+           "lamp",
+           thresholds=(
+               T("voltage_high", ">=", 1.15, "warning", 1.12, "supply voltage more than 15 % above "
+                 "nominal", relative_to="nominal"),
+               T("voltage_low", "<=", 0.85, "warning", 0.88, "supply voltage more than 15 % below "
+                 "nominal", relative_to="nominal"),
+           )),
+    Metric("lamp_current_a", "A", "LED driver input current", 0, 20, S("lamp", 0.55, 0.01), "lamp"),
+    Metric("power_factor", "", "driver power factor (0..1)", 0, 1, S("lamp", 0.95, 0.005), "lamp",
+           decimals=3,
+           thresholds=(T("power_factor_low", "<=", 0.65, "warning", 0.7, "power factor below 0.65 "
+                         "while lit: driver degrading", lamp_on=True),)),
+    Metric("dimming_pct", "%", "commanded dimming level", 0, 100, S("lamp", 100, 0.0), "lamp",
+           decimals=0),
+    # --- electrical safety and structure -----------------------------------------------------
+    Metric("leakage_current_ma", "mA", "residual (leakage) current to earth", 0, 5000,
+           S("noise", 2.0, 0.3), "safety", critical=True,
+           thresholds=(
+               T("leakage", ">=", 15.0, "warning", 12.0, "leakage current past half the 30 mA "
+                 "RCD trip level"),
+               T("leakage", ">=", 30.0, "critical", 25.0, "leakage current at or past the 30 mA "
+                 "RCD trip level: shock risk"),
+           )),
+    Metric("tilt_deg", "deg", "pole inclination from vertical", 0, 90, S("slow_walk", 0.5, 0.02),
+           "safety", critical=True,
+           thresholds=(
+               T("tilt", ">=", 2.0, "warning", 1.5, "pole leans 2 degrees or more beyond its "
+                 "installed baseline", relative_to="baseline"),
+               T("tilt", ">=", 5.0, "critical", 4.0, "pole leans 5 degrees or more beyond its "
+                 "installed baseline: fall risk", relative_to="baseline"),
+           )),
+    Metric("vibration_g", "g", "peak vibration", 0, 16, S("noise", 0.02, 0.01), "safety", decimals=3),
+    Metric("water_level_cm", "cm", "water level in the base cabinet", 0, 200, S("constant", 0, 0.05),
+           "safety", critical=True,
+           thresholds=(
+               T("flood", ">=", 5.0, "warning", 3.0, "water is rising in the base cabinet"),
+               T("flood", ">=", 15.0, "critical", 12.0, "base cabinet flooded: live parts under water"),
+           )),
+    Metric("cabinet_temp_c", "degC", "equipment cabinet temperature", -50, 150, S("diurnal", 25, 0.3, 6),
+           "safety",
+           thresholds=(
+               T("overheat", ">=", 60.0, "warning", 55.0, "cabinet above 60 degC"),
+               T("overheat", ">=", 75.0, "critical", 70.0, "cabinet above 75 degC: equipment at risk"),
+           )),
+    Metric("smoke", "", "cabinet smoke detector (1 = smoke)", 0, 1, S("binary", 0), "safety",
+           dtype="bool", critical=True, decimals=0,
+           thresholds=(T("smoke", ">=", 1.0, "critical", 0.0, "smoke detected in the cabinet"),)),
+    Metric("door_open", "", "cabinet door contact (1 = open)", 0, 1, S("binary", 0), "safety",
+           dtype="bool", critical=True, decimals=0,
+           thresholds=(T("door_open", ">=", 1.0, "warning", 0.0, "cabinet door open outside a "
+                         "maintenance window"),)),
+    # --- environment -------------------------------------------------------------------------
+    Metric("ambient_temp_c", "degC", "outdoor air temperature", -60, 70, S("diurnal", 12, 0.2, 5),
+           "environment"),
+    Metric("humidity_pct", "%", "relative humidity", 0, 100, S("diurnal", 65, 1.0, -12), "environment",
+           decimals=1),
+    Metric("pm25_ugm3", "ug/m3", "fine particulate matter PM2.5", 0, 2000, S("rush_hour", 9, 1.5, 6),
+           "environment", decimals=1,
+           thresholds=(
+               T("pm25_high", ">=", 15.0, "info", 12.0, "PM2.5 above the WHO 2021 24-hour guideline"),
+               T("pm25_high", ">=", 75.0, "warning", 60.0, "PM2.5 above WHO interim target 1"),
+           )),
+    Metric("pm10_ugm3", "ug/m3", "coarse particulate matter PM10", 0, 3000, S("rush_hour", 18, 2.5, 10),
+           "environment", decimals=1,
+           thresholds=(T("pm10_high", ">=", 45.0, "info", 40.0, "PM10 above the WHO 2021 24-hour "
+                         "guideline"),)),
+    Metric("no2_ugm3", "ug/m3", "nitrogen dioxide", 0, 2000, S("rush_hour", 14, 2.0, 12), "environment",
+           decimals=1,
+           thresholds=(T("no2_high", ">=", 25.0, "info", 22.0, "NO2 above the WHO 2021 24-hour "
+                         "guideline"),)),
+    Metric("noise_db", "dB(A)", "sound pressure level", 0, 160, S("rush_hour", 55, 2.0, 12),
+           "environment", decimals=1),
+    Metric("illuminance_lux", "lx", "ambient light at the luminaire", 0, 200000, S("diurnal", 0, 1, 0),
+           "environment", decimals=1),
+    # --- 5G small cell -------------------------------------------------------------------------
+    Metric("radio_tx_power_dbm", "dBm", "5G radio transmit power", -50, 60, S("noise", 30, 0.3),
+           "radio", decimals=1),
+    Metric("backhaul_up", "", "5G backhaul link state (1 = up)", 0, 1, S("binary", 1), "radio",
+           dtype="bool", decimals=0,
+           thresholds=(T("backhaul_down", "<=", 0.0, "warning", 1.0, "5G backhaul link down"),)),
+)
+
+BY_NAME: Mapping[str, Metric] = {m.name: m for m in METRICS}
+NAMES: tuple[str, ...] = tuple(m.name for m in METRICS)
+INDEX: Mapping[str, int] = {m.name: i for i, m in enumerate(METRICS)}
+CRITICAL: tuple[str, ...] = tuple(m.name for m in METRICS if m.critical)
+
+#: Nominal supply voltage and rated lamp power when a pole does not say otherwise.
+DEFAULT_NOMINAL_VOLTAGE_V = 230.0
+DEFAULT_RATED_POWER_W = 120.0
+
+
+def metric(name: str) -> Metric:
+    """Look a metric up by name; ``KeyError`` names the unknown metric."""
+    try:
+        return BY_NAME[name]
+    except KeyError:
+        raise KeyError(f"unknown metric {name!r}") from None
+
+
+def _check_catalog() -> None:
+    if len(BY_NAME) != len(METRICS):
+        raise ValueError("duplicate metric name in the catalog")
+    for m in METRICS:
+        if not m.name.replace("_", "").isalnum() or not m.name[0].isalpha():
+            raise ValueError(f"metric name {m.name!r} is not a plain identifier")
+
+
+_check_catalog()

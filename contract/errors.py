@@ -1,0 +1,39 @@
+"""lampwatch's exception tree. Foreign errors are translated at the boundary (``raise ... from exc``).
+
+    LampwatchError
+    ├── ConfigError          configuration is invalid or incomplete (CLI: exit 2, one line)
+    ├── BrokerError          the MQTT broker refused or is unreachable
+    ├── StoreError           a store is unreachable or failed; transient: retry, then spool
+    │   └── StoreRejected    the store refused the data itself (4xx); retrying the same data won't help
+    └── SpoolFull            the gateway's disk spool reached its bound; ingestion must stop acking
+
+Bad input (payloads, topics) is not an exception at the gateway boundary: decoding returns rejects
+with a reason (see ``gateway.decode``). ``contract.topics.TopicError`` and pydantic's
+``ValidationError`` are both ``ValueError`` subclasses, raised only when *building* invalid values.
+"""
+
+from __future__ import annotations
+
+
+class LampwatchError(Exception):
+    """Base of every lampwatch error."""
+
+
+class ConfigError(LampwatchError):
+    pass
+
+
+class BrokerError(LampwatchError):
+    pass
+
+
+class StoreError(LampwatchError):
+    pass
+
+
+class StoreRejected(StoreError):
+    pass
+
+
+class SpoolFull(LampwatchError):
+    pass

@@ -1,0 +1,120 @@
+"""Every MQTT topic lampwatch uses is built and parsed here, nowhere else.
+
+    lampwatch/v1/{district}/{pole}/telemetry      edge -> gateway   samples (QoS 1)
+    lampwatch/v1/{district}/{pole}/status         edge -> all       birth / online / offline (retained, LWT)
+    lampwatch/v1/{district}/{pole}/cmd            operator -> edge  commands (QoS 1)
+    lampwatch/v1/{district}/{pole}/cmd/ack        edge -> operator  command results
+    lampwatch/v1/{district}/{pole}/alert/{key}    gateway -> all    alarm state per pole and rule (retained)
+    lampwatch/v1/_sys/deadletter/{reason}         gateway -> all    rejected input with its reason
+    lampwatch/v1/_sys/gateway/{gateway}/status    gateway -> all    gateway presence and self-metrics
+
+District and pole segments can never start with ``_`` (see :mod:`contract.ids`), so the ``_sys``
+branch cannot collide with a district, and no id can smuggle in a wildcard or an extra level.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+from contract.ids import DISTRICT_RE, POLE_RE, District, PoleId
+
+ROOT = "lampwatch/v1"
+SYS = f"{ROOT}/_sys"
+DEADLETTER_PREFIX = f"{SYS}/deadletter"
+Kind = Literal["telemetry", "status", "cmd", "cmd/ack", "alert"]
+KINDS: tuple[Kind, ...] = ("telemetry", "status", "cmd", "cmd/ack", "alert")
+_KEY_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,95}")
+_REASON_RE = re.compile(r"[a-z0-9_]{1,48}")
+
+
+class TopicError(ValueError):
+    """A topic string that is not one of lampwatch's."""
+
+
+@dataclass(frozen=True, slots=True)
+class PoleTopic:
+    district: District
+    pole: PoleId
+    kind: Kind
+    key: str | None = None  # only for kind == "alert"
+
+    def __str__(self) -> str:
+        base = f"{ROOT}/{self.district}/{self.pole}/{self.kind}"
+        return f"{base}/{self.key}" if self.kind == "alert" else base
+
+
+def pole_topic(district: str, pole: str, kind: Kind, key: str | None = None) -> str:
+    """Build a per-pole topic; raises ``ValueError`` on an invalid id or kind."""
+    if kind not in KINDS:
+        raise TopicError(f"unknown topic kind {kind!r}")
+    if (kind == "alert") != (key is not None):
+        raise TopicError("an alert topic needs a key, and only an alert topic has one")
+    if key is not None and _KEY_RE.fullmatch(key) is None:
+        raise TopicError(f"invalid alert key {key!r}")
+    return str(PoleTopic(District(district), PoleId(pole), kind, key))
+
+
+def telemetry(district: str, pole: str) -> str:
+    return pole_topic(district, pole, "telemetry")
+
+
+def status(district: str, pole: str) -> str:
+    return pole_topic(district, pole, "status")
+
+
+def cmd(district: str, pole: str) -> str:
+    return pole_topic(district, pole, "cmd")
+
+
+def cmd_ack(district: str, pole: str) -> str:
+    return pole_topic(district, pole, "cmd/ack")
+
+
+def alert(district: str, pole: str, key: str) -> str:
+    return pole_topic(district, pole, "alert", key)
+
+
+def deadletter(reason: str) -> str:
+    if _REASON_RE.fullmatch(reason) is None:
+        raise TopicError(f"invalid dead-letter reason {reason!r}")
+    return f"{DEADLETTER_PREFIX}/{reason}"
+
+
+def gateway_status(gateway_id: str) -> str:
+    return f"{SYS}/gateway/{PoleId(gateway_id)}/status"
+
+
+def parse(topic: str) -> PoleTopic:
+    """Parse a per-pole topic; raises :class:`TopicError` for anything else."""
+    parts = topic.split("/")
+    if len(parts) < 5 or parts[0] != "lampwatch" or parts[1] != "v1":
+        raise TopicError(f"not a lampwatch per-pole topic: {topic[:200]!r}")
+    district, pole, rest = parts[2], parts[3], parts[4:]
+    if DISTRICT_RE.fullmatch(district) is None:
+        raise TopicError(f"invalid district in topic: {district[:80]!r}")
+    if POLE_RE.fullmatch(pole) is None:
+        raise TopicError(f"invalid pole id in topic: {pole[:80]!r}")
+    if rest == ["telemetry"] or rest == ["status"] or rest == ["cmd"]:
+        return PoleTopic(District(district), PoleId(pole), rest[0])  # type: ignore[arg-type]
+    if rest == ["cmd", "ack"]:
+        return PoleTopic(District(district), PoleId(pole), "cmd/ack")
+    if len(rest) == 2 and rest[0] == "alert" and _KEY_RE.fullmatch(rest[1]):
+        return PoleTopic(District(district), PoleId(pole), "alert", rest[1])
+    raise TopicError(f"unknown per-pole topic kind: {'/'.join(rest)[:80]!r}")
+
+
+# --- subscription filters ------------------------------------------------------------------------
+def filter_for(kind: Kind, district: str = "+") -> str:
+    """A subscription filter for one kind across all poles (optionally one district)."""
+    d = "+" if district == "+" else District(district)
+    suffix = "alert/+" if kind == "alert" else kind
+    return f"{ROOT}/{d}/+/{suffix}"
+
+
+def shared(group: str, topic_filter: str) -> str:
+    """An MQTT 5 shared subscription: the broker spreads messages over the group's members."""
+    if _REASON_RE.fullmatch(group) is None:
+        raise TopicError(f"invalid share group {group!r}")
+    return f"$share/{group}/{topic_filter}"

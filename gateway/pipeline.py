@@ -1,0 +1,92 @@
+"""The gateway's pure core: message in, points and rejects out, counters updated.
+
+No I/O and no clock reads: the caller passes ``now_ms``. The MQTT adapter, the batcher, the spool
+and the sink are wired around this in :mod:`gateway.service`.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+from pydantic import ValidationError
+
+from contract import schema, topics
+from contract.models import Status
+from contract.readings import Point, Reading
+from gateway.decode import Decoded, Limits, Reject, decode_telemetry
+from gateway.dedup import SeqTracker
+
+
+@dataclass(slots=True)
+class Outcome:
+    points: list[Point] = field(default_factory=list)
+    readings: list[Reading] = field(default_factory=list)
+    rejects: list[Reject] = field(default_factory=list)
+    status: Status | None = None
+
+
+class Pipeline:
+    def __init__(self, limits: Limits = Limits(), dedup_window: int = 4096) -> None:
+        self.limits = limits
+        self.seq = SeqTracker(dedup_window)
+        self.counts: Counter[str] = Counter()
+        self.rejects_by_reason: Counter[str] = Counter()
+        self._reject_n = 0
+
+    def _reject_points(self, rejects: list[Reject], now_ms: int) -> list[Point]:
+        pts = []
+        for r in rejects:
+            self.rejects_by_reason[r.reason] += 1
+            self._reject_n = (self._reject_n + 1) % 1_000_000
+            # unique time per reject so two rejects in one millisecond never overwrite each other
+            pts.append(schema.reject_point(r.reason, r.topic, r.detail,
+                                           now_ms * 1_000_000 + self._reject_n, r.pole))
+        return pts
+
+    def telemetry(self, topic: str, payload: bytes, now_ms: int) -> Outcome:
+        d: Decoded = decode_telemetry(topic, payload, now_ms=now_ms, limits=self.limits)
+        out = Outcome(rejects=d.rejects)
+        c = self.counts
+        c["messages"] += 1
+        c["samples_rejected"] += d.rejected_samples
+        c["values_rejected"] += len(d.rejects) - d.rejected_samples
+        c["device_evictions_reported"] = max(c["device_evictions_reported"], d.evicted)
+        for r in d.readings:
+            verdict = self.seq.check(r.pole, r.seq)
+            if verdict == "duplicate":
+                c["duplicates"] += 1
+                continue
+            out.readings.append(r)
+            out.points.append(schema.telemetry_point(r))
+        c["samples_accepted"] += len(out.readings)
+        c["values_accepted"] += sum(len(r.values) for r in out.readings)
+        out.points.extend(self._reject_points(d.rejects, now_ms))
+        return out
+
+    def status(self, topic: str, payload: bytes, now_ms: int) -> Outcome:
+        """A presence message (birth/online/offline): stored as a ``status`` point."""
+        out = Outcome()
+        try:
+            t = topics.parse(topic)
+            st = Status.model_validate_json(payload)
+            if st.pole != t.pole or st.district != t.district:
+                raise ValueError(f"payload pole/district {st.pole}/{st.district} != topic {t.pole}/"
+                                 f"{t.district}")
+        except (ValueError, UnicodeDecodeError) as exc:  # ValidationError is a ValueError
+            detail = str(exc).splitlines()[0][:300] if not isinstance(exc, ValidationError) else \
+                f"{exc.error_count()} validation error(s): {exc.errors()[0]['msg']}"
+            out.rejects.append(Reject("bad_status", detail, topic, payload))
+            out.points.extend(self._reject_points(out.rejects, now_ms))
+            return out
+        self.counts["status"] += 1
+        out.status = st
+        fields: dict[str, float | int | str | bool] = {"state": st.state,
+                                                      "online": int(st.state != "offline")}
+        if st.boot:
+            fields["boot"] = st.boot
+        if st.reason:
+            fields["reason"] = st.reason
+        out.points.append(Point(schema.STATUS, schema.tags(district=st.district, pole=st.pole), fields,
+                                st.ts * 1_000_000))
+        return out

@@ -1,0 +1,300 @@
+"""The gateway process: MQTT in, validated points out to a sink, acknowledged only once durable.
+
+Threads (one process):
+
+    paho network thread --on_message--> inbox (bounded queue: backpressure to the broker)
+    worker thread: decode/validate/dedup (Pipeline) -> Batcher (size/age) -> sink.write
+                   | store down -> Spool (fsync) ; spool replayed oldest first when the store returns
+                   -> PUBACK every message of the batch, in order, only after the write or the spool
+                      append returned (paho manual acks)
+
+A gateway killed with kill -9 therefore loses nothing: what it had not acknowledged, the broker
+(persistent MQTT 5 session) redelivers to it or to its successor with the same client id.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from contract import schema, topics
+from contract.errors import SpoolFull, StoreError, StoreRejected
+from contract.models import DeadLetter
+from contract.readings import Point
+from gateway.batcher import Batcher
+from gateway.decode import Limits, Reject
+from gateway.pipeline import Outcome, Pipeline
+from gateway.sink import Sink
+from gateway.spool import Spool
+
+log = logging.getLogger("lampwatch.gateway")
+
+
+@dataclass
+class GatewayConfig:
+    host: str = "127.0.0.1"
+    port: int = 1883
+    client_id: str = "lampwatch-gateway-0"
+    username: str | None = None
+    password: str | None = None
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    districts: tuple[str, ...] = ("+",)  # the districts this gateway owns ("+" = all)
+    keepalive_s: int = 30
+    session_expiry_s: int = 7 * 86_400
+    batch_max_points: int = 5000
+    batch_max_age_s: float = 0.2
+    inbox_max: int = 20_000
+    spool_path: str = ".lampwatch/gateway-spool.sqlite"
+    spool_max_bytes: int = 1 << 30
+    store_retry_s: float = 1.0
+    selfmetrics_interval_s: float = 5.0
+    deadletter_publish: bool = True
+    limits: Limits = field(default_factory=Limits)
+
+
+_Item = tuple[str, bytes, int, int]  # topic, payload, mid, qos
+
+
+class Gateway:
+    def __init__(self, cfg: GatewayConfig, sink: Sink, *, clock: Callable[[], float] = time.time,
+                 on_outcome: Callable[[Outcome], list[Point]] | None = None) -> None:
+        self.cfg, self.sink, self.clock = cfg, sink, clock
+        self.pipeline = Pipeline(cfg.limits)
+        self.spool = Spool(cfg.spool_path, cfg.spool_max_bytes)
+        self.on_outcome = on_outcome  # e.g. the detector: readings in, alert points out
+        self._inbox: queue.Queue[_Item] = queue.Queue(maxsize=cfg.inbox_max)
+        self._batcher: Batcher[tuple[list[Point], int, int]] = Batcher(cfg.batch_max_points,
+                                                                      cfg.batch_max_age_s)
+        self._stop = threading.Event()
+        self._worker: threading.Thread | None = None
+        self._connected = threading.Event()
+        self._store_down_until = 0.0
+        self.stats: dict[str, float] = {"stored_points": 0, "stored_batches": 0, "spooled_batches": 0,
+                                        "store_errors": 0, "acked": 0, "last_write_ms": 0.0,
+                                        "lag_ms": 0.0, "store_rejected_points": 0}
+        self._client = self._make_client()
+
+    # --- MQTT adapter ------------------------------------------------------------------------------
+    def _make_client(self) -> mqtt.Client:
+        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.cfg.client_id,
+                        protocol=mqtt.MQTTv5, manual_ack=True)
+        if self.cfg.username:
+            c.username_pw_set(self.cfg.username, self.cfg.password)
+        if self.cfg.tls_ca:
+            c.tls_set(ca_certs=self.cfg.tls_ca, certfile=self.cfg.tls_cert, keyfile=self.cfg.tls_key)
+        c.max_inflight_messages_set(1000)  # our own QoS 1 publishes (dead letters, alerts)
+        c.max_queued_messages_set(0)
+        c.reconnect_delay_set(min_delay=1, max_delay=30)
+        c.will_set(topics.gateway_status(self.cfg.client_id), b'{"state":"offline"}', qos=1, retain=True)
+        c.on_connect = self._on_connect
+        c.on_disconnect = self._on_disconnect
+        c.on_message = self._on_message
+        return c
+
+    def _on_connect(self, client: mqtt.Client, _u: Any, _flags: Any, rc: Any, _p: Any) -> None:
+        if rc.is_failure:
+            log.error("broker refused the gateway: %s", rc)
+            return
+        subs = []
+        for d in self.cfg.districts:
+            subs.append((topics.filter_for("telemetry", d), mqtt.SubscribeOptions(qos=1)))
+            subs.append((topics.filter_for("status", d), mqtt.SubscribeOptions(qos=1)))
+        client.subscribe(subs)
+        client.publish(topics.gateway_status(self.cfg.client_id), b'{"state":"online"}', qos=1, retain=True)
+        self._connected.set()
+        log.info("gateway %s connected, owning districts %s", self.cfg.client_id,
+                 ",".join(self.cfg.districts))
+
+    def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
+        self._connected.clear()
+        if not self._stop.is_set():
+            log.warning("gateway disconnected (%s); paho reconnects with backoff", rc)
+
+    def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        # blocks when the inbox is full: the broker then holds the rest (backpressure, not loss)
+        self._inbox.put((msg.topic, msg.payload, msg.mid, msg.qos))
+
+    # --- lifecycle -----------------------------------------------------------------------------------
+    def start(self, wait_connected_s: float = 10.0) -> None:
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = self.cfg.session_expiry_s
+        props.ReceiveMaximum = 65535
+        self._client.connect_async(self.cfg.host, self.cfg.port, self.cfg.keepalive_s, clean_start=False,
+                                   properties=props)
+        self._client.loop_start()
+        self._worker = threading.Thread(target=self._run, name="gateway-worker", daemon=True)
+        self._worker.start()
+        if wait_connected_s and not self._connected.wait(wait_connected_s):
+            log.warning("gateway not connected after %.0f s; still trying", wait_connected_s)
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Flush what was received, acknowledge it, publish offline, disconnect."""
+        self._client.unsubscribe([topics.filter_for("telemetry", d) for d in self.cfg.districts]
+                                 + [topics.filter_for("status", d) for d in self.cfg.districts])
+        self._stop.set()
+        if self._worker:
+            self._worker.join(timeout_s)
+        if self._connected.is_set():
+            info = self._client.publish(topics.gateway_status(self.cfg.client_id), b'{"state":"offline"}',
+                                        qos=1, retain=True)
+            try:
+                info.wait_for_publish(2.0)
+            except (RuntimeError, ValueError):
+                pass
+        self._client.disconnect()
+        self._client.loop_stop()
+        self.spool.close()
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    def counters(self) -> dict[str, float]:
+        out: dict[str, float] = dict(self.pipeline.counts)
+        out.update(self.stats)
+        out["spool_batches"] = self.spool.depth
+        out["spool_points"] = self.spool.points
+        out["inbox"] = self._inbox.qsize()
+        out["gaps"] = self.pipeline.seq.total_missing()
+        out.update({f"rejects_{k}": v for k, v in self.pipeline.rejects_by_reason.items()})
+        return out
+
+    # --- worker ----------------------------------------------------------------------------------------
+    def _run(self) -> None:
+        next_self = self.clock() + self.cfg.selfmetrics_interval_s
+        while True:
+            now = self.clock()
+            deadline = self._batcher.next_deadline()
+            timeout = 0.05 if deadline is None else max(0.0, min(0.05, deadline - now))
+            try:
+                item: _Item | None = self._inbox.get(timeout=timeout)
+            except queue.Empty:
+                item = None
+                if self._stop.is_set():
+                    break
+            now = self.clock()
+            batch = None
+            if item is not None:
+                pts = self._handle(item, now)
+                batch = self._batcher.add((pts, item[2], item[3]), now, weight=max(1, len(pts)))
+            batch = batch or self._batcher.due(now)
+            if batch:
+                self._flush(batch)
+            if self.spool.depth and now >= self._store_down_until:
+                self._replay_one(now)
+            if now >= next_self:
+                next_self = now + self.cfg.selfmetrics_interval_s
+                self._batcher.add(([self._selfmetrics_point(now)], -1, 0), now)
+        rest = self._batcher.take()
+        if rest:
+            self._flush(rest)
+
+    def _handle(self, item: _Item, now: float) -> list[Point]:
+        topic, payload, _mid, _qos = item
+        now_ms = int(now * 1000)
+        try:
+            kind = topics.parse(topic).kind
+        except ValueError:
+            kind = "telemetry"  # decode_telemetry dead-letters it with the reason
+        out = (self.pipeline.status if kind == "status" else self.pipeline.telemetry)(topic, payload, now_ms)
+        if out.readings:
+            self.stats["lag_ms"] = now_ms - max(r.ts_ms for r in out.readings)
+        for r in out.rejects:
+            self._deadletter(r, now_ms)
+        if self.on_outcome is not None:
+            out.points.extend(self.on_outcome(out))
+        return out.points
+
+    def _deadletter(self, r: Reject, now_ms: int) -> None:
+        if not self.cfg.deadletter_publish:
+            return
+        try:
+            text, enc = r.payload.decode("utf-8"), "utf8"
+        except UnicodeDecodeError:
+            import base64
+
+            text, enc = base64.b64encode(r.payload).decode(), "base64"
+        dl = DeadLetter(topic=r.topic, reason=r.reason, detail=r.detail, payload=text,
+                        encoding=enc, received_at=now_ms, pole=r.pole, seq=r.seq)  # type: ignore[arg-type]
+        self._client.publish(topics.deadletter(r.reason), dl.model_dump_json(), qos=1)
+
+    def _flush(self, batch: list[tuple[list[Point], int, int]]) -> None:
+        points = [p for pts, _m, _q in batch for p in pts]
+        if points:
+            self._write_or_spool(points)
+        for _pts, mid, qos in batch:
+            if mid >= 0 and qos > 0:
+                self._client.ack(mid, qos)
+                self.stats["acked"] += 1
+
+    def _write_or_spool(self, points: list[Point]) -> None:
+        now = self.clock()
+        if not self.spool.depth and now >= self._store_down_until:
+            try:
+                t0 = time.perf_counter()
+                self.sink.write(points)
+                self.stats["last_write_ms"] = (time.perf_counter() - t0) * 1000
+                self.stats["stored_points"] += len(points)
+                self.stats["stored_batches"] += 1
+                return
+            except StoreRejected as exc:
+                self._store_rejected(points, exc)
+                return
+            except StoreError as exc:
+                self.stats["store_errors"] += 1
+                self._store_down_until = now + self.cfg.store_retry_s
+                log.warning("store unavailable (%s): spooling", exc)
+        while True:  # spool; if the spool is full, stop acking until there is room
+            try:
+                self.spool.append(points)
+                self.stats["spooled_batches"] += 1
+                return
+            except SpoolFull as exc:
+                log.error("%s: holding acknowledgements until the store drains it", exc)
+                self._replay_one(self.clock(), force=True)
+                time.sleep(self.cfg.store_retry_s)
+
+    def _replay_one(self, now: float, force: bool = False) -> None:
+        head = self.spool.peek()
+        if head is None:
+            return
+        batch_id, points = head
+        try:
+            self.sink.write(points)
+        except StoreRejected as exc:
+            self._store_rejected(points, exc)
+        except StoreError:
+            self.stats["store_errors"] += 1
+            self._store_down_until = now + self.cfg.store_retry_s
+            return
+        else:
+            self.stats["stored_points"] += len(points)
+            self.stats["stored_batches"] += 1
+        self.spool.pop(batch_id)
+
+    def _store_rejected(self, points: list[Point], exc: StoreRejected) -> None:
+        """The store refused the data itself: keep it findable as rejects, never silently drop it."""
+        log.error("store rejected a batch of %d points: %s", len(points), exc)
+        self.stats["store_rejected_points"] += len(points)
+        self.pipeline.rejects_by_reason["store_rejected"] += len(points)
+
+    def _selfmetrics_point(self, now: float) -> Point:
+        fields: dict[str, float | int | str | bool] = {k: float(v) for k, v in self.counters().items()}
+        return Point(schema.GATEWAY, schema.tags(gateway=self.cfg.client_id), fields, int(now * 1e9))
+
+
+def default_spool_path(base: str | Path, client_id: str) -> str:
+    return str(Path(base) / f"spool-{client_id}.sqlite")

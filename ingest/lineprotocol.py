@@ -1,0 +1,51 @@
+"""InfluxDB line protocol encoder (pure). Byte-identical to influxdb-client's serializer for the
+values lampwatch writes (sorted tags and fields, floats without a trailing ``.0``), which a
+hypothesis test checks differentially.
+
+Newlines and tabs in tag keys/values and field keys are escaped as influxdb-client does; string field
+values escape ``"`` and ``\\``. Non-finite floats are skipped (line protocol cannot carry them; the
+gateway never lets them through anyway).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+from contract.readings import Point
+
+_ESC_MEASUREMENT = str.maketrans({",": r"\,", " ": r"\ ", "\n": r"\n", "\t": r"\t", "\r": r"\r"})
+_ESC_KEY = str.maketrans({",": r"\,", "=": r"\=", " ": r"\ ", "\n": r"\n", "\t": r"\t", "\r": r"\r"})
+_ESC_STRING = str.maketrans({'"': r"\"", "\\": r"\\"})
+
+
+def _field(key: str, value: object) -> str | None:
+    k = key.translate(_ESC_KEY)
+    if isinstance(value, bool):
+        return f"{k}={'true' if value else 'false'}"
+    if isinstance(value, int):
+        return f"{k}={value}i"
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return None
+        s = str(value)
+        return f"{k}={s[:-2] if s.endswith('.0') else s}"
+    if isinstance(value, str):
+        return f'{k}="{value.translate(_ESC_STRING)}"'
+    raise TypeError(f"unsupported field type {type(value).__name__} for {key!r}")
+
+
+def encode(p: Point) -> str:
+    """One point as one line (no trailing newline). Raises ``ValueError`` if no field survives."""
+    parts = [p.measurement.translate(_ESC_MEASUREMENT)]
+    for k, v in p.tags:
+        if k and v:
+            parts.append(f"{k.translate(_ESC_KEY)}={v.translate(_ESC_KEY)}")
+    fields = [f for f in (_field(k, p.fields[k]) for k in sorted(p.fields)) if f is not None]
+    if not fields:
+        raise ValueError(f"point for {p.measurement!r} has no writable field")
+    return f"{','.join(parts)} {','.join(fields)} {p.ts_ns}"
+
+
+def encode_many(points: Iterable[Point]) -> bytes:
+    return "\n".join(encode(p) for p in points).encode("utf-8")
