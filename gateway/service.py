@@ -29,7 +29,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from contract import schema, topics
-from contract.errors import SpoolFull, StoreError, StoreRejected
+from contract.errors import SpoolFull, StoreRejected
 from contract.models import DeadLetter
 from contract.readings import Point
 from gateway.batcher import Batcher
@@ -51,6 +51,7 @@ class GatewayConfig:
     tls_ca: str | None = None
     tls_cert: str | None = None
     tls_key: str | None = None
+    mqtt_version: int = 5  # 5, or 311 for brokers that only speak MQTT 3.1.1 (amqtt, the demo broker)
     districts: tuple[str, ...] = ("+",)  # the districts this gateway owns ("+" = all)
     keepalive_s: int = 30
     session_expiry_s: int = 7 * 86_400
@@ -89,8 +90,10 @@ class Gateway:
 
     # --- MQTT adapter ------------------------------------------------------------------------------
     def _make_client(self) -> mqtt.Client:
+        v5 = self.cfg.mqtt_version == 5
         c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.cfg.client_id,
-                        protocol=mqtt.MQTTv5, manual_ack=True)
+                        protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311, manual_ack=True,
+                        clean_session=None if v5 else False)
         if self.cfg.username:
             c.username_pw_set(self.cfg.username, self.cfg.password)
         if self.cfg.tls_ca:
@@ -102,6 +105,7 @@ class Gateway:
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
         c.on_message = self._on_message
+        c.on_subscribe = self._on_subscribe
         return c
 
     def _on_connect(self, client: mqtt.Client, _u: Any, _flags: Any, rc: Any, _p: Any) -> None:
@@ -110,13 +114,19 @@ class Gateway:
             return
         subs = []
         for d in self.cfg.districts:
-            subs.append((topics.filter_for("telemetry", d), mqtt.SubscribeOptions(qos=1)))
-            subs.append((topics.filter_for("status", d), mqtt.SubscribeOptions(qos=1)))
+            subs.append((topics.filter_for("telemetry", d), 1))
+            subs.append((topics.filter_for("status", d), 1))
         client.subscribe(subs)
         client.publish(topics.gateway_status(self.cfg.client_id), b'{"state":"online"}', qos=1, retain=True)
-        self._connected.set()
         log.info("gateway %s connected, owning districts %s", self.cfg.client_id,
                  ",".join(self.cfg.districts))
+
+    def _on_subscribe(self, _c: mqtt.Client, _u: Any, _mid: int, rcs: Any, _p: Any) -> None:
+        failed = [rc for rc in rcs if getattr(rc, "is_failure", False)]
+        if failed:
+            log.error("broker refused the gateway's subscriptions: %s", failed)
+            return
+        self._connected.set()  # "connected" means subscribed: nothing published from now on is missed
 
     def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
         self._connected.clear()
@@ -129,11 +139,14 @@ class Gateway:
 
     # --- lifecycle -----------------------------------------------------------------------------------
     def start(self, wait_connected_s: float = 10.0) -> None:
-        props = Properties(PacketTypes.CONNECT)
-        props.SessionExpiryInterval = self.cfg.session_expiry_s
-        props.ReceiveMaximum = 65535
-        self._client.connect_async(self.cfg.host, self.cfg.port, self.cfg.keepalive_s, clean_start=False,
-                                   properties=props)
+        if self.cfg.mqtt_version == 5:
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = self.cfg.session_expiry_s
+            props.ReceiveMaximum = 65535
+            self._client.connect_async(self.cfg.host, self.cfg.port, self.cfg.keepalive_s,
+                                       clean_start=False, properties=props)
+        else:
+            self._client.connect_async(self.cfg.host, self.cfg.port, self.cfg.keepalive_s)
         self._client.loop_start()
         self._worker = threading.Thread(target=self._run, name="gateway-worker", daemon=True)
         self._worker.start()
@@ -253,10 +266,10 @@ class Gateway:
             except StoreRejected as exc:
                 self._store_rejected(points, exc)
                 return
-            except StoreError as exc:
+            except Exception as exc:  # StoreError, or a sink bug: either way the data goes to disk
                 self.stats["store_errors"] += 1
                 self._store_down_until = now + self.cfg.store_retry_s
-                log.warning("store unavailable (%s): spooling", exc)
+                log.warning("store unavailable (%s: %s): spooling", type(exc).__name__, exc)
         while True:  # spool; if the spool is full, stop acking until there is room
             try:
                 self.spool.append(points)
@@ -276,7 +289,7 @@ class Gateway:
             self.sink.write(points)
         except StoreRejected as exc:
             self._store_rejected(points, exc)
-        except StoreError:
+        except Exception:
             self.stats["store_errors"] += 1
             self._store_down_until = now + self.cfg.store_retry_s
             return

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from typing import Any
+from urllib.parse import urlencode
 
 import urllib3
 
@@ -49,7 +50,7 @@ class Influx1Store:
         fields = {"db": self.database, "precision": precision, **self._auth}
         if self.rp:
             fields["rp"] = self.rp
-        qs = urllib3.request.urlencode(fields)
+        qs = urlencode(fields)
         try:
             resp = self._http.request("POST", f"{self.url}/write?{qs}", body=body,
                                       headers={"Content-Type": "text/plain; charset=utf-8"})

@@ -1,0 +1,524 @@
+"""Layer 1: safety rules derived from the catalog, evaluated for a whole batch of the fleet at once.
+
+Every ``Threshold`` of ``contract.catalog.METRICS`` becomes one tier of a rule; thresholds of one metric
+that share a ``kind`` are the tiers of one rule (leakage 15 mA warning / 30 mA critical is one rule,
+key ``leakage``, with two levels). A rule does not decide anything: for each sample it reports a
+*condition* — the highest tier whose trigger is met (``trig``) and the highest tier whose clear level
+is not yet reached (``hold``) — and the alarm policy (``gateway.alarms``) turns conditions into
+raised / escalated / cleared alarms with duration and hysteresis.
+
+Comparison of a reading ``x`` with a threshold, by ``relative_to``:
+
+* ``absolute``  x itself;
+* ``nominal``   x / the pole's nominal supply voltage (default ``DEFAULT_NOMINAL_VOLTAGE_V``);
+* ``rated``     x / expected power, expected = rated power x dimming (default ``DEFAULT_RATED_POWER_W``);
+* ``baseline``  |x - the pole's own baseline|: learned as the median of its first ``tilt_learn_n``
+  readings (robust to a bad first reading) or set per pole; no condition until the baseline exists.
+
+Trigger for op ``>=`` is ``x >= value``; the tier *holds* while ``x > clear`` and is gone at
+``x <= clear`` (mirrored for ``<=``). Names appear only where a rule's meaning needs them: the
+lamp-on context (``dimming_pct``, ``illuminance_lux``), maintenance windows (``door_open``) and the
+two rules the catalog cannot express (lamp flicker from ``lamp_power_w``; pole offline = silence).
+
+Lamp-on context: a lamp should be lit when its commanded ``dimming_pct`` > 0; when the pole does not
+report dimming, when ``illuminance_lux`` is below ``dusk_lux`` (then at full power). A ``lamp_on``
+rule gives no condition at all (no evidence either way) while the lamp should be off or nothing is
+known, so a failed lamp stays flagged through the day until it is seen working.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from contract.catalog import (
+    DEFAULT_NOMINAL_VOLTAGE_V,
+    DEFAULT_RATED_POWER_W,
+    INDEX,
+    METRICS,
+    NAMES,
+    SEVERITIES,
+    Metric,
+    Severity,
+    Threshold,
+)
+from gateway.detect.state import NO_TS, Batch, FleetState, occurrence_rank
+
+_DIM = INDEX["dimming_pct"]
+_LUX = INDEX["illuminance_lux"]
+_POWER = INDEX["lamp_power_w"]
+_DOOR = INDEX["door_open"]
+
+
+# --- what every detection layer hands to the alarm policy -------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Tier:
+    severity: Severity
+    explain: str
+    fast: bool = False  # raised on the first sample (no minimum duration)
+
+
+@dataclass(frozen=True, slots=True)
+class AlarmSpec:
+    """One alarm rule: its key (one active alarm per entity x key), kind and severity tiers.
+
+    Level ``i + 1`` is ``tiers[i]``; level 0 is "no alarm". ``ref_label`` names the reference a
+    condition carries beside its value (baseline, expected power, district median ...)."""
+
+    key: str
+    kind: str
+    metric: str | None
+    tiers: tuple[Tier, ...]
+    raise_n: int = 3  # consecutive samples before a non-fast tier is raised ...
+    raise_ms: int = 60_000  # ... or this long since the condition began, whichever comes first
+    clear_n: int = 3  # consecutive samples below the clear level before the alarm drops
+    unit: str = ""
+    ref_label: str = ""
+    ref_unit: str = ""
+    decimals: int = 2
+
+    def __post_init__(self) -> None:
+        if not self.tiers:
+            raise ValueError(f"{self.key}: a rule needs at least one tier")
+        if self.raise_n < 1 or self.clear_n < 1:
+            raise ValueError(f"{self.key}: raise_n and clear_n must be >= 1")
+
+
+@dataclass(frozen=True, slots=True)
+class Conditions:
+    """Condition reports, one per (entity row, spec) observation, in processing order."""
+
+    rows: np.ndarray  # int64 entity row (pole row; district index for district rules)
+    spec: np.ndarray  # int64 index into the producer's spec table
+    trig: np.ndarray  # int8 highest tier whose trigger is met (0 = none)
+    hold: np.ndarray  # int8 highest tier not yet past its clear level (>= trig)
+    value: np.ndarray  # float64 the reading (in the metric's unit)
+    ref: np.ndarray  # float64 reference (baseline, expected, nominal...), NaN if none
+    score: np.ndarray  # float64 in [0, 1]
+    ts: np.ndarray  # int64 ms
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @staticmethod
+    def empty() -> Conditions:
+        z = np.empty(0, np.int64)
+        f = np.empty(0, np.float64)
+        b = np.empty(0, np.int8)
+        return Conditions(z, z, b, b, f, f, f, z)
+
+    @staticmethod
+    def concat(parts: Sequence[Conditions]) -> Conditions:
+        parts = [p for p in parts if len(p)]
+        if not parts:
+            return Conditions.empty()
+        if len(parts) == 1:
+            return parts[0]
+        return Conditions(*(np.concatenate([getattr(p, f) for p in parts]) for f in
+                            ("rows", "spec", "trig", "hold", "value", "ref", "score", "ts")))
+
+
+def levels(x: np.ndarray, op: str, trig_at: Sequence[float], clear_at: Sequence[float]
+           ) -> tuple[np.ndarray, np.ndarray]:
+    """(trig, hold) levels of ``x`` against tiers in ascending order (NaN x gives 0, 0)."""
+    trig = np.zeros(len(x), np.int8)
+    hold = np.zeros(len(x), np.int8)
+    with np.errstate(invalid="ignore"):
+        for i, (v, c) in enumerate(zip(trig_at, clear_at, strict=True)):
+            if op == ">=":
+                t, h = x >= v, x > c
+            else:
+                t, h = x <= v, x < c
+            trig[t] = i + 1
+            hold[h] = i + 1
+    return trig, np.maximum(trig, hold)
+
+
+# --- the rule table ----------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class RuleParams:
+    dusk_lux: float = 20.0  # below this the lamp should be lit when dimming is not reported
+    raise_n: int = 3
+    raise_n_safety: int = 2  # warning tiers of the catalog's critical (fast-path) metrics
+    raise_ms: int = 60_000
+    clear_n: int = 3
+    tilt_learn_n: int = 10  # readings whose median becomes the installed tilt baseline
+    lamp_on_frac: float = 0.05  # lamp counts as "on" (flicker) above this share of rated power
+    flicker_window_ms: int = 10 * 60_000
+    flicker_on: int = 4  # toggles within the window that raise lamp_flicker ...
+    flicker_clear: int = 1  # ... and the count at which it clears
+    offline_k: float = 3.0  # silent for k x the reporting interval -> offline
+    default_interval_ms: float = 60_000.0
+    min_silence_ms: float = 30_000.0
+    maintenance_slots: int = 4
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """A catalog rule: the spec plus how to compute its comparable value."""
+
+    spec: AlarmSpec
+    col: int
+    op: str
+    relative_to: str
+    lamp_on: bool
+    trig_at: tuple[float, ...]
+    clear_at: tuple[float, ...]
+
+
+_REF = {"absolute": ("", ""), "nominal": ("nominal", "V"), "rated": ("expected", "W"),
+        "baseline": ("baseline", "")}
+
+
+def derive_rules(metrics: Sequence[Metric] = METRICS, params: RuleParams = RuleParams()) -> tuple[Rule, ...]:
+    """One :class:`Rule` per (metric, threshold kind), tiers in ascending severity."""
+    metrics_of: dict[str, set[str]] = {}
+    for m in metrics:
+        for t in m.thresholds:
+            metrics_of.setdefault(t.kind, set()).add(m.name)
+    dup = {k for k, names in metrics_of.items() if len(names) > 1}  # kind shared by metrics: qualify
+    out: list[Rule] = []
+    for m in metrics:
+        by_kind: dict[str, list[Threshold]] = {}
+        for t in m.thresholds:
+            by_kind.setdefault(t.kind, []).append(t)
+        for kind, ths in by_kind.items():
+            ths.sort(key=lambda t: (SEVERITIES.index(t.severity), t.value if t.op == ">=" else -t.value))
+            if len({(t.op, t.relative_to, t.lamp_on) for t in ths}) != 1:
+                raise ValueError(f"{m.name}/{kind}: tiers disagree on op, relative_to or lamp_on")
+            sign = 1.0 if ths[0].op == ">=" else -1.0
+            for lo, hi in itertools.pairwise(ths):
+                if sign * hi.value < sign * lo.value or sign * hi.clear < sign * lo.clear:
+                    raise ValueError(f"{m.name}/{kind}: tiers are not monotone")
+            first = ths[0]
+            ref_label, ref_unit = _REF[first.relative_to]
+            if first.relative_to == "baseline":
+                ref_unit = m.unit
+            tiers = tuple(Tier(t.severity, t.explain,
+                               fast=t.severity == "critical" or (m.critical and m.dtype == "bool"))
+                          for t in ths)
+            spec = AlarmSpec(
+                key=f"{m.name}.{kind}" if kind in dup else kind, kind=kind, metric=m.name, tiers=tiers,
+                raise_n=params.raise_n_safety if m.critical else params.raise_n, raise_ms=params.raise_ms,
+                clear_n=params.clear_n, unit=m.unit, ref_label=ref_label, ref_unit=ref_unit,
+                decimals=m.decimals)
+            out.append(Rule(spec, INDEX[m.name], first.op, first.relative_to, first.lamp_on,
+                            tuple(t.value for t in ths), tuple(t.clear for t in ths)))
+    return tuple(out)
+
+
+def extra_specs(params: RuleParams = RuleParams()) -> tuple[AlarmSpec, AlarmSpec]:
+    """The two rules the catalog's thresholds cannot express: lamp flicker and pole offline."""
+    flicker = AlarmSpec("lamp_flicker", "lamp_flicker", "lamp_power_w",
+                        (Tier("warning", f"lamp switched on/off {params.flicker_on} times or more within "
+                                         f"{params.flicker_window_ms // 60_000} min: failing driver or "
+                                         "loose contact"),),
+                        raise_n=1, raise_ms=0, clear_n=params.clear_n, unit="toggles", decimals=0)
+    offline = AlarmSpec("pole_offline", "pole_offline", None,
+                        (Tier("warning", "pole silent: no reading for longer than "
+                                         f"{params.offline_k:g} x its reporting interval", fast=True),),
+                        raise_n=1, raise_ms=0, clear_n=1, unit="s", ref_label="limit", ref_unit="s",
+                        decimals=0)
+    return flicker, offline
+
+
+# --- evaluation ---------------------------------------------------------------------------------------
+@dataclass
+class Rules:
+    """Per-pole rule state and evaluation. Spec indices: the catalog rules, then flicker, offline."""
+
+    state: FleetState
+    params: RuleParams = field(default_factory=RuleParams)
+    metrics: Sequence[Metric] = METRICS
+
+    def __post_init__(self) -> None:
+        p = self.params
+        self.rules = derive_rules(self.metrics, p)
+        flicker, offline = extra_specs(p)
+        self.specs: tuple[AlarmSpec, ...] = (*(r.spec for r in self.rules), flicker, offline)
+        self.FLICKER, self.OFFLINE = len(self.rules), len(self.rules) + 1
+        if len({s.key for s in self.specs}) != len(self.specs):
+            raise ValueError("duplicate alarm key in the rule table")
+        s = self.state
+        s.alloc("rated_w", np.float64, np.nan)
+        s.alloc("nominal_v", np.float64, np.nan)
+        s.alloc("interval_ms", np.float64, np.nan)  # announced (status) reporting interval
+        s.alloc("interval_ew", np.float64, np.nan)  # learned from device times
+        # learned baselines, only for the metrics a ``relative_to="baseline"`` rule needs
+        self.base_cols = np.array(sorted({r.col for r in self.rules if r.relative_to == "baseline"}),
+                                  np.int64)
+        self._base_slot = {int(c): i for i, c in enumerate(self.base_cols)}
+        nb = max(len(self.base_cols), 1)
+        s.alloc("base", np.float64, np.nan, (nb,))
+        s.alloc("base_buf", np.float64, np.nan, (nb, p.tilt_learn_n))
+        s.alloc("base_n", np.int32, 0, (nb,))
+        s.alloc("lamp_state", np.int8, -1)
+        s.alloc("flick_ring", np.int64, NO_TS, (max(p.flicker_on, 1) + 1,))
+        s.alloc("flick_pos", np.int64, 0)
+        s.alloc("maint_start", np.int64, NO_TS, (p.maintenance_slots,))
+        s.alloc("maint_end", np.int64, NO_TS, (p.maintenance_slots,))
+        s.alloc("said_offline", np.bool_, False)
+
+    # --- per-pole attributes -----------------------------------------------------------------------
+    def set_pole(self, pole: str, district: str, *, rated_power_w: float | None = None,
+                 nominal_voltage_v: float | None = None, interval_s: float | None = None,
+                 tilt_baseline_deg: float | None = None) -> int:
+        """Set optional per-pole attributes (None leaves an attribute as it is)."""
+        r = self.state.row(pole, district)
+        a = self.state.a
+        for name, v in (("rated_w", rated_power_w), ("nominal_v", nominal_voltage_v)):
+            if v is not None:
+                if not (np.isfinite(v) and v > 0):
+                    raise ValueError(f"{pole}: invalid {name} {v!r}")
+                a[name][r] = v
+        if tilt_baseline_deg is not None:
+            self.set_baseline(pole, district, "tilt_deg", tilt_baseline_deg)
+        if interval_s is not None:
+            if not interval_s > 0:
+                raise ValueError(f"{pole}: invalid interval_s {interval_s!r}")
+            a["interval_ms"][r] = interval_s * 1000.0
+        return r
+
+    def set_baseline(self, pole: str, district: str, metric: str, value: float) -> None:
+        """Give a pole its installed baseline for a ``relative_to="baseline"`` metric (no learning)."""
+        slot = self._base_slot.get(INDEX.get(metric, -1))
+        if slot is None:
+            raise ValueError(f"no baseline-relative rule on {metric!r}")
+        if not np.isfinite(value):
+            raise ValueError(f"{pole}: invalid baseline {value!r}")
+        r = self.state.row(pole, district)
+        self.state.a["base"][r, slot] = value
+        self.state.a["base_n"][r, slot] = 0
+
+    def baseline(self, pole: str, metric: str) -> float | None:
+        r, slot = self.state.find(pole), self._base_slot.get(INDEX.get(metric, -1))
+        if r is None or slot is None:
+            return None
+        v = float(self.state.a["base"][r, slot])
+        return None if np.isnan(v) else v
+
+    def set_maintenance(self, pole: str, district: str, start_ms: int, end_ms: int) -> None:
+        """Add a maintenance window [start, end) in device time: an open door is expected then."""
+        if end_ms <= start_ms:
+            raise ValueError("a maintenance window must end after it starts")
+        r = self.state.row(pole, district)
+        s, e = self.state.a["maint_start"][r], self.state.a["maint_end"][r]
+        now = self.state.a["last_ts"][r]
+        free = np.flatnonzero((e == NO_TS) | (e <= now))
+        slot = int(free[0]) if len(free) else int(np.argmin(e))  # full: replace the soonest-ending
+        s[slot], e[slot] = start_ms, end_ms
+
+    def clear_maintenance(self, pole: str) -> None:
+        r = self.state.find(pole)
+        if r is not None:
+            self.state.a["maint_start"][r] = NO_TS
+            self.state.a["maint_end"][r] = NO_TS
+
+    def maintenance(self, pole: str) -> list[tuple[int, int]]:
+        r = self.state.find(pole)
+        if r is None:
+            return []
+        s, e = self.state.a["maint_start"][r], self.state.a["maint_end"][r]
+        return sorted((int(a), int(b)) for a, b in zip(s, e, strict=True) if b != NO_TS)
+
+    # --- hot path ------------------------------------------------------------------------------------
+    def evaluate(self, batch: Batch, arrival_ms: int | None = None) -> Conditions:
+        """Observe ``batch`` into the fleet state and return every rule's conditions.
+
+        Samples are processed in device-time order; samples of one pole go in successive vectorised
+        rounds (a round holds each pole at most once), so the result equals feeding them one by one.
+        """
+        if len(batch) == 0:
+            return Conditions.empty()
+        order = np.argsort(batch.ts, kind="stable")
+        b = batch.take(order)
+        rank = occurrence_rank(b.rows)
+        parts = []
+        for k in range(int(rank.max()) + 1):
+            sel = np.flatnonzero(rank == k)
+            parts.append(self._round(b.take(sel), arrival_ms))
+        return Conditions.concat(parts)
+
+    def _round(self, b: Batch, arrival_ms: int | None) -> Conditions:
+        """One sample per pole (rows distinct)."""
+        st, a, p = self.state, self.state.a, self.params
+        rows, ts, vals = b.rows, b.ts, b.values
+        # learned sample interval (device time), robust to gaps: deltas over 1 h are ignored
+        prev = a["last_ts"][rows]
+        dt = (ts - prev).astype(np.float64)
+        ok = (prev != NO_TS) & (dt > 0) & (dt <= 3_600_000)
+        ew = a["interval_ew"][rows]
+        a["interval_ew"][rows[ok]] = np.where(np.isnan(ew[ok]), dt[ok], 0.9 * ew[ok] + 0.1 * dt[ok])
+        st.observe(b, arrival_ms)
+        a["said_offline"][rows] = False
+        self._learn_baselines(rows, vals)
+
+        n = len(rows)
+        rated = np.where(np.isnan(a["rated_w"][rows]), DEFAULT_RATED_POWER_W, a["rated_w"][rows])
+        nominal = np.where(np.isnan(a["nominal_v"][rows]), DEFAULT_NOMINAL_VOLTAGE_V, a["nominal_v"][rows])
+        dim = a["value"][rows, _DIM]
+        lux = a["value"][rows, _LUX]
+        with np.errstate(invalid="ignore"):
+            should_on = np.where(~np.isnan(dim), dim > 0, lux < p.dusk_lux)
+        context_known = ~np.isnan(dim) | ~np.isnan(lux)
+        should_on &= context_known
+        expected = rated * np.where(np.isnan(dim), 100.0, dim) / 100.0
+        in_maint = np.any((ts[:, None] >= a["maint_start"][rows]) & (ts[:, None] < a["maint_end"][rows]),
+                          axis=1)
+
+        parts: list[Conditions] = []
+        for k, rule in enumerate(self.rules):
+            raw = vals[:, rule.col]
+            valid = ~np.isnan(raw)
+            ref = np.full(n, np.nan)
+            if rule.relative_to == "absolute":
+                x = raw
+            elif rule.relative_to == "nominal":
+                ref = nominal
+                x = raw / nominal
+            elif rule.relative_to == "rated":
+                ref = expected
+                valid &= should_on & (expected > 0)
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    x = raw / expected
+            else:  # baseline
+                ref = a["base"][rows, self._base_slot[rule.col]]
+                valid &= ~np.isnan(ref)
+                x = np.abs(raw - ref)
+            if rule.lamp_on:
+                valid &= should_on
+            idx = np.flatnonzero(valid)
+            if len(idx) == 0:
+                continue
+            trig, hold = levels(x[idx], rule.op, rule.trig_at, rule.clear_at)
+            if rule.col == _DOOR:  # an open door is the plan inside a maintenance window
+                m = in_maint[idx]
+                trig[m] = 0
+                hold[m] = 0
+            parts.append(Conditions(rows[idx], np.full(len(idx), k, np.int64), trig, hold, raw[idx],
+                                    ref[idx], (hold > 0).astype(np.float64), ts[idx]))
+        parts.append(self._flicker(rows, ts, vals[:, _POWER], rated))
+        return Conditions.concat(parts)
+
+    def _learn_baselines(self, rows: np.ndarray, vals: np.ndarray) -> None:
+        """Median of the first ``tilt_learn_n`` readings of each baseline-relative metric."""
+        a, n_learn = self.state.a, self.params.tilt_learn_n
+        for slot, col in enumerate(self.base_cols):
+            x = vals[:, col]
+            learn = ~np.isnan(x) & np.isnan(a["base"][rows, slot])
+            r = rows[learn]
+            if len(r) == 0:
+                continue
+            cnt = a["base_n"][r, slot]
+            a["base_buf"][r, slot, cnt] = x[learn]
+            a["base_n"][r, slot] = cnt + 1
+            done = r[cnt + 1 >= n_learn]
+            if len(done):
+                a["base"][done, slot] = np.median(a["base_buf"][done, slot], axis=1)
+                a["base_buf"][done, slot] = np.nan
+                a["base_n"][done, slot] = 0
+
+    def _flicker(self, rows: np.ndarray, ts: np.ndarray, power: np.ndarray, rated: np.ndarray
+                 ) -> Conditions:
+        a, p = self.state.a, self.params
+        has = ~np.isnan(power)
+        r, t = rows[has], ts[has]
+        if len(r) == 0:
+            return Conditions.empty()
+        on = (power[has] >= p.lamp_on_frac * rated[has]).astype(np.int8)
+        prev = a["lamp_state"][r]
+        flip = (prev >= 0) & (prev != on)
+        fr = r[flip]
+        ring = a["flick_ring"]
+        ring[fr, a["flick_pos"][fr] % ring.shape[1]] = t[flip]
+        a["flick_pos"][fr] += 1
+        a["lamp_state"][r] = on
+        count = np.sum(ring[r] > t[:, None] - p.flicker_window_ms, axis=1).astype(np.float64)
+        trig, hold = levels(count, ">=", (p.flicker_on,), (p.flicker_clear,))
+        return Conditions(r, np.full(len(r), self.FLICKER, np.int64), trig, hold, count,
+                          np.full(len(r), np.nan), (hold > 0).astype(np.float64), t)
+
+    # --- presence --------------------------------------------------------------------------------------
+    def silence_limit_ms(self, rows: np.ndarray) -> np.ndarray:
+        a, p = self.state.a, self.params
+        interval = np.where(np.isnan(a["interval_ms"][rows]), a["interval_ew"][rows], a["interval_ms"][rows])
+        interval = np.where(np.isnan(interval), p.default_interval_ms, interval)
+        return np.maximum(p.offline_k * interval, p.min_silence_ms)
+
+    def silence(self, now_ms: int) -> Conditions:
+        """Offline conditions for every pole heard at least once (gateway clock ``now_ms``)."""
+        a = self.state.a
+        rows = np.flatnonzero(a["arrival_ms"][: self.state.n] != NO_TS).astype(np.int64)
+        if len(rows) == 0:
+            return Conditions.empty()
+        silent_ms = (now_ms - a["arrival_ms"][rows]).astype(np.float64)
+        limit = self.silence_limit_ms(rows)
+        off = (silent_ms > limit) | a["said_offline"][rows]
+        lvl = off.astype(np.int8)
+        return Conditions(rows, np.full(len(rows), self.OFFLINE, np.int64), lvl, lvl.copy(),
+                          np.maximum(silent_ms, 0.0) / 1000.0, limit / 1000.0, off.astype(np.float64),
+                          np.full(len(rows), now_ms, np.int64))
+
+    def presence(self, pole: str, district: str, state: str, ts_ms: int, arrival_ms: int,
+                 interval_s: float | None = None) -> Conditions:
+        """A status message: ``offline`` (the broker's Last Will or a shutdown) raises pole_offline at
+        once; ``birth``/``online`` clears it and counts as being heard."""
+        r = self.set_pole(pole, district, interval_s=interval_s)
+        a = self.state.a
+        off = state == "offline"
+        a["said_offline"][r] = off
+        if not off:
+            a["arrival_ms"][r] = arrival_ms
+        lvl = np.array([int(off)], np.int8)
+        return Conditions(np.array([r], np.int64), np.array([self.OFFLINE], np.int64), lvl, lvl.copy(),
+                          np.array([np.nan]), np.array([np.nan]), lvl.astype(np.float64),
+                          np.array([ts_ms], np.int64))
+
+    def grace(self, now_ms: int) -> None:
+        """After a restart every known pole gets one silence limit from ``now_ms`` to be heard again."""
+        a = self.state.a
+        n = self.state.n
+        a["arrival_ms"][:n] = now_ms
+
+    # --- persistence -----------------------------------------------------------------------------------
+    def export(self) -> list[dict[str, object]]:
+        st, a = self.state, self.state.a
+        out: list[dict[str, object]] = []
+        for r, pole in enumerate(st.poles):
+            d: dict[str, object] = {"pole": pole, "district": st.pole_district[r]}
+            for name in ("rated_w", "nominal_v", "interval_ms", "interval_ew"):
+                v = float(a[name][r])
+                if not np.isnan(v):
+                    d[name] = v
+            base = {str(NAMES[c]): float(a["base"][r, i]) for i, c in enumerate(self.base_cols)
+                    if not np.isnan(a["base"][r, i])}
+            if base:
+                d["baseline"] = base
+            if a["last_ts"][r] != NO_TS:
+                d["last_ts"] = int(a["last_ts"][r])
+            if a["said_offline"][r]:
+                d["said_offline"] = True
+            maint = self.maintenance(pole)
+            if maint:
+                d["maintenance"] = [list(w) for w in maint]
+            out.append(d)
+        return out
+
+    def restore(self, poles: Sequence[dict[str, object]]) -> None:
+        """Rows are re-created in the saved order, so every pole gets back the row it had."""
+        a = self.state.a
+        for d in poles:
+            r = self.state.row(str(d["pole"]), str(d["district"]))
+            for name in ("rated_w", "nominal_v", "interval_ms", "interval_ew"):
+                if name in d:
+                    a[name][r] = float(d[name])  # type: ignore[arg-type]
+            for metric, v in dict(d.get("baseline", {})).items():  # type: ignore[call-overload]
+                self.set_baseline(str(d["pole"]), str(d["district"]), str(metric), float(v))
+            if "last_ts" in d:
+                a["last_ts"][r] = int(d["last_ts"])  # type: ignore[call-overload]
+            a["said_offline"][r] = bool(d.get("said_offline", False))
+            for s, e in d.get("maintenance", []):  # type: ignore[attr-defined]
+                self.set_maintenance(str(d["pole"]), str(d["district"]), int(s), int(e))

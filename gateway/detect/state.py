@@ -1,0 +1,212 @@
+"""Fleet state for detection: pole id -> row, catalog metric -> column, preallocated numpy arrays.
+
+Every layer of the detector keeps its per-pole and per-pole x metric state in one :class:`FleetState`.
+Rows are handed out in the order poles first appear and never move (the saved state records that
+order, so a restored gateway gives every pole the same row). Arrays are allocated for ``capacity``
+rows and grow by doubling; a layer registers its own arrays with :meth:`FleetState.alloc` and they
+grow with the rest.
+
+A :class:`Batch` is what one update processes: one row per *sample* (pole, device time), a dense
+``values`` matrix with one column per catalog metric (NaN = not in this sample). It is built from
+``Reading`` objects or from long arrays ``(rows, cols, values, ts)``; nothing downstream of it creates
+a Python object per reading.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from contract.catalog import INDEX, METRICS
+from contract.readings import Reading
+
+N_METRICS = len(METRICS)
+NO_TS = np.iinfo(np.int64).min  # "never" in int64 millisecond arrays
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """Samples to process: ``rows[i]`` is the pole row, ``ts[i]`` the device time (ms) and
+    ``values[i, c]`` the value of catalog metric ``c`` (NaN when absent)."""
+
+    rows: np.ndarray  # int64 (n,)
+    ts: np.ndarray  # int64 (n,)
+    values: np.ndarray  # float64 (n, N_METRICS)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @staticmethod
+    def empty() -> Batch:
+        return Batch(np.empty(0, np.int64), np.empty(0, np.int64), np.empty((0, N_METRICS)))
+
+    @staticmethod
+    def from_arrays(rows: np.ndarray, cols: np.ndarray, values: np.ndarray, ts: np.ndarray) -> Batch:
+        """Long format (one entry per pole x metric x time) to one sample per (pole, time)."""
+        r = np.asarray(rows, np.int64).ravel()
+        c = np.asarray(cols, np.int64).ravel()
+        v = np.asarray(values, np.float64).ravel()
+        t = np.asarray(ts, np.int64).ravel()
+        if not (len(r) == len(c) == len(v) == len(t)):
+            raise ValueError("rows, cols, values and ts must have the same length")
+        if len(r) == 0:
+            return Batch.empty()
+        if c.min() < 0 or c.max() >= N_METRICS:
+            raise ValueError("metric column out of range")
+        keys, first, inv = np.unique(np.stack([r, t], axis=1), axis=0, return_index=True,
+                                     return_inverse=True)
+        inv = inv.ravel()
+        order = np.argsort(first, kind="stable")  # samples in order of first appearance
+        pos = np.empty(len(order), np.int64)
+        pos[order] = np.arange(len(order))
+        mat = np.full((len(keys), N_METRICS), np.nan)
+        mat[pos[inv], c] = v
+        return Batch(keys[order, 0].copy(), keys[order, 1].copy(), mat)
+
+    @staticmethod
+    def from_readings(state: FleetState, readings: Sequence[Reading]) -> Batch:
+        n = len(readings)
+        if n == 0:
+            return Batch.empty()
+        mat = np.full((n, N_METRICS), np.nan)
+        ts = np.empty(n, np.int64)
+        rows = np.empty(n, np.int64)
+        row_of = state.row
+        for i, r in enumerate(readings):
+            rows[i] = row_of(r.pole, r.district)
+            ts[i] = r.ts_ms
+            for name, v in r.values.items():
+                c = INDEX.get(name)
+                if c is not None:
+                    mat[i, c] = v
+        return Batch(rows, ts, mat)
+
+    def take(self, sel: np.ndarray) -> Batch:
+        return Batch(self.rows[sel], self.ts[sel], self.values[sel])
+
+
+def occurrence_rank(keys: np.ndarray) -> np.ndarray:
+    """0-based occurrence number of each element among equal keys, in the order given.
+
+    ``keys = [5, 3, 5, 5]`` -> ``[0, 0, 1, 2]``: entries with the same rank can be processed in one
+    vectorised step because their keys are distinct.
+    """
+    k = np.asarray(keys, np.int64)
+    if len(k) == 0:
+        return np.empty(0, np.int64)
+    order = np.argsort(k, kind="stable")
+    sk = k[order]
+    starts = np.r_[True, sk[1:] != sk[:-1]]
+    first = np.maximum.accumulate(np.where(starts, np.arange(len(k)), 0))
+    rank = np.empty(len(k), np.int64)
+    rank[order] = np.arange(len(k)) - first
+    return rank
+
+
+class FleetState:
+    """Registry of poles and districts plus the latest value and time of every pole x metric."""
+
+    def __init__(self, capacity: int = 64) -> None:
+        self.poles: list[str] = []
+        self.pole_district: list[str] = []
+        self.districts: list[str] = []
+        self._row: dict[str, int] = {}
+        self._district_idx: dict[str, int] = {}
+        self._cap = max(int(capacity), 1)
+        self._specs: dict[str, tuple[np.dtype, object, tuple[int, ...]]] = {}
+        self.a: dict[str, np.ndarray] = {}
+        self.alloc("district", np.int32, -1)
+        self.alloc("value", np.float64, np.nan, (N_METRICS,))  # latest value per pole x metric
+        self.alloc("value_ts", np.int64, NO_TS, (N_METRICS,))  # its device time (ms)
+        self.alloc("last_ts", np.int64, NO_TS)  # newest device time seen from the pole
+        self.alloc("arrival_ms", np.int64, NO_TS)  # gateway clock when the pole was last heard
+
+    # --- registry -----------------------------------------------------------------------------------
+    @property
+    def n(self) -> int:
+        return len(self.poles)
+
+    @property
+    def capacity(self) -> int:
+        return self._cap
+
+    def alloc(self, name: str, dtype: type | np.dtype, fill: object, tail: tuple[int, ...] = ()) -> None:
+        """Register a per-pole array (shape ``(capacity, *tail)``) that grows with the registry."""
+        if name in self.a:
+            raise ValueError(f"state array {name!r} already allocated")
+        dt = np.dtype(dtype)
+        self._specs[name] = (dt, fill, tail)
+        self.a[name] = np.full((self._cap, *tail), fill, dt)
+
+    def _grow(self, need: int) -> None:
+        cap = self._cap
+        while cap < need:
+            cap *= 2
+        if cap == self._cap:
+            return
+        for name, (dt, fill, tail) in self._specs.items():
+            fresh = np.full((cap, *tail), fill, dt)
+            fresh[: self._cap] = self.a[name]
+            self.a[name] = fresh
+        self._cap = cap
+
+    def district_index(self, district: str) -> int:
+        d = self._district_idx.get(district)
+        if d is None:
+            d = self._district_idx[district] = len(self.districts)
+            self.districts.append(district)
+        return d
+
+    def row(self, pole: str, district: str) -> int:
+        """The row of ``pole``, registering it (and its district) on first sight."""
+        r = self._row.get(pole)
+        if r is None:
+            r = self._row[pole] = len(self.poles)
+            self._grow(r + 1)
+            self.poles.append(pole)
+            self.pole_district.append(district)
+            self.a["district"][r] = self.district_index(district)
+        elif self.pole_district[r] != district:  # a re-zoned pole follows its newest district
+            self.pole_district[r] = district
+            self.a["district"][r] = self.district_index(district)
+        return r
+
+    def find(self, pole: str) -> int | None:
+        return self._row.get(pole)
+
+    def rows_of(self, poles: Iterable[str]) -> np.ndarray:
+        return np.array([self._row[p] for p in poles], np.int64)
+
+    # --- hot path -------------------------------------------------------------------------------------
+    def observe(self, batch: Batch, arrival_ms: int | None = None) -> None:
+        """Record the latest value of every pole x metric in ``batch`` (a late sample never overwrites a
+        newer value) and when each pole was last heard."""
+        if len(batch) == 0:
+            return
+        a = self.a
+        rr, cc = np.nonzero(~np.isnan(batch.values))
+        rows, ts = batch.rows[rr], batch.ts[rr]
+        # for each (row, col) keep the entry with the newest time (last in input order on ties)
+        order = np.lexsort((np.arange(len(rows)), ts, cc, rows))
+        key = rows[order] * N_METRICS + cc[order]
+        last = np.r_[key[1:] != key[:-1], True]
+        sel = order[last]
+        r_sel, c_sel, t_sel = rows[sel], cc[sel], ts[sel]
+        newer = t_sel >= a["value_ts"][r_sel, c_sel]
+        r_sel, c_sel, t_sel, s_sel = r_sel[newer], c_sel[newer], t_sel[newer], rr[sel][newer]
+        a["value"][r_sel, c_sel] = batch.values[s_sel, c_sel]
+        a["value_ts"][r_sel, c_sel] = t_sel
+        np.maximum.at(a["last_ts"], batch.rows, batch.ts)
+        if arrival_ms is not None:
+            a["arrival_ms"][batch.rows] = arrival_ms
+
+    def latest(self, col: int, now_ms: int, window_ms: int) -> tuple[np.ndarray, np.ndarray]:
+        """Latest value of metric ``col`` for every registered pole and whether it is fresh (device time
+        within ``window_ms`` before ``now_ms``)."""
+        n = self.n
+        v = self.a["value"][:n, col]
+        t = self.a["value_ts"][:n, col]
+        fresh = (t >= now_ms - window_ms) & (t <= now_ms + window_ms) & ~np.isnan(v)
+        return v, fresh

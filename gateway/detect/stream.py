@@ -1,0 +1,304 @@
+"""Vectorised streaming anomaly detector for many series at once (pure numpy).
+
+Every series (pole x metric) owns one slot in a set of preallocated numpy arrays; ``update`` takes a batch
+of ``(series_idx, value[, t])`` and returns one score per input in [0, 1], NaN while the series is still
+warming up or when the input value is NaN.
+
+Per sample the detector works in three layers:
+
+1. **Robust features** against learned state: spike (distance from a slow level in units of an EW mean
+   absolute deviation), jump (step from the previous value against the typical step), level shift (a fast
+   mean against the slow level), range novelty (outside a slowly shrinking min/max envelope), drift
+   (two-sided CUSUM of the standardised residual) and stuck sensor (run of identical values against how
+   often the series repeats itself). The slow estimators are updated with a winsorised sample, so a spike
+   cannot drag the level or blow up the spread.
+2. **Anomaly likelihood** (as in Numenta HTM / CAD OSE): the short-term mean of the raw score is compared
+   with the long-term mean and spread of the raw score; the Gaussian tail probability of that excess is
+   turned into evidence ``-ln Q(z)``.
+3. **Refractory shaping**: evidence counts in full only when it exceeds the recent (decaying) peak, so one
+   anomaly raises one strong score instead of a long train of them. The output is ``1 - exp(-E/scale)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+F32 = np.float32
+
+
+@dataclass(frozen=True)
+class DetectorParams:
+    warmup: int = 60  # valid samples before a series is scored (NaN until then)
+    a_level: float = 0.02  # slow level / spread EW rate
+    a_fast: float = 0.2  # fast mean for level shifts
+    a_step: float = 0.02  # typical |x - x_prev|
+    clip: float = 3.0  # winsorise slow updates at level +- clip * spread
+    env_decay: float = 0.001  # range envelope shrink rate toward the level
+    cusum_k: float = 0.5  # CUSUM slack (in spreads)
+    q_tau: float = 0.98  # quantile tracked for |x - level|, |x - x_prev|, |fast - level|
+    q_rate: float = 0.02
+    w_spike: float = 1.0 / 2.0  # feature weights: raw = max_i w_i * u_i
+    w_jump: float = 1.0 / 2.0
+    w_shift: float = 1.0 / 2.0
+    w_range: float = 1.0 / 2.0
+    w_cusum: float = 1.0 / 30.0
+    w_stuck: float = 3.0
+    stuck_nats: float = 20.0  # a run of repeats less likely than e^-20 counts as stuck
+    raw_log: int = 0
+    a_short: float = 0.3  # likelihood: short-term mean of raw scores
+    a_long: float = 0.003  # likelihood: long-term mean / variance of raw scores
+    min_std: float = 0.02
+    lik_clip: float = 3.0
+    peak_decay: float = 0.995  # refractory peak decays by this factor per sample
+    refractory: float = 0.3  # evidence below the peak is multiplied by this
+    out_scale: float = 20.0
+    gap_factor: float = 4.0  # a step longer than gap_factor * typical step is a gap
+
+
+_F32_FIELDS = (
+    "x_prev", "level", "spread", "fast", "step", "lo", "hi", "cpos", "cneg", "run", "p_eq",
+    "r_short", "r_mean", "r_var", "peak", "dt", "q_dev", "q_jump", "q_shift",
+)  # fmt: skip
+
+
+class StreamDetector:
+    """Streaming detector over ``capacity`` series slots (grows by doubling)."""
+
+    name = "lampwatch"
+
+    def __init__(self, params: DetectorParams | None = None, capacity: int = 1024) -> None:
+        self.params = params or DetectorParams()
+        self._cap = 0
+        self.trace: list[dict[str, np.ndarray]] | None = None
+        self._s: dict[str, np.ndarray] = {}
+        self._alloc(max(int(capacity), 1))
+
+    # ------------------------------------------------------------------ state
+    def _alloc(self, cap: int) -> None:
+        fresh: dict[str, np.ndarray] = {k: np.zeros(cap, F32) for k in _F32_FIELDS}
+        fresh["n"] = np.zeros(cap, np.int32)
+        fresh["t_prev"] = np.full(cap, np.nan, np.float64)
+        for k, old in self._s.items():
+            fresh[k][: self._cap] = old
+        self._s, self._cap = fresh, cap
+
+    @property
+    def capacity(self) -> int:
+        return self._cap
+
+    def ensure_capacity(self, n: int) -> None:
+        cap = self._cap
+        while cap < n:
+            cap *= 2
+        if cap != self._cap:
+            self._alloc(cap)
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        out = {k: v.copy() for k, v in self._s.items()}
+        out["params"] = np.array(repr(sorted(asdict(self.params).items())))
+        return out
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        expected = repr(sorted(asdict(self.params).items()))
+        if "params" in state and str(state["params"]) != expected:
+            raise ValueError("state was saved with different detector parameters")
+        cap = len(state["n"])
+        self._s = {k: np.array(state[k], dtype=self._dtype(k)) for k in (*_F32_FIELDS, "n", "t_prev")}
+        self._cap = cap
+
+    @staticmethod
+    def _dtype(key: str) -> type:
+        return np.int32 if key == "n" else np.float64 if key == "t_prev" else F32
+
+    @property
+    def warmup_samples(self) -> int:
+        """Valid samples a series needs before its scores are known (earlier ones are NaN)."""
+        return self.params.warmup
+
+    def bytes_per_series(self) -> int:
+        return sum(v.itemsize for v in self._s.values())
+
+    # ------------------------------------------------------------------ update
+    def update(
+        self, series_idx: np.ndarray, values: np.ndarray, t: np.ndarray | None = None
+    ) -> np.ndarray:
+        idx = np.asarray(series_idx, dtype=np.int64).ravel()
+        x = np.asarray(values, dtype=F32).ravel()
+        tt = None if t is None else np.asarray(t, dtype=np.float64).ravel()
+        if idx.shape != x.shape or (tt is not None and tt.shape != x.shape):
+            raise ValueError("series_idx, values and t must have the same length")
+        if len(idx) == 0:
+            return np.empty(0, np.float64)
+        if idx.min() < 0:
+            raise ValueError("series_idx must be >= 0")
+        self.ensure_capacity(int(idx.max()) + 1)
+        rank = _occurrence_rank(idx)
+        if rank is None:
+            return self._step(idx, x, tt)
+        out = np.empty(len(idx), np.float64)
+        for r in range(int(rank.max()) + 1):
+            sel = np.flatnonzero(rank == r)
+            out[sel] = self._step(idx[sel], x[sel], None if tt is None else tt[sel])
+        return out
+
+    def _step(self, idx: np.ndarray, x: np.ndarray, t: np.ndarray | None) -> np.ndarray:
+        """One sample for each of ``idx`` (all distinct)."""
+        p = self.params
+        ok = np.isfinite(x)
+        if not ok.all():
+            out = np.full(len(idx), np.nan)
+            sel = np.flatnonzero(ok)
+            if len(sel):
+                out[sel] = self._step(idx[sel], x[sel], None if t is None else t[sel])
+            return out
+        s = self._s
+        g = {k: s[k][idx] for k in _F32_FIELDS}
+        n = s["n"][idx]
+        first = n == 0
+        x_prev = np.where(first, x, g["x_prev"])
+        level = np.where(first, x, g["level"])
+        fast = np.where(first, x, g["fast"])
+        lo = np.where(first, x, g["lo"])
+        hi = np.where(first, x, g["hi"])
+        spread, step = g["spread"], g["step"]
+
+        # gaps: a long pause discounts the jump and forgets short-term context
+        gap_w = np.ones_like(x)
+        if t is not None:
+            t_prev = s["t_prev"][idx]
+            dt = (t - t_prev).astype(F32)
+            has = np.isfinite(dt) & (dt > 0)
+            typ = g["dt"]
+            typ_new = np.where(has, np.where(typ > 0, typ + F32(0.05) * (np.minimum(dt, 3 * typ + (typ == 0) * dt) - typ), dt), typ)
+            is_gap = has & (typ > 0) & (dt > F32(p.gap_factor) * typ)
+            gap_w = np.where(is_gap, np.sqrt(typ / np.where(is_gap, dt, 1)), gap_w).astype(F32)
+            fast = np.where(is_gap, level, fast)
+            s["t_prev"][idx] = np.where(np.isfinite(t), t, t_prev)
+            s["dt"][idx] = typ_new
+
+        # 1. features -----------------------------------------------------
+        eps = F32(1e-6) * (np.abs(level) + F32(1e-3))
+        sp = np.maximum(spread, eps)
+        stp = np.maximum(step, eps)
+        resid = x - level
+        fast = fast + F32(p.a_fast) * (x - fast)
+        v_dev = np.abs(resid)
+        v_jump = np.abs(x - x_prev) * gap_w
+        v_shift = np.abs(fast - level)
+        q_dev, q_jump, q_shift = g["q_dev"], g["q_jump"], g["q_shift"]
+        u_dev = v_dev / np.maximum(q_dev, eps)
+        u_jump = v_jump / np.maximum(q_jump, eps)
+        u_shift = v_shift / np.maximum(q_shift, eps)
+        z_range = np.maximum(np.maximum(x - hi, lo - x), 0) / sp
+        zc = np.clip(resid / sp, -p.clip * 2, p.clip * 2)
+        cpos = np.maximum(g["cpos"] + zc - F32(p.cusum_k), 0)
+        cneg = np.maximum(g["cneg"] - zc - F32(p.cusum_k), 0)
+        same = x == x_prev
+        run = np.where(same, g["run"] + 1, 0).astype(F32)
+        p_eq = g["p_eq"]
+        surprise = run * -np.log(np.clip(p_eq, F32(0.01), F32(0.999)))
+        u_stuck = surprise / F32(p.stuck_nats)
+        u_stuck = np.where(u_stuck > 1, u_stuck, 0)
+        raw_z = np.maximum.reduce(
+            [
+                u_dev * F32(p.w_spike),
+                u_jump * F32(p.w_jump),
+                u_shift * F32(p.w_shift),
+                z_range * F32(p.w_range),
+                np.maximum(cpos, cneg) * F32(p.w_cusum),
+                u_stuck * F32(p.w_stuck),
+            ]
+        )
+        raw = np.log1p(raw_z) if p.raw_log else 1.0 - np.exp(-raw_z.astype(np.float64))
+        z_spike, z_jump, z_shift = u_dev, u_jump, u_shift
+
+        # 2. likelihood ---------------------------------------------------
+        r_short = g["r_short"] + F32(p.a_short) * (raw - g["r_short"])
+        r_mean, r_var = g["r_mean"], g["r_var"]
+        std = np.sqrt(r_var) + F32(p.min_std)
+        z_l = (r_short - r_mean) / std
+        evidence = _neg_log_tail(z_l)
+
+        # 3. refractory -----------------------------------------------------
+        peak = g["peak"] * F32(p.peak_decay)
+        shaped = np.where(evidence > peak, evidence, evidence * F32(p.refractory))
+        peak = np.maximum(peak, evidence)
+        n1 = n + 1
+        warm = n1 > p.warmup
+        if self.trace is not None:
+            self.trace.append({k: v.copy() for k, v in (("raw", raw), ("zs", z_spike), ("zj", z_jump), ("zsh", z_shift), ("zr", z_range), ("zl", z_l), ("ev", evidence), ("sh", shaped))})
+        score = np.where(warm, 1.0 - np.exp(-shaped.astype(np.float64) / p.out_scale), np.nan)
+
+        # state updates (winsorised, so anomalies do not poison what is learned) --------------
+        c = F32(p.clip)
+        a = F32(p.a_level) if p.warmup == 0 else np.where(n1 < 1 / p.a_level, F32(1) / n1, F32(p.a_level)).astype(F32)
+        xw = np.where(first, x, np.clip(x, level - c * sp, level + c * sp))
+        new_level = level + a * (xw - level)
+        dev = np.where(first, 0, np.minimum(np.abs(x - level), c * sp))
+        new_spread = spread + a * (dev - spread)
+        jump = np.where(first, 0, np.minimum(np.abs(x - x_prev) * gap_w, c * stp + (step == 0) * np.abs(x - x_prev)))
+        new_step = step + np.maximum(a, F32(p.a_step)) * (jump - step)
+        env = F32(p.env_decay)
+        new_hi = np.maximum(hi - env * (hi - new_level), x)
+        new_lo = np.minimum(lo + env * (new_level - lo), x)
+        qt, qe = F32(p.q_tau), F32(p.q_rate)
+        qa = np.maximum(a, qe)
+        q_new = {}
+        for name, v, q in (("q_dev", v_dev, q_dev), ("q_jump", v_jump, q_jump), ("q_shift", v_shift, q_shift)):
+            learn = np.where(q > 0, q * np.where(v > q, F32(1) + qa * qt, F32(1) - qa * (F32(1) - qt)), v)
+            q_new[name] = np.where(first, 0, learn)
+        p_eq_new = p_eq + a * (same.astype(F32) - p_eq)
+        r_clip = np.minimum(r_short, r_mean + F32(p.lik_clip) * std)
+        al = np.where(n1 < 1 / p.a_long, F32(1) / n1, F32(p.a_long)).astype(F32)
+        d_r = r_clip - r_mean
+        new_r_mean = r_mean + al * d_r
+        new_r_var = (F32(1) - al) * (r_var + al * d_r * d_r)
+
+        s["n"][idx] = n1
+        upd = {
+            "x_prev": x, "level": new_level, "spread": new_spread, "fast": fast, "step": new_step,
+            "lo": new_lo, "hi": new_hi, "cpos": np.where(warm, cpos, 0), "cneg": np.where(warm, cneg, 0),
+            "run": run, "p_eq": p_eq_new, "r_short": r_short, "r_mean": new_r_mean, "r_var": new_r_var,
+            "peak": np.where(warm, peak, 0), **q_new,
+        }  # fmt: skip
+        for k, v in upd.items():
+            s[k][idx] = v
+        return score
+
+
+def _occurrence_rank(idx: np.ndarray) -> np.ndarray | None:
+    """None if all indices are distinct, else the 0-based occurrence number of each element."""
+    if len(idx) < 2:
+        return None
+    mark = np.empty(int(idx.max()) + 1, np.int64)
+    pos = np.arange(len(idx))
+    mark[idx] = pos
+    if np.array_equal(mark[idx], pos):  # a duplicate loses its write to another position
+        return None
+    order = np.argsort(idx, kind="stable")
+    sidx = idx[order]
+    starts = np.r_[True, sidx[1:] != sidx[:-1]]
+    first_pos = np.maximum.accumulate(np.where(starts, np.arange(len(idx)), 0))
+    rank = np.empty(len(idx), np.int64)
+    rank[order] = np.arange(len(idx)) - first_pos
+    return rank
+
+
+# Numerical-Recipes style Chebyshev fit of erfc (fractional error < 1.2e-7), used in log space.
+_ERFC_C = (
+    -1.26551223, 1.00002368, 0.37409196, 0.09678418, -0.18628806,
+    0.27886807, -1.13520398, 1.48851587, -0.82215223, 0.17087277,
+)  # fmt: skip
+
+
+def _neg_log_tail(z: np.ndarray) -> np.ndarray:
+    """``-ln Q(z)`` for the standard normal upper tail, computed without underflow; 0 for z <= 0."""
+    zp = np.maximum(z.astype(np.float64), 0.0) / np.sqrt(2.0)
+    t = 1.0 / (1.0 + 0.5 * zp)
+    poly = np.full_like(zp, _ERFC_C[-1])
+    for c in _ERFC_C[-2::-1]:
+        poly = poly * t + c
+    log_erfc = np.log(t) - zp * zp + poly
+    return np.maximum(-log_erfc, 0.0)  # = -ln Q(z) - ln 2, i.e. 0 at z = 0

@@ -1,0 +1,159 @@
+"""The spine, end to end on real servers: Mosquitto -> gateway -> InfluxDB 1.6.7 / VictoriaMetrics."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from contract import topics
+from contract.models import DeadLetter
+from ingest.influx1 import Influx1Store
+from ingest.influx2 import Influx2Store
+from ingest.sqlite import SqliteStore
+from simulator.harness import InfluxDB1, Mosquitto, VictoriaMetrics
+from tests.gateway.helpers import make_messages, run_through_gateway, wait_until
+
+POLES, SAMPLES = 100, 30
+
+
+def test_3000_points_into_influxdb1_exactly(mosquitto: Mosquitto, influx_db: tuple[InfluxDB1, str],
+                                            tmp_path: Path) -> None:
+    server, db = influx_db
+    msgs = make_messages(POLES, SAMPLES)
+    store = Influx1Store(server.url, db)
+    gw = run_through_gateway(mosquitto.host, mosquitto.port, store, tmp_path,
+                             [(t, p) for t, p, _ in msgs], expected_handled=len(msgs))
+    assert gw.counters()["samples_accepted"] == POLES * SAMPLES
+    rows = store.rows("SELECT * FROM telemetry GROUP BY pole, district", epoch="ms")
+    assert len(rows) == POLES * SAMPLES == store.count()
+    got = {(r["pole"], r["time"]): r for r in rows}
+    for _t, _p, msg in msgs:
+        s = msg.samples[0]
+        row = got[(msg.pole, s.ts)]
+        assert row["district"] == "north" and row["seq"] == s.seq
+        for name, value in s.m.items():
+            assert row[name] == value, (msg.pole, name)
+    store.close()
+
+
+def test_same_run_through_influxdb_client_into_victoriametrics(mosquitto: Mosquitto,
+                                                               victoria: VictoriaMetrics,
+                                                               tmp_path: Path) -> None:
+    district = "vmcheck"  # VictoriaMetrics is shared by the session: match only our series
+    msgs = make_messages(POLES, SAMPLES, seed=7, district=district,
+                         metrics=["leakage_current_ma", "tilt_deg", "supply_voltage_v"])
+    store = Influx2Store(victoria.url, token="unused", org="lampwatch", bucket="lampwatch")
+    run_through_gateway(mosquitto.host, mosquitto.port, store, tmp_path,
+                        [(t, p) for t, p, _ in msgs], expected_handled=len(msgs))
+    store.close()
+    victoria.force_flush()
+    series = victoria.export(f'{{__name__=~"telemetry_.*",district="{district}"}}')
+    got: dict[tuple[str, str, int], float] = {}
+    for s in series:
+        name = s["metric"]["__name__"].removeprefix("telemetry_")
+        for v, ts in zip(s["values"], s["timestamps"], strict=True):
+            got[(s["metric"]["pole"], name, ts)] = v
+    expected = {(m.pole, k, m.samples[0].ts): v for _t, _p, m in msgs for k, v in m.samples[0].m.items()}
+    expected |= {(m.pole, "seq", m.samples[0].ts): m.samples[0].seq for _t, _p, m in msgs}
+    assert got.keys() == expected.keys()
+    for key, v in expected.items():
+        assert abs(got[key] - v) <= 1e-9 * max(1.0, abs(v)), key
+
+
+def test_malformed_and_out_of_range_are_dead_lettered_valid_ones_stored(mosquitto: Mosquitto,
+                                                                         tmp_path: Path) -> None:
+    msgs = make_messages(40, 10, seed=3, metrics=["leakage_current_ma", "tilt_deg"])
+    clean = [(t, p) for t, p, _ in msgs]
+    bad: list[tuple[str, bytes, str]] = [
+        (topics.telemetry("north", "p-00001"), b"{not json", "bad_json"),
+        (topics.telemetry("north", "p-00002"), b'{"v":1,"pole":"p-00002"}', "bad_schema"),
+        (topics.telemetry("north", "p-00003"), b"\xff\xfe\x00garbage", "bad_utf8"),
+        (topics.telemetry("north", "p-00004"), msgs[0][1], "pole_mismatch"),
+        (topics.telemetry("north", "p-00000"),
+         msgs[0][1].replace(b'"seq":0', b'"seq":999').replace(b'"leakage_current_ma":', b'"leakage_current_ma":-5'
+                                                               b'0+'), "bad_json"),
+        (topics.telemetry("north", "p-00000"),
+         b'{"v":1,"pole":"p-00000","boot":"b1","samples":[{"seq":998,"ts":%d,"m":{"tilt_deg":95.0}}]}'
+         % msgs[0][2].samples[0].ts, "no_valid_values"),
+        (topics.telemetry("north", "p-00005"),
+         b'{"v":1,"pole":"p-00005","boot":"b1","samples":[{"seq":1,"ts":1,"m":{"tilt_deg":1.0}}]}',
+         "bad_schema"),
+        (topics.telemetry("north", "p-00006"),
+         b'{"v":1,"pole":"p-00006","boot":"b1","samples":[{"seq":1,"ts":1700000000000,"m":{"tilt_deg":"1"}}]}',
+         "bad_schema"),
+        (topics.telemetry("north", "p-00007"), b"[" * 5000, "bad_json"),
+        (topics.telemetry("north", "p-00008"),
+         b'{"v":1,"pole":"p-00008","boot":"b1","samples":[{"seq":1,"ts":1700000000000,"m":{"tilt_deg":NaN}}]}',
+         "bad_schema"),
+        (topics.telemetry("north", "p-00009"), b"x" * 300_000, "too_large"),
+        (topics.telemetry("north", "p-00010"),
+         b'{"v":1,"pole":"p-00010","boot":"b1","samples":[{"seq":1,"ts":4000000000000,"m":{"tilt_deg":1.0}}]}',
+         "ts_future"),
+        (topics.telemetry("north", "p-00011"),
+         b'{"v":1,"pole":"p-00011","boot":"b1","samples":[{"seq":1,"ts":1700000000000,"m":{"tilt_deg":1.0}}],'
+         b'"x":1}', "bad_schema"),
+        (topics.telemetry("north", "p-00012"),
+         b'{"v":1,"pole":"p-00012","boot":"b1","samples":[{"seq":1,"ts":1700000000000,"m":{"tilt_deg":1.0}}]}',
+         "ts_past"),
+        ("lampwatch/v1/north/p-00013/telemetry/extra", b"{}", "bad_topic"),
+        ("lampwatch/v1/North/p-00014/telemetry", b"{}", "bad_topic"),
+        (topics.telemetry("north", "p-00015"),
+         b'{"v":2,"pole":"p-00015","boot":"b1","samples":[{"seq":1,"ts":1700000000000,"m":{"tilt_deg":1.0}}]}',
+         "bad_schema"),
+        (topics.telemetry("north", "p-00016"),
+         b'{"v":1,"pole":"p-00016","boot":"b1","samples":[{"seq":1,"ts":1700000000000,"m":{"tilt_deg":1e400}}]}',
+         "bad_schema"),
+        (topics.telemetry("north", "p-00017"),
+         b'{"v":1,"pole":"p-00017","boot":"b1","samples":[{"seq":1,"ts":1700000000000,"m":{"x,y=1 z":1.0}}]}',
+         "bad_schema"),
+        (topics.telemetry("north", "p-00018"), b"", "bad_json"),
+    ]
+    assert len(bad) >= 0.05 * len(clean)
+    # the gateway subscribes to lampwatch/v1/+/+/telemetry: a topic with an extra level never reaches
+    # it (the broker filters it out); every other one must produce its dead letter(s). The sample whose
+    # only value is out of range yields two: the value (out_of_range) and the sample (no_valid_values).
+    reaching = [b for b in bad if not b[0].endswith("/extra")]
+    reaching.append((topics.telemetry("north", "p-00000"), b"", "out_of_range"))
+    dead: list[DeadLetter] = []
+    done = threading.Event()
+    sub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="dl-watch", protocol=mqtt.MQTTv5)
+
+    def on_message(_c: object, _u: object, m: mqtt.MQTTMessage) -> None:
+        dead.append(DeadLetter.model_validate_json(m.payload))
+        if len(dead) >= len(reaching):
+            done.set()
+
+    sub.on_message = on_message
+    sub.connect(mosquitto.host, mosquitto.port)
+    sub.subscribe(topics.DEADLETTER_PREFIX + "/#", qos=1)
+    sub.loop_start()
+    interleaved: list[tuple[str, bytes]] = []
+    step = len(clean) // len(bad)
+    for i, (t, p, _r) in enumerate(bad):
+        interleaved += clean[i * step:(i + 1) * step] + [(t, p)]
+    interleaved += clean[len(bad) * step:]
+    store = SqliteStore(tmp_path / "store.sqlite")
+    gw = run_through_gateway(mosquitto.host, mosquitto.port, store, tmp_path, interleaved,
+                             expected_handled=len(clean) + len(reaching) - 1)
+    wait_until(done.is_set, 30, "dead letters")
+    sub.loop_stop()
+    sub.disconnect()
+    assert store.count("telemetry") == len(clean)
+    got_reasons = sorted((d.topic.split("/")[3], d.reason) for d in dead)
+    want = sorted((t.split("/")[3], r) for t, _p, r in reaching)
+    assert got_reasons == want
+    assert all(d.detail for d in dead)
+    rejects = store.select("rejects")
+    assert sorted(r["reason"] for r in rejects) == sorted(r for _t, _p, r in reaching)
+    utf8 = next(d for d in dead if d.reason == "bad_utf8")
+    assert utf8.encoding == "base64"
+    c = gw.counters()
+    assert c["samples_accepted"] == len(clean)
+    assert c["messages"] == len(clean) + len(reaching) - 1
+    assert c["samples_rejected"] == len(reaching) - 1 and c["values_rejected"] == 1
+    json.dumps(c)  # counters are plain numbers
+    store.close()
