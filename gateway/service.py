@@ -14,6 +14,7 @@ A gateway killed with kill -9 therefore loses nothing: what it had not acknowled
 
 from __future__ import annotations
 
+import json
 import logging
 import queue
 import threading
@@ -117,7 +118,7 @@ class Gateway:
             subs.append((topics.filter_for("telemetry", d), 1))
             subs.append((topics.filter_for("status", d), 1))
         client.subscribe(subs)
-        client.publish(topics.gateway_status(self.cfg.client_id), b'{"state":"online"}', qos=1, retain=True)
+        self._publish_status("online", self.clock())
         log.info("gateway %s connected, owning districts %s", self.cfg.client_id,
                  ",".join(self.cfg.districts))
 
@@ -161,8 +162,7 @@ class Gateway:
         if self._worker:
             self._worker.join(timeout_s)
         if self._connected.is_set():
-            info = self._client.publish(topics.gateway_status(self.cfg.client_id), b'{"state":"offline"}',
-                                        qos=1, retain=True)
+            info = self._publish_status("offline", self.clock())
             try:
                 info.wait_for_publish(2.0)
             except (RuntimeError, ValueError):
@@ -171,11 +171,24 @@ class Gateway:
         self._client.loop_stop()
         self.spool.close()
 
+    def publish(self, topic: str, payload: bytes | str, retain: bool = False) -> None:
+        """Publish at QoS 1 through the gateway's connection (alerts, commands)."""
+        self._client.publish(topic, payload, qos=1, retain=retain)
+
     @property
     def connected(self) -> bool:
         return self._connected.is_set()
 
     def counters(self) -> dict[str, float]:
+        """A snapshot of every counter (safe to call from any thread)."""
+        for _ in range(10):
+            try:
+                return self._counters()
+            except RuntimeError:  # a counter dict grew under us (worker thread); take it again
+                continue
+        return self._counters()
+
+    def _counters(self) -> dict[str, float]:
         out: dict[str, float] = dict(self.pipeline.counts)
         out.update(self.stats)
         out["spool_batches"] = self.spool.depth
@@ -211,6 +224,7 @@ class Gateway:
             if now >= next_self:
                 next_self = now + self.cfg.selfmetrics_interval_s
                 self._batcher.add(([self._selfmetrics_point(now)], -1, 0), now)
+                self._publish_status("online", now)
         rest = self._batcher.take()
         if rest:
             self._flush(rest)
@@ -303,6 +317,12 @@ class Gateway:
         log.error("store rejected a batch of %d points: %s", len(points), exc)
         self.stats["store_rejected_points"] += len(points)
         self.pipeline.rejects_by_reason["store_rejected"] += len(points)
+
+    def _publish_status(self, state: str, now: float) -> mqtt.MQTTMessageInfo:
+        """Presence and self-metrics, retained: `lampwatch-gateway status` reads them from the broker."""
+        body = json.dumps({"state": state, "ts": int(now * 1000), "gateway": self.cfg.client_id,
+                           "districts": list(self.cfg.districts), "counters": self.counters()})
+        return self._client.publish(topics.gateway_status(self.cfg.client_id), body, qos=1, retain=True)
 
     def _selfmetrics_point(self, now: float) -> Point:
         fields: dict[str, float | int | str | bool] = {k: float(v) for k, v in self.counters().items()}

@@ -74,8 +74,8 @@ def test_malformed_and_out_of_range_are_dead_lettered_valid_ones_stored(mosquitt
         (topics.telemetry("north", "p-00003"), b"\xff\xfe\x00garbage", "bad_utf8"),
         (topics.telemetry("north", "p-00004"), msgs[0][1], "pole_mismatch"),
         (topics.telemetry("north", "p-00000"),
-         msgs[0][1].replace(b'"seq":0', b'"seq":999').replace(b'"leakage_current_ma":', b'"leakage_current_ma":-5'
-                                                               b'0+'), "bad_json"),
+         msgs[0][1].replace(b'"seq":0', b'"seq":999')
+         .replace(b'"leakage_current_ma":', b'"leakage_current_ma":-50+'), "bad_json"),
         (topics.telemetry("north", "p-00000"),
          b'{"v":1,"pole":"p-00000","boot":"b1","samples":[{"seq":998,"ts":%d,"m":{"tilt_deg":95.0}}]}'
          % msgs[0][2].samples[0].ts, "no_valid_values"),
@@ -134,7 +134,7 @@ def test_malformed_and_out_of_range_are_dead_lettered_valid_ones_stored(mosquitt
     interleaved: list[tuple[str, bytes]] = []
     step = len(clean) // len(bad)
     for i, (t, p, _r) in enumerate(bad):
-        interleaved += clean[i * step:(i + 1) * step] + [(t, p)]
+        interleaved += [*clean[i * step:(i + 1) * step], (t, p)]
     interleaved += clean[len(bad) * step:]
     store = SqliteStore(tmp_path / "store.sqlite")
     gw = run_through_gateway(mosquitto.host, mosquitto.port, store, tmp_path, interleaved,

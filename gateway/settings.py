@@ -1,0 +1,123 @@
+"""Gateway configuration: a pydantic-settings model, loaded only by the CLI (the composition root).
+
+Sources, highest priority first: environment variables ``LAMPWATCH_GATEWAY_<FIELD>`` (e.g.
+``LAMPWATCH_GATEWAY_MQTT_HOST``, ``LAMPWATCH_GATEWAY_INFLUX_URL``), then the optional TOML file
+given with ``--config``, then the defaults below. Secrets are ``SecretStr`` and never printed.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from contract.errors import ConfigError
+from contract.ids import DISTRICT_RE, POLE_RE
+from gateway.decode import Limits
+from gateway.service import GatewayConfig
+
+
+class GatewaySettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LAMPWATCH_GATEWAY_", extra="forbid", frozen=True)
+    _toml: ClassVar[dict[str, Any]] = {}
+
+    # broker
+    mqtt_host: str = "127.0.0.1"
+    mqtt_port: int = Field(1883, ge=1, le=65535)
+    mqtt_version: Literal[5, 311] = 5
+    mqtt_username: str | None = None
+    mqtt_password: SecretStr | None = None
+    mqtt_tls_ca: str | None = None
+    mqtt_tls_cert: str | None = None
+    mqtt_tls_key: str | None = None
+    client_id: str = "lampwatch-gateway-0"
+    districts: str = "+"  # comma-separated districts this gateway owns, "+" = all
+    # store (see ingest.stores.StoreConfig)
+    store: Literal["auto", "sqlite", "influx1", "influx2"] = "auto"
+    sqlite_path: str = ".lampwatch/lampwatch.sqlite"
+    influx_url: str | None = None
+    influx_db: str = "lampwatch"
+    influx_username: str | None = None
+    influx_password: SecretStr | None = None
+    influx_token: SecretStr | None = None
+    influx_org: str = "lampwatch"
+    influx_bucket: str = "lampwatch"
+    # pipeline
+    state_dir: str = ".lampwatch"  # spool and alarm state live here
+    batch_max_points: int = Field(5000, ge=1)
+    batch_max_age_s: float = Field(0.2, gt=0)
+    spool_max_mb: int = Field(1024, ge=1)
+    max_future_s: float = Field(300, ge=0)
+    max_past_days: float = Field(30, gt=0)
+    selfmetrics_interval_s: float = Field(5.0, gt=0)
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+                                   env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
+                                   file_secret_settings: PydanticBaseSettingsSource,
+                                   ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, env_settings, _DictSource(settings_cls, cls._toml)
+
+    def district_list(self) -> tuple[str, ...]:
+        ds = tuple(d.strip() for d in self.districts.split(",") if d.strip())
+        for d in ds:
+            if d != "+" and DISTRICT_RE.fullmatch(d) is None:
+                raise ConfigError(f"invalid district {d!r} in districts")
+        return ds or ("+",)
+
+    def gateway_config(self) -> GatewayConfig:
+        if POLE_RE.fullmatch(self.client_id) is None:
+            raise ConfigError(f"client_id {self.client_id!r} must match {POLE_RE.pattern}")
+        return GatewayConfig(
+            host=self.mqtt_host, port=self.mqtt_port, client_id=self.client_id,
+            username=self.mqtt_username,
+            password=self.mqtt_password.get_secret_value() if self.mqtt_password else None,
+            tls_ca=self.mqtt_tls_ca, tls_cert=self.mqtt_tls_cert, tls_key=self.mqtt_tls_key,
+            mqtt_version=self.mqtt_version, districts=self.district_list(),
+            batch_max_points=self.batch_max_points, batch_max_age_s=self.batch_max_age_s,
+            spool_path=str(Path(self.state_dir) / f"spool-{self.client_id}.sqlite"),
+            spool_max_bytes=self.spool_max_mb << 20, selfmetrics_interval_s=self.selfmetrics_interval_s,
+            limits=Limits(max_future_ms=int(self.max_future_s * 1000),
+                          max_past_ms=int(self.max_past_days * 86_400_000)),
+        )
+
+    def store_fields(self) -> dict[str, Any]:
+        keys = ("store", "sqlite_path", "influx_url", "influx_db", "influx_username", "influx_password",
+                "influx_token", "influx_org", "influx_bucket")
+        return {k: getattr(self, k) for k in keys}
+
+
+class _DictSource(PydanticBaseSettingsSource):
+    def __init__(self, settings_cls: type[BaseSettings], data: dict[str, Any]) -> None:
+        super().__init__(settings_cls)
+        self._data = data
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return self._data.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(self._data)
+
+
+def load(config: Path | None = None) -> GatewaySettings:
+    """Load settings from env and an optional TOML file; raise ConfigError with one clear line."""
+    data: dict[str, Any] = {}
+    if config is not None:
+        try:
+            data = tomllib.loads(config.read_text())
+        except OSError as exc:
+            raise ConfigError(f"cannot read config {config}: {exc.strerror}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config {config} is not valid TOML: {exc}") from exc
+        data = data.get("gateway", data)
+    try:
+        GatewaySettings._toml = data
+        return GatewaySettings()
+    except ValidationError as exc:
+        e = exc.errors(include_url=False)[0]
+        raise ConfigError(f"invalid gateway setting {'.'.join(map(str, e['loc']))}: {e['msg']}") from exc
+    finally:
+        GatewaySettings._toml = {}

@@ -1,0 +1,55 @@
+"""``lampwatch-sim``: the fleet simulator's command line (typer + rich)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from contract.errors import LampwatchError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="lampwatch fleet simulator: a city of poles, faults with ground truth, drills.")
+err = Console(stderr=True)
+
+
+@app.callback()
+def _root() -> None:
+    """lampwatch fleet simulator: a city of poles, faults with ground truth, drills and scoring."""
+
+
+def _fail(msg: object) -> typer.Exit:
+    err.print(f"error: {msg}", highlight=False)
+    return typer.Exit(2)
+
+
+@app.command()
+def demo(
+    poles: Annotated[int, typer.Option(help="simulated poles", min=1, max=100_000)] = 200,
+    duration: Annotated[float, typer.Option(help="seconds to run (0 = until Ctrl-C)", min=0)] = 0,
+    seed: Annotated[int, typer.Option(help="random seed (same seed, same city and faults)")] = 42,
+    speed: Annotated[float, typer.Option(help="simulated seconds per real second", min=1)] = 60.0,
+    hostile_pct: Annotated[float, typer.Option(help="hostile payloads per 100 samples", min=0, max=50)] = 1.0,
+    broker: Annotated[str, typer.Option(help="auto | mosquitto | embedded")] = "auto",
+) -> None:
+    """Run the whole system on embedded defaults: broker, gateway, store, 200 poles, a live view.
+
+    Example: lampwatch-sim demo --poles 50 --duration 20
+    """
+    if broker not in ("auto", "mosquitto", "embedded"):
+        raise _fail(f"--broker must be auto, mosquitto or embedded, not {broker!r}")
+    from simulator.demo import run_demo
+
+    try:
+        res = run_demo(poles=poles, duration=duration or None, seed=seed, speed=speed,
+                       hostile_pct=hostile_pct, broker=broker)
+    except (LampwatchError, OSError, RuntimeError) as exc:
+        raise _fail(exc) from None
+    print(res.line())
+    if res.lost:
+        raise typer.Exit(1)
+
+
+def main() -> None:
+    app()
