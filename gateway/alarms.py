@@ -60,7 +60,7 @@ class Transition:
     @property
     def severity(self) -> Severity:
         """The new severity, or the severity the alarm had when it cleared."""
-        return self.spec.tiers[max(self.level, self.old_level if self.level == 0 else 1) - 1].severity
+        return self.spec.tiers[(self.level or self.old_level) - 1].severity
 
     def explain(self) -> str:
         return explain(self.spec, self.level or self.old_level, self.value, self.ref,
@@ -197,9 +197,8 @@ class AlarmPolicy:
         mr, mk, new, old, mts = r[idx], k[idx], g[idx], lvl[idx], ts[idx]
         val, ref, score = c.value[sel][idx], c.ref[sel][idx], c.score[sel][idx]
         a["level"][mr, mk] = new
-        fresh = old == 0
-        a["raised_at"][mr, mk] = np.where(fresh, mts, np.where(new == 0, NO_TS, a["raised_at"][mr, mk]))
-        raised_at = np.where(fresh, mts, a["raised_at"][mr, mk])
+        raised_at = np.where(old == 0, mts, a["raised_at"][mr, mk])
+        a["raised_at"][mr, mk] = np.where(new == 0, NO_TS, raised_at)
         a["ts"][mr, mk] = mts
         a["value"][mr, mk] = val
         a["ref"][mr, mk] = ref
@@ -210,23 +209,19 @@ class AlarmPolicy:
             change: Change = ("raised" if o == 0 else "cleared" if n_ == 0 else
                               "escalated" if n_ > o else "deescalated")
             spec = self.specs[int(mk[i])]
-            prev_raised = int(raised_at[i]) if n_ else int(self._last_raised(o, mts[i], raised_at[i]))
             out.append(Transition(int(mr[i]), int(mk[i]), spec, change, o, n_, float(val[i]),
-                                  float(ref[i]), float(score[i]), int(mts[i]), prev_raised))
+                                  float(ref[i]), float(score[i]), int(mts[i]), int(raised_at[i])))
             self.counts[f"{change}_{spec.kind}"] += 1
         return out
-
-    @staticmethod
-    def _last_raised(_old: int, ts: int, raised_at: int) -> int:
-        return ts if raised_at == NO_TS else raised_at
 
     # --- views and persistence --------------------------------------------------------------------------
     def active(self) -> list[ActiveAlarm]:
         a = self._a
         rr, kk = np.nonzero(a["level"][: self._cap] > 0)
-        return [ActiveAlarm(int(r), int(k), self.specs[int(k)], int(a["level"][r, k]), float(a["value"][r, k]),
-                            float(a["ref"][r, k]), float(a["score"][r, k]), int(a["ts"][r, k]),
-                            int(a["raised_at"][r, k])) for r, k in zip(rr, kk, strict=True)]
+        return [ActiveAlarm(int(r), int(k), self.specs[int(k)], int(a["level"][r, k]),
+                            float(a["value"][r, k]), float(a["ref"][r, k]), float(a["score"][r, k]),
+                            int(a["ts"][r, k]), int(a["raised_at"][r, k]))
+                for r, k in zip(rr, kk, strict=True)]
 
     def level(self, row: int, key: str) -> int:
         k = self._by_key[key]

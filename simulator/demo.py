@@ -109,7 +109,7 @@ def run_demo(*, poles: int = 200, duration: float | None = None, seed: int = 42,
     with _broker(broker) as (host, port, version, broker_desc):
         settings = GatewaySettings(mqtt_host=host, mqtt_port=port, mqtt_version=version,
                                    state_dir=str(workdir), client_id="lampwatch-demo-gw",
-                                   selfmetrics_interval_s=2.0, **{k: v for k, v in store_cfg.model_dump().items()})
+                                   selfmetrics_interval_s=2.0, **store_cfg.model_dump())
         store = open_store(store_cfg)
         from gateway.cli import build_with_store
 

@@ -52,11 +52,15 @@ def run_many(
     return [out[i, : lengths[i]] for i in range(len(series))]
 
 
-def run_series(values: np.ndarray, t: np.ndarray | None = None, detector: Detector | None = None) -> np.ndarray:
+def run_series(
+    values: np.ndarray, t: np.ndarray | None = None, detector: Detector | None = None
+) -> np.ndarray:
     return run_many([np.asarray(values, dtype=np.float64)], None if t is None else [t], detector)[0]
 
 
-def _write_rows(path: Path, timestamps: Sequence[str], values: np.ndarray, scores: np.ndarray, labels: np.ndarray) -> None:
+def _write_rows(
+    path: Path, timestamps: Sequence[str], values: np.ndarray, scores: np.ndarray, labels: np.ndarray
+) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     clean = np.nan_to_num(scores, nan=0.0)
     with path.open("w", newline="") as fh:

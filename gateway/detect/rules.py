@@ -401,6 +401,9 @@ class Rules:
             parts.append(Conditions(rows[idx], np.full(len(idx), k, np.int64), trig, hold, raw[idx],
                                     ref[idx], (hold > 0).astype(np.float64), ts[idx]))
         parts.append(self._flicker(rows, ts, vals[:, _POWER], rated))
+        zero = np.zeros(n, np.int8)  # a reading is proof of life: it clears pole_offline at once
+        parts.append(Conditions(rows, np.full(n, self.OFFLINE, np.int64), zero, zero, np.full(n, np.nan),
+                                np.full(n, np.nan), np.zeros(n), ts))
         return Conditions.concat(parts)
 
     def _learn_baselines(self, rows: np.ndarray, vals: np.ndarray) -> None:

@@ -30,36 +30,35 @@ F32 = np.float32
 
 @dataclass(frozen=True)
 class DetectorParams:
+    """One parameter set for every series (tuned once on NAB, never per series)."""
+
     warmup: int = 60  # valid samples before a series is scored (NaN until then)
-    a_level: float = 0.02  # slow level / spread EW rate
-    a_fast: float = 0.2  # fast mean for level shifts
-    a_step: float = 0.02  # typical |x - x_prev|
+    a_level: float = 0.005  # slow level / spread EW rate
+    a_fast: float = 0.5  # fast mean for level shifts
     clip: float = 3.0  # winsorise slow updates at level +- clip * spread
-    env_decay: float = 0.001  # range envelope shrink rate toward the level
-    cusum_k: float = 0.5  # CUSUM slack (in spreads)
-    q_tau: float = 0.98  # quantile tracked for |x - level|, |x - x_prev|, |fast - level|
+    q_tau: float = 0.999  # high quantile tracked for |x - level|, |x - x_prev|, |fast - level|
     q_rate: float = 0.02
-    w_spike: float = 1.0 / 2.0  # feature weights: raw = max_i w_i * u_i
-    w_jump: float = 1.0 / 2.0
-    w_shift: float = 1.0 / 2.0
-    w_range: float = 1.0 / 2.0
-    w_cusum: float = 1.0 / 30.0
+    w_spike: float = 0.15  # raw = 1 - exp(-max_i w_i * u_i), u_i = feature / its quantile
+    w_jump: float = 0.15
+    w_shift: float = 0.15
     w_stuck: float = 3.0
-    stuck_nats: float = 20.0  # a run of repeats less likely than e^-20 counts as stuck
-    raw_log: int = 0
-    a_short: float = 0.3  # likelihood: short-term mean of raw scores
+    stuck_nats: float = 30.0  # a run of repeats less likely than e^-30 counts as stuck
+    a_eq: float = 0.005  # how often a series repeats its previous value (frozen during a stuck run)
+    w_drift: float = 0.05  # slow level against a much slower anchor, in spreads
+    a_anchor: float = 0.0005
+    a_short: float = 1.0  # likelihood: short-term mean of raw scores (1 = last raw score)
     a_long: float = 0.003  # likelihood: long-term mean / variance of raw scores
     min_std: float = 0.02
-    lik_clip: float = 3.0
+    lik_clip: float = 3.0  # long-term stats learn at most mean + lik_clip * std
     peak_decay: float = 0.995  # refractory peak decays by this factor per sample
-    refractory: float = 0.3  # evidence below the peak is multiplied by this
+    refractory: float = 0.0  # evidence below the peak is multiplied by this
     out_scale: float = 20.0
     gap_factor: float = 4.0  # a step longer than gap_factor * typical step is a gap
 
 
 _F32_FIELDS = (
-    "x_prev", "level", "spread", "fast", "step", "lo", "hi", "cpos", "cneg", "run", "p_eq",
-    "r_short", "r_mean", "r_var", "peak", "dt", "q_dev", "q_jump", "q_shift",
+    "x_prev", "level", "spread", "fast", "q_dev", "q_jump", "q_shift", "run", "p_eq",
+    "r_short", "r_mean", "r_var", "peak", "dt", "anchor",
 )  # fmt: skip
 
 
@@ -71,7 +70,6 @@ class StreamDetector:
     def __init__(self, params: DetectorParams | None = None, capacity: int = 1024) -> None:
         self.params = params or DetectorParams()
         self._cap = 0
-        self.trace: list[dict[str, np.ndarray]] | None = None
         self._s: dict[str, np.ndarray] = {}
         self._alloc(max(int(capacity), 1))
 
@@ -121,9 +119,7 @@ class StreamDetector:
         return sum(v.itemsize for v in self._s.values())
 
     # ------------------------------------------------------------------ update
-    def update(
-        self, series_idx: np.ndarray, values: np.ndarray, t: np.ndarray | None = None
-    ) -> np.ndarray:
+    def update(self, series_idx: np.ndarray, values: np.ndarray, t: np.ndarray | None = None) -> np.ndarray:
         idx = np.asarray(series_idx, dtype=np.int64).ravel()
         x = np.asarray(values, dtype=F32).ravel()
         tt = None if t is None else np.asarray(t, dtype=np.float64).ravel()
@@ -145,127 +141,104 @@ class StreamDetector:
 
     def _step(self, idx: np.ndarray, x: np.ndarray, t: np.ndarray | None) -> np.ndarray:
         """One sample for each of ``idx`` (all distinct)."""
-        p = self.params
         ok = np.isfinite(x)
-        if not ok.all():
+        if not ok.all():  # unknown input: NaN out, state untouched
             out = np.full(len(idx), np.nan)
             sel = np.flatnonzero(ok)
             if len(sel):
                 out[sel] = self._step(idx[sel], x[sel], None if t is None else t[sel])
             return out
-        s = self._s
+        p, s = self.params, self._s
         g = {k: s[k][idx] for k in _F32_FIELDS}
-        n = s["n"][idx]
-        first = n == 0
+        n1 = s["n"][idx] + 1
+        first = n1 == 1
         x_prev = np.where(first, x, g["x_prev"])
         level = np.where(first, x, g["level"])
         fast = np.where(first, x, g["fast"])
-        lo = np.where(first, x, g["lo"])
-        hi = np.where(first, x, g["hi"])
-        spread, step = g["spread"], g["step"]
+        gap_w, fast = self._gaps(idx, t, g, level, fast)
 
-        # gaps: a long pause discounts the jump and forgets short-term context
-        gap_w = np.ones_like(x)
-        if t is not None:
-            t_prev = s["t_prev"][idx]
-            dt = (t - t_prev).astype(F32)
-            has = np.isfinite(dt) & (dt > 0)
-            typ = g["dt"]
-            typ_new = np.where(has, np.where(typ > 0, typ + F32(0.05) * (np.minimum(dt, 3 * typ + (typ == 0) * dt) - typ), dt), typ)
-            is_gap = has & (typ > 0) & (dt > F32(p.gap_factor) * typ)
-            gap_w = np.where(is_gap, np.sqrt(typ / np.where(is_gap, dt, 1)), gap_w).astype(F32)
-            fast = np.where(is_gap, level, fast)
-            s["t_prev"][idx] = np.where(np.isfinite(t), t, t_prev)
-            s["dt"][idx] = typ_new
-
-        # 1. features -----------------------------------------------------
+        # 1. features: distance from level, step, fast-vs-slow shift, each against its own learned
+        #    high quantile; stuck = improbably long run of identical values ----------------------
         eps = F32(1e-6) * (np.abs(level) + F32(1e-3))
-        sp = np.maximum(spread, eps)
-        stp = np.maximum(step, eps)
-        resid = x - level
         fast = fast + F32(p.a_fast) * (x - fast)
-        v_dev = np.abs(resid)
-        v_jump = np.abs(x - x_prev) * gap_w
-        v_shift = np.abs(fast - level)
-        q_dev, q_jump, q_shift = g["q_dev"], g["q_jump"], g["q_shift"]
-        u_dev = v_dev / np.maximum(q_dev, eps)
-        u_jump = v_jump / np.maximum(q_jump, eps)
-        u_shift = v_shift / np.maximum(q_shift, eps)
-        z_range = np.maximum(np.maximum(x - hi, lo - x), 0) / sp
-        zc = np.clip(resid / sp, -p.clip * 2, p.clip * 2)
-        cpos = np.maximum(g["cpos"] + zc - F32(p.cusum_k), 0)
-        cneg = np.maximum(g["cneg"] - zc - F32(p.cusum_k), 0)
+        v = (np.abs(x - level), np.abs(x - x_prev) * gap_w, np.abs(fast - level))
+        q = (g["q_dev"], g["q_jump"], g["q_shift"])
+        w = (F32(p.w_spike), F32(p.w_jump), F32(p.w_shift))
+        raw_z = np.maximum.reduce([vi / np.maximum(qi, eps) * wi for vi, qi, wi in zip(v, q, w, strict=True)])
         same = x == x_prev
         run = np.where(same, g["run"] + 1, 0).astype(F32)
-        p_eq = g["p_eq"]
-        surprise = run * -np.log(np.clip(p_eq, F32(0.01), F32(0.999)))
-        u_stuck = surprise / F32(p.stuck_nats)
-        u_stuck = np.where(u_stuck > 1, u_stuck, 0)
-        raw_z = np.maximum.reduce(
-            [
-                u_dev * F32(p.w_spike),
-                u_jump * F32(p.w_jump),
-                u_shift * F32(p.w_shift),
-                z_range * F32(p.w_range),
-                np.maximum(cpos, cneg) * F32(p.w_cusum),
-                u_stuck * F32(p.w_stuck),
-            ]
-        )
-        raw = np.log1p(raw_z) if p.raw_log else 1.0 - np.exp(-raw_z.astype(np.float64))
-        z_spike, z_jump, z_shift = u_dev, u_jump, u_shift
+        u_stuck = run * -np.log(np.clip(g["p_eq"], F32(0.01), F32(0.999))) / F32(p.stuck_nats)
+        raw_z = np.maximum(raw_z, np.where(u_stuck > 1, u_stuck * F32(p.w_stuck), 0))
+        anchor = np.where(first, x, g["anchor"])
+        sp = np.maximum(g["spread"], eps)
+        raw_z = np.maximum(raw_z, np.abs(level - anchor) / sp * F32(p.w_drift))
+        raw = 1.0 - np.exp(-raw_z.astype(np.float64))
 
-        # 2. likelihood ---------------------------------------------------
-        r_short = g["r_short"] + F32(p.a_short) * (raw - g["r_short"])
+        # 2. anomaly likelihood: short-term mean of raw against its long-term distribution ---------
+        r_short = g["r_short"] + p.a_short * (raw - g["r_short"])
         r_mean, r_var = g["r_mean"], g["r_var"]
         std = np.sqrt(r_var) + F32(p.min_std)
-        z_l = (r_short - r_mean) / std
-        evidence = _neg_log_tail(z_l)
+        evidence = _neg_log_tail((r_short - r_mean) / std)
 
-        # 3. refractory -----------------------------------------------------
+        # 3. refractory: only evidence above the decaying recent peak counts in full -------------
         peak = g["peak"] * F32(p.peak_decay)
-        shaped = np.where(evidence > peak, evidence, evidence * F32(p.refractory))
-        peak = np.maximum(peak, evidence)
-        n1 = n + 1
+        shaped = np.where(evidence > peak, evidence, evidence * p.refractory)
         warm = n1 > p.warmup
-        if self.trace is not None:
-            self.trace.append({k: v.copy() for k, v in (("raw", raw), ("zs", z_spike), ("zj", z_jump), ("zsh", z_shift), ("zr", z_range), ("zl", z_l), ("ev", evidence), ("sh", shaped))})
-        score = np.where(warm, 1.0 - np.exp(-shaped.astype(np.float64) / p.out_scale), np.nan)
+        score = np.where(warm, 1.0 - np.exp(-shaped / p.out_scale), np.nan)
 
-        # state updates (winsorised, so anomalies do not poison what is learned) --------------
+        # 4. learn, winsorised so that anomalies do not poison the state ---------------------------
+        a = np.where(n1 < 1 / p.a_level, F32(1) / n1, F32(p.a_level)).astype(F32)
         c = F32(p.clip)
-        a = F32(p.a_level) if p.warmup == 0 else np.where(n1 < 1 / p.a_level, F32(1) / n1, F32(p.a_level)).astype(F32)
-        xw = np.where(first, x, np.clip(x, level - c * sp, level + c * sp))
-        new_level = level + a * (xw - level)
-        dev = np.where(first, 0, np.minimum(np.abs(x - level), c * sp))
-        new_spread = spread + a * (dev - spread)
-        jump = np.where(first, 0, np.minimum(np.abs(x - x_prev) * gap_w, c * stp + (step == 0) * np.abs(x - x_prev)))
-        new_step = step + np.maximum(a, F32(p.a_step)) * (jump - step)
-        env = F32(p.env_decay)
-        new_hi = np.maximum(hi - env * (hi - new_level), x)
-        new_lo = np.minimum(lo + env * (new_level - lo), x)
-        qt, qe = F32(p.q_tau), F32(p.q_rate)
-        qa = np.maximum(a, qe)
-        q_new = {}
-        for name, v, q in (("q_dev", v_dev, q_dev), ("q_jump", v_jump, q_jump), ("q_shift", v_shift, q_shift)):
-            learn = np.where(q > 0, q * np.where(v > q, F32(1) + qa * qt, F32(1) - qa * (F32(1) - qt)), v)
-            q_new[name] = np.where(first, 0, learn)
-        p_eq_new = p_eq + a * (same.astype(F32) - p_eq)
-        r_clip = np.minimum(r_short, r_mean + F32(p.lik_clip) * std)
-        al = np.where(n1 < 1 / p.a_long, F32(1) / n1, F32(p.a_long)).astype(F32)
-        d_r = r_clip - r_mean
-        new_r_mean = r_mean + al * d_r
-        new_r_var = (F32(1) - al) * (r_var + al * d_r * d_r)
-
-        s["n"][idx] = n1
+        xw = np.clip(x, level - c * sp, level + c * sp)
+        ae = np.where(n1 < 1 / p.a_eq, F32(1) / n1, F32(p.a_eq)).astype(F32)
         upd = {
-            "x_prev": x, "level": new_level, "spread": new_spread, "fast": fast, "step": new_step,
-            "lo": new_lo, "hi": new_hi, "cpos": np.where(warm, cpos, 0), "cneg": np.where(warm, cneg, 0),
-            "run": run, "p_eq": p_eq_new, "r_short": r_short, "r_mean": new_r_mean, "r_var": new_r_var,
-            "peak": np.where(warm, peak, 0), **q_new,
-        }  # fmt: skip
-        for k, v in upd.items():
-            s[k][idx] = v
+            "x_prev": x,
+            "level": np.where(first, x, level + a * (xw - level)),
+            "spread": np.where(first, 0, g["spread"] + a * (np.minimum(v[0], c * sp) - g["spread"])),
+            "fast": fast,
+            "run": run,
+            "p_eq": np.where(u_stuck > 0.5, g["p_eq"], g["p_eq"] + ae * (same.astype(F32) - g["p_eq"])),
+            "anchor": anchor + F32(p.a_anchor) * (level - anchor),
+            "r_short": r_short,
+            "peak": np.where(warm, np.maximum(peak, evidence), 0),
+        }
+        qa = np.maximum(a, F32(p.q_rate))
+        up, down = F32(1) + qa * F32(p.q_tau), F32(1) - qa * F32(1 - p.q_tau)
+        for name, vi, qi in zip(("q_dev", "q_jump", "q_shift"), v, q, strict=True):
+            learned = np.where(qi > 0, qi * np.where(vi > qi, up, down), vi)
+            upd[name] = np.where(first, 0, learned)
+        al = np.where(n1 < 1 / p.a_long, F32(1) / n1, F32(p.a_long)).astype(F32)
+        d_r = np.minimum(r_short, r_mean + F32(p.lik_clip) * std) - r_mean
+        upd["r_mean"] = r_mean + al * d_r
+        upd["r_var"] = (1 - al) * (r_var + al * d_r * d_r)
+        s["n"][idx] = n1
+        for k, val in upd.items():
+            s[k][idx] = val
         return score
+
+    def _gaps(
+        self,
+        idx: np.ndarray,
+        t: np.ndarray | None,
+        g: dict[str, np.ndarray],
+        level: np.ndarray,
+        fast: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Track the typical time step; a long pause discounts the next jump and forgets the fast mean."""
+        if t is None:
+            return np.ones(len(idx), F32), fast
+        s = self._s
+        t_prev = s["t_prev"][idx]
+        with np.errstate(invalid="ignore"):
+            dt = (t - t_prev).astype(F32)
+        has = np.isfinite(dt) & (dt > 0)
+        typ = g["dt"]
+        is_gap = has & (typ > 0) & (dt > F32(self.params.gap_factor) * typ)
+        gap_w = np.where(is_gap, np.sqrt(typ / np.where(is_gap, dt, 1)), 1).astype(F32)
+        step = np.where(typ > 0, typ + F32(0.05) * (np.minimum(dt, 3 * typ) - typ), dt)
+        s["dt"][idx] = np.where(has, step, typ)
+        s["t_prev"][idx] = np.where(np.isfinite(t), t, t_prev)
+        return gap_w, np.where(is_gap, level, fast)
 
 
 def _occurrence_rank(idx: np.ndarray) -> np.ndarray | None:
