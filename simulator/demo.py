@@ -34,19 +34,20 @@ from simulator.city import City, CityConfig
 from simulator.embedded import EmbeddedBroker
 from simulator.faults import Fault, random_faults
 from simulator.harness import Mosquitto, ServerMissing
-from simulator.hostile import hostile_messages
+from simulator.hostile import ACCEPTED_KINDS, HOSTILE_KINDS, hostile_messages
 from simulator.publisher import Publisher
 from simulator.signals import SignalModel
 from simulator.stream import TelemetryStream
 
 DAY_MS = 86_400_000
+REFUSED_KINDS = tuple(k for k in HOSTILE_KINDS if k not in ACCEPTED_KINDS)
 
 
 @dataclass
 class DemoResult:
     published: int
     stored: int
-    rejected: int  # samples refused + replays dropped as duplicates
+    rejected: int  # samples refused by the gateway (each dead-lettered with its reason)
     alerts: int
     duplicates: int
     broker: str
@@ -105,7 +106,7 @@ def run_demo(*, poles: int = 200, duration: float | None = None, seed: int = 42,
     stream = TelemetryStream(city, SignalModel(city, seed), faults, start_ms=start_ms, step_ms=step_ms,
                              seed=seed)
     rng = np.random.default_rng(seed)
-    published = hostile_sent = 0
+    published = hostile_sent = replayed = 0
     with _broker(broker) as (host, port, version, broker_desc):
         settings = GatewaySettings(mqtt_host=host, mqtt_port=port, mqtt_version=version,
                                    state_dir=str(workdir), client_id="lampwatch-demo-gw",
@@ -144,13 +145,20 @@ def run_demo(*, poles: int = 200, duration: float | None = None, seed: int = 42,
                         time.sleep(0.2)
                         live.update(view())
                         continue
-                    for topic, payload in stream.tick():
+                    t_sim = sim_ms()
+                    sent = stream.tick()
+                    for topic, payload in sent:
                         pub.publish(topic, payload)
                         published += 1
                     n_hostile = int(rng.binomial(poles, hostile_pct / 100.0))
-                    for topic, payload, _kind in hostile_messages(rng, n_hostile, city):
+                    for topic, payload, _kind in hostile_messages(rng, n_hostile, city, now_ms=t_sim,
+                                                                  kinds=REFUSED_KINDS):
                         pub.publish(topic, payload)
                         hostile_sent += 1
+                    # true replays (the same bytes again, as a flaky link re-sends): dropped as duplicates
+                    for i in rng.choice(len(sent), size=min(len(sent), n_hostile), replace=False):
+                        pub.publish(*sent[int(i)])
+                        replayed += 1
                     live.update(view())
                     next_tick += 1.0
                     time.sleep(max(0.0, next_tick - time.monotonic()))
@@ -175,7 +183,7 @@ def run_demo(*, poles: int = 200, duration: float | None = None, seed: int = 42,
         stored = store.count("telemetry")
         alerts = int(c.get("alarms_raised", 0))
         store.close()
-    # rejected = samples refused (dead-lettered) + replays dropped as duplicates of stored samples
-    rejected = int(c.get("samples_rejected", 0) + c.get("duplicates", 0))
+    # replays are not new samples: they are not counted as published, and must not be stored again
+    rejected = int(c.get("samples_rejected", 0))
     return DemoResult(published + hostile_sent, stored, rejected, alerts, int(c.get("duplicates", 0)),
                       broker_desc, describe(store_cfg))

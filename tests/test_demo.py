@@ -37,5 +37,6 @@ def test_demo_loses_nothing_and_counts_from_the_store(broker: str, tmp_path: Pat
 
     store = SqliteStore(tmp_path / "lampwatch.sqlite")
     assert store.count("telemetry") == res.stored
-    assert store.count("rejects") >= res.rejected - res.duplicates  # every refusal left a reject point
+    assert store.count("rejects") >= res.rejected  # every refusal left a reject point
+    assert res.duplicates > 0  # the replays were seen and dropped, not stored twice
     store.close()
