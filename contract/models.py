@@ -72,6 +72,10 @@ class Status(_Model):
     location: Location | None = None
     interval_s: Annotated[float, Field(gt=0)] | None = None
     reason: ShortText | None = None  # offline: "will" (broker-sent) or "shutdown"
+    # installation attributes the safety rules judge against (from the pole's inventory record)
+    rated_power_w: Annotated[float, Field(gt=0, le=5000)] | None = None
+    nominal_voltage_v: Annotated[float, Field(gt=0, le=1000)] | None = None
+    tilt_baseline_deg: Annotated[float, Field(ge=0, le=90)] | None = None
 
 
 class Alert(_Model):

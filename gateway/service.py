@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -68,18 +68,30 @@ class GatewayConfig:
 
 
 _Item = tuple[str, bytes, int, int]  # topic, payload, mid, qos
+_Batched = tuple[list[Point], int, int, Outcome | None]  # points, mid (-1: none), qos, outcome for detection
+
+
+class Stage(Protocol):
+    """What the gateway calls with every batch's outcomes (the detection stage, gateway.detection)."""
+
+    def __call__(self, outcome: Outcome) -> list[Point]: ...
+
+    def tick(self, now_ms: int | None = None) -> list[Point]: ...
+
+    def counters(self) -> dict[str, float]: ...
+
+    def close(self) -> None: ...
 
 
 class Gateway:
     def __init__(self, cfg: GatewayConfig, sink: Sink, *, clock: Callable[[], float] = time.time,
-                 on_outcome: Callable[[Outcome], list[Point]] | None = None) -> None:
+                 on_outcome: Stage | None = None) -> None:
         self.cfg, self.sink, self.clock = cfg, sink, clock
         self.pipeline = Pipeline(cfg.limits)
         self.spool = Spool(cfg.spool_path, cfg.spool_max_bytes)
-        self.on_outcome = on_outcome  # e.g. the detector: readings in, alert points out
+        self.on_outcome = on_outcome  # the detection stage: a batch's readings in, alert points out
         self._inbox: queue.Queue[_Item] = queue.Queue(maxsize=cfg.inbox_max)
-        self._batcher: Batcher[tuple[list[Point], int, int]] = Batcher(cfg.batch_max_points,
-                                                                      cfg.batch_max_age_s)
+        self._batcher: Batcher[_Batched] = Batcher(cfg.batch_max_points, cfg.batch_max_age_s)
         self._stop = threading.Event()
         self._worker: threading.Thread | None = None
         self._connected = threading.Event()
@@ -118,7 +130,6 @@ class Gateway:
             subs.append((topics.filter_for("telemetry", d), 1))
             subs.append((topics.filter_for("status", d), 1))
         client.subscribe(subs)
-        self._publish_status("online", self.clock())
         log.info("gateway %s connected, owning districts %s", self.cfg.client_id,
                  ",".join(self.cfg.districts))
 
@@ -128,6 +139,7 @@ class Gateway:
             log.error("broker refused the gateway's subscriptions: %s", failed)
             return
         self._connected.set()  # "connected" means subscribed: nothing published from now on is missed
+        self._publish_status("online", self.clock())
 
     def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
         self._connected.clear()
@@ -170,6 +182,8 @@ class Gateway:
         self._client.disconnect()
         self._client.loop_stop()
         self.spool.close()
+        if self.on_outcome is not None:
+            self.on_outcome.close()
 
     def publish(self, topic: str, payload: bytes | str, retain: bool = False) -> None:
         """Publish at QoS 1 through the gateway's connection (alerts, commands)."""
@@ -196,6 +210,8 @@ class Gateway:
         out["inbox"] = self._inbox.qsize()
         out["gaps"] = self.pipeline.seq.total_missing()
         out.update({f"rejects_{k}": v for k, v in self.pipeline.rejects_by_reason.items()})
+        if self.on_outcome is not None:
+            out.update(self.on_outcome.counters())
         return out
 
     # --- worker ----------------------------------------------------------------------------------------
@@ -214,8 +230,8 @@ class Gateway:
             now = self.clock()
             batch = None
             if item is not None:
-                pts = self._handle(item, now)
-                batch = self._batcher.add((pts, item[2], item[3]), now, weight=max(1, len(pts)))
+                pts, outcome = self._handle(item, now)
+                batch = self._batcher.add((pts, item[2], item[3], outcome), now, weight=max(1, len(pts)))
             batch = batch or self._batcher.due(now)
             if batch:
                 self._flush(batch)
@@ -223,13 +239,16 @@ class Gateway:
                 self._replay_one(now)
             if now >= next_self:
                 next_self = now + self.cfg.selfmetrics_interval_s
-                self._batcher.add(([self._selfmetrics_point(now)], -1, 0), now)
+                extra = [self._selfmetrics_point(now)]
+                if self.on_outcome is not None:
+                    extra += self.on_outcome.tick(int(now * 1000))  # silence -> pole offline alarms
+                self._batcher.add((extra, -1, 0, None), now)
                 self._publish_status("online", now)
         rest = self._batcher.take()
         if rest:
             self._flush(rest)
 
-    def _handle(self, item: _Item, now: float) -> list[Point]:
+    def _handle(self, item: _Item, now: float) -> tuple[list[Point], Outcome | None]:
         topic, payload, _mid, _qos = item
         now_ms = int(now * 1000)
         try:
@@ -241,9 +260,7 @@ class Gateway:
             self.stats["lag_ms"] = now_ms - max(r.ts_ms for r in out.readings)
         for r in out.rejects:
             self._deadletter(r, now_ms)
-        if self.on_outcome is not None:
-            out.points.extend(self.on_outcome(out))
-        return out.points
+        return out.points, (out if out.readings or out.status is not None else None)
 
     def _deadletter(self, r: Reject, now_ms: int) -> None:
         if not self.cfg.deadletter_publish:
@@ -258,11 +275,31 @@ class Gateway:
                         encoding=enc, received_at=now_ms, pole=r.pole, seq=r.seq)  # type: ignore[arg-type]
         self._client.publish(topics.deadletter(r.reason), dl.model_dump_json(), qos=1)
 
-    def _flush(self, batch: list[tuple[list[Point], int, int]]) -> None:
-        points = [p for pts, _m, _q in batch for p in pts]
+    def _detect(self, batch: list[_Batched]) -> list[Point]:
+        """Run detection once per batch (cheap per reading), statuses first so births set attributes."""
+        if self.on_outcome is None:
+            return []
+        out: list[Point] = []
+        readings = []
+        for _p, _m, _q, o in batch:
+            if o is None:
+                continue
+            if o.status is not None:
+                out += self.on_outcome(Outcome(status=o.status))
+            readings += o.readings
+        if readings:
+            out += self.on_outcome(Outcome(readings=readings))
+        return out
+
+    def _flush(self, batch: list[_Batched]) -> None:
+        points = [p for pts, _m, _q, _o in batch for p in pts]
+        try:
+            points += self._detect(batch)
+        except Exception:  # detection must never stop ingestion; the readings are still stored
+            log.exception("detection stage failed on a batch of %d messages", len(batch))
         if points:
             self._write_or_spool(points)
-        for _pts, mid, qos in batch:
+        for _pts, mid, qos, _o in batch:
             if mid >= 0 and qos > 0:
                 self._client.ack(mid, qos)
                 self.stats["acked"] += 1

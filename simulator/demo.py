@@ -37,7 +37,7 @@ from simulator.harness import Mosquitto, ServerMissing
 from simulator.hostile import ACCEPTED_KINDS, HOSTILE_KINDS, hostile_messages
 from simulator.publisher import Publisher
 from simulator.signals import SignalModel
-from simulator.stream import TelemetryStream
+from simulator.stream import TelemetryStream, birth_messages
 
 DAY_MS = 86_400_000
 REFUSED_KINDS = tuple(k for k in HOSTILE_KINDS if k not in ACCEPTED_KINDS)
@@ -101,8 +101,9 @@ def run_demo(*, poles: int = 200, duration: float | None = None, seed: int = 42,
                                   "lamp_failure", "voltage_sag", "voltage_surge"))
     # and, so every demo shows the safety path, a leak and a knocked-down pole a third of the way in
     t_fault = start_ms + (now_ms - start_ms) // 3
-    faults += [Fault.make("leakage", city.poles[0].pole_id, t_fault, now_ms + DAY_MS),
-               Fault.make("knockdown", city.poles[-1].pole_id, t_fault, now_ms + DAY_MS)]
+    t_end = now_ms + 2 * step_ms  # the leak's ramp completes within the run
+    faults += [Fault.make("leakage", city.poles[0].pole_id, t_fault, t_end),
+               Fault.make("knockdown", city.poles[-1].pole_id, t_fault, t_end)]
     stream = TelemetryStream(city, SignalModel(city, seed), faults, start_ms=start_ms, step_ms=step_ms,
                              seed=seed)
     rng = np.random.default_rng(seed)
@@ -117,6 +118,8 @@ def run_demo(*, poles: int = 200, duration: float | None = None, seed: int = 42,
         gw: Gateway = build_with_store(settings, store)
         gw.start()
         pub = Publisher(host, port, "lampwatch-demo-sim", mqtt_version=version).connect()
+        for topic, payload in birth_messages(stream, start_ms):
+            pub.publish(topic, payload, retain=True)
         t0 = time.monotonic()
         next_tick = t0
 

@@ -163,9 +163,7 @@ def _grouped_cummax(v: np.ndarray, group: np.ndarray) -> np.ndarray:
     return np.maximum.accumulate(shifted) - group * span * 2.0
 
 
-def score_corpus(
-    layouts: Sequence[FileLayout], scores: Sequence[np.ndarray], profile: Profile | str
-) -> CorpusScore:
+def score_corpus(layouts: Sequence[FileLayout], scores: Sequence[np.ndarray], profile: Profile | str) -> CorpusScore:
     prof = PROFILES[profile] if isinstance(profile, str) else profile
     thresholds, raws = sweep(layouts, scores, prof)
     best = int(np.argmax(raws))

@@ -18,9 +18,7 @@ from gateway.detect.stream import DetectorParams, StreamDetector
 
 
 class Detector(Protocol):
-    def update(
-        self, series_idx: np.ndarray, values: np.ndarray, t: np.ndarray | None = None
-    ) -> np.ndarray: ...
+    def update(self, series_idx: np.ndarray, values: np.ndarray, t: np.ndarray | None = None) -> np.ndarray: ...
 
 
 def parse_timestamps(timestamps: Sequence[str]) -> np.ndarray:
@@ -52,9 +50,7 @@ def run_many(
     return [out[i, : lengths[i]] for i in range(len(series))]
 
 
-def run_series(
-    values: np.ndarray, t: np.ndarray | None = None, detector: Detector | None = None
-) -> np.ndarray:
+def run_series(values: np.ndarray, t: np.ndarray | None = None, detector: Detector | None = None) -> np.ndarray:
     return run_many([np.asarray(values, dtype=np.float64)], None if t is None else [t], detector)[0]
 
 

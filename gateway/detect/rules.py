@@ -251,6 +251,7 @@ class Rules:
         self.base_cols = np.array(sorted({r.col for r in self.rules if r.relative_to == "baseline"}),
                                   np.int64)
         self._base_slot = {int(c): i for i, c in enumerate(self.base_cols)}
+        self._tbl = self._table()
         nb = max(len(self.base_cols), 1)
         s.alloc("base", np.float64, np.nan, (nb,))
         s.alloc("base_buf", np.float64, np.nan, (nb, p.tilt_learn_n))
@@ -261,6 +262,27 @@ class Rules:
         s.alloc("maint_start", np.int64, NO_TS, (p.maintenance_slots,))
         s.alloc("maint_end", np.int64, NO_TS, (p.maintenance_slots,))
         s.alloc("said_offline", np.bool_, False)
+
+    def _table(self) -> dict[str, np.ndarray]:
+        """The rule table as arrays: one entry per rule, tiers padded with +inf (never reached)."""
+        rs = self.rules
+        top = max(len(r.trig_at) for r in rs)
+        sign = np.array([1.0 if r.op == ">=" else -1.0 for r in rs])
+        trig = np.full((len(rs), top), np.inf)
+        clear = np.full((len(rs), top), np.inf)
+        for i, r in enumerate(rs):
+            trig[i, : len(r.trig_at)] = sign[i] * np.array(r.trig_at)
+            clear[i, : len(r.clear_at)] = sign[i] * np.array(r.clear_at)
+        rel = np.array([r.relative_to for r in rs])
+        base_rule = np.flatnonzero(rel == "baseline")
+        return {
+            "col": np.array([r.col for r in rs], np.int64), "sign": sign, "trig": trig, "clear": clear,
+            "nominal": rel == "nominal", "rated": rel == "rated", "baseline": rel == "baseline",
+            "divide": (rel == "nominal") | (rel == "rated"),
+            "lamp_on": np.array([r.lamp_on for r in rs]), "door": np.array([r.col == _DOOR for r in rs]),
+            "base_rule": base_rule,
+            "base_slot": np.array([self._base_slot[rs[i].col] for i in base_rule], np.int64),
+        }
 
     # --- per-pole attributes -----------------------------------------------------------------------
     def set_pole(self, pole: str, district: str, *, rated_power_w: float | None = None,
@@ -369,37 +391,31 @@ class Rules:
         in_maint = np.any((ts[:, None] >= a["maint_start"][rows]) & (ts[:, None] < a["maint_end"][rows]),
                           axis=1)
 
-        parts: list[Conditions] = []
-        for k, rule in enumerate(self.rules):
-            raw = vals[:, rule.col]
-            valid = ~np.isnan(raw)
-            ref = np.full(n, np.nan)
-            if rule.relative_to == "absolute":
-                x = raw
-            elif rule.relative_to == "nominal":
-                ref = nominal
-                x = raw / nominal
-            elif rule.relative_to == "rated":
-                ref = expected
-                valid &= should_on & (expected > 0)
-                with np.errstate(divide="ignore", invalid="ignore"):
-                    x = raw / expected
-            else:  # baseline
-                ref = a["base"][rows, self._base_slot[rule.col]]
-                valid &= ~np.isnan(ref)
-                x = np.abs(raw - ref)
-            if rule.lamp_on:
-                valid &= should_on
-            idx = np.flatnonzero(valid)
-            if len(idx) == 0:
-                continue
-            trig, hold = levels(x[idx], rule.op, rule.trig_at, rule.clear_at)
-            if rule.col == _DOOR:  # an open door is the plan inside a maintenance window
-                m = in_maint[idx]
-                trig[m] = 0
-                hold[m] = 0
-            parts.append(Conditions(rows[idx], np.full(len(idx), k, np.int64), trig, hold, raw[idx],
-                                    ref[idx], (hold > 0).astype(np.float64), ts[idx]))
+        # every catalog rule at once: an (n samples x R rules) matrix, '<=' rules negated to '>='
+        t = self._tbl
+        raw = vals[:, t["col"]]
+        ref = np.full(raw.shape, np.nan)
+        ref[:, t["nominal"]] = nominal[:, None]
+        ref[:, t["rated"]] = expected[:, None]
+        if len(t["base_rule"]):
+            ref[:, t["base_rule"]] = a["base"][rows][:, t["base_slot"]]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            x = np.where(t["divide"], raw / ref, raw)
+            x = np.where(t["baseline"], np.abs(raw - ref), x)
+        valid = ~np.isnan(raw) & ~np.isnan(x)
+        valid &= ~t["lamp_on"] | should_on[:, None]
+        valid &= ~t["rated"] | (expected > 0)[:, None]
+        xs = x * t["sign"]
+        with np.errstate(invalid="ignore"):
+            trig = (xs[:, :, None] >= t["trig"]).sum(axis=2).astype(np.int8)  # tiers are monotone
+            hold = np.maximum((xs[:, :, None] > t["clear"]).sum(axis=2).astype(np.int8), trig)
+        quiet = in_maint[:, None] & t["door"]  # an open door is the plan inside a maintenance window
+        trig[quiet] = 0
+        hold[quiet] = 0
+        ii, kk = np.nonzero(valid)
+        hh = hold[ii, kk]
+        parts = [Conditions(rows[ii], kk.astype(np.int64), trig[ii, kk], hh, raw[ii, kk], ref[ii, kk],
+                            (hh > 0).astype(np.float64), ts[ii])]
         parts.append(self._flicker(rows, ts, vals[:, _POWER], rated))
         zero = np.zeros(n, np.int8)  # a reading is proof of life: it clears pole_offline at once
         parts.append(Conditions(rows, np.full(n, self.OFFLINE, np.int64), zero, zero, np.full(n, np.nan),

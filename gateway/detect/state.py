@@ -94,11 +94,11 @@ def occurrence_rank(keys: np.ndarray) -> np.ndarray:
     vectorised step because their keys are distinct.
     """
     k = np.asarray(keys, np.int64)
-    if len(k) == 0:
-        return np.empty(0, np.int64)
+    if len(k) <= 1:
+        return np.zeros(len(k), np.int64)
     order = np.argsort(k, kind="stable")
     sk = k[order]
-    starts = np.r_[True, sk[1:] != sk[:-1]]
+    starts = np.concatenate(([True], sk[1:] != sk[:-1]))
     first = np.maximum.accumulate(np.where(starts, np.arange(len(k)), 0))
     rank = np.empty(len(k), np.int64)
     rank[order] = np.arange(len(k)) - first
@@ -191,7 +191,7 @@ class FleetState:
         # for each (row, col) keep the entry with the newest time (last in input order on ties)
         order = np.lexsort((np.arange(len(rows)), ts, cc, rows))
         key = rows[order] * N_METRICS + cc[order]
-        last = np.r_[key[1:] != key[:-1], True]
+        last = np.concatenate((key[1:] != key[:-1], [True]))
         sel = order[last]
         r_sel, c_sel, t_sel = rows[sel], cc[sel], ts[sel]
         newer = t_sel >= a["value_ts"][r_sel, c_sel]

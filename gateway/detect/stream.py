@@ -70,17 +70,16 @@ class StreamDetector:
     def __init__(self, params: DetectorParams | None = None, capacity: int = 1024) -> None:
         self.params = params or DetectorParams()
         self._cap = 0
-        self._s: dict[str, np.ndarray] = {}
         self._alloc(max(int(capacity), 1))
 
     # ------------------------------------------------------------------ state
     def _alloc(self, cap: int) -> None:
-        fresh: dict[str, np.ndarray] = {k: np.zeros(cap, F32) for k in _F32_FIELDS}
-        fresh["n"] = np.zeros(cap, np.int32)
-        fresh["t_prev"] = np.full(cap, np.nan, np.float64)
-        for k, old in self._s.items():
-            fresh[k][: self._cap] = old
-        self._s, self._cap = fresh, cap
+        f = np.zeros((cap, len(_F32_FIELDS)), F32)  # one row per series: one gather, one scatter
+        n = np.zeros(cap, np.int32)
+        t_prev = np.full(cap, np.nan, np.float64)
+        if self._cap:
+            f[: self._cap], n[: self._cap], t_prev[: self._cap] = self._f, self._n, self._t_prev
+        self._f, self._n, self._t_prev, self._cap = f, n, t_prev, cap
 
     @property
     def capacity(self) -> int:
@@ -94,7 +93,8 @@ class StreamDetector:
             self._alloc(cap)
 
     def state_dict(self) -> dict[str, np.ndarray]:
-        out = {k: v.copy() for k, v in self._s.items()}
+        out = {k: self._f[:, j].copy() for j, k in enumerate(_F32_FIELDS)}
+        out["n"], out["t_prev"] = self._n.copy(), self._t_prev.copy()
         out["params"] = np.array(repr(sorted(asdict(self.params).items())))
         return out
 
@@ -102,13 +102,10 @@ class StreamDetector:
         expected = repr(sorted(asdict(self.params).items()))
         if "params" in state and str(state["params"]) != expected:
             raise ValueError("state was saved with different detector parameters")
-        cap = len(state["n"])
-        self._s = {k: np.array(state[k], dtype=self._dtype(k)) for k in (*_F32_FIELDS, "n", "t_prev")}
-        self._cap = cap
-
-    @staticmethod
-    def _dtype(key: str) -> type:
-        return np.int32 if key == "n" else np.float64 if key == "t_prev" else F32
+        self._f = np.stack([np.asarray(state[k], F32) for k in _F32_FIELDS], axis=1)
+        self._n = np.array(state["n"], np.int32)
+        self._t_prev = np.array(state["t_prev"], np.float64)
+        self._cap = len(self._n)
 
     @property
     def warmup_samples(self) -> int:
@@ -116,7 +113,7 @@ class StreamDetector:
         return self.params.warmup
 
     def bytes_per_series(self) -> int:
-        return sum(v.itemsize for v in self._s.values())
+        return self._f.itemsize * self._f.shape[1] + self._n.itemsize + self._t_prev.itemsize
 
     # ------------------------------------------------------------------ update
     def update(self, series_idx: np.ndarray, values: np.ndarray, t: np.ndarray | None = None) -> np.ndarray:
@@ -148,9 +145,10 @@ class StreamDetector:
             if len(sel):
                 out[sel] = self._step(idx[sel], x[sel], None if t is None else t[sel])
             return out
-        p, s = self.params, self._s
-        g = {k: s[k][idx] for k in _F32_FIELDS}
-        n1 = s["n"][idx] + 1
+        p = self.params
+        block = self._f[idx]
+        g = {k: block[:, j] for j, k in enumerate(_F32_FIELDS)}
+        n1 = self._n[idx] + 1
         first = n1 == 1
         x_prev = np.where(first, x, g["x_prev"])
         level = np.where(first, x, g["level"])
@@ -172,7 +170,7 @@ class StreamDetector:
         anchor = np.where(first, x, g["anchor"])
         sp = np.maximum(g["spread"], eps)
         raw_z = np.maximum(raw_z, np.abs(level - anchor) / sp * F32(p.w_drift))
-        raw = 1.0 - np.exp(-raw_z.astype(np.float64))
+        raw = F32(1) - np.exp(-raw_z)
 
         # 2. anomaly likelihood: short-term mean of raw against its long-term distribution ---------
         r_short = g["r_short"] + p.a_short * (raw - g["r_short"])
@@ -184,13 +182,14 @@ class StreamDetector:
         peak = g["peak"] * F32(p.peak_decay)
         shaped = np.where(evidence > peak, evidence, evidence * p.refractory)
         warm = n1 > p.warmup
-        score = np.where(warm, 1.0 - np.exp(-shaped / p.out_scale), np.nan)
+        score = np.where(warm, 1.0 - np.exp(shaped.astype(np.float64) / -p.out_scale), np.nan)
 
         # 4. learn, winsorised so that anomalies do not poison the state ---------------------------
-        a = np.where(n1 < 1 / p.a_level, F32(1) / n1, F32(p.a_level)).astype(F32)
+        inv_n = F32(1) / n1.astype(F32)  # running-mean rates until the EW rate takes over
+        a = np.maximum(inv_n, F32(p.a_level))
         c = F32(p.clip)
         xw = np.clip(x, level - c * sp, level + c * sp)
-        ae = np.where(n1 < 1 / p.a_eq, F32(1) / n1, F32(p.a_eq)).astype(F32)
+        ae = np.maximum(inv_n, F32(p.a_eq))
         upd = {
             "x_prev": x,
             "level": np.where(first, x, level + a * (xw - level)),
@@ -207,13 +206,15 @@ class StreamDetector:
         for name, vi, qi in zip(("q_dev", "q_jump", "q_shift"), v, q, strict=True):
             learned = np.where(qi > 0, qi * np.where(vi > qi, up, down), vi)
             upd[name] = np.where(first, 0, learned)
-        al = np.where(n1 < 1 / p.a_long, F32(1) / n1, F32(p.a_long)).astype(F32)
+        al = np.maximum(inv_n, F32(p.a_long))
         d_r = np.minimum(r_short, r_mean + F32(p.lik_clip) * std) - r_mean
         upd["r_mean"] = r_mean + al * d_r
         upd["r_var"] = (1 - al) * (r_var + al * d_r * d_r)
-        s["n"][idx] = n1
-        for k, val in upd.items():
-            s[k][idx] = val
+        self._n[idx] = n1
+        for j, k in enumerate(_F32_FIELDS):
+            if k in upd:
+                block[:, j] = upd[k]
+        self._f[idx] = block
         return score
 
     def _gaps(
@@ -227,8 +228,7 @@ class StreamDetector:
         """Track the typical time step; a long pause discounts the next jump and forgets the fast mean."""
         if t is None:
             return np.ones(len(idx), F32), fast
-        s = self._s
-        t_prev = s["t_prev"][idx]
+        t_prev = self._t_prev[idx]
         with np.errstate(invalid="ignore"):
             dt = (t - t_prev).astype(F32)
         has = np.isfinite(dt) & (dt > 0)
@@ -236,8 +236,8 @@ class StreamDetector:
         is_gap = has & (typ > 0) & (dt > F32(self.params.gap_factor) * typ)
         gap_w = np.where(is_gap, np.sqrt(typ / np.where(is_gap, dt, 1)), 1).astype(F32)
         step = np.where(typ > 0, typ + F32(0.05) * (np.minimum(dt, 3 * typ) - typ), dt)
-        s["dt"][idx] = np.where(has, step, typ)
-        s["t_prev"][idx] = np.where(np.isfinite(t), t, t_prev)
+        g["dt"][:] = np.where(has, step, typ)  # a view into the gathered block: written back with it
+        self._t_prev[idx] = np.where(np.isfinite(t), t, t_prev)
         return gap_w, np.where(is_gap, level, fast)
 
 
@@ -268,10 +268,10 @@ _ERFC_C = (
 
 def _neg_log_tail(z: np.ndarray) -> np.ndarray:
     """``-ln Q(z)`` for the standard normal upper tail, computed without underflow; 0 for z <= 0."""
-    zp = np.maximum(z.astype(np.float64), 0.0) / np.sqrt(2.0)
-    t = 1.0 / (1.0 + 0.5 * zp)
+    zp = np.maximum(z, 0) * F32(np.sqrt(0.5))
+    t = F32(1) / (F32(1) + F32(0.5) * zp)
     poly = np.full_like(zp, _ERFC_C[-1])
     for c in _ERFC_C[-2::-1]:
-        poly = poly * t + c
+        poly = poly * t + F32(c)
     log_erfc = np.log(t) - zp * zp + poly
-    return np.maximum(-log_erfc, 0.0)  # = -ln Q(z) - ln 2, i.e. 0 at z = 0
+    return np.maximum(-log_erfc, 0)  # = -ln Q(z) - ln 2, i.e. 0 at z = 0

@@ -23,6 +23,7 @@ class DrillResult:
     rejected: int = 0
     extra: dict[str, float] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
+    failed_checks: tuple[str, ...] = ()  # drill-specific checks beyond loss and duplicates
 
     @property
     def lost(self) -> int:
@@ -30,7 +31,7 @@ class DrillResult:
 
     @property
     def passed(self) -> bool:
-        return self.lost == 0 and self.duplicates == 0
+        return self.lost == 0 and self.duplicates == 0 and not self.failed_checks
 
     def line(self) -> str:
         return (f"drill {self.name}: published={self.published} stored={self.stored} "

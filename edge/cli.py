@@ -1,0 +1,98 @@
+"""``lampwatch-edge``: the edge agent's command line (the composition root: config is loaded here).
+
+    lampwatch-edge run   --config /etc/lampwatch/edge.toml
+    lampwatch-edge check --config /etc/lampwatch/edge.toml
+
+A user mistake (bad config, unreachable broker, unusable outbox file) prints one line on stderr and
+exits non-zero (2 for configuration, 1 for the rest); never a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from contract import topics
+from contract.errors import ConfigError, LampwatchError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="lampwatch edge agent: samples a pole's sensors and forwards them over MQTT 5.")
+
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="TOML config file; "
+                                                 "LAMPWATCH_EDGE_* environment variables override it.")]
+
+
+def _fail(exc: LampwatchError) -> None:
+    typer.echo(f"lampwatch-edge: error: {exc}", err=True)
+    raise typer.Exit(2 if isinstance(exc, ConfigError) else 1)
+
+
+@app.command()
+def run(config: ConfigOpt = None) -> None:
+    """Run the agent until SIGTERM or Ctrl-C, then shut down cleanly (offline status, outbox kept).
+
+    Example: lampwatch-edge run --config /etc/lampwatch/edge.toml
+    """
+    from edge.agent import EdgeAgent
+    from edge.config import load_config
+
+    try:
+        cfg = load_config(config)
+        logging.basicConfig(level=cfg.log_level, stream=sys.stderr,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        agent = EdgeAgent(cfg)
+        stop = threading.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+        agent.start()
+    except LampwatchError as exc:
+        _fail(exc)
+        return
+    try:
+        while not stop.wait(3600):
+            pass
+    finally:
+        agent.stop()
+    typer.echo(f"edge {cfg.pole}: {agent.summary()}")
+
+
+@app.command()
+def check(config: ConfigOpt = None,
+          timeout: Annotated[float, typer.Option(help="seconds to wait for the broker")] = 10.0) -> None:
+    """Validate the configuration and try the broker (connect + subscribe); print one verdict line.
+
+    Exit 0 and "ok: ..." when both work; exit 2 on a configuration error, 1 when the broker fails.
+
+    Example: lampwatch-edge check --config /etc/lampwatch/edge.toml
+    """
+    from edge.agent import build_drivers
+    from edge.config import load_config
+    from edge.link import LinkSettings, probe
+
+    try:
+        cfg = load_config(config)
+        build_drivers(cfg)
+        pw = cfg.password.get_secret_value() if cfg.password is not None else None
+        settings = LinkSettings(
+            host=cfg.host, port=cfg.port, client_id=cfg.pole, keepalive_s=cfg.keepalive_s,
+            username=cfg.username, password=pw, tls=cfg.use_tls,
+            tls_ca=str(cfg.tls_ca) if cfg.tls_ca else None, tls_cert=str(cfg.tls_cert) if cfg.tls_cert else None,
+            tls_key=str(cfg.tls_key) if cfg.tls_key else None, connect_timeout_s=min(cfg.connect_timeout_s, timeout))
+        verdict = probe(settings, topics.cmd(cfg.district, cfg.pole), timeout)
+    except LampwatchError as exc:
+        _fail(exc)
+        return
+    except ValueError as exc:  # e.g. a driver that cannot be built from a valid-looking config
+        _fail(ConfigError(str(exc)))
+        return
+    typer.echo(f"ok: config valid ({len(cfg.sensors)} sensors, outbox {cfg.outbox_file}); {verdict}")
+
+
+def main() -> None:
+    app()

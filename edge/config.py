@@ -1,0 +1,210 @@
+"""The edge agent's configuration: one pydantic-settings model, loaded only by the CLI.
+
+Sources, highest priority first: constructor arguments, ``LAMPWATCH_EDGE_*`` environment variables
+(nested fields with ``__``: ``LAMPWATCH_EDGE_LOCATION__LAT=52.1``; lists and tables as JSON), then the
+TOML file given to :func:`load_config`. Secrets (``password``) are ``SecretStr``: never logged. See
+docs/edge.md for a full example, including wiring a real board through command and file drivers.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, InitSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
+
+from contract.catalog import BY_NAME, CRITICAL, NAMES
+from contract.errors import ConfigError
+from contract.ids import DistrictStr, PoleIdStr
+from contract.models import Location, MetricName
+
+ENV_PREFIX = "LAMPWATCH_EDGE_"
+_FILE_DATA: ContextVar[dict[str, Any] | None] = ContextVar("edge_config_file", default=None)
+
+PositiveS = Annotated[float, Field(gt=0)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SourceMap(_Strict):
+    """Where a metric's raw value is (JSON path or file path) and how to convert it."""
+
+    path: Annotated[str, Field(min_length=1)]
+    scale: float = 1.0
+    offset: float = 0.0
+
+
+class SimulatedSource(_Strict):
+    kind: Literal["simulated"] = "simulated"
+    #: metrics to simulate; None = every catalog metric no earlier driver provides
+    metrics: list[MetricName] | None = None
+    seed: int | None = None
+
+
+class CommandSource(_Strict):
+    kind: Literal["command"]
+    argv: Annotated[list[str], Field(min_length=1)]
+    timeout_s: Annotated[float, Field(gt=0, le=120)] = 5.0
+    metrics: Annotated[dict[MetricName, SourceMap], Field(min_length=1)]
+
+
+class FileSource(_Strict):
+    kind: Literal["file"]
+    metrics: Annotated[dict[MetricName, SourceMap], Field(min_length=1)]
+
+
+DriverSpec = Annotated[SimulatedSource | CommandSource | FileSource, Field(discriminator="kind")]
+
+
+def _unknown(names: object) -> list[str]:
+    return [n for n in names if n not in BY_NAME]  # type: ignore[attr-defined]
+
+
+class EdgeConfig(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid",
+                                      frozen=True)
+
+    # identity
+    pole: PoleIdStr
+    district: DistrictStr
+    firmware: Annotated[str, Field(max_length=100)] = "unknown"
+    location: Location | None = None
+
+    # broker
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=1, le=65535)] = 1883
+    keepalive_s: Annotated[int, Field(ge=2, le=3600)] = 30
+    session_expiry_s: Annotated[int, Field(ge=0, le=2**32 - 1)] = 7 * 86_400
+    username: str | None = None
+    password: SecretStr | None = None
+    tls: bool = False  # TLS with the system CAs; implied by tls_ca
+    tls_ca: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    connect_timeout_s: Annotated[float, Field(gt=0, le=120)] = 5.0
+    backoff_min_s: Annotated[float, Field(gt=0, le=3600)] = 0.5
+    backoff_max_s: Annotated[float, Field(gt=0, le=3600)] = 60.0
+
+    # outbox (store and forward)
+    outbox_path: Path | None = None  # default: .lampwatch/edge-<pole>.sqlite
+    outbox_max_bytes: Annotated[int, Field(ge=1024)] = 64 << 20
+    outbox_max_age_s: PositiveS = 7 * 86_400.0
+    outbox_sync: Literal["full", "normal", "off"] = "full"
+    max_message_samples: Annotated[int, Field(ge=1, le=1000)] = 500
+    max_message_bytes: Annotated[int, Field(ge=1024, le=200 * 1024)] = 128 * 1024
+    inflight_window: Annotated[int, Field(ge=1, le=1000)] = 8
+
+    # sampling
+    report_interval_s: Annotated[float, Field(ge=0.1, le=86_400)] = 60.0
+    intervals: dict[MetricName, Annotated[float, Field(ge=0.1, le=86_400)]] = Field(default_factory=dict)
+    safety_interval_s: Annotated[float, Field(ge=0.05, le=3600)] = 1.0
+    tilt_baseline_deg: Annotated[float, Field(ge=0, le=90)] | None = None  # None: first reading
+    thresholds: dict[MetricName, float] = Field(default_factory=dict)
+    drivers: list[DriverSpec] = Field(default_factory=lambda: [SimulatedSource()])
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings],
+                                   init_settings: PydanticBaseSettingsSource,
+                                   env_settings: PydanticBaseSettingsSource,
+                                   dotenv_settings: PydanticBaseSettingsSource,
+                                   file_secret_settings: PydanticBaseSettingsSource,
+                                   ) -> tuple[PydanticBaseSettingsSource, ...]:
+        data = _FILE_DATA.get()
+        if data is None:
+            return init_settings, env_settings
+        return init_settings, env_settings, InitSettingsSource(settings_cls, init_kwargs=data)
+
+    @model_validator(mode="after")
+    def _check(self) -> EdgeConfig:
+        for d in self.drivers:
+            if d.metrics is not None and (bad := _unknown(d.metrics)):
+                raise ValueError(f"drivers: unknown metric(s) {', '.join(bad)}")
+        if bad := _unknown(self.intervals):
+            raise ValueError(f"intervals: unknown metric(s) {', '.join(bad)}")
+        if not self.sensors:
+            raise ValueError("drivers provide no metric at all")
+        if missing := [n for n in self.intervals if n not in self.sensors]:
+            raise ValueError(f"intervals: no driver provides {', '.join(missing)}")
+        for name, value in self.thresholds.items():
+            if name not in CRITICAL:
+                raise ValueError(f"thresholds: {name} is not checked on the edge (critical metrics: "
+                                 f"{', '.join(CRITICAL)})")
+            m = BY_NAME[name]
+            if not m.lo <= value <= m.hi:
+                raise ValueError(f"thresholds: {name}={value} outside [{m.lo}, {m.hi}]")
+        if self.backoff_min_s > self.backoff_max_s:
+            raise ValueError("backoff_min_s must be <= backoff_max_s")
+        if (self.password is not None) and not self.username:
+            raise ValueError("password given without username")
+        for label in ("tls_ca", "tls_cert", "tls_key"):
+            p = getattr(self, label)
+            if p is not None and not Path(p).is_file():
+                raise ValueError(f"{label}: file {p} not found")
+        if self.tls_key is not None and self.tls_cert is None:
+            raise ValueError("tls_key given without tls_cert")
+        return self
+
+    # --- derived ---------------------------------------------------------------------------------
+    @property
+    def use_tls(self) -> bool:
+        return self.tls or self.tls_ca is not None
+
+    @property
+    def sensors(self) -> tuple[str, ...]:
+        """Every metric some driver provides, in catalog order."""
+        return tuple(n for n in NAMES if n in self.assignment())
+
+    def assignment(self) -> dict[str, int]:
+        """metric -> index of the driver that reads it (the first driver that names it wins)."""
+        out: dict[str, int] = {}
+        for i, d in enumerate(self.drivers):
+            names = d.metrics if d.metrics is not None else NAMES
+            for n in names:
+                if n in BY_NAME:
+                    out.setdefault(n, i)
+        return out
+
+    def interval_of(self, metric: str) -> float:
+        return self.intervals.get(metric, self.report_interval_s)
+
+    @property
+    def outbox_file(self) -> Path:
+        return self.outbox_path or Path(".lampwatch") / f"edge-{self.pole}.sqlite"
+
+
+def describe(exc: ValidationError) -> str:
+    """One line for a user: the first error with its location (+N more)."""
+    e = exc.errors(include_url=False, include_input=False)[0]
+    loc = ".".join(str(x) for x in e["loc"])
+    msg = e["msg"].removeprefix("Value error, ")
+    more = f" (+{exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    return f"{loc}: {msg}{more}" if loc else f"{msg}{more}"
+
+
+def load_config(path: str | Path | None = None, **overrides: Any) -> EdgeConfig:
+    """Read the TOML file (if any) and the environment; raise ConfigError with one clear line."""
+    data: dict[str, Any] | None = None
+    if path is not None:
+        p = Path(path)
+        try:
+            data = tomllib.loads(p.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"config file {p} not found") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read config file {p}: {exc}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {p} is not valid TOML: {exc}") from exc
+    token = _FILE_DATA.set(data)
+    try:
+        return EdgeConfig(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(f"invalid configuration: {describe(exc)}") from exc
+    finally:
+        _FILE_DATA.reset(token)

@@ -1,0 +1,225 @@
+"""Sensor drivers: how the agent gets a value for a metric.
+
+A driver provides some metrics and reads them on demand::
+
+    class Driver(Protocol):
+        metrics: tuple[str, ...]
+        def read(self, names, t_ms) -> dict[str, float]   # a name it could not read is left out
+        def close(self) -> None
+
+Three kinds, all selectable from configuration (see :mod:`edge.config`):
+
+* ``SimulatedDriver(model)`` calls ``model(metric_name, t_ms) -> float | None``; the default model
+  (:func:`catalog_model`) follows each catalog metric's ``Signal`` hint. The simulator plugs richer
+  models in through the same callable.
+* ``CommandDriver`` runs a command (no shell) that prints JSON and picks values out by dotted path
+  (``"rcd.leak_ma"``, ``"adc.0.value"``), each with ``scale`` and ``offset``: one run per read.
+* ``FileDriver`` reads one number per file, sysfs-style (``/sys/bus/iio/devices/.../in_voltage0_raw``),
+  with ``scale`` and ``offset``.
+
+So a real board is wired in by configuration, without code. A failing read raises ``DriverError``;
+the sampler counts it and carries on with the other drivers.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import subprocess
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from contract.catalog import BY_NAME, Metric
+from contract.errors import LampwatchError
+
+Model = Callable[[str, int], "float | None"]
+
+
+class DriverError(LampwatchError):
+    """A sensor read failed (command error, unreadable file, unparsable value)."""
+
+
+class Driver(Protocol):
+    metrics: tuple[str, ...]
+
+    def read(self, names: Sequence[str], t_ms: int) -> dict[str, float]: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ValueSource:
+    """Where one metric's raw value comes from, and how it becomes the metric's unit."""
+
+    source: str  # a dotted JSON path (command driver) or a file path (file driver)
+    scale: float = 1.0
+    offset: float = 0.0
+
+    def convert(self, raw: object) -> float:
+        if isinstance(raw, bool):
+            value = float(raw)
+        elif isinstance(raw, int | float):
+            value = float(raw)
+        elif isinstance(raw, str):
+            try:
+                value = float(raw.strip())
+            except ValueError:
+                raise DriverError(f"{self.source}: not a number: {raw.strip()[:40]!r}") from None
+        else:
+            raise DriverError(f"{self.source}: not a number: {type(raw).__name__}")
+        value = value * self.scale + self.offset
+        if not math.isfinite(value):
+            raise DriverError(f"{self.source}: not a finite number")
+        return value
+
+
+# --- simulated -----------------------------------------------------------------------------------
+def _hour(t_ms: int) -> float:
+    return (t_ms / 3_600_000.0) % 24.0
+
+
+def catalog_model(seed: int | None = None) -> Model:
+    """A model ``(metric, t_ms) -> value`` that follows the catalog's Signal hints (UTC hours)."""
+    rng = random.Random(seed)
+    walk: dict[str, float] = {}
+
+    def value(m: Metric, t_ms: int) -> float:
+        s = m.signal
+        h = _hour(t_ms)
+        noise = rng.gauss(0.0, s.noise) if s.noise else 0.0
+        night = h < 6.0 or h >= 18.0
+        if s.shape == "constant":
+            v = s.base + abs(noise)
+        elif s.shape == "noise":
+            v = s.base + noise
+        elif s.shape == "diurnal":
+            v = s.base + s.amplitude * math.sin(2 * math.pi * (h - 9.0) / 24.0) + noise
+        elif s.shape == "lamp":
+            v = s.base + noise if night else 0.0
+        elif s.shape == "rush_hour":
+            peaks = math.exp(-((h - 8.0) ** 2) / 2.0) + math.exp(-((h - 18.0) ** 2) / 2.0)
+            v = s.base + s.amplitude * peaks + noise
+        elif s.shape == "binary":
+            v = s.base
+        else:  # slow_walk: a mean-reverting random walk around base
+            w = walk.get(m.name, s.base)
+            w += 0.05 * (s.base - w) + noise * 0.2
+            walk[m.name] = w
+            v = w
+        if m.dtype == "bool":
+            return 1.0 if v >= 0.5 else 0.0
+        return round(min(m.hi, max(m.lo, v)), m.decimals)
+
+    def model(name: str, t_ms: int) -> float | None:
+        m = BY_NAME.get(name)
+        return None if m is None else value(m, t_ms)
+
+    return model
+
+
+class SimulatedDriver:
+    def __init__(self, metrics: Sequence[str], model: Model | None = None, *, seed: int | None = None) -> None:
+        self.metrics = tuple(metrics)
+        self.model = model if model is not None else catalog_model(seed)
+
+    def read(self, names: Sequence[str], t_ms: int) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for n in names:
+            v = self.model(n, t_ms)
+            if v is not None and math.isfinite(v):
+                out[n] = float(v)
+        return out
+
+    def close(self) -> None:
+        pass
+
+
+# --- generic: command JSON output --------------------------------------------------------------------
+def json_path(doc: Any, path: str) -> Any:
+    """``json_path({"a": [{"b": 1}]}, "a.0.b") == 1``; raises DriverError when absent."""
+    cur = doc
+    for part in path.split("."):
+        if isinstance(cur, Mapping) and part in cur:
+            cur = cur[part]
+        elif isinstance(cur, list) and part.isdigit() and int(part) < len(cur):
+            cur = cur[int(part)]
+        else:
+            raise DriverError(f"no value at {path!r} in the command output")
+    return cur
+
+
+class CommandDriver:
+    """Runs ``argv`` once per read; its stdout must be one JSON document."""
+
+    def __init__(self, argv: Sequence[str], mapping: Mapping[str, ValueSource], *, timeout_s: float = 5.0) -> None:
+        if not argv:
+            raise ValueError("command driver needs a command")
+        self.argv = list(argv)
+        self.mapping = dict(mapping)
+        self.metrics = tuple(self.mapping)
+        self.timeout_s = timeout_s
+
+    def run(self) -> Any:
+        try:
+            proc = subprocess.run(self.argv, capture_output=True, timeout=self.timeout_s, check=False,
+                                  stdin=subprocess.DEVNULL)
+        except (OSError, subprocess.SubprocessError) as exc:
+            raise DriverError(f"sensor command {self.argv[0]!r} failed: {exc}") from exc
+        if proc.returncode != 0:
+            tail = proc.stderr.decode(errors="replace").strip().splitlines()[-1:] or [""]
+            raise DriverError(f"sensor command {self.argv[0]!r} exited {proc.returncode}: {tail[0][:200]}")
+        try:
+            return json.loads(proc.stdout)
+        except ValueError as exc:
+            raise DriverError(f"sensor command {self.argv[0]!r} printed invalid JSON: {exc}") from exc
+
+    def read(self, names: Sequence[str], t_ms: int) -> dict[str, float]:
+        wanted = [n for n in names if n in self.mapping]
+        if not wanted:
+            return {}
+        doc = self.run()
+        out: dict[str, float] = {}
+        errors = []
+        for n in wanted:
+            mp = self.mapping[n]
+            try:
+                out[n] = mp.convert(json_path(doc, mp.source))
+            except DriverError as exc:
+                errors.append(f"{n}: {exc}")
+        if errors and not out:
+            raise DriverError("; ".join(errors)[:500])
+        return out
+
+    def close(self) -> None:
+        pass
+
+
+# --- generic: files (sysfs style) ------------------------------------------------------------------
+class FileDriver:
+    def __init__(self, mapping: Mapping[str, ValueSource]) -> None:
+        self.mapping = dict(mapping)
+        self.metrics = tuple(self.mapping)
+
+    def read(self, names: Sequence[str], t_ms: int) -> dict[str, float]:
+        out: dict[str, float] = {}
+        errors = []
+        for n in names:
+            mp = self.mapping.get(n)
+            if mp is None:
+                continue
+            try:
+                raw = Path(mp.source).read_text(errors="replace")
+                out[n] = mp.convert(raw)
+            except OSError as exc:
+                errors.append(f"{n}: cannot read {mp.source}: {exc.strerror or exc}")
+            except DriverError as exc:
+                errors.append(f"{n}: {exc}")
+        if errors and not out:
+            raise DriverError("; ".join(errors)[:500])
+        return out
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,369 @@
+"""The MQTT adapter: one paho 2.x client (MQTT 5), driven by our own network thread.
+
+We do not use paho's ``loop_start``/``loop_forever``: the application owns reconnecting, with jittered
+exponential backoff (equal jitter: ``d = min(max, min * 2**n)``, wait ``d/2 + U(0, d/2)``; ``n``
+resets only after a connection that lasted ``STABLE_S``), so a fleet that lost its broker does not
+come back in lock-step. The thread selects on paho's socket and on a
+wake-up socketpair, and calls paho's ``loop_read``/``loop_write``/``loop_misc`` (paho's documented
+external-loop API). Every paho call and every callback happens on this one thread, so the handler
+needs no locking against paho.
+
+Session: client id = pole id, ``clean_start=False`` and a Session Expiry Interval, so QoS 1 messages in
+flight at a disconnect are re-sent by paho after the reconnect (same packet ids, DUP set) and the
+broker keeps queued commands for us while we are away.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+import select
+import socket
+import ssl
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+log = logging.getLogger("lampwatch.edge.link")
+
+#: a connection that lived this long resets the backoff; one the broker drops sooner (bad ACL, a
+#: client id taken over by a twin) keeps growing it, so a misconfigured pole cannot hammer the broker
+STABLE_S = 10.0
+
+
+class LinkHandler(Protocol):
+    def will(self) -> tuple[str, bytes]:
+        """The Last Will (topic, payload) to register with the next connection attempt."""
+        ...
+
+    def on_connected(self, session_present: bool) -> None: ...
+
+    def on_disconnected(self, reason: str) -> None: ...
+
+    def on_published(self, mid: int, reason_code: int, reason: str) -> None: ...
+
+    def on_message(self, topic: str, payload: bytes) -> None: ...
+
+    def on_idle(self) -> None:
+        """Called at every loop turn while connected: the place to publish more."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class LinkSettings:
+    host: str
+    port: int
+    client_id: str
+    keepalive_s: int = 30
+    session_expiry_s: int = 7 * 86_400
+    username: str | None = None
+    password: str | None = None
+    tls: bool = False
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    connect_timeout_s: float = 5.0
+    backoff_min_s: float = 0.5
+    backoff_max_s: float = 60.0
+    max_inflight: int = 32
+    clean_start: bool = False
+
+
+def backoff_delay(attempt: int, lo: float, hi: float, rng: random.Random) -> float:
+    """Equal-jitter exponential backoff: in [d/2, d] with d = min(hi, lo * 2**attempt)."""
+    d = min(hi, lo * (2 ** min(attempt, 30)))
+    return d / 2 + rng.uniform(0, d / 2)
+
+
+def make_client(s: LinkSettings) -> mqtt.Client:
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=s.client_id, protocol=mqtt.MQTTv5)
+    if s.username:
+        c.username_pw_set(s.username, s.password)
+    if s.tls or s.tls_ca:
+        c.tls_set(ca_certs=s.tls_ca, certfile=s.tls_cert, keyfile=s.tls_key)
+    c.max_inflight_messages_set(s.max_inflight)
+    c.max_queued_messages_set(0)
+    c.connect_timeout = s.connect_timeout_s
+    props = Properties(PacketTypes.CONNECT)
+    props.SessionExpiryInterval = s.session_expiry_s
+    c.connect_async(s.host, s.port, s.keepalive_s, clean_start=s.clean_start, properties=props)
+    return c
+
+
+class MqttLink:
+    def __init__(self, settings: LinkSettings, handler: LinkHandler, *, rng: random.Random | None = None) -> None:
+        self.s = settings
+        self.handler = handler
+        self.rng = rng or random.Random()
+        self.client = make_client(settings)
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_publish = self._on_publish
+        self.client.on_message = self._on_message
+        self.counts: dict[str, int] = {"connects": 0, "disconnects": 0, "connect_failures": 0}
+        self.last_error = ""
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._attempt = 0
+        self._next_attempt = 0.0
+        self._connack = False
+        self._connecting_since: float | None = None
+        self._connected_at = 0.0
+        self._closing = threading.Event()
+        self._final: tuple[str, bytes] | None = None
+        self._final_deadline = 0.0
+        self._final_mid: int | None = None
+        self._final_done = False
+        self._thread: threading.Thread | None = None
+        self.ever_connected = threading.Event()
+
+    # --- any thread ------------------------------------------------------------------------------
+    @property
+    def connected(self) -> bool:
+        return self._connack and self.client.socket() is not None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name=f"edge-link-{self.s.client_id}", daemon=True)
+        self._thread.start()
+
+    def wake(self) -> None:
+        with contextlib.suppress(BlockingIOError, OSError):
+            self._wake_w.send(b"\0")
+
+    def close(self, final: tuple[str, bytes] | None = None, timeout_s: float = 5.0) -> None:
+        """Publish ``final`` (retained, QoS 1) if connected and wait for its ack, then disconnect cleanly
+        (no Last Will) and stop the thread."""
+        self._final = final
+        self._final_deadline = time.monotonic() + timeout_s
+        self._closing.set()
+        self.wake()
+        if self._thread is not None:
+            self._thread.join(timeout_s + 5.0)
+        self._wake_r.close()
+        self._wake_w.close()
+
+    # --- link thread only --------------------------------------------------------------------------
+    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> int | None:
+        """Queue a publish; return its packet id, or None when paho refused it (not connected, full)."""
+        info = self.client.publish(topic, payload, qos=qos, retain=retain)
+        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            log.debug("publish on %s refused by paho: %s", topic, mqtt.error_string(info.rc))
+            return None
+        return info.mid
+
+    def subscribe(self, topic: str, qos: int = 1) -> None:
+        self.client.subscribe(topic, options=mqtt.SubscribeOptions(qos=qos))
+
+    def _run(self) -> None:
+        try:
+            while True:
+                if self._closing.is_set() and self._close_step():
+                    break
+                sock = self.client.socket()
+                if sock is None:
+                    if self._closing.is_set():
+                        break
+                    self._maybe_connect()
+                    continue
+                self._turn(sock)
+        except Exception:  # pragma: no cover - a bug; keep the process observable rather than silent
+            log.exception("edge network thread crashed")
+            raise
+        finally:
+            with contextlib.suppress(Exception):
+                if self.client.socket() is not None:
+                    self.client.disconnect()
+                    self.client.loop_write()
+
+    def _turn(self, sock: Any) -> None:
+        timeout = min(1.0, self.s.keepalive_s / 4)
+        if hasattr(sock, "pending") and sock.pending() > 0:
+            timeout = 0.0
+        wlist = [sock] if self.client.want_write() else []
+        try:
+            r, w, _ = select.select([sock, self._wake_r], wlist, [], timeout)
+        except (OSError, ValueError):
+            r, w = [], []
+        if self._wake_r in r:
+            with contextlib.suppress(BlockingIOError, OSError):
+                self._wake_r.recv(4096)
+        if sock in r or (hasattr(sock, "pending") and sock.pending() > 0):
+            self.client.loop_read()
+        if self.client.socket() is not None and sock in w:
+            self.client.loop_write()
+        if self.client.socket() is not None:
+            self.client.loop_misc()
+        if self._connecting_since is not None and self.client.socket() is not None:
+            if time.monotonic() - self._connecting_since > self.s.connect_timeout_s + self.s.keepalive_s:
+                log.warning("no CONNACK from %s:%d; dropping the connection", self.s.host, self.s.port)
+                self._abort_socket()
+        if self.connected and not self._closing.is_set():
+            self.handler.on_idle()
+
+    def _abort_socket(self) -> None:
+        sock = self.client.socket()
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)  # the next loop_read sees EOF: paho reports the loss
+            self.client.loop_read()
+
+    def _maybe_connect(self) -> None:
+        now = time.monotonic()
+        if now < self._next_attempt:
+            wait = min(self._next_attempt - now, 1.0)
+            with contextlib.suppress(OSError, ValueError):
+                r, _, _ = select.select([self._wake_r], [], [], wait)
+                if r:
+                    with contextlib.suppress(BlockingIOError, OSError):
+                        self._wake_r.recv(4096)
+            return
+        topic, payload = self.handler.will()
+        self.client.will_set(topic, payload, qos=1, retain=True)
+        self._connack = False
+        try:
+            self.client.reconnect()
+        except (OSError, ssl.SSLError, ValueError) as exc:  # refused, unreachable, TLS handshake
+            self._failed(f"{type(exc).__name__}: {exc}")
+            return
+        self._connecting_since = time.monotonic()
+
+    def _failed(self, why: str) -> None:
+        self.counts["connect_failures"] += 1
+        delay = backoff_delay(self._attempt, self.s.backoff_min_s, self.s.backoff_max_s, self.rng)
+        self._attempt += 1
+        if why != self.last_error:
+            log.warning("cannot reach broker %s:%d (%s); retrying with backoff", self.s.host, self.s.port, why)
+        else:
+            log.debug("broker still unreachable (%s); next try in %.1f s", why, delay)
+        self.last_error = why
+        self._next_attempt = time.monotonic() + delay
+
+    def _close_step(self) -> bool:
+        """One step of a clean shutdown; True when done."""
+        if not self.connected:
+            return True
+        now = time.monotonic()
+        if self._final is not None and self._final_mid is None and not self._final_done:
+            topic, payload = self._final
+            self._final_mid = self.publish(topic, payload, qos=1, retain=True)
+            if self._final_mid is None:
+                self._final_done = True
+        if self._final_done or self._final is None or now >= self._final_deadline:
+            self.client.disconnect()
+            deadline = now + 2.0
+            while self.client.socket() is not None and time.monotonic() < deadline:
+                sock = self.client.socket()
+                self.client.loop_write()
+                if sock is not None and self.client.socket() is not None:
+                    with contextlib.suppress(OSError, ValueError):
+                        select.select([sock], [], [], 0.05)
+                    self.client.loop_read()
+            return True
+        sock = self.client.socket()
+        if sock is not None:
+            self._turn(sock)
+        return False
+
+    # --- paho callbacks (link thread) ----------------------------------------------------------
+    def _on_connect(self, _c: mqtt.Client, _u: Any, flags: Any, rc: Any, _p: Any) -> None:
+        self._connecting_since = None
+        if rc.is_failure:
+            self._failed(f"broker refused the connection: {rc}")
+            log.error("broker %s:%d refused pole %s: %s", self.s.host, self.s.port, self.s.client_id, rc)
+            return
+        self._connack = True
+        self._connected_at = time.monotonic()
+        self.last_error = ""
+        self.counts["connects"] += 1
+        self.ever_connected.set()
+        log.info("connected to %s:%d (session present: %s)", self.s.host, self.s.port, flags.session_present)
+        self.handler.on_connected(bool(flags.session_present))
+
+    def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
+        was = self._connack
+        self._connack = False
+        self._connecting_since = None
+        if self._closing.is_set():
+            return
+        if was:
+            if time.monotonic() - self._connected_at >= STABLE_S:
+                self._attempt = 0  # it was a good connection: start the backoff over
+            self.counts["disconnects"] += 1
+            log.warning("disconnected from broker (%s); reconnecting with backoff", rc)
+            self.last_error = why = f"connection lost: {rc}"
+            self._failed(why)
+            self.handler.on_disconnected(str(rc))
+        elif self._next_attempt <= time.monotonic():
+            self._failed(f"connection closed before CONNACK: {rc}")
+
+    def _on_publish(self, _c: mqtt.Client, _u: Any, mid: int, rc: Any, _p: Any) -> None:
+        code = int(getattr(rc, "value", rc))
+        if mid == self._final_mid:
+            self._final_done = True
+        self.handler.on_published(mid, code, str(rc))
+
+    def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        self.handler.on_message(msg.topic, bytes(msg.payload))
+
+
+def probe(s: LinkSettings, cmd_topic: str, timeout_s: float = 10.0) -> str:
+    """Connect once (clean session, client id ``<id>-check`` so a running agent is not kicked off),
+    subscribe to ``cmd_topic``, disconnect. Return a one-line description; raise BrokerError."""
+    from contract.errors import BrokerError
+
+    check = LinkSettings(**{**{f: getattr(s, f) for f in s.__slots__},  # type: ignore[attr-defined]
+                            "client_id": f"{s.client_id}-check", "clean_start": True, "session_expiry_s": 0})
+    c = make_client(check)
+    state: dict[str, Any] = {}
+    c.on_connect = lambda _c, _u, _f, rc, _p: state.__setitem__("connack", rc)
+    c.on_subscribe = lambda _c, _u, _m, rcs, _p: state.__setitem__("suback", rcs)
+    where = f"{s.host}:{s.port}"
+    try:
+        c.reconnect()
+    except (OSError, ssl.SSLError, ValueError) as exc:
+        raise BrokerError(f"cannot reach broker {where}: {exc}") from exc
+    deadline = time.monotonic() + timeout_s
+    try:
+        subscribed = False
+        while time.monotonic() < deadline:
+            sock = c.socket()
+            if sock is None:
+                rc = state.get("connack")
+                raise BrokerError(f"broker {where} closed the connection"
+                                  + (f": {rc}" if rc is not None and rc.is_failure else ""))
+            with contextlib.suppress(OSError, ValueError):
+                select.select([sock], [sock] if c.want_write() else [], [], 0.05)
+            c.loop_read()
+            if c.socket() is not None:
+                c.loop_write()
+            rc = state.get("connack")
+            if rc is not None and rc.is_failure:
+                raise BrokerError(f"broker {where} refused the connection: {rc}")
+            if rc is not None and not subscribed:
+                c.subscribe(cmd_topic, options=mqtt.SubscribeOptions(qos=1))
+                subscribed = True
+            if "suback" in state:
+                sub = state["suback"][0]
+                if sub.is_failure:
+                    raise BrokerError(f"broker {where} accepted the connection but refused the "
+                                      f"subscription to {cmd_topic}: {sub}")
+                return (f"broker {where} accepted {s.client_id} (MQTT 5, TLS {'on' if s.tls or s.tls_ca else 'off'}"
+                        f"{', user ' + s.username if s.username else ''}); {cmd_topic} granted QoS {int(sub.value)}")
+        raise BrokerError(f"no answer from broker {where} within {timeout_s:.0f} s")
+    finally:
+        with contextlib.suppress(Exception):
+            if c.socket() is not None:
+                c.disconnect()
+                c.loop_write()
+        with contextlib.suppress(Exception):
+            sock = c.socket()
+            if sock is not None:
+                sock.close()

@@ -1,0 +1,356 @@
+"""The gateway's detection stage: outcomes in, alert points and retained alert messages out.
+
+    stage = DetectionStage(state_path=".lampwatch/detect-state.json", publish=publish)
+    Gateway(cfg, sink, on_outcome=stage)      # every message: readings / status -> alert points
+    stage.tick(now_ms)                          # periodically: silence -> pole_offline
+    stage.close()                               # shutdown: state saved
+
+Layers (``gateway.detect``): 1 safety rules from the catalog, 2 the streaming anomaly detector
+(optional, ``info`` alarms of kind ``anomaly``), 3 spatial (sensor_suspect per pole, district_event
+per district). Conditions from every layer go through one :class:`gateway.alarms.AlarmPolicy` per
+entity kind (poles, districts); each state change becomes a ``contract.models.Alert``, an ``alerts``
+point (time = device time of the change) and a retained message on ``topics.alert(district, pole,
+key)``. District-level alarms use the pole segment :data:`gateway.detect.spatial.DISTRICT_POLE`.
+
+Restart: the state file (JSON, written atomically: temp file + fsync + rename, then the directory is
+fsynced) holds the pole registry in row order, per-pole attributes and learned baselines, maintenance
+windows, every active alarm and the district baselines; the streaming detector's arrays go beside it
+(``<state_path>.stream.npz``). It is saved after a call that changed an alarm (at most once per
+``save_min_interval_s``, so an alarm storm does not turn into an fsync storm; a change held back is
+saved by the first call or tick after that), every ``save_every_s`` otherwise, and on ``close``.
+After a load every pole gets one full silence limit to be heard again before it is called offline.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+import zlib
+from collections import Counter
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from contract import schema, topics
+from contract.catalog import METRICS
+from contract.models import Alert
+from contract.readings import FieldValue, Point
+from gateway.alarms import ActiveAlarm, AlarmPolicy, Transition
+from gateway.detect.rules import AlarmSpec, Conditions, RuleParams, Rules, Tier, levels
+from gateway.detect.spatial import DISTRICT_POLE, Spatial, SpatialParams
+from gateway.detect.state import N_METRICS, NO_TS, Batch, FleetState
+from gateway.pipeline import Outcome
+
+log = logging.getLogger("lampwatch.detect")
+
+STATE_VERSION = 1
+Publish = Callable[[str, bytes, bool], None]
+
+try:  # layer 2 is optional: another module, maybe absent
+    from gateway.detect.stream import StreamDetector as _StreamDetector
+except ImportError:  # pragma: no cover - depends on the tree
+    _StreamDetector = None  # type: ignore[assignment,misc]
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    try:
+        fd = os.open(path.parent, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _shift(c: Conditions, offset: int) -> Conditions:
+    if offset == 0 or len(c) == 0:
+        return c
+    return Conditions(c.rows, c.spec + offset, c.trig, c.hold, c.value, c.ref, c.score, c.ts)
+
+
+class DetectionStage:
+    """Detection for the gateway worker: ``stage(outcome) -> list[Point]``; thread-safe."""
+
+    def __init__(self, *, state_path: str | None = None, publish: Publish | None = None,
+                 clock: Callable[[], float] = time.time, rule_params: RuleParams = RuleParams(),
+                 spatial: SpatialParams | None = SpatialParams(), stream: bool = True,
+                 anomaly_on: float = 0.95, anomaly_off: float = 0.5, save_every_s: float = 30.0,
+                 save_min_interval_s: float = 1.0) -> None:
+        self.state_path = Path(state_path) if state_path else None
+        self.publish, self.clock = publish, clock
+        self.save_every_s, self.save_min_interval_s = save_every_s, save_min_interval_s
+        self._rule_params, self._spatial_params, self._use_stream = rule_params, spatial, stream
+        self.anomaly_on, self.anomaly_off = anomaly_on, anomaly_off
+        self._lock = threading.RLock()
+        self.counts: Counter[str] = Counter()
+        self._setup()
+        self._last_save = -float("inf")
+        self._closed = False
+        if self.state_path is not None and self.state_path.exists():
+            self._load(self.state_path)
+
+    def _setup(self) -> None:
+        """Fresh, empty detection state."""
+        self.state = FleetState()
+        self.rules = Rules(self.state, self._rule_params)
+        sp = self._spatial_params
+        self.spatial = Spatial(self.state, sp) if sp is not None else None
+        self.stream = _StreamDetector() if (self._use_stream and _StreamDetector is not None) else None
+        specs: list[AlarmSpec] = list(self.rules.specs)
+        self._spatial_off = len(specs)
+        if self.spatial is not None:
+            specs.extend(self.spatial.pole_specs)
+        self._anomaly_off = len(specs)
+        self._anomaly_cols = np.array([i for i, m in enumerate(METRICS) if m.dtype == "float"], np.int64)
+        if self.stream is not None:
+            specs.extend(_anomaly_spec(int(c)) for c in self._anomaly_cols)
+        self.poles = AlarmPolicy(specs)
+        self.districts = AlarmPolicy(self.spatial.district_specs) if self.spatial is not None else None
+        self._next_spatial_ms = NO_TS
+        self._dirty = self._unsaved_changes = False
+
+    # --- configuration ----------------------------------------------------------------------------
+    def set_pole(self, pole: str, district: str, **attrs: Any) -> None:
+        """Per-pole attributes: rated_power_w, nominal_voltage_v, interval_s, tilt_baseline_deg."""
+        with self._lock:
+            self.rules.set_pole(pole, district, **attrs)
+            self._dirty = True
+
+    def set_maintenance(self, pole: str, district: str, start_ms: int, end_ms: int) -> None:
+        with self._lock:
+            self.rules.set_maintenance(pole, district, start_ms, end_ms)
+            self._dirty = True
+
+    # --- the hook -----------------------------------------------------------------------------------
+    def __call__(self, outcome: Outcome) -> list[Point]:
+        with self._lock:
+            now_ms = int(self.clock() * 1000)
+            pole_c: list[Conditions] = []
+            dist_c = Conditions.empty()
+            st = outcome.status
+            if st is not None:
+                attrs = {k: v for k in ("rated_power_w", "nominal_voltage_v", "tilt_baseline_deg", "interval_s")
+                         if (v := getattr(st, k)) is not None}
+                if attrs and st.state != "offline":
+                    self.rules.set_pole(st.pole, st.district, **attrs)
+                pole_c.append(self.rules.presence(st.pole, st.district, st.state, st.ts, now_ms,
+                                                  st.interval_s))
+            if outcome.readings:
+                batch = Batch.from_readings(self.state, outcome.readings)
+                pole_c.append(self.rules.evaluate(batch, arrival_ms=now_ms))
+                if self.stream is not None:
+                    pole_c.append(self._anomalies(batch))
+                if self.spatial is not None:
+                    sp, dist_c = self._spatial(int(batch.ts.max()))
+                    pole_c.append(sp)
+                self._dirty = True
+            return self._apply(Conditions.concat(pole_c), dist_c)
+
+    def tick(self, now_ms: int | None = None) -> list[Point]:
+        """Silence check for every pole at once (``now_ms``: gateway clock, default the stage's)."""
+        with self._lock:
+            now = int(self.clock() * 1000) if now_ms is None else int(now_ms)
+            return self._apply(self.rules.silence(now), Conditions.empty())
+
+    def _spatial(self, t_ms: int) -> tuple[Conditions, Conditions]:
+        assert self.spatial is not None
+        if t_ms < self._next_spatial_ms:
+            return Conditions.empty(), Conditions.empty()
+        self._next_spatial_ms = t_ms + self.spatial.params.every_ms
+        pc, dc = self.spatial.evaluate(t_ms)
+        return _shift(pc, self._spatial_off), dc
+
+    def _anomalies(self, batch: Batch) -> Conditions:
+        assert self.stream is not None
+        order = np.argsort(batch.ts, kind="stable")
+        vals = batch.values[order][:, self._anomaly_cols]
+        ii, jj = np.nonzero(~np.isnan(vals))
+        if len(ii) == 0:
+            return Conditions.empty()
+        rows = batch.rows[order][ii]
+        cols = self._anomaly_cols[jj]
+        ts = batch.ts[order][ii]
+        score = np.asarray(self.stream.update(rows * N_METRICS + cols, vals[ii, jj], ts.astype(np.float64)),
+                           np.float64)
+        ok = ~np.isnan(score)
+        trig, hold = levels(score[ok], ">=", (self.anomaly_on,), (self.anomaly_off,))
+        return Conditions(rows[ok], self._anomaly_off + jj[ok].astype(np.int64), trig, hold,
+                          vals[ii, jj][ok], np.full(int(ok.sum()), np.nan), score[ok], ts[ok])
+
+    def _apply(self, pole_c: Conditions, dist_c: Conditions) -> list[Point]:
+        changes: list[tuple[Transition, str, str]] = []
+        for t in self.poles.step(pole_c):
+            changes.append((t, self.state.pole_district[t.row], self.state.poles[t.row]))
+        if self.districts is not None:
+            for t in self.districts.step(dist_c):
+                changes.append((t, self.state.districts[t.row], DISTRICT_POLE))
+        changes.sort(key=lambda x: (x[0].ts_ms, x[1], x[2], x[0].spec.key))
+        points = [self._emit(t, d, p) for t, d, p in changes]
+        if changes:
+            self._dirty = self._unsaved_changes = True
+        if self.state_path is not None and self._dirty:
+            since = self.clock() - self._last_save
+            if (self._unsaved_changes and since >= self.save_min_interval_s) or since >= self.save_every_s:
+                self._save()
+        return points
+
+    # --- output ------------------------------------------------------------------------------------
+    def _emit(self, t: Transition, district: str, pole: str) -> Point:
+        alert = Alert(pole=pole, district=district, key=t.spec.key, kind=t.spec.kind, metric=t.spec.metric,
+                      severity=t.severity, state=t.state, value=_num(t.value), score=_num(t.score),
+                      raised_at=t.raised_at_ms, cleared_at=t.ts_ms if t.level == 0 else None, ts=t.ts_ms,
+                      explain=t.explain())
+        self.counts[f"alarms_{t.change}_{t.spec.kind}"] += 1
+        self.counts[f"alarms_{t.change}"] += 1
+        if self.publish is not None:
+            try:
+                self.publish(topics.alert(district, pole, t.spec.key), alert.model_dump_json().encode(), True)
+            except Exception as exc:  # the consumer loop never dies on a publish failure
+                self.counts["alarm_publish_errors"] += 1
+                log.error("could not publish alert %s/%s/%s: %s", district, pole, t.spec.key, exc)
+        return alert_point(alert)
+
+    def active(self) -> list[Alert]:
+        """Every active alarm, as the Alert last published for it."""
+        with self._lock:
+            out = [self._alert(x, self.state.pole_district[x.row], self.state.poles[x.row])
+                   for x in self.poles.active()]
+            if self.districts is not None:
+                out += [self._alert(x, self.state.districts[x.row], DISTRICT_POLE)
+                        for x in self.districts.active()]
+            return sorted(out, key=lambda a: (a.district, a.pole, a.key))
+
+    @staticmethod
+    def _alert(x: ActiveAlarm, district: str, pole: str) -> Alert:
+        return Alert(pole=pole, district=district, key=x.spec.key, kind=x.spec.kind, metric=x.spec.metric,
+                     severity=x.severity, state="raised", value=_num(x.value), score=_num(x.score),
+                     raised_at=x.raised_at_ms, ts=x.ts_ms, explain=x.explain())
+
+    def counters(self) -> dict[str, float]:
+        """Alarm counters (``alarms_raised_<kind>``, ``alarms_cleared``...) and active alarm counts."""
+        with self._lock:
+            out: dict[str, float] = {k: float(v) for k, v in self.counts.items()}
+            out["alarms_active"] = float(len(self.poles.active()) +
+                                         (len(self.districts.active()) if self.districts else 0))
+            out["detect_poles"] = float(self.state.n)
+            return out
+
+    # --- persistence ---------------------------------------------------------------------------------
+    def save(self) -> None:
+        with self._lock:
+            if self.state_path is not None:
+                self._save()
+
+    def close(self) -> None:
+        with self._lock:
+            if not self._closed:
+                self.save()
+                self._closed = True
+
+    def _save(self) -> None:
+        assert self.state_path is not None
+        doc: dict[str, Any] = {
+            "v": STATE_VERSION,
+            "saved_at": int(self.clock() * 1000),
+            "poles": self.rules.export(),
+            "alarms": self.poles.export(lambda r: (self.state.pole_district[r], self.state.poles[r])),
+            "district_alarms": (self.districts.export(lambda d: (self.state.districts[d], DISTRICT_POLE))
+                                if self.districts is not None else []),
+            "spatial": self.spatial.export() if self.spatial is not None else [],
+            "next_spatial_ms": int(self._next_spatial_ms),
+            "counts": dict(self.counts),
+        }
+        _atomic_write(self.state_path, json.dumps(doc, separators=(",", ":")).encode())
+        if self.stream is not None:
+            import io
+
+            buf = io.BytesIO()
+            np.savez(buf, **self.stream.state_dict())
+            _atomic_write(self._stream_path(), buf.getvalue())
+        self._dirty = self._unsaved_changes = False
+        self._last_save = self.clock()
+        self.counts["state_saves"] += 1
+
+    def _stream_path(self) -> Path:
+        assert self.state_path is not None
+        return self.state_path.with_name(self.state_path.name + ".stream.npz")
+
+    def _load(self, path: Path) -> None:
+        try:
+            doc = json.loads(path.read_bytes())
+            if not isinstance(doc, dict) or doc.get("v") != STATE_VERSION:
+                raise ValueError("not a detection state file of version 1")
+            self.rules.restore(doc.get("poles", []))
+            self.poles.restore(doc.get("alarms", []), self._pole_row)
+            if self.spatial is not None and self.districts is not None:
+                self.spatial.restore(doc.get("spatial", []))
+                self.districts.restore(doc.get("district_alarms", []),
+                                       lambda d, _e: self.state.district_index(d))
+            self._next_spatial_ms = int(doc.get("next_spatial_ms", NO_TS))
+            self.counts.update({str(k): int(v) for k, v in dict(doc.get("counts", {})).items()})
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            # a damaged file must not keep the gateway down: keep it aside for a human, start afresh
+            aside = path.with_name(path.name + ".corrupt")
+            log.error("detection state %s unreadable (%s); moved to %s", path, exc, aside)
+            os.replace(path, aside)
+            self._setup()
+            self.counts.clear()
+            self.counts["state_load_errors"] += 1
+            return
+        if self.stream is not None and self._stream_path().exists():
+            try:
+                with np.load(self._stream_path()) as z:
+                    self.stream.load_state_dict({k: z[k] for k in z.files})
+            except (OSError, ValueError, KeyError) as exc:
+                log.error("streaming detector state unreadable (%s): it warms up again", exc)
+        self.rules.grace(int(self.clock() * 1000))
+
+    def _pole_row(self, district: str, pole: str) -> int:
+        return self.state.row(pole, district)
+
+
+def _anomaly_spec(col: int) -> AlarmSpec:
+    m = METRICS[col]
+    return AlarmSpec(f"anomaly.{m.name}", "anomaly", m.name,
+                     (Tier("info", f"unusual {m.description} for this pole (streaming detector)",
+                           fast=True),),
+                     raise_n=1, raise_ms=0, clear_n=10, unit=m.unit, decimals=m.decimals)
+
+
+def _num(v: float) -> float | None:
+    return float(v) if np.isfinite(v) else None
+
+
+def alert_point(a: Alert) -> Point:
+    """The ``alerts`` measurement point of one alarm state change.
+
+    Time is the device time of the change in ns plus a stable per-key offset below one millisecond,
+    so two keys of one kind changing on one pole in the same millisecond never overwrite each other,
+    and a replay of the same change still lands on the same point (idempotent)."""
+    fields: dict[str, FieldValue] = {"state": a.state, "metric": a.metric or "", "explain": a.explain,
+                                     "key": a.key}
+    if a.value is not None:
+        fields["value"] = float(a.value)
+    if a.score is not None:
+        fields["score"] = float(a.score)
+    offset = zlib.crc32(a.key.encode()) % 1_000_000
+    tags = schema.tags(district=a.district, pole=a.pole, kind=a.kind, severity=a.severity)
+    return Point(schema.ALERTS, tags, fields, a.ts * 1_000_000 + offset)
+
+
+def alerts_of(points: Sequence[Point]) -> list[dict[str, FieldValue]]:
+    """Test/debug helper: the fields and tags of alert points, flattened."""
+    return [{**dict(p.tags), **dict(p.fields)} for p in points if p.measurement == schema.ALERTS]
