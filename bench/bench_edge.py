@@ -6,7 +6,7 @@ second), lets it warm up, then measures its resident memory and CPU over a windo
 outbox appends under each ``outbox_sync`` policy on the same disk, against ``off`` as the baseline.
 Prints::
 
-    edge: rss_mb=<x> cpu_pct=<y>
+    edge: rss_mb=<x> cpu_pct=<y> uss_mb=<z>
     outbox: full_ms=<a> normal_ms=<b> off_ms=<c> full_vs_off=<ratio>x
 """
 
@@ -46,9 +46,10 @@ def footprint(warmup_s: float = 5.0, window_s: float = 20.0) -> dict[str, float]
             if proc.poll() is not None:
                 raise RuntimeError(f"agent exited: {proc.stderr.read().decode()[-500:] if proc.stderr else ''}")
             c0, t0 = sum(p.cpu_times()[:2]), time.monotonic()
-            rss_peak = 0
+            rss_peak = uss_peak = 0
             while time.monotonic() - t0 < window_s:
-                rss_peak = max(rss_peak, p.memory_info().rss)
+                mem = p.memory_full_info()
+                rss_peak, uss_peak = max(rss_peak, mem.rss), max(uss_peak, mem.uss)
                 time.sleep(1.0)
             c1, t1 = sum(p.cpu_times()[:2]), time.monotonic()
         finally:
@@ -60,7 +61,7 @@ def footprint(warmup_s: float = 5.0, window_s: float = 20.0) -> dict[str, float]
                 proc.wait()
             if proc.stderr:
                 proc.stderr.close()
-    return {"rss_mb": rss_peak / 2**20, "cpu_pct": 100.0 * (c1 - c0) / (t1 - t0)}
+    return {"rss_mb": rss_peak / 2**20, "cpu_pct": 100.0 * (c1 - c0) / (t1 - t0), "uss_mb": uss_peak / 2**20}
 
 
 def fsync_cost(n: int = 200, directory: str | None = None) -> dict[str, float]:
@@ -88,7 +89,8 @@ def run(window_s: float = 20.0) -> dict[str, float]:
 
 def main() -> None:
     r = run()
-    print(f"edge: rss_mb={r['rss_mb']:.1f} cpu_pct={r['cpu_pct']:.2f}")
+    # uss = memory private to the agent; rss also counts shared library pages (libpython, libssl, ...)
+    print(f"edge: rss_mb={r['rss_mb']:.1f} cpu_pct={r['cpu_pct']:.2f} uss_mb={r['uss_mb']:.1f}")
     print(f"outbox: full_ms={r['full_ms']:.3f} normal_ms={r['normal_ms']:.3f} off_ms={r['off_ms']:.3f} "
           f"full_vs_off={r['full_vs_off']:.1f}x")
 

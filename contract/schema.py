@@ -3,8 +3,12 @@
 | measurement | tags                                   | fields                                   |
 |-------------|----------------------------------------|------------------------------------------|
 | telemetry   | district, pole                         | one float per catalog metric present, seq (int) |
-| status      | district, pole                         | state (str), boot (str), online (int 0/1)       |
-| alerts      | district, pole, kind, severity         | state, metric, value, score, explain, key       |
+| status      | district, pole                         | state (str), online (0/1), boot, reason, lat, lon, |
+|             |                                        | rated_power_w, nominal_voltage_v, tilt_baseline_deg |
+| alerts      | district, pole, kind, severity         | state, active (0/1), level (1 info..3 critical), |
+|             |                                        | metric, value, score, explain, key              |
+| telemetry_1m, telemetry_1h | district, pole          | <metric>_min/_mean/_max, count (rollups, see     |
+|             |                                        | ingest/rollup.py; retention policies rollup_1m/_1h) |
 | rejects     | reason                                 | topic, detail, pole, count (int)                |
 | gateway     | gateway                                | self-metrics (floats)                           |
 

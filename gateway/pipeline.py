@@ -87,6 +87,11 @@ class Pipeline:
             fields["boot"] = st.boot
         if st.reason:
             fields["reason"] = st.reason
+        if st.location is not None:  # the fleet map (Geomap) places poles from these
+            fields["lat"], fields["lon"] = st.location.lat, st.location.lon
+        for attr in ("rated_power_w", "nominal_voltage_v", "tilt_baseline_deg", "interval_s"):
+            if (v := getattr(st, attr)) is not None:
+                fields[attr] = float(v)
         out.points.append(Point(schema.STATUS, schema.tags(district=st.district, pole=st.pole), fields,
                                 st.ts * 1_000_000))
         return out

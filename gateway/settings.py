@@ -17,6 +17,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from contract.errors import ConfigError
 from contract.ids import DISTRICT_RE, POLE_RE
 from gateway.decode import Limits
+from gateway.partition import districts_for, parse_partition
 from gateway.service import GatewayConfig
 
 
@@ -35,6 +36,9 @@ class GatewaySettings(BaseSettings):
     mqtt_tls_key: str | None = None
     client_id: str = "lampwatch-gateway-0"
     districts: str = "+"  # comma-separated districts this gateway owns, "+" = all
+    # or: own partition k of n of the city's districts (rendezvous hashing, gateway.partition)
+    partition: str | None = None  # "k/n", needs city_districts
+    city_districts: str | None = None  # comma-separated, every district of the city
     # store (see ingest.stores.StoreConfig)
     store: Literal["auto", "sqlite", "influx1", "influx2"] = "auto"
     sqlite_path: str = ".lampwatch/lampwatch.sqlite"
@@ -63,6 +67,14 @@ class GatewaySettings(BaseSettings):
         return init_settings, env_settings, _DictSource(settings_cls, cls._toml)
 
     def district_list(self) -> tuple[str, ...]:
+        if self.partition is not None:
+            if not self.city_districts:
+                raise ConfigError("partition needs city_districts (every district of the city)")
+            k, n = parse_partition(self.partition)
+            owned = districts_for(k, n, (d.strip() for d in self.city_districts.split(",") if d.strip()))
+            if not owned:
+                raise ConfigError(f"partition {self.partition} owns no district: use fewer gateways")
+            return owned
         ds = tuple(d.strip() for d in self.districts.split(",") if d.strip())
         for d in ds:
             if d != "+" and DISTRICT_RE.fullmatch(d) is None:

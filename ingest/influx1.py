@@ -93,7 +93,7 @@ class Influx1Store:
         for r in self.query(q, epoch=epoch):
             for s in r.get("series", []):
                 tags = s.get("tags", {})
-                for values in s["values"]:
+                for values in s.get("values", []):
                     row = dict(zip(s["columns"], values, strict=True))
                     row.update(tags)
                     out.append(row)

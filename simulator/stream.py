@@ -6,8 +6,10 @@ template per pole (keys in ``contract.models.Telemetry`` field order, no spaces,
 with its metric's catalog ``decimals``), which is both deterministic and fast; the tests check every
 payload validates as ``contract.models.Telemetry``.
 
-Delivery faults act here: ``offline`` sends nothing (and the pole comes back with a new boot id and
-seq 0), ``dropout`` loses messages at random (seq still advances: the gateway sees the gap),
+Delivery faults act here: ``offline`` sends nothing (and the pole comes back with a new boot id; its
+seq carries on where it stopped, as the edge contract says: sequence numbers are per pole and persisted,
+monotonic across restarts, so the gateway's per-pole dedup never mistakes a rebooted pole's samples
+for duplicates), ``dropout`` loses messages at random (seq still advances: the gateway sees the gap),
 ``clock_skew`` shifts device time, ``duplicate`` delivers a message twice, ``malformed`` and ``hostile``
 inject bad messages next to the good one. Counters:
 
@@ -121,12 +123,11 @@ class TelemetryStream:
         for j in active:
             by_pole.setdefault(int(self.faults.pole_index[j]), []).append(self.faults.faults[j])
 
-        # poles back from an outage reboot: new boot id, seq from 0
+        # poles back from an outage reboot: new boot id, seq carries on (persisted on the device)
         for i in sorted(self._offline):
             if not any(f.kind == "offline" for f in by_pole.get(i, ())):
                 self._offline.discard(i)
                 self.boot_no[i] += 1
-                self.seq[i] = 0
                 self._tmpl[i] = self._template(i)
         for i, fs in by_pole.items():
             if any(f.kind == "offline" for f in fs):

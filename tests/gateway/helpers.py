@@ -19,14 +19,14 @@ T0_MS = int(time.time() * 1000) - 3_600_000  # an hour ago: inside the gateway's
 
 
 def make_messages(poles: int, samples: int, seed: int = 1, district: str = "north",
-                  metrics: Sequence[str] | None = None) -> list[tuple[str, bytes, Telemetry]]:
+                  metrics: Sequence[str] | None = None, prefix: str = "p") -> list[tuple[str, bytes, Telemetry]]:
     """One message per pole per sample with catalog-plausible values (rounded to catalog decimals)."""
     rng = np.random.default_rng(seed)
     chosen = [m for m in METRICS if metrics is None or m.name in metrics]
     out = []
     for s in range(samples):
         for p in range(poles):
-            pole = f"p-{p:05d}"
+            pole = f"{prefix}-{p:05d}"
             m = {}
             for met in chosen:
                 lo, hi = max(met.lo, met.signal.base - 10), min(met.hi, met.signal.base + 10)

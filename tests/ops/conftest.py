@@ -4,23 +4,11 @@ from __future__ import annotations
 
 import json
 import threading
-import urllib.parse
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, ClassVar
 
 import pytest
-import urllib3
-
-
-@pytest.fixture(autouse=True)
-def _influx1_write_on_urllib3_2(monkeypatch: pytest.MonkeyPatch) -> None:
-    """TEMPORARY, remove once ingest/influx1.py is fixed: Influx1Store.write_lines calls
-    ``urllib3.request.urlencode``, which urllib3 2.x no longer has (``urllib3.request`` is now a
-    function), so every write raises AttributeError. The fix belongs in ingest/influx1.py
-    (``urllib.parse.urlencode``); until then the attribute is supplied for these tests only."""
-    if not hasattr(urllib3.request, "urlencode"):
-        monkeypatch.setattr(urllib3.request, "urlencode", urllib.parse.urlencode, raising=False)
 
 
 class FakeGrafana(BaseHTTPRequestHandler):

@@ -112,15 +112,34 @@ def _pole_msgs(stream: TelemetryStream, pole: str, n: int) -> list[list[Telemetr
     return out
 
 
-def test_offline_sends_nothing_then_reboots() -> None:
+def test_offline_sends_nothing_then_reboots_with_a_new_boot_and_monotonic_seq() -> None:
     f = Fault.make("offline", "p-000002", T0 + 10 * STEP, T0 + 20 * STEP)
     stream, _ = _build(1, [f])
     per_tick = _pole_msgs(stream, "p-000002", 30)
     assert all(per_tick[k] == [] for k in range(10, 20))
     before, after = per_tick[9][0], per_tick[20][0]
     assert isinstance(before, Telemetry) and isinstance(after, Telemetry)
-    assert before.samples[0].seq == 9 and after.samples[0].seq == 0 and after.boot != before.boot
+    # the edge contract: seq is per pole and persisted, so it carries on across the reboot
+    assert before.samples[0].seq == 9 and after.samples[0].seq == 10 and after.boot != before.boot
+    seqs = [m.samples[0].seq for msgs in per_tick for m in msgs if isinstance(m, Telemetry)]
+    assert seqs == list(range(20))
     assert stream.published_samples == 30 * len(stream.city) - 10
+
+
+def test_a_rebooted_pole_is_not_dropped_by_the_gateway_dedup() -> None:
+    from gateway.dedup import SeqTracker
+
+    f = Fault.make("offline", "p-000002", T0 + 5 * STEP, T0 + 8 * STEP)
+    stream, _ = _build(1, [f], poles=4)
+    tracker = SeqTracker()
+    verdicts = []
+    for msgs in stream.ticks(15):
+        for _topic, payload in msgs:
+            msg = Telemetry.model_validate_json(payload)
+            verdicts += [tracker.check(msg.pole, s.seq) for s in msg.samples]
+    assert verdicts.count("duplicate") == 0
+    assert len(verdicts) == stream.published_samples == 15 * 4 - 3
+    assert tracker.missing("p-000002") == 0  # the outage produced no samples: no gap either
 
 
 def test_dropout_leaves_seq_gaps() -> None:
