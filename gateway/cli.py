@@ -131,17 +131,78 @@ def status(config: ConfigOpt = None, wait: Annotated[float, typer.Option(
         raise _fail("no gateway has reported to this broker")
     t = Table(title="lampwatch gateways")
     keys = ["messages", "samples_accepted", "samples_rejected", "duplicates", "gaps", "stored_points",
-            "spool_points", "lag_ms", "last_write_ms", "inbox"]
-    for col in ["gateway", "state", "districts", *keys]:
-        t.add_column(col)
-    for gid, st in sorted(seen.items()):
-        cnt = st.get("counters", {})
-        t.add_row(gid, str(st.get("state")), ",".join(st.get("districts", [])),
-                  *[f"{cnt.get(k, 0):.0f}" for k in keys])
+            "spool_points", "lag_ms", "last_write_ms", "inbox", "alarms_active"]
+    gids = sorted(seen)
+    t.add_column("")
+    for gid in gids:
+        t.add_column(gid, justify="right")
+    t.add_row("state", *[str(seen[g].get("state")) for g in gids])
+    t.add_row("districts", *[",".join(seen[g].get("districts", [])) for g in gids])
+    for k in keys:
+        t.add_row(k, *[f"{seen[g].get('counters', {}).get(k, 0):.0f}" for g in gids])
     Console().print(t)
     rej = {k: v for st in seen.values() for k, v in st.get("counters", {}).items() if k.startswith("rejects_")}
     if rej:
         Console().print("rejects by reason: " + ", ".join(f"{k[8:]}={v:.0f}" for k, v in sorted(rej.items())))
+
+
+@app.command()
+def detect(
+    csv_file: Annotated[Path | None, typer.Argument(help="a timestamp,value CSV", exists=True, dir_okay=False)] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="output file (CSV mode, default stdout) or "
+                                             "results directory (--nab mode)")] = None,
+    nab: Annotated[Path | None, typer.Option("--nab", help="a NAB corpus (data/ and labels/), scored whole",
+                                             exists=True, file_okay=False)] = None,
+    threshold: Annotated[float, typer.Option(help="score at or above which a row is labelled 1 (CSV mode)",
+                                             min=0.0, max=1.0)] = 0.5,
+) -> None:
+    """Run the streaming detector offline over a CSV (or the whole NAB corpus), in row order.
+
+    CSV mode writes timestamp,value,anomaly_score,label rows (label = score >= threshold; warm-up
+    rows score 0). NAB mode writes OUT/lampwatch/<category>/lampwatch_<file>.csv for all 58 files.
+
+    Example: lampwatch-gateway detect readings.csv -o scored.csv
+    Example: lampwatch-gateway detect --nab ../shared/nab --out results
+    """
+    import csv
+    import sys
+
+    import numpy as np
+
+    from gateway.detect.replay import parse_timestamps, replay_nab, run_series
+
+    if (csv_file is None) == (nab is None):
+        raise _fail("give either a CSV file or --nab DIR")
+    if nab is not None:
+        if out is None:
+            raise _fail("--nab needs --out DIR")
+        try:
+            layouts, _scores = replay_nab(nab, out)
+        except (OSError, ValueError, KeyError) as exc:
+            raise _fail(f"cannot read the NAB corpus in {nab}: {exc}") from None
+        print(f"detect: files={len(layouts)} out={out}")
+        return
+    assert csv_file is not None
+    try:
+        with csv_file.open(newline="") as fh_in:
+            rows = [r for r in csv.reader(fh_in) if r][1:]  # header first
+        ts = [r[0] for r in rows]
+        raw = [r[1] for r in rows]
+        values = np.array([float(v) for v in raw])
+        scores = run_series(values, parse_timestamps(ts))
+    except (OSError, ValueError, IndexError, UnicodeDecodeError) as exc:
+        raise _fail(f"{csv_file}: not a timestamp,value CSV ({type(exc).__name__}: {exc})") from None
+    scores = np.nan_to_num(scores, nan=0.0)
+    fh = open(out, "w", newline="") if out else sys.stdout  # noqa: SIM115 - closed below
+    try:
+        w = csv.writer(fh)
+        w.writerow(["timestamp", "value", "anomaly_score", "label"])
+        for t, v, sc in zip(ts, raw, scores, strict=True):
+            w.writerow([t, v, f"{sc:.6f}", int(sc >= threshold)])
+    finally:
+        if out:
+            fh.close()
+    err.print(f"detect: rows={len(ts)} anomalies={int((scores >= threshold).sum())}", highlight=False)
 
 
 def main() -> None:

@@ -37,7 +37,7 @@ from gateway.batcher import Batcher
 from gateway.decode import Limits, Reject
 from gateway.pipeline import Outcome, Pipeline
 from gateway.sink import Sink
-from gateway.spool import Spool
+from gateway.spool import Spool, SpoolWatch
 
 log = logging.getLogger("lampwatch.gateway")
 
@@ -89,6 +89,7 @@ class Gateway:
         self.cfg, self.sink, self.clock = cfg, sink, clock
         self.pipeline = Pipeline(cfg.limits)
         self.spool = Spool(cfg.spool_path, cfg.spool_max_bytes)
+        self.spool_watch = SpoolWatch()
         self.on_outcome = on_outcome  # the detection stage: a batch's readings in, alert points out
         self._inbox: queue.Queue[_Item] = queue.Queue(maxsize=cfg.inbox_max)
         self._batcher: Batcher[_Batched] = Batcher(cfg.batch_max_points, cfg.batch_max_age_s)
@@ -207,6 +208,8 @@ class Gateway:
         out.update(self.stats)
         out["spool_batches"] = self.spool.depth
         out["spool_points"] = self.spool.points
+        out["spool_bytes"] = self.spool.nbytes
+        out["spool_alarm_level"] = self.spool_watch.level
         out["inbox"] = self._inbox.qsize()
         out["gaps"] = self.pipeline.seq.total_missing()
         out.update({f"rejects_{k}": v for k, v in self.pipeline.rejects_by_reason.items()})
@@ -239,6 +242,7 @@ class Gateway:
                 self._replay_one(now)
             if now >= next_self:
                 next_self = now + self.cfg.selfmetrics_interval_s
+                self._watch_spool(now)
                 extra = [self._selfmetrics_point(now)]
                 if self.on_outcome is not None:
                     extra += self.on_outcome.tick(int(now * 1000))  # silence -> pole offline alarms
@@ -354,6 +358,20 @@ class Gateway:
         log.error("store rejected a batch of %d points: %s", len(points), exc)
         self.stats["store_rejected_points"] += len(points)
         self.pipeline.rejects_by_reason["store_rejected"] += len(points)
+
+    def _watch_spool(self, now: float) -> None:
+        """Spool depth is an alarm, not just a number: retained on the gateway's alert topic."""
+        level = self.spool_watch.update(now, self.spool.points, self.spool.nbytes, self.spool.max_bytes)
+        if level is None:
+            return
+        sev = {0: "cleared", 2: "warning", 3: "critical"}[level]
+        log.log(logging.WARNING if level else logging.INFO, "spool alarm %s: %d points, %d bytes", sev,
+                self.spool.points, self.spool.nbytes)
+        body = json.dumps({"kind": "spool_backlog", "state": "cleared" if level == 0 else "raised",
+                           "severity": sev, "ts": int(now * 1000), "spool_points": self.spool.points,
+                           "spool_bytes": self.spool.nbytes, "explain": "the store is not taking writes: "
+                           f"{self.spool.points} points wait in the gateway's disk spool"})
+        self._client.publish(f"{topics.SYS}/gateway/{self.cfg.client_id}/alert", body, qos=1, retain=True)
 
     def _publish_status(self, state: str, now: float) -> mqtt.MQTTMessageInfo:
         """Presence and self-metrics, retained: `lampwatch-gateway status` reads them from the broker."""

@@ -84,3 +84,34 @@ class Spool:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+class SpoolWatch:
+    """Turns spool depth into an alarm level (pure): 0 none, 2 warning, 3 critical.
+
+    Warning once the spool has held data for ``warn_after_s`` (the store has been down or slow for a
+    while: operators should know before disk fills); critical at ``critical_fraction`` of the bound.
+    Cleared when the spool is empty again. ``update`` returns the new level when it changes, else None.
+    """
+
+    def __init__(self, warn_after_s: float = 30.0, critical_fraction: float = 0.5) -> None:
+        self.warn_after_s, self.critical_fraction = warn_after_s, critical_fraction
+        self.level = 0
+        self._since: float | None = None
+
+    def update(self, now: float, points: int, nbytes: int, max_bytes: int) -> int | None:
+        if points == 0:
+            self._since = None
+            new = 0
+        else:
+            self._since = now if self._since is None else self._since
+            if nbytes >= self.critical_fraction * max_bytes:
+                new = 3
+            elif now - self._since >= self.warn_after_s:
+                new = 2
+            else:
+                new = self.level if self.level else 0
+        if new != self.level:
+            self.level = new
+            return new
+        return None

@@ -105,3 +105,15 @@ def test_spool_is_durable_ordered_and_bounded(tmp_path: Path) -> None:
     with pytest.raises(SpoolFull):
         s.append(big)
     s.close()
+
+
+def test_spool_watch_levels() -> None:
+    from gateway.spool import SpoolWatch
+
+    w = SpoolWatch(warn_after_s=30, critical_fraction=0.5)
+    assert w.update(0, 0, 0, 100) is None
+    assert w.update(1, 10, 5, 100) is None  # just started: not yet an alarm
+    assert w.update(31, 10, 5, 100) == 2  # held for 30 s: warning
+    assert w.update(32, 10, 60, 100) == 3  # half the bound: critical
+    assert w.update(33, 10, 60, 100) is None
+    assert w.update(40, 0, 0, 100) == 0  # drained: cleared
