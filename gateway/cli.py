@@ -193,7 +193,7 @@ def detect(
     except (OSError, ValueError, IndexError, UnicodeDecodeError) as exc:
         raise _fail(f"{csv_file}: not a timestamp,value CSV ({type(exc).__name__}: {exc})") from None
     scores = np.nan_to_num(scores, nan=0.0)
-    fh = open(out, "w", newline="") if out else sys.stdout  # noqa: SIM115 - closed below
+    fh = open(out, "w", newline="") if out else sys.stdout
     try:
         w = csv.writer(fh)
         w.writerow(["timestamp", "value", "anomaly_score", "label"])
