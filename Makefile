@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: install demo test lint bench eval clean
+.PHONY: install demo test lint bench eval nightly clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -24,6 +24,10 @@ lint: $(STAMP)
 
 test: lint
 	$(BIN)/pytest -q $(ARGS)
+
+# nightly-size run: the decoder fuzzed with 100k hostile payloads (make test uses 1,500)
+nightly: lint
+	LAMPWATCH_FUZZ_EXAMPLES=100000 $(BIN)/pytest -q -k decoder_never_raises tests/gateway/test_core.py
 
 bench: $(STAMP)
 	$(BIN)/python -m bench $(ARGS)

@@ -51,7 +51,7 @@ class Telemetry(_Model):
     pole: PoleIdStr
     boot: BootId
     samples: Annotated[list[Sample], Field(min_length=1, max_length=MAX_SAMPLES_PER_MESSAGE)]
-    evicted: Annotated[int, Field(ge=0)] = 0  # outbox evictions since boot, reported upstream
+    evicted: Annotated[int, Field(ge=0)] = 0  # outbox evictions since this boot, reported upstream
 
 
 class Location(_Model):

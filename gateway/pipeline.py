@@ -33,6 +33,7 @@ class Pipeline:
         self.counts: Counter[str] = Counter()
         self.rejects_by_reason: Counter[str] = Counter()
         self._reject_n = 0
+        self._evicted: dict[tuple[str, str], int] = {}
 
     def _reject_points(self, rejects: list[Reject], now_ms: int) -> list[Point]:
         pts = []
@@ -51,7 +52,13 @@ class Pipeline:
         c["messages"] += 1
         c["samples_rejected"] += d.rejected_samples
         c["values_rejected"] += len(d.rejects) - d.rejected_samples
-        c["device_evictions_reported"] = max(c["device_evictions_reported"], d.evicted)
+        if d.readings and d.evicted:
+            # Telemetry.evicted counts since that agent's boot: keep the latest per (pole, boot), sum them
+            key = (d.readings[0].pole, d.readings[0].boot)
+            prev = self._evicted.get(key, 0)
+            if d.evicted > prev:
+                self._evicted[key] = d.evicted
+                c["device_evictions_reported"] += d.evicted - prev
         for r in d.readings:
             verdict = self.seq.check(r.pole, r.seq)
             if verdict == "duplicate":

@@ -20,6 +20,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from rich.console import Console
@@ -63,8 +64,9 @@ class DemoResult:
 
 
 @contextlib.contextmanager
-def _broker(kind: str) -> Iterator[tuple[str, int, int, str]]:
-    """(host, port, mqtt_version, description) of a running broker."""
+def broker(kind: str) -> Iterator[tuple[str, int, int, str]]:
+    """(host, port, mqtt_version, description) of a running broker: ``auto`` (Mosquitto through the
+    harness if installed, else the embedded amqtt broker), ``mosquitto`` or ``embedded``."""
     if kind in ("auto", "mosquitto"):
         try:
             m = Mosquitto()
@@ -79,6 +81,47 @@ def _broker(kind: str) -> Iterator[tuple[str, int, int, str]]:
         yield b.host, b.port, 311, f"embedded amqtt {b.host}:{b.port}"
 
 
+_broker = broker
+
+
+class EmbeddedGateway:
+    """A started gateway (with detection) around an open store; ``stop()`` is idempotent."""
+
+    def __init__(self, gw: Gateway, store: Any, store_cfg: StoreConfig) -> None:
+        self.gw, self.store, self.store_cfg = gw, store, store_cfg
+        self._stopped = False
+
+    def stop(self) -> None:
+        if not self._stopped:
+            self._stopped = True
+            self.gw.stop()
+
+
+@contextlib.contextmanager
+def embedded_gateway(host: str, port: int, version: int, workdir: Path, *, client_id: str = "lampwatch-demo-gw",
+                     sqlite_only: bool = False, **overrides: Any) -> Iterator[EmbeddedGateway]:
+    """The real gateway (``gateway.cli.build_with_store``) on ``workdir/lampwatch.sqlite``, or on the
+    InfluxDB the environment names unless ``sqlite_only``; stopped and its store closed on exit."""
+    env = GatewaySettings()
+    fields = {} if sqlite_only else env.store_fields()
+    if sqlite_only:
+        fields["store"] = "sqlite"
+    store_cfg = StoreConfig(**{**fields, "sqlite_path": str(workdir / "lampwatch.sqlite")})
+    settings = GatewaySettings(mqtt_host=host, mqtt_port=port, mqtt_version=version, state_dir=str(workdir),
+                               client_id=client_id, **{"selfmetrics_interval_s": 2.0, **overrides},
+                               **store_cfg.model_dump())
+    store = open_store(store_cfg)
+    from gateway.cli import build_with_store
+
+    eg = EmbeddedGateway(build_with_store(settings, store), store, store_cfg)
+    eg.gw.start()
+    try:
+        yield eg
+    finally:
+        eg.stop()
+        store.close()
+
+
 def run_demo(*, poles: int = 200, duration: float | None = None, seed: int = 42, speed: float = 60.0,
              hostile_pct: float = 1.0, fault_rate: float = 3.0, broker: str = "auto",
              workdir: Path | None = None, console: Console | None = None) -> DemoResult:
@@ -88,8 +131,6 @@ def run_demo(*, poles: int = 200, duration: float | None = None, seed: int = 42,
     for name in ("lampwatch", "amqtt", "transitions"):
         logging.getLogger(name).setLevel(logging.ERROR)
     workdir = workdir or Path(tempfile.mkdtemp(prefix="lampwatch-demo-"))
-    env = GatewaySettings()  # env vars may point the demo at an InfluxDB
-    store_cfg = StoreConfig(**{**env.store_fields(), "sqlite_path": str(workdir / "lampwatch.sqlite")})
     step_ms = int(1000 * speed)
     now_ms = int(time.time() * 1000)
     # a time-boxed run ends at the present; an open-ended one starts a day back and, once it
@@ -108,15 +149,10 @@ def run_demo(*, poles: int = 200, duration: float | None = None, seed: int = 42,
                              seed=seed)
     rng = np.random.default_rng(seed)
     published = hostile_sent = replayed = 0
-    with _broker(broker) as (host, port, version, broker_desc):
-        settings = GatewaySettings(mqtt_host=host, mqtt_port=port, mqtt_version=version,
-                                   state_dir=str(workdir), client_id="lampwatch-demo-gw",
-                                   selfmetrics_interval_s=2.0, **store_cfg.model_dump())
-        store = open_store(store_cfg)
-        from gateway.cli import build_with_store
-
-        gw: Gateway = build_with_store(settings, store)
-        gw.start()
+    # env vars may point the demo at an InfluxDB
+    with _broker(broker) as (host, port, version, broker_desc), \
+            embedded_gateway(host, port, version, workdir) as egw:
+        gw, store, store_cfg = egw.gw, egw.store, egw.store_cfg
         pub = Publisher(host, port, "lampwatch-demo-sim", mqtt_version=version).connect()
         for topic, payload in birth_messages(stream, start_ms):
             pub.publish(topic, payload, retain=True)
@@ -181,11 +217,10 @@ def run_demo(*, poles: int = 200, duration: float | None = None, seed: int = 42,
         finally:
             console.print()
             pub.close()
-            gw.stop()
+            egw.stop()
         c = gw.counters()
         stored = store.count("telemetry")
         alerts = int(c.get("alarms_raised", 0))
-        store.close()
     # replays are not new samples: they are not counted as published, and must not be stored again
     rejected = int(c.get("samples_rejected", 0))
     return DemoResult(published + hostile_sent, stored, rejected, alerts, int(c.get("duplicates", 0)),

@@ -54,11 +54,16 @@ class DetectorParams:
     refractory: float = 0.0  # evidence below the peak is multiplied by this
     out_scale: float = 20.0
     gap_factor: float = 4.0  # a step longer than gap_factor * typical step is a gap
+    n_season: int = 0  # bins of a daily profile (0 = none); needs t in seconds
+    a_season: float = 0.05
+    season_s: float = 86_400.0
+    rest_level: float = 1.01  # a score at or above this starts a rest period ...
+    rest_rows: int = 0  # ... of this many samples during which the output is 0 (one alarm per event)
 
 
 _F32_FIELDS = (
     "x_prev", "level", "spread", "fast", "q_dev", "q_jump", "q_shift", "run", "p_eq",
-    "r_short", "r_mean", "r_var", "peak", "dt", "anchor",
+    "r_short", "r_mean", "r_var", "peak", "dt", "anchor", "rest",
 )  # fmt: skip
 
 
@@ -79,7 +84,10 @@ class StreamDetector:
         t_prev = np.full(cap, np.nan, np.float64)
         if self._cap:
             f[: self._cap], n[: self._cap], t_prev[: self._cap] = self._f, self._n, self._t_prev
-        self._f, self._n, self._t_prev, self._cap = f, n, t_prev, cap
+        prof = np.zeros((cap, max(self.params.n_season, 1)), F32)
+        if self._cap:
+            prof[: self._cap] = self._prof
+        self._f, self._n, self._t_prev, self._cap, self._prof = f, n, t_prev, cap, prof
 
     @property
     def capacity(self) -> int:
@@ -154,16 +162,22 @@ class StreamDetector:
         level = np.where(first, x, g["level"])
         fast = np.where(first, x, g["fast"])
         gap_w, fast = self._gaps(idx, t, g, level, fast)
+        x_raw = x
+        if p.n_season and t is not None:
+            h = np.floor((t % p.season_s) / p.season_s * p.n_season).astype(np.int64)
+            h = np.clip(h, 0, p.n_season - 1)
+            seas = self._prof[idx, h]
+            x = x - seas
 
         # 1. features: distance from level, step, fast-vs-slow shift, each against its own learned
         #    high quantile; stuck = improbably long run of identical values ----------------------
         eps = F32(1e-6) * (np.abs(level) + F32(1e-3))
         fast = fast + F32(p.a_fast) * (x - fast)
-        v = (np.abs(x - level), np.abs(x - x_prev) * gap_w, np.abs(fast - level))
+        v = (np.abs(x - level), np.abs(x_raw - x_prev) * gap_w, np.abs(fast - level))
         q = (g["q_dev"], g["q_jump"], g["q_shift"])
         w = (F32(p.w_spike), F32(p.w_jump), F32(p.w_shift))
         raw_z = np.maximum.reduce([vi / np.maximum(qi, eps) * wi for vi, qi, wi in zip(v, q, w, strict=True)])
-        same = x == x_prev
+        same = x_raw == x_prev
         run = np.where(same, g["run"] + 1, 0).astype(F32)
         u_stuck = run * -np.log(np.clip(g["p_eq"], F32(0.01), F32(0.999))) / F32(p.stuck_nats)
         raw_z = np.maximum(raw_z, np.where(u_stuck > 1, u_stuck * F32(p.w_stuck), 0))
@@ -183,6 +197,9 @@ class StreamDetector:
         shaped = np.where(evidence > peak, evidence, evidence * p.refractory)
         warm = n1 > p.warmup
         score = np.where(warm, 1.0 - np.exp(shaped.astype(np.float64) / -p.out_scale), np.nan)
+        resting = g["rest"] > 0
+        score = np.where(resting, 0.0, score)
+        fired = warm & ~resting & (score >= p.rest_level)
 
         # 4. learn, winsorised so that anomalies do not poison the state ---------------------------
         inv_n = F32(1) / n1.astype(F32)  # running-mean rates until the EW rate takes over
@@ -190,8 +207,11 @@ class StreamDetector:
         c = F32(p.clip)
         xw = np.clip(x, level - c * sp, level + c * sp)
         ae = np.maximum(inv_n, F32(p.a_eq))
+        if p.n_season and t is not None:
+            dev = np.clip(x_raw - level, -c * sp, c * sp)
+            self._prof[idx, h] = np.where(first | ~warm, dev * 0 + seas + F32(1/ 8) * (dev - seas) , seas + F32(p.a_season) * (dev - seas))
         upd = {
-            "x_prev": x,
+            "x_prev": x_raw,
             "level": np.where(first, x, level + a * (xw - level)),
             "spread": np.where(first, 0, g["spread"] + a * (np.minimum(v[0], c * sp) - g["spread"])),
             "fast": fast,
@@ -200,6 +220,7 @@ class StreamDetector:
             "anchor": anchor + F32(p.a_anchor) * (level - anchor),
             "r_short": r_short,
             "peak": np.where(warm, np.maximum(peak, evidence), 0),
+            "rest": np.where(fired, F32(p.rest_rows), np.maximum(g["rest"] - 1, 0)),
         }
         qa = np.maximum(a, F32(p.q_rate))
         up, down = F32(1) + qa * F32(p.q_tau), F32(1) - qa * F32(1 - p.q_tau)

@@ -117,3 +117,20 @@ def test_spool_watch_levels() -> None:
     assert w.update(32, 10, 60, 100) == 3  # half the bound: critical
     assert w.update(33, 10, 60, 100) is None
     assert w.update(40, 0, 0, 100) == 0  # drained: cleared
+
+
+def test_device_evictions_are_summed_per_pole_and_boot() -> None:
+    from gateway.pipeline import Pipeline
+
+    pl = Pipeline()
+
+    def send(pole: str, boot: str, seq: int, evicted: int) -> None:
+        body = json.dumps({"v": 1, "pole": pole, "boot": boot, "evicted": evicted,
+                           "samples": [{"seq": seq, "ts": NOW, "m": {"tilt_deg": 1.0}}]}).encode()
+        pl.telemetry(topics.telemetry("north", pole), body, NOW)
+
+    send("p-1", "b1", 1, 5)
+    send("p-1", "b1", 2, 7)  # since-boot counter grew by 2
+    send("p-2", "b1", 1, 3)
+    send("p-1", "b2", 3, 1)  # rebooted: a new since-boot count
+    assert pl.counts["device_evictions_reported"] == 7 + 3 + 1

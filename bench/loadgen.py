@@ -1,0 +1,186 @@
+"""The benchmark's load generator: the simulator's multiplexed mode in its own process.
+
+``python -m bench.loadgen --port P --rate R --seconds S [--poles N] [--conns C] [--out FILE]``
+
+Renders a city's telemetry with :class:`simulator.stream.TelemetryStream` (device time ending now, one
+message per pole per 10 s tick, poles in order), then publishes it at QoS 1 through ``--conns``
+:class:`simulator.publisher.Publisher` connections at a fixed offered rate, paced in 5 ms slots, and
+waits for every PUBACK. It runs in a process of its own so that generating and publishing never
+compete with the measured consumer for a GIL. Messages are rendered before the clock starts (a
+measured, separate cost); ``--rate 0`` instead generates on the fly and publishes as fast as it can
+(the simulator's own offered-rate capability).
+
+Every message of a *probe pole* (pole index divisible by ``--probe-every``: every 200th message in
+pole order) has its publish wall-clock time recorded, so the caller can compute publish-to-queryable
+latency. The result is one JSON object, on stdout or in ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from simulator.city import City, CityConfig
+from simulator.publisher import Publisher
+from simulator.signals import SignalModel
+from simulator.stream import TelemetryStream
+
+STEP_MS = 10_000
+# keys of a Telemetry payload that are not metric values: v, pole, boot, samples, seq, ts, m, evicted
+_ENVELOPE_KEYS = 8
+
+
+@dataclass
+class LoadResult:
+    offered_rate: float
+    published: int = 0
+    acked: int = 0
+    refused: int = 0
+    values: int = 0  # metric values carried by the published messages
+    gen_s: float = 0.0  # time spent rendering before the clock started
+    t_start: float = 0.0  # wall clock of the first publish
+    t_last_publish: float = 0.0
+    t_all_acked: float = 0.0
+    achieved_rate: float = 0.0  # published / (t_last_publish - t_start)
+    max_outstanding: int = 0
+    probes: list[tuple[str, int, float]] = field(default_factory=list)  # (pole, seq, publish wall time)
+
+
+def probe_poles(poles: int, every: int) -> list[str]:
+    """Pole ids whose messages are latency probes (same rule as the load generator uses)."""
+    from simulator.city import pole_id
+
+    return [pole_id(i) for i in range(0, poles, every)]
+
+
+def make_stream(poles: int, seed: int, districts: int, ticks: int) -> TelemetryStream:
+    city = City(CityConfig(seed=seed, poles=poles, districts=districts))
+    start_ms = int(time.time() * 1000) - ticks * STEP_MS
+    return TelemetryStream(city, SignalModel(city, seed), (), start_ms=start_ms, step_ms=STEP_MS, seed=seed)
+
+
+def _values(payload: bytes) -> int:
+    return payload.count(b":") - _ENVELOPE_KEYS
+
+
+def _connect(host: str, port: int, conns: int, tag: str) -> list[Publisher]:
+    return [Publisher(host, port, f"bench-load-{tag}-{i}", max_inflight=0).connect() for i in range(conns)]
+
+
+def run(host: str, port: int, rate: float, seconds: float, *, poles: int = 100_000, seed: int = 7,
+        districts: int = 8, conns: int = 1, probe_every: int = 200, max_outstanding: int = 20_000,
+        tag: str = "0") -> LoadResult:
+    """Publish ``rate * seconds`` messages at ``rate`` msg/s (paced); see the module docstring."""
+    total = max(1, int(rate * seconds))
+    ticks = math.ceil(total / poles)
+    res = LoadResult(offered_rate=rate)
+    t0 = time.perf_counter()
+    stream = make_stream(poles, seed, districts, ticks)
+    msgs: list[tuple[str, bytes]] = []
+    for _ in range(ticks):
+        msgs.extend(stream.tick())
+    del msgs[total:]
+    res.gen_s = time.perf_counter() - t0
+    pubs = _connect(host, port, conns, tag)
+    probes: list[tuple[str, int, float]] = []
+    slot = 0.005
+    try:
+        start = time.monotonic()
+        res.t_start = time.time()
+        k = 0  # message k is pole k % poles of tick k // poles
+        while k < total:
+            due = min(total, int((time.monotonic() - start) * rate) + 1)
+            while k < due:
+                topic, payload = msgs[k]
+                pubs[k % conns].publish(topic, payload)
+                res.values += _values(payload)
+                if k % poles % probe_every == 0:
+                    probes.append((topic.split("/")[3], k // poles, time.time()))  # seq = tick index
+                k += 1
+            out = sum(p.outstanding for p in pubs)
+            res.max_outstanding = max(res.max_outstanding, out)
+            if out > max_outstanding:
+                for p in pubs:
+                    p.wait_below(max_outstanding // conns // 2, timeout_s=120)
+            nxt = start + (k + 1) / rate
+            time.sleep(max(0.0, min(slot, nxt - time.monotonic())))
+        res.t_last_publish = time.time()
+        for p in pubs:
+            p.flush(timeout_s=300)
+        res.t_all_acked = time.time()
+    finally:
+        for p in pubs:
+            res.published += p.sent
+            res.acked += p.acked
+            res.refused += p.refused
+            p.close()
+    res.achieved_rate = res.published / max(1e-9, res.t_last_publish - res.t_start)
+    res.probes = probes
+    return res
+
+
+def run_unpaced(host: str, port: int, seconds: float, *, poles: int = 10_000, seed: int = 7,
+                districts: int = 8, conns: int = 1) -> dict[str, float]:
+    """Generate tick by tick and publish as fast as the broker acknowledges, for ``seconds``.
+
+    Returns msgs/s acknowledged end to end (generation included) from this one process."""
+    stream = make_stream(poles, seed, districts, ticks=int(seconds * 20_000 / poles) + 2)
+    pubs = _connect(host, port, conns, "unpaced")
+    n = values = 0
+    t0 = time.monotonic()
+    try:
+        while time.monotonic() - t0 < seconds:
+            for i, (topic, payload) in enumerate(stream.tick()):
+                pubs[i % conns].publish(topic, payload)
+                values += _values(payload)
+                n += 1
+                if n % 1000 == 0:
+                    for p in pubs:
+                        p.wait_below(10_000)
+                    if time.monotonic() - t0 >= seconds:
+                        break
+        for p in pubs:
+            p.flush(timeout_s=120)
+        dt = time.monotonic() - t0
+    finally:
+        for p in pubs:
+            p.close()
+    return {"msgs_s": n / dt, "values_s": values / dt, "published": float(n), "seconds": dt}
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m bench.loadgen", description=__doc__.splitlines()[0])
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--rate", type=float, required=True, help="offered msg/s; 0 = unpaced, generate on the fly")
+    ap.add_argument("--seconds", type=float, default=8.0)
+    ap.add_argument("--poles", type=int, default=100_000)
+    ap.add_argument("--districts", type=int, default=8)
+    ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--conns", type=int, default=1)
+    ap.add_argument("--probe-every", type=int, default=200)
+    ap.add_argument("--tag", default="0", help="distinguishes client ids of concurrent load generators")
+    ap.add_argument("--out", default="-")
+    a = ap.parse_args(argv)
+    res: dict[str, Any]
+    if a.rate <= 0:
+        res = run_unpaced(a.host, a.port, a.seconds, poles=a.poles, seed=a.seed, districts=a.districts,
+                          conns=a.conns)
+    else:
+        res = asdict(run(a.host, a.port, a.rate, a.seconds, poles=a.poles, seed=a.seed, districts=a.districts,
+                         conns=a.conns, probe_every=a.probe_every, tag=a.tag))
+    text = json.dumps(res)
+    if a.out == "-":
+        sys.stdout.write(text + "\n")
+    else:
+        with open(a.out, "w") as fh:
+            fh.write(text)
+
+
+if __name__ == "__main__":
+    main()
