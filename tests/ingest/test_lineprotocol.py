@@ -19,7 +19,8 @@ values = st.one_of(st.floats(allow_nan=False, allow_infinity=False), st.integers
 
 
 @settings(max_examples=300)
-@given(keys, st.dictionaries(keys, keys.filter(lambda s: s.strip() != ""), max_size=3),
+@given(keys.filter(lambda s: not s.startswith("#")),  # a leading '#' makes a comment line: never a measurement
+       st.dictionaries(keys, keys.filter(lambda s: s.strip() != ""), max_size=3),
        st.dictionaries(keys, values, min_size=1, max_size=5), st.integers(0, 2**62))
 def test_encoder_matches_influxdb_client(measurement: str, tags: dict[str, str], fields: dict[str, object],
                                          ts: int) -> None:
