@@ -27,7 +27,7 @@ test: lint
 
 # nightly-size run: the decoder fuzzed with 100k hostile payloads (make test uses 1,500)
 nightly: lint
-	LAMPWATCH_FUZZ_EXAMPLES=100000 $(BIN)/pytest -q -k decoder_never_raises tests/gateway/test_core.py
+	LAMPWATCH_FUZZ_EXAMPLES=100000 $(BIN)/pytest -q --timeout 3600 -k decoder_never_raises tests/gateway/test_core.py
 
 bench: $(STAMP)
 	$(BIN)/python -m bench $(ARGS)

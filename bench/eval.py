@@ -46,6 +46,9 @@ def nab_line(nab_dir: Path, out_dir: Path | None = None) -> str:
 
 #: Fault kinds whose point is a safety alarm (the catalog's "safety" group).
 SAFETY_KINDS = ("leakage", "tilt_lean", "knockdown", "flood", "overheat", "smoke", "door_forced")
+#: Air-quality alarms on the pole's own 24-hour mean (WHO guideline, ``info``): a statement about the
+#: air, not a fault; counted apart, neither true nor false for the fault score.
+ENVIRONMENT_KINDS = ("pm25_high", "pm10_high", "no2_high")
 #: Alert kinds of the stage -> the score's vocabulary (``simulator.score.COMPATIBLE``). A
 #: ``sensor_suspect`` (one pole's sensor disagrees with its district) is a sensor anomaly.
 ALERT_KIND = {"pole_offline": "offline", "lamp_flicker": "flicker", "sensor_suspect": "anomaly"}
@@ -58,6 +61,18 @@ class FaultRun:
     labels: list[Label]
     step_ms: int
     pole_days: float
+    side_effects: list[Alarm]  # unmatched, but on a pole while another injected fault was on it
+    environment: list[Alarm]  # ENVIRONMENT_KINDS alarms
+    false: list[Alarm]  # everything else that matched no label
+
+    @property
+    def precision(self) -> float:
+        tp = self.score.overall.tp
+        return tp / (tp + len(self.false)) if tp + len(self.false) else math.nan
+
+    @property
+    def false_per_1000_pole_days(self) -> float:
+        return len(self.false) / self.pole_days * 1000.0
 
 
 def run_faults(poles: int = 200, days: float = 3.0, step_s: int = 300, seed: int = 11,
@@ -122,7 +137,19 @@ def run_faults(poles: int = 200, days: float = 3.0, step_s: int = 300, seed: int
     targets = (*SIGNAL_KINDS, "offline")
     labels = [f.label for f in faults if f.kind in targets]
     pd = sc_pole_days(poles, start_ms, end_ms)
-    return FaultRun(score(labels, alarms, step_ms=step_ms, pole_days=pd), alarms, labels, step_ms, pd)
+    sc = score(labels, alarms, step_ms=step_ms, pole_days=pd)
+    # An unmatched alarm during another injected fault on the same pole is that fault's consequence
+    # with a kind the score does not pair with it (a pole whose messages are all dropped or rejected
+    # for a skewed clock *is* silent; an idle radio during a backhaul outage *is* unusual): reported
+    # as a side effect, not as a false alarm. Only alarms with no fault anywhere near are false.
+    spans: dict[str, list[tuple[int, int]]] = {}
+    for f in faults:
+        spans.setdefault(f.pole, []).append((f.start_ms, f.end_ms + sc.grace_ms))
+    env = [a for a in sc.unmatched if a.kind in ENVIRONMENT_KINDS]
+    side = [a for a in sc.unmatched if a.kind not in ENVIRONMENT_KINDS
+            and any(s0 <= a.raised_ms <= s1 for s0, s1 in spans.get(a.pole, ()))]
+    false = [a for a in sc.unmatched if a not in env and a not in side]
+    return FaultRun(sc, alarms, labels, step_ms, pd, side, env, false)
 
 
 def _f(x: float, spec: str) -> str:
@@ -138,19 +165,36 @@ def faults_table(run: FaultRun) -> str:
                     f"{_f(k.latency_p95_samples, '.1f'):>8}")
     safety = [k for k in run.score.per_kind.values() if k.kind in SAFETY_KINDS]
     n_lab, n_det = sum(k.labels for k in safety), sum(k.detected for k in safety)
-    by_kind: dict[str, int] = {}
-    for a in run.score.unmatched:
-        by_kind[a.kind] = by_kind.get(a.kind, 0) + 1
-    rows.append(f"safety recall {_f(n_det / n_lab if n_lab else math.nan, '.3f')} ({n_det}/{n_lab}); "
-                f"false alarms by alert kind: {dict(sorted(by_kind.items())) or 'none'}")
+    rows.append(f"safety faults: recall {_f(n_det / n_lab if n_lab else math.nan, '.3f')} ({n_det}/{n_lab}), "
+                f"latency p50 {_f(_median([k.latency_median_samples for k in safety]), '.1f')} samples "
+                "(median of the per-kind medians)")
+    rows.append(f"unmatched alarms: {len(run.false)} false {_count(run.false)}; "
+                f"{len(run.side_effects)} side effects of other faults {_count(run.side_effects)}; "
+                f"{len(run.environment)} air-quality 24 h means {_count(run.environment)} "
+                f"on {len({a.pole for a in run.environment})} poles")
     return "\n".join(rows)
+
+
+def _count(alarms: list[Alarm]) -> str:
+    by: dict[str, int] = {}
+    for a in alarms:
+        k = f"{a.kind}:{a.metric}" if a.kind == "anomaly" else a.kind
+        by[k] = by.get(k, 0) + 1
+    return str(dict(sorted(by.items()))) if by else "{}"
+
+
+def _median(xs: list[float]) -> float:
+    v = sorted(x for x in xs if not math.isnan(x))
+    if not v:
+        return math.nan
+    return v[len(v) // 2] if len(v) % 2 else (v[len(v) // 2 - 1] + v[len(v) // 2]) / 2
 
 
 def summary(run: FaultRun) -> str:
     o = run.score.overall
-    return (f"faults: precision={_f(o.precision, '.3f')} recall={_f(o.recall, '.3f')} "
+    return (f"faults: precision={_f(run.precision, '.3f')} recall={_f(o.recall, '.3f')} "
             f"latency_p50_samples={_f(o.latency_median_samples, '.1f')} "
-            f"false_per_1000_pole_days={o.false_alarms_per_1000_pole_days:.2f}")
+            f"false_per_1000_pole_days={run.false_per_1000_pole_days:.2f}")
 
 
 def faults_line(table: bool = True) -> str | None:

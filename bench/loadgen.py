@@ -3,7 +3,8 @@
 ``python -m bench.loadgen --port P --rate R --seconds S [--poles N] [--conns C] [--out FILE]``
 
 Renders a city's telemetry with :class:`simulator.stream.TelemetryStream` (device time ending now, one
-message per pole per 10 s tick, poles in order), then publishes it at QoS 1 through ``--conns``
+message per pole per 10 s tick, each tick's poles in a seeded random order so every district is
+loaded evenly), then publishes it at QoS 1 through ``--conns``
 :class:`simulator.publisher.Publisher` connections at a fixed offered rate, paced in 5 ms slots, and
 waits for every PUBACK. It runs in a process of its own so that generating and publishing never
 compete with the measured consumer for a GIL. Messages are rendered before the clock starts (a
@@ -24,6 +25,8 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+import numpy as np
 
 from simulator.city import City, CityConfig
 from simulator.publisher import Publisher
@@ -81,9 +84,17 @@ def run(host: str, port: int, rate: float, seconds: float, *, poles: int = 100_0
     res = LoadResult(offered_rate=rate)
     t0 = time.perf_counter()
     stream = make_stream(poles, seed, districts, ticks)
+    rng = np.random.default_rng(seed)
+    probe_ix = set(range(0, poles, probe_every))
     msgs: list[tuple[str, bytes]] = []
-    for _ in range(ticks):
-        msgs.extend(stream.tick())
+    probe_at: dict[int, tuple[str, int]] = {}  # message index -> (pole, seq) of a probe
+    for tick in range(ticks):
+        batch = stream.tick()
+        # poles report at their own phase within the interval: each tick in a seeded random pole order
+        for i in rng.permutation(len(batch)).tolist():
+            if i in probe_ix:
+                probe_at[len(msgs)] = (batch[i][0].split("/")[3], tick)  # seq = tick index (no faults)
+            msgs.append(batch[i])
     del msgs[total:]
     res.gen_s = time.perf_counter() - t0
     pubs = _connect(host, port, conns, tag)
@@ -92,15 +103,15 @@ def run(host: str, port: int, rate: float, seconds: float, *, poles: int = 100_0
     try:
         start = time.monotonic()
         res.t_start = time.time()
-        k = 0  # message k is pole k % poles of tick k // poles
+        k = 0
         while k < total:
             due = min(total, int((time.monotonic() - start) * rate) + 1)
             while k < due:
                 topic, payload = msgs[k]
                 pubs[k % conns].publish(topic, payload)
                 res.values += _values(payload)
-                if k % poles % probe_every == 0:
-                    probes.append((topic.split("/")[3], k // poles, time.time()))  # seq = tick index
+                if k in probe_at:
+                    probes.append((*probe_at[k], time.time()))
                 k += 1
             out = sum(p.outstanding for p in pubs)
             res.max_outstanding = max(res.max_outstanding, out)

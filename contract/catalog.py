@@ -12,8 +12,10 @@ Thresholds come from published references where one exists:
   +/-15 % is the hard band most driver datasheets give);
 * power factor < 0.65 while on (typical minimum in LED-driver tender specs);
 * WHO 2021 air-quality guidelines: PM2.5 15 ug/m3 (24 h; interim target 1 is 75),
-  PM10 45 ug/m3 (24 h), NO2 25 ug/m3 (24 h). They are 24-hour means: a single reading above them is
-  reported as ``info`` (context for operators), never as a safety alarm.
+  PM10 45 ug/m3 (24 h), NO2 25 ug/m3 (24 h). They are 24-hour means, so these thresholds carry
+  ``mean_over_s=86_400``: the rule compares the pole's running 24-hour mean, never a single reading
+  (rush-hour peaks above the guideline are normal), and reports it as ``info`` or ``warning``
+  (context for operators), never as a safety alarm.
 * Tilt has no published standard for lamp poles, so it is judged against each pole's own installed
   baseline (``relative_to="baseline"``).
 """
@@ -41,6 +43,12 @@ class Threshold:
     nominal supply voltage / rated lamp power (``nominal``/``rated``), or as an offset from the pole's
     own learned baseline (``baseline``). ``clear`` is the hysteresis level at which a raised alarm
     clears (same units as ``value``); ``lamp_on`` restricts the rule to when the lamp should be lit.
+
+    ``mean_over_s`` is the averaging period of a threshold defined on a mean (the WHO air-quality
+    guidelines are 24-hour means: ``86_400``). The rule then compares a per-pole, time-weighted running
+    mean of the reading over that period (an exponentially weighted mean with that time constant),
+    and only once the pole has reported for long enough to have one; ``None`` compares every reading.
+    The tiers of one rule share the same averaging period.
     """
 
     kind: str
@@ -51,10 +59,13 @@ class Threshold:
     explain: str
     relative_to: RelativeTo = "absolute"
     lamp_on: bool = False
+    mean_over_s: float | None = None
 
     def __post_init__(self) -> None:
         if self.severity not in SEVERITIES:
             raise ValueError(f"unknown severity {self.severity!r}")
+        if self.mean_over_s is not None and not (math.isfinite(self.mean_over_s) and self.mean_over_s > 0):
+            raise ValueError(f"{self.kind}: mean_over_s must be a positive number of seconds")
         # hysteresis must sit on the safe side of the trigger level
         if self.op == ">=" and not self.clear <= self.value:
             raise ValueError(f"{self.kind}: clear level must be <= trigger for '>='")
@@ -100,6 +111,7 @@ class Metric:
 
 T = Threshold
 S = Signal
+DAY_S = 86_400.0  # averaging period of the WHO 24-hour guidelines
 
 #: Every sensor metric, in dashboard order. Names carry their unit.
 METRICS: tuple[Metric, ...] = (
@@ -167,17 +179,19 @@ METRICS: tuple[Metric, ...] = (
     Metric("pm25_ugm3", "ug/m3", "fine particulate matter PM2.5", 0, 2000, S("rush_hour", 9, 1.5, 6),
            "environment", decimals=1,
            thresholds=(
-               T("pm25_high", ">=", 15.0, "info", 12.0, "PM2.5 above the WHO 2021 24-hour guideline"),
-               T("pm25_high", ">=", 75.0, "warning", 60.0, "PM2.5 above WHO interim target 1"),
+               T("pm25_high", ">=", 15.0, "info", 12.0, "PM2.5 24-hour mean above the WHO 2021 guideline",
+                 mean_over_s=DAY_S),
+               T("pm25_high", ">=", 75.0, "warning", 60.0, "PM2.5 24-hour mean above WHO interim target 1",
+                 mean_over_s=DAY_S),
            )),
     Metric("pm10_ugm3", "ug/m3", "coarse particulate matter PM10", 0, 3000, S("rush_hour", 18, 2.5, 10),
            "environment", decimals=1,
-           thresholds=(T("pm10_high", ">=", 45.0, "info", 40.0, "PM10 above the WHO 2021 24-hour "
-                         "guideline"),)),
+           thresholds=(T("pm10_high", ">=", 45.0, "info", 40.0, "PM10 24-hour mean above the WHO 2021 "
+                         "guideline", mean_over_s=DAY_S),)),
     Metric("no2_ugm3", "ug/m3", "nitrogen dioxide", 0, 2000, S("rush_hour", 14, 2.0, 12), "environment",
            decimals=1,
-           thresholds=(T("no2_high", ">=", 25.0, "info", 22.0, "NO2 above the WHO 2021 24-hour "
-                         "guideline"),)),
+           thresholds=(T("no2_high", ">=", 25.0, "info", 22.0, "NO2 24-hour mean above the WHO 2021 "
+                         "guideline", mean_over_s=DAY_S),)),
     Metric("noise_db", "dB(A)", "sound pressure level", 0, 160, S("rush_hour", 55, 2.0, 12),
            "environment", decimals=1),
     Metric("illuminance_lux", "lx", "ambient light at the luminaire", 0, 200000, S("diurnal", 0, 1, 0),

@@ -5,7 +5,7 @@ fields state ``raised|cleared``, metric, value, score, explain, key; time = devi
 plus a sub-millisecond per-key offset). :func:`alarms_from_rows` pairs them per (pole, key) in time
 order: the first ``raised`` opens an interval (a later ``raised`` of an open alarm is an escalation or
 de-escalation of the same alarm and keeps the first time), ``cleared`` closes it; an alarm still open
-at the end has ``cleared_ms = None``. District-level alarms (pole ``_district``) are not pole alarms
+at the end has ``cleared_ms = None``. District-level alarms (pole ``district``) are not pole alarms
 and are left out.
 
 Stores are named like this::
@@ -28,10 +28,10 @@ from typing import Any
 
 from contract import schema
 from contract.errors import StoreError
+from gateway.detect.spatial import DISTRICT_POLE
 from simulator.faults import Label, read_labels
 from simulator.score import COMPATIBLE, DAY_MS, Alarm, Score, score
 
-DISTRICT_POLE = "_district"
 #: gateway alarm kinds -> the names the ground truth and :data:`simulator.score.COMPATIBLE` use
 KIND_ALIASES: Mapping[str, str] = {"pole_offline": "offline", "lamp_flicker": "flicker"}
 #: label kinds no alarm is expected for (injected traffic the gateway refuses or dedups, not a fault)

@@ -132,9 +132,11 @@ class CityPlan:
 
 
 def plan_city(*, poles: int, seed: int, step_ms: int, fault_rate: float, sim_span_ms: int | None,
-              now_ms: int, scenario: str | None = None, signal_only: bool = False) -> CityPlan:
+              now_ms: int, scenario: str | None = None, signal_only: bool = False,
+              back_ms: int = DAY_MS) -> CityPlan:
     """A random city (``poles``, ``seed``, ``fault_rate`` faults per pole-day) or a scenario, placed in
-    time: ``sim_span_ms`` of device time ending now, or (open-ended) starting a day back."""
+    time: ``sim_span_ms`` of device time ending now, or (open-ended, ``None``) starting ``back_ms`` ago
+    (faults then fall in the day from the start)."""
     if scenario is not None:
         sc = shift_to_past(resolve_scenario(scenario), now_ms)
         run = sc.build()
@@ -142,8 +144,8 @@ def plan_city(*, poles: int, seed: int, step_ms: int, fault_rate: float, sim_spa
         faults = tuple(f for f in sc.faults if not signal_only or f.kind in SIGNAL_KINDS)
         return CityPlan(run.city, run.model, faults, sc.start_ms, sc.step_ms, end, sc.seed, sc.name)
     city = City(CityConfig(seed=seed, poles=poles, districts=max(1, min(8, poles // 10))))
-    start = now_ms - (sim_span_ms if sim_span_ms is not None else DAY_MS)
-    fault_end = now_ms
+    start = now_ms - (sim_span_ms if sim_span_ms is not None else back_ms)
+    fault_end = now_ms if sim_span_ms is not None else max(now_ms, start + DAY_MS)
     fl = tuple(random_faults(city, seed, start, fault_end, rate=fault_rate,
                              kinds=SIGNAL_KINDS if signal_only else None)) if fault_rate > 0 else ()
     return CityPlan(city, SignalModel(city, seed), fl, start, step_ms, None if sim_span_ms is None else now_ms,

@@ -154,6 +154,9 @@ class RuleParams:
     default_interval_ms: float = 60_000.0
     min_silence_ms: float = 30_000.0
     maintenance_slots: int = 4
+    mean_cover: float = 0.63  # an averaged rule speaks once its mean covers this share of the weight
+    #                           a full history would have (0.63: one averaging period of data)
+    mean_max_step_s: float = 3_600.0  # a longer silence counts as this long (no reading rules a gap)
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +170,7 @@ class Rule:
     lamp_on: bool
     trig_at: tuple[float, ...]
     clear_at: tuple[float, ...]
+    mean_over_s: float | None = None  # compare the running mean over this period, not the reading
 
 
 _REF = {"absolute": ("", ""), "nominal": ("nominal", "V"), "rated": ("expected", "W"),
@@ -187,8 +191,8 @@ def derive_rules(metrics: Sequence[Metric] = METRICS, params: RuleParams = RuleP
             by_kind.setdefault(t.kind, []).append(t)
         for kind, ths in by_kind.items():
             ths.sort(key=lambda t: (SEVERITIES.index(t.severity), t.value if t.op == ">=" else -t.value))
-            if len({(t.op, t.relative_to, t.lamp_on) for t in ths}) != 1:
-                raise ValueError(f"{m.name}/{kind}: tiers disagree on op, relative_to or lamp_on")
+            if len({(t.op, t.relative_to, t.lamp_on, t.mean_over_s) for t in ths}) != 1:
+                raise ValueError(f"{m.name}/{kind}: tiers disagree on op, relative_to, lamp_on or mean_over_s")
             sign = 1.0 if ths[0].op == ">=" else -1.0
             for lo, hi in itertools.pairwise(ths):
                 if sign * hi.value < sign * lo.value or sign * hi.clear < sign * lo.clear:
@@ -206,7 +210,7 @@ def derive_rules(metrics: Sequence[Metric] = METRICS, params: RuleParams = RuleP
                 clear_n=params.clear_n, unit=m.unit, ref_label=ref_label, ref_unit=ref_unit,
                 decimals=m.decimals)
             out.append(Rule(spec, INDEX[m.name], first.op, first.relative_to, first.lamp_on,
-                            tuple(t.value for t in ths), tuple(t.clear for t in ths)))
+                            tuple(t.value for t in ths), tuple(t.clear for t in ths), first.mean_over_s))
     return tuple(out)
 
 
@@ -251,6 +255,15 @@ class Rules:
         self.base_cols = np.array(sorted({r.col for r in self.rules if r.relative_to == "baseline"}),
                                   np.int64)
         self._base_slot = {int(c): i for i, c in enumerate(self.base_cols)}
+        # running means (time-weighted EW, time constant = averaging period) for averaged rules
+        means = {r.col: r.mean_over_s for r in self.rules if r.mean_over_s is not None}
+        self.mean_cols = np.array(sorted(means), np.int64)
+        self.mean_tau_s = np.array([means[int(c)] for c in self.mean_cols], np.float64)
+        self._mean_slot = {int(c): i for i, c in enumerate(self.mean_cols)}
+        nm = max(len(self.mean_cols), 1)
+        s.alloc("mean_m", np.float64, 0.0, (nm,))  # the running mean ...
+        s.alloc("mean_w", np.float64, 0.0, (nm,))  # ... and the share of the period it covers
+        s.alloc("mean_t", np.int64, NO_TS, (nm,))  # device time of the last reading in the mean
         self._tbl = self._table()
         nb = max(len(self.base_cols), 1)
         s.alloc("base", np.float64, np.nan, (nb,))
@@ -282,6 +295,9 @@ class Rules:
             "lamp_on": np.array([r.lamp_on for r in rs]), "door": np.array([r.col == _DOOR for r in rs]),
             "base_rule": base_rule,
             "base_slot": np.array([self._base_slot[rs[i].col] for i in base_rule], np.int64),
+            "mean_rule": (mean_rule := np.array([i for i, r in enumerate(rs) if r.mean_over_s is not None],
+                                                np.int64)),
+            "mean_slot": np.array([self._mean_slot[rs[i].col] for i in mean_rule], np.int64),
         }
 
     # --- per-pole attributes -----------------------------------------------------------------------
@@ -394,6 +410,9 @@ class Rules:
         # every catalog rule at once: an (n samples x R rules) matrix, '<=' rules negated to '>='
         t = self._tbl
         raw = vals[:, t["col"]]
+        if len(t["mean_rule"]):  # averaged rules judge the running mean (NaN until it covers enough)
+            mean = self._update_means(rows, ts, vals)
+            raw[:, t["mean_rule"]] = np.where(np.isnan(raw[:, t["mean_rule"]]), np.nan, mean[:, t["mean_slot"]])
         ref = np.full(raw.shape, np.nan)
         ref[:, t["nominal"]] = nominal[:, None]
         ref[:, t["rated"]] = expected[:, None]
@@ -421,6 +440,39 @@ class Rules:
         parts.append(Conditions(rows, np.full(n, self.OFFLINE, np.int64), zero, zero, np.full(n, np.nan),
                                 np.full(n, np.nan), np.zeros(n), ts))
         return Conditions.concat(parts)
+
+    def _update_means(self, rows: np.ndarray, ts: np.ndarray, vals: np.ndarray) -> np.ndarray:
+        """Fold each reading into its pole's time-weighted running mean; (n, n_means) means, NaN until
+        the mean covers ``mean_cover`` of a full history's weight.
+
+        Exponentially weighted in time: ``W <- d W + (1 - d)``, ``m <- m + (1 - d) / W * (x - m)``,
+        ``d = exp(-dt / tau)``: every reading weighs the time since the previous one (capped at
+        ``mean_max_step_s``), ``W`` is the share of the averaging period the data covers
+        (``1 - exp(-elapsed / tau)``) and ``m`` is exactly the weighted mean (a constant input gives
+        exactly that constant, so threshold boundaries are exact)."""
+        a, p = self.state.a, self.params
+        x = vals[:, self.mean_cols]
+        has = ~np.isnan(x)
+        t_prev = a["mean_t"][rows]
+        dt_s = np.where(t_prev == NO_TS, self.interval_ms(rows)[:, None],
+                        (ts[:, None] - t_prev).astype(np.float64)) / 1000.0
+        dt_s = np.clip(dt_s, 0.0, p.mean_max_step_s)
+        gain = -np.expm1(-dt_s / self.mean_tau_s)  # 1 - d
+        m_old, w_old = a["mean_m"][rows], a["mean_w"][rows]
+        w_new = np.where(has, w_old - gain * w_old + gain, w_old)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            step = np.where(has & (w_new > 0), gain / w_new, 0.0)
+        m_new = np.where(has, m_old + step * (np.where(has, x, 0.0) - m_old), m_old)
+        a["mean_m"][rows], a["mean_w"][rows] = m_new, w_new
+        a["mean_t"][rows] = np.where(has, np.maximum(ts[:, None], t_prev), t_prev)  # late readings: no weight
+        return np.where(has & (w_new >= p.mean_cover), m_new, np.nan)
+
+    def running_mean(self, pole: str, metric: str) -> float | None:
+        """The pole's running mean of an averaged metric (None if unknown or not averaged)."""
+        r, slot = self.state.find(pole), self._mean_slot.get(INDEX.get(metric, -1))
+        if r is None or slot is None or self.state.a["mean_w"][r, slot] <= 0:
+            return None
+        return float(self.state.a["mean_m"][r, slot])
 
     def _learn_baselines(self, rows: np.ndarray, vals: np.ndarray) -> None:
         """Median of the first ``tilt_learn_n`` readings of each baseline-relative metric."""
@@ -461,11 +513,15 @@ class Rules:
                           np.full(len(r), np.nan), (hold > 0).astype(np.float64), t)
 
     # --- presence --------------------------------------------------------------------------------------
-    def silence_limit_ms(self, rows: np.ndarray) -> np.ndarray:
+    def interval_ms(self, rows: np.ndarray) -> np.ndarray:
+        """Reporting interval: announced, else learned from device times, else the default."""
         a, p = self.state.a, self.params
         interval = np.where(np.isnan(a["interval_ms"][rows]), a["interval_ew"][rows], a["interval_ms"][rows])
-        interval = np.where(np.isnan(interval), p.default_interval_ms, interval)
-        return np.maximum(p.offline_k * interval, p.min_silence_ms)
+        return np.where(np.isnan(interval), p.default_interval_ms, interval)
+
+    def silence_limit_ms(self, rows: np.ndarray) -> np.ndarray:
+        p = self.params
+        return np.maximum(p.offline_k * self.interval_ms(rows), p.min_silence_ms)
 
     def silence(self, now_ms: int) -> Conditions:
         """Offline conditions for every pole heard at least once (gateway clock ``now_ms``)."""
@@ -516,6 +572,10 @@ class Rules:
                     if not np.isnan(a["base"][r, i])}
             if base:
                 d["baseline"] = base
+            means = {str(NAMES[c]): [float(a["mean_m"][r, i]), float(a["mean_w"][r, i]), int(a["mean_t"][r, i])]
+                     for i, c in enumerate(self.mean_cols) if a["mean_t"][r, i] != NO_TS}
+            if means:
+                d["means"] = means
             if a["last_ts"][r] != NO_TS:
                 d["last_ts"] = int(a["last_ts"][r])
             if a["said_offline"][r]:
@@ -536,6 +596,10 @@ class Rules:
                     a[name][r] = float(d[name])  # type: ignore[arg-type]
             for metric, v in dict(d.get("baseline", {})).items():  # type: ignore[call-overload]
                 self.set_baseline(str(d["pole"]), str(d["district"]), str(metric), float(v))
+            for metric, (ms, mw, mt) in dict(d.get("means", {})).items():  # type: ignore[call-overload]
+                slot = self._mean_slot.get(INDEX.get(str(metric), -1))
+                if slot is not None:
+                    a["mean_m"][r, slot], a["mean_w"][r, slot], a["mean_t"][r, slot] = float(ms), float(mw), int(mt)
             if "last_ts" in d:
                 a["last_ts"][r] = int(d["last_ts"])  # type: ignore[call-overload]
             a["said_offline"][r] = bool(d.get("said_offline", False))
