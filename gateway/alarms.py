@@ -239,13 +239,14 @@ class AlarmPolicy:
 
     def restore(self, entries: Iterable[dict[str, Any]], row_of: Callable[[str, str], int]) -> int:
         """Re-activate saved alarms (unknown rule keys are skipped); returns how many were restored."""
-        a, n = self._a, 0
+        n = 0
         for e in entries:
             k = self._by_key.get(str(e.get("key")))
             if k is None:
                 continue
             r = row_of(str(e["district"]), str(e["entity"]))
             self.ensure(r + 1)
+            a = self._a  # ensure() may have grown (replaced) the arrays
             a["level"][r, k] = max(1, min(int(e["level"]), len(self.specs[k].tiers)))
             a["raised_at"][r, k] = int(e["raised_at"])
             a["ts"][r, k] = int(e["ts"])
