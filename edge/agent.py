@@ -317,7 +317,9 @@ class EdgeAgent:
         return status_payload(pole=self.pole, district=self.district, state=state,
                               ts_ms=int(self.clock.time() * 1000), boot=self.boot_id, agent_version=__version__,
                               firmware=self.cfg.firmware, sensors=self.sensors, location=self.cfg.location,
-                              interval_s=interval, reason=reason)
+                              interval_s=interval, reason=reason, rated_power_w=self.cfg.rated_power_w,
+                              nominal_voltage_v=self.cfg.nominal_voltage_v,
+                              tilt_baseline_deg=self.cfg.tilt_baseline_deg)
 
     # --- commands (network thread; edge.commands.CommandTarget) ----------------------------------
     def set_interval(self, interval_s: float, metric: str | None) -> Result:

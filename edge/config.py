@@ -104,6 +104,9 @@ class EdgeConfig(BaseSettings):
     intervals: dict[MetricName, Annotated[float, Field(ge=0.1, le=86_400)]] = Field(default_factory=dict)
     safety_interval_s: Annotated[float, Field(ge=0.05, le=3600)] = 1.0
     tilt_baseline_deg: Annotated[float, Field(ge=0, le=90)] | None = None  # None: first reading
+    # installation record, announced in the birth so the gateway judges lamp and voltage against it
+    rated_power_w: Annotated[float, Field(gt=0, le=5000)] | None = None
+    nominal_voltage_v: Annotated[float, Field(gt=0, le=1000)] | None = None
     thresholds: dict[MetricName, float] = Field(default_factory=dict)
     drivers: list[DriverSpec] = Field(default_factory=lambda: [SimulatedSource()])
 

@@ -30,8 +30,11 @@ def telemetry_payload(pole: str, boot: str, sample_bodies: Sequence[str], evicte
 def status_payload(*, pole: str, district: str, state: str, ts_ms: int, boot: str | None = None,
                    agent_version: str | None = None, firmware: str | None = None,
                    sensors: Sequence[str] = (), location: Location | None = None,
-                   interval_s: float | None = None, reason: str | None = None) -> bytes:
+                   interval_s: float | None = None, reason: str | None = None,
+                   rated_power_w: float | None = None, nominal_voltage_v: float | None = None,
+                   tilt_baseline_deg: float | None = None) -> bytes:
     st = Status(pole=pole, district=district, state=state, ts=ts_ms, boot=boot,  # type: ignore[arg-type]
                 agent_version=agent_version, firmware=firmware, sensors=tuple(sensors),
-                location=location, interval_s=interval_s, reason=reason)
+                location=location, interval_s=interval_s, reason=reason, rated_power_w=rated_power_w,
+                nominal_voltage_v=nominal_voltage_v, tilt_baseline_deg=tilt_baseline_deg)
     return st.model_dump_json(exclude_none=True).encode()

@@ -65,10 +65,10 @@ def verify_password(password: str, hashed: str) -> bool:
 
 
 def pole_ids(count: int, prefix: str = "p-") -> list[str]:
-    """``p-000001`` .. : the ids the simulator uses for a fleet of ``count`` poles."""
+    """``p-000000`` .. ``p-{count-1}``: the ids the simulator uses for a fleet of ``count`` poles."""
     if count < 1:
         raise ConfigError("--poles must be at least 1")
-    return [str(PoleId(f"{prefix}{i:06d}")) for i in range(1, count + 1)]
+    return [str(PoleId(f"{prefix}{i:06d}")) for i in range(count)]
 
 
 def read_pole_ids(lines: Iterable[str]) -> list[str]:

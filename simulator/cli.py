@@ -112,8 +112,12 @@ def _duration_ms(text: str, what: str) -> int:
 
 @app.command()
 def run(
-    host: Annotated[str, typer.Option(help="broker host")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="broker port", min=1, max=65535)] = 1883,
+    host: Annotated[str, typer.Option(help="broker host", envvar="LAMPWATCH_SIM_MQTT_HOST")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="broker port", min=1, max=65535, envvar="LAMPWATCH_SIM_MQTT_PORT")]
+    = 1883,
+    credentials: Annotated[Path | None, typer.Option(
+        help="per-device mode: secrets.csv from `lampwatch-ingest credentials` (each agent logs in as its pole)",
+        envvar="LAMPWATCH_SIM_CREDENTIALS", exists=True, dir_okay=False)] = None,
     embedded: Annotated[bool, typer.Option("--embedded", help="start a broker here: the real Mosquitto "
                                            "(harness) if installed, else the embedded amqtt broker")] = False,
     mode: Annotated[str, typer.Option(help="multiplexed (one connection for the city) | per-device (every "
@@ -160,6 +164,18 @@ def run(
         raise _fail(f"--mqtt-version must be 5 or 311, not {mqtt_version}")
     if mode == "per-device" and rate is not None:
         raise _fail("per-device mode is paced by --speed (each agent samples on its clock), not --rate")
+    creds: dict[str, str] | None = None
+    if credentials is not None:
+        if mode != "per-device":
+            raise _fail("--credentials needs --mode per-device: with per-pole ACLs one connection cannot "
+                        "publish for the whole city")
+        import csv
+
+        try:
+            with credentials.open(newline="") as fh:
+                creds = {r["username"]: r["password"] for r in csv.DictReader(fh)}
+        except (OSError, KeyError, UnicodeDecodeError) as exc:
+            raise _fail(f"{credentials}: not a username,password CSV ({exc})") from None
     if labels is not None and not labels.parent.exists():
         raise _fail(f"folder {labels.parent} does not exist (for --labels)")
     n = poles or 100
@@ -194,7 +210,7 @@ def run(
             else:
                 wd = workdir or Path(tempfile.mkdtemp(prefix="lampwatch-agents-"))
                 st = run_per_device(h, p, plan, workdir=wd, speed=eff_speed, duration_s=duration or None,
-                                    hostile_pct=hostile_pct, labels_out=labels, console=err)
+                                    hostile_pct=hostile_pct, labels_out=labels, console=err, credentials=creds)
     except (LampwatchError, OSError, RuntimeError) as exc:
         raise _fail(exc) from None
     print(st.line())

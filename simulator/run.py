@@ -307,8 +307,14 @@ class PoleDriver:
 
 def run_per_device(host: str, port: int, plan: CityPlan, *, workdir: Path, speed: float = 1.0,
                    duration_s: float | None = None, hostile_pct: float = 0.0, labels_out: Path | None = None,
-                   console: Console | None = None, stop: threading.Event | None = None) -> RunStats:
-    """Every pole a real edge agent (own client id, birth, Last Will, outbox) on a scaled clock."""
+                   console: Console | None = None, stop: threading.Event | None = None,
+                   credentials: dict[str, str] | None = None) -> RunStats:
+    """Every pole a real edge agent (own client id, birth, Last Will, outbox) on a scaled clock.
+
+    With ``credentials`` (pole id -> password, as ``lampwatch-ingest credentials`` writes them) every
+    agent logs in as its own pole, so this runs against a production broker with per-pole ACLs; the
+    agents' births then carry each pole's installation record and no shared inventory connection
+    (which the ACL would refuse) is used."""
     from contract.models import Location
     from edge.agent import EdgeAgent
     from edge.clock import ScaledClock
@@ -325,10 +331,20 @@ def run_per_device(host: str, port: int, plan: CityPlan, *, workdir: Path, speed
     workdir.mkdir(parents=True, exist_ok=True)
     st = RunStats(sim_start_ms=plan.start_ms, sim_end_ms=plan.start_ms)
     # the city's inventory records first (rated power, nominal voltage): the agents' births lack them
-    inv = Publisher(host, port, "lampwatch-sim-inventory").connect()
-    for topic, payload in birth_messages(plan.stream(), plan.start_ms):
-        inv.publish(topic, payload, retain=True)
-        st.births += 1
+    if credentials is not None:
+        missing = [p.pole_id for p in plan.city.poles if p.pole_id not in credentials]
+        if missing:
+            raise ConfigError(f"no credentials for {len(missing)} poles (first: {missing[0]}): generate them with "
+                              f"lampwatch-ingest credentials --poles {n}")
+        if hostile_pct:
+            raise ConfigError("--hostile-pct needs a connection allowed to publish for any pole: not with "
+                              "--credentials")
+    inv = None
+    if credentials is None:
+        inv = Publisher(host, port, "lampwatch-sim-inventory").connect()
+        for topic, payload in birth_messages(plan.stream(), plan.start_ms):
+            inv.publish(topic, payload, retain=True)
+            st.births += 1
     clock = ScaledClock(speed, origin=plan.start_ms / 1000.0)
     agents: list[EdgeAgent] = []
     t0 = time.monotonic()
@@ -339,6 +355,9 @@ def run_per_device(host: str, port: int, plan: CityPlan, *, workdir: Path, speed
                              outbox_path=workdir / f"edge-{p.pole_id}.sqlite", outbox_sync="off",
                              location=Location(lat=p.lat, lon=p.lon), firmware="lampwatch-sim",
                              tilt_baseline_deg=p.tilt_baseline_deg, backoff_max_s=5.0,
+                             rated_power_w=p.rated_power_w, nominal_voltage_v=p.nominal_voltage_v,
+                             username=p.pole_id if credentials else None,
+                             password=credentials[p.pole_id] if credentials else None,
                              drivers=[SimulatedSource(metrics=list(p.sensors))])
             drv = PoleDriver(cache, p.index)
             agents.append(EdgeAgent(cfg, clock=clock, drivers=dict.fromkeys(p.sensors, drv)))
@@ -359,7 +378,7 @@ def run_per_device(host: str, port: int, plan: CityPlan, *, workdir: Path, speed
                         break
                     time.sleep(min(0.25, max(0.01, (duration_s or 1e9) - el)))
                     now = time.monotonic()
-                    if hostile_pct > 0:
+                    if hostile_pct > 0 and inv is not None:
                         k = int(rng.binomial(max(1, round(n * (now - last) * speed / step_s)), hostile_pct / 100))
                         t_dev = int(clock.time() * 1000)
                         for topic, payload, _kind in hostile_messages(rng, k, plan.city, now_ms=t_dev,
@@ -380,9 +399,10 @@ def run_per_device(host: str, port: int, plan: CityPlan, *, workdir: Path, speed
     finally:
         with ThreadPoolExecutor(max_workers=64) as ex:
             list(ex.map(lambda a: a.stop(flush_timeout_s=3.0), agents))
-        with contextlib.suppress(BrokerError):
-            inv.flush(timeout_s=10)
-        inv.close()
+        if inv is not None:
+            with contextlib.suppress(BrokerError):
+                inv.flush(timeout_s=10)
+            inv.close()
     st.published = int(_agents_counts(agents)["acked"])
     st.seconds = time.monotonic() - t0
     labels = clip_labels([f.label for f in plan.faults], st.sim_end_ms)
