@@ -53,7 +53,7 @@ from simulator.city import KITS, City, CityConfig
 from simulator.drills.gateway_drills import _GatewayProcess, wait_gateway_online
 from simulator.harness import InfluxDB1, Mosquitto
 
-LADDER = (250, 500, 1000, 2000, 4000, 6000, 8000, 10_000, 12_000)
+LADDER = (250, 500, 1000, 1500, 2000, 3000, 4000, 6000, 8000, 10_000, 12_000)
 M2I_VERSION = "1.5.2"
 SYSTEMS = ("raw", "naive", "gateway-1", "gateway-2", "mqtt2influxdb")
 err = Console(stderr=True)
@@ -75,7 +75,7 @@ class Spec:
     max_trials: int = 6  # per system
     systems: tuple[str, ...] = SYSTEMS
     sim_s: float = 5.0  # unpaced simulator capability run
-    agents: tuple[int, ...] = (100, 300, 1000)  # per-device agents ladder (0: skip)
+    agents: tuple[int, ...] = (100, 500)  # per-device agents ladder (0: skip)
     quiet: bool = False
 
 
@@ -177,6 +177,8 @@ class _LineProc:
     def stop(self) -> None:
         _terminate(self.proc)
         self._t.join(5)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
         self._log.close()
 
 
@@ -313,6 +315,7 @@ class _Poller:
     def stop(self) -> None:
         self._stop.set()
         self._t.join(5)
+        self.store.close()
 
     def seen_at(self, pole: str, seq: int) -> float | None:
         for s, t in self.first.get(pole, ()):
@@ -325,7 +328,7 @@ def _percentile(xs: list[float], q: float) -> float | None:
     if not xs:
         return None
     xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))]
+    return xs[min(len(xs) - 1, round(q * (len(xs) - 1)))]
 
 
 # --- one trial ----------------------------------------------------------------------------------------------
@@ -388,7 +391,8 @@ class Bench:
                 deadline = time.monotonic() + 30
                 while "New client connected" not in broker.log_text():
                     if proc.poll() is not None or time.monotonic() > deadline:
-                        raise RuntimeError(f"mqtt2influxdb did not connect: {(tmp / f'm2i-{tag}.log').read_text()[-400:]}")
+                        tail = (tmp / f"m2i-{tag}.log").read_text()[-400:]
+                        raise RuntimeError(f"mqtt2influxdb did not connect: {tail}")
                     time.sleep(0.1)
                 time.sleep(1.0)  # it subscribes in on_connect
                 yield proc
@@ -511,14 +515,18 @@ def agents_capability(ladder: tuple[int, ...], connect_s: float = 20.0) -> tuple
     that all connect within ``connect_s``, from one process."""
     best, note = 0, "no agents run"
     for n in ladder:
-        with Mosquitto() as broker:
-            r = subprocess.run([sys.executable, "-m", "bench.bench_gateway", "agents", "--port", str(broker.port),
-                                "--n", str(n), "--connect-s", str(connect_s)], capture_output=True, text=True,
-                               timeout=connect_s + 120)
+        with Mosquitto() as broker, tempfile.TemporaryDirectory(prefix="lampwatch-bench-agents-") as d:
+            try:
+                r = subprocess.run([sys.executable, "-m", "bench.bench_gateway", "agents", "--port", str(broker.port),
+                                    "--n", str(n), "--connect-s", str(connect_s), "--dir", d], capture_output=True,
+                                   text=True, timeout=connect_s + 90)
+            except subprocess.TimeoutExpired:
+                return best, f"{n} agents: no answer within {connect_s + 90:.0f} s"
         try:
             d = json.loads(r.stdout.strip().splitlines()[-1])
         except (ValueError, IndexError):
-            return best, f"{n} agents: process failed: {(r.stderr or '?').strip().splitlines()[-1][:150]}"
+            tail = (r.stderr or "?").strip().splitlines() or ["?"]
+            return best, f"{n} agents: process failed: {tail[-1][:150]}"
         note = (f"{d['connected']}/{n} agents connected in {d['connect_s']:.1f} s, rss {d['rss_mb']:.0f} MB, "
                 f"{d['produced']} samples produced")
         if d["connected"] < n:
@@ -527,26 +535,23 @@ def agents_capability(ladder: tuple[int, ...], connect_s: float = 20.0) -> tuple
     return best, note
 
 
-def run_agents(port: int, n: int, connect_s: float) -> dict[str, float]:
-    from simulator.drills.edge_drills import _agent_cfg
+def run_agents(port: int, n: int, connect_s: float, workdir: str) -> None:
+    """In a process of its own: start ``n`` agents, print how many connected, then exit at once (stopping
+    hundreds of agents one by one takes longer than the measurement)."""
     from edge.agent import EdgeAgent
+    from simulator.drills.edge_drills import _agent_cfg
 
-    with tempfile.TemporaryDirectory(prefix="lampwatch-bench-agents-") as d:
-        agents = [EdgeAgent(_agent_cfg(f"a-{i:05d}", port, Path(d), 10.0)) for i in range(n)]
-        t0 = time.monotonic()
-        for a in agents:
-            a.start()
-        deadline = t0 + connect_s
-        while time.monotonic() < deadline and sum(a.connected for a in agents) < n:
-            time.sleep(0.2)
-        connected = sum(a.connected for a in agents)
-        dt = time.monotonic() - t0
-        produced = sum(int(a.counters().get("produced", 0)) for a in agents)
-        rss = vm_hwm_mb(os.getpid())
-        for a in agents:
-            with contextlib.suppress(Exception):
-                a.stop(flush_timeout_s=0)
-    return {"connected": connected, "connect_s": dt, "rss_mb": rss, "produced": produced}
+    agents = [EdgeAgent(_agent_cfg(f"a-{i:05d}", port, Path(workdir), 10.0)) for i in range(n)]
+    t0 = time.monotonic()
+    for a in agents:
+        a.start()
+    deadline = t0 + connect_s
+    while time.monotonic() < deadline and sum(a.connected for a in agents) < n:
+        time.sleep(0.2)
+    res = {"connected": sum(a.connected for a in agents), "connect_s": time.monotonic() - t0,
+           "rss_mb": vm_hwm_mb(os.getpid()), "produced": sum(int(a.counters().get("produced", 0)) for a in agents)}
+    print(json.dumps(res), flush=True)
+    os._exit(0)
 
 
 # --- the whole benchmark ---------------------------------------------------------------------------------
@@ -663,11 +668,12 @@ def main(argv: list[str] | None = None) -> None:
     g.add_argument("--port", type=int, required=True)
     g.add_argument("--n", type=int, required=True)
     g.add_argument("--connect-s", type=float, default=20.0)
+    g.add_argument("--dir", required=True)
     a = ap.parse_args(argv if argv is not None else (sys.argv[1:] or ["bench"]))
     if a.cmd == "consume":
         consume(a.kind, a.host, a.port, a.client_id, a.influx_url, a.db, set(probe_poles(a.poles, a.probe_every)))
     elif a.cmd == "agents":
-        print(json.dumps(run_agents(a.port, a.n, a.connect_s)), flush=True)
+        run_agents(a.port, a.n, a.connect_s, a.dir)
     else:
         sp = quick_spec() if a.quick else Spec()
         if a.systems:

@@ -20,6 +20,9 @@ overwrites itself, which makes retries and replays idempotent.
 
 from __future__ import annotations
 
+import zlib
+
+from contract.models import Alert
 from contract.readings import FieldValue, Point, Reading
 
 TELEMETRY = "telemetry"
@@ -47,3 +50,27 @@ def reject_point(reason: str, topic: str, detail: str, ts_ns: int, pole: str | N
     if pole:
         fields["pole"] = pole
     return Point(REJECTS, (("reason", reason),), fields, ts_ns)
+
+
+SEVERITY_LEVEL = {"info": 1, "warning": 2, "critical": 3}
+
+
+def alert_point(a: Alert) -> Point:
+    """The ``alerts`` point of one alarm state change.
+
+    ``active`` (1 raised / 0 cleared) and ``level`` (1 info .. 3 critical) are numbers so InfluxQL can
+    aggregate them ("worst active alarm" = max of last(active) * last(level)); ``state`` stays for people.
+    Time is the device time of the change plus a stable per-key offset below one millisecond, so two
+    keys changing on one pole in the same millisecond never overwrite each other, and a replay of the
+    same change lands on the same point (idempotent).
+    """
+    fields: dict[str, FieldValue] = {"state": a.state, "active": int(a.state == "raised"),
+                                     "level": SEVERITY_LEVEL[a.severity], "metric": a.metric or "",
+                                     "explain": a.explain, "key": a.key}
+    if a.value is not None:
+        fields["value"] = float(a.value)
+    if a.score is not None:
+        fields["score"] = float(a.score)
+    offset = zlib.crc32(a.key.encode()) % 1_000_000
+    return Point(ALERTS, tags(district=a.district, pole=a.pole, kind=a.kind, severity=a.severity), fields,
+                 a.ts * 1_000_000 + offset)

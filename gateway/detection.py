@@ -28,7 +28,6 @@ import logging
 import os
 import threading
 import time
-import zlib
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -87,7 +86,7 @@ class DetectionStage:
     def __init__(self, *, state_path: str | None = None, publish: Publish | None = None,
                  clock: Callable[[], float] = time.time, rule_params: RuleParams = RuleParams(),
                  spatial: SpatialParams | None = SpatialParams(), stream: bool = True,
-                 anomaly_on: float = 0.95, anomaly_off: float = 0.5, save_every_s: float = 30.0,
+                 anomaly_on: float = 0.9998, anomaly_off: float = 0.86, save_every_s: float = 30.0,
                  save_min_interval_s: float = 1.0) -> None:
         self.state_path = Path(state_path) if state_path else None
         self.publish, self.clock = publish, clock
@@ -183,7 +182,7 @@ class DetectionStage:
         rows = batch.rows[order][ii]
         cols = self._anomaly_cols[jj]
         ts = batch.ts[order][ii]
-        score = np.asarray(self.stream.update(rows * N_METRICS + cols, vals[ii, jj], ts.astype(np.float64)),
+        score = np.asarray(self.stream.update(rows * N_METRICS + cols, vals[ii, jj], ts / 1000.0),  # seconds
                            np.float64)
         ok = ~np.isnan(score)
         trig, hold = levels(score[ok], ">=", (self.anomaly_on,), (self.anomaly_off,))
@@ -301,7 +300,7 @@ class DetectionStage:
                                        lambda d, _e: self.state.district_index(d))
             self._next_spatial_ms = int(doc.get("next_spatial_ms", NO_TS))
             self.counts.update({str(k): int(v) for k, v in dict(doc.get("counts", {})).items()})
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+        except Exception as exc:
             # a damaged file must not keep the gateway down: keep it aside for a human, start afresh
             aside = path.with_name(path.name + ".corrupt")
             log.error("detection state %s unreadable (%s); moved to %s", path, exc, aside)
@@ -349,21 +348,7 @@ def _num(v: float) -> float | None:
     return float(v) if np.isfinite(v) else None
 
 
-def alert_point(a: Alert) -> Point:
-    """The ``alerts`` measurement point of one alarm state change.
-
-    Time is the device time of the change in ns plus a stable per-key offset below one millisecond,
-    so two keys of one kind changing on one pole in the same millisecond never overwrite each other,
-    and a replay of the same change still lands on the same point (idempotent)."""
-    fields: dict[str, FieldValue] = {"state": a.state, "metric": a.metric or "", "explain": a.explain,
-                                     "key": a.key}
-    if a.value is not None:
-        fields["value"] = float(a.value)
-    if a.score is not None:
-        fields["score"] = float(a.score)
-    offset = zlib.crc32(a.key.encode()) % 1_000_000
-    tags = schema.tags(district=a.district, pole=a.pole, kind=a.kind, severity=a.severity)
-    return Point(schema.ALERTS, tags, fields, a.ts * 1_000_000 + offset)
+alert_point = schema.alert_point  # the mapping lives with the rest of the schema
 
 
 def alerts_of(points: Sequence[Point]) -> list[dict[str, FieldValue]]:

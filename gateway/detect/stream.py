@@ -1,8 +1,12 @@
 """Vectorised streaming anomaly detector for many series at once (pure numpy).
 
 Every series (pole x metric) owns one slot in a set of preallocated numpy arrays; ``update`` takes a batch
-of ``(series_idx, value[, t])`` and returns one score per input in [0, 1], NaN while the series is still
-warming up or when the input value is NaN.
+of ``(series_idx, value[, t])`` (``t`` in seconds since the epoch) and returns one score per input in
+[0, 1], NaN while the series is still warming up or when the input value is NaN.
+
+With ``t`` given, every series also learns a **daily profile**: ``n_season`` (24) hourly bins, each an EW
+mean of the winsorised offset of the value from the slow level; the features below judge the value minus
+its hour's offset, so a daily rhythm (rush hours, office hours, the tweet cycle) is not an anomaly.
 
 Per sample the detector works in three layers:
 
@@ -38,8 +42,8 @@ class DetectorParams:
     clip: float = 3.0  # winsorise slow updates at level +- clip * spread
     q_tau: float = 0.999  # high quantile tracked for |x - level|, |x - x_prev|, |fast - level|
     q_rate: float = 0.02
-    w_spike: float = 0.15  # raw = 1 - exp(-max_i w_i * u_i), u_i = feature / its quantile
-    w_jump: float = 0.15
+    w_spike: float = 0.06  # raw = 1 - exp(-max_i w_i * u_i), u_i = feature / its quantile
+    w_jump: float = 0.08
     w_shift: float = 0.15
     w_stuck: float = 3.0
     stuck_nats: float = 30.0  # a run of repeats less likely than e^-30 counts as stuck
@@ -52,18 +56,17 @@ class DetectorParams:
     lik_clip: float = 3.0  # long-term stats learn at most mean + lik_clip * std
     peak_decay: float = 0.995  # refractory peak decays by this factor per sample
     refractory: float = 0.0  # evidence below the peak is multiplied by this
-    out_scale: float = 20.0
+    out_scale: float = 7.0  # score = 1 - exp(-E / out_scale); the NAB-optimal threshold is then ~0.63
     gap_factor: float = 4.0  # a step longer than gap_factor * typical step is a gap
-    n_season: int = 0  # bins of a daily profile (0 = none); needs t in seconds
-    a_season: float = 0.05
+    n_season: int = 24  # bins of a daily profile (0 = none); used when t (seconds) is given
+    a_season: float = 0.05  # EW rate of a bin (per visit of that bin)
+    a_season_warm: float = 0.125  # faster while the series warms up
     season_s: float = 86_400.0
-    rest_level: float = 1.01  # a score at or above this starts a rest period ...
-    rest_rows: int = 0  # ... of this many samples during which the output is 0 (one alarm per event)
 
 
 _F32_FIELDS = (
     "x_prev", "level", "spread", "fast", "q_dev", "q_jump", "q_shift", "run", "p_eq",
-    "r_short", "r_mean", "r_var", "peak", "dt", "anchor", "rest",
+    "r_short", "r_mean", "r_var", "peak", "dt", "anchor",
 )  # fmt: skip
 
 
@@ -102,7 +105,7 @@ class StreamDetector:
 
     def state_dict(self) -> dict[str, np.ndarray]:
         out = {k: self._f[:, j].copy() for j, k in enumerate(_F32_FIELDS)}
-        out["n"], out["t_prev"] = self._n.copy(), self._t_prev.copy()
+        out["n"], out["t_prev"], out["season"] = self._n.copy(), self._t_prev.copy(), self._prof.copy()
         out["params"] = np.array(repr(sorted(asdict(self.params).items())))
         return out
 
@@ -114,6 +117,10 @@ class StreamDetector:
         self._n = np.array(state["n"], np.int32)
         self._t_prev = np.array(state["t_prev"], np.float64)
         self._cap = len(self._n)
+        prof = np.zeros((self._cap, max(self.params.n_season, 1)), F32)
+        if "season" in state:
+            prof[:] = np.asarray(state["season"], F32)
+        self._prof = prof
 
     @property
     def warmup_samples(self) -> int:
@@ -121,7 +128,8 @@ class StreamDetector:
         return self.params.warmup
 
     def bytes_per_series(self) -> int:
-        return self._f.itemsize * self._f.shape[1] + self._n.itemsize + self._t_prev.itemsize
+        return (self._f.itemsize * self._f.shape[1] + self._n.itemsize + self._t_prev.itemsize
+                + self._prof.itemsize * self._prof.shape[1])
 
     # ------------------------------------------------------------------ update
     def update(self, series_idx: np.ndarray, values: np.ndarray, t: np.ndarray | None = None) -> np.ndarray:
@@ -163,9 +171,9 @@ class StreamDetector:
         fast = np.where(first, x, g["fast"])
         gap_w, fast = self._gaps(idx, t, g, level, fast)
         x_raw = x
-        if p.n_season and t is not None:
-            h = np.floor((t % p.season_s) / p.season_s * p.n_season).astype(np.int64)
-            h = np.clip(h, 0, p.n_season - 1)
+        if p.n_season and t is not None:  # daily profile: judge x against level + its hour's offset
+            tt = np.where(np.isfinite(t), t, 0.0)
+            h = np.clip((np.mod(tt, p.season_s) * (p.n_season / p.season_s)).astype(np.int64), 0, p.n_season - 1)
             seas = self._prof[idx, h]
             x = x - seas
 
@@ -197,9 +205,6 @@ class StreamDetector:
         shaped = np.where(evidence > peak, evidence, evidence * p.refractory)
         warm = n1 > p.warmup
         score = np.where(warm, 1.0 - np.exp(shaped.astype(np.float64) / -p.out_scale), np.nan)
-        resting = g["rest"] > 0
-        score = np.where(resting, 0.0, score)
-        fired = warm & ~resting & (score >= p.rest_level)
 
         # 4. learn, winsorised so that anomalies do not poison the state ---------------------------
         inv_n = F32(1) / n1.astype(F32)  # running-mean rates until the EW rate takes over
@@ -207,9 +212,10 @@ class StreamDetector:
         c = F32(p.clip)
         xw = np.clip(x, level - c * sp, level + c * sp)
         ae = np.maximum(inv_n, F32(p.a_eq))
-        if p.n_season and t is not None:
+        if p.n_season and t is not None:  # the bin learns the winsorised offset from the slow level
             dev = np.clip(x_raw - level, -c * sp, c * sp)
-            self._prof[idx, h] = np.where(first | ~warm, dev * 0 + seas + F32(1/ 8) * (dev - seas) , seas + F32(p.a_season) * (dev - seas))
+            rate = np.where(warm, F32(p.a_season), F32(p.a_season_warm))
+            self._prof[idx, h] = seas + rate * (dev - seas)
         upd = {
             "x_prev": x_raw,
             "level": np.where(first, x, level + a * (xw - level)),
@@ -220,7 +226,6 @@ class StreamDetector:
             "anchor": anchor + F32(p.a_anchor) * (level - anchor),
             "r_short": r_short,
             "peak": np.where(warm, np.maximum(peak, evidence), 0),
-            "rest": np.where(fired, F32(p.rest_rows), np.maximum(g["rest"] - 1, 0)),
         }
         qa = np.maximum(a, F32(p.q_rate))
         up, down = F32(1) + qa * F32(p.q_tau), F32(1) - qa * F32(1 - p.q_tau)

@@ -125,7 +125,8 @@ def test_alert_points_follow_the_schema() -> None:
     (p,) = pts
     assert p.measurement == "alerts"
     assert dict(p.tags) == {"district": "north", "pole": "p-1", "kind": "smoke", "severity": "critical"}
-    assert set(p.fields) == {"state", "metric", "value", "score", "explain", "key"}
+    assert set(p.fields) == {"state", "active", "level", "metric", "value", "score", "explain", "key"}
+    assert (p.fields["active"], p.fields["level"]) == (1, 3)
     assert T0 * 1_000_000 <= p.ts_ns < (T0 + 1) * 1_000_000
 
 

@@ -1,0 +1,46 @@
+"""Smoke test of ``bench.bench_gateway``: real Mosquitto + InfluxDB, one low rate, a few seconds.
+
+Asserts the shape of the result and that the gateway lost nothing at that rate; never a speed.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from bench import bench_gateway as bg
+from simulator.harness import ServerMissing, require
+
+KEYS = {"gateway_msgs_s", "gateway_mode", "raw_msgs_s", "naive_msgs_s", "ratio_raw", "ratio_naive", "p99_ms",
+        "p50_ms", "lost", "sim_msgs_s", "agents", "systems"}
+
+
+@pytest.fixture(autouse=True)
+def _servers() -> None:
+    for binary in ("mosquitto", "influxd"):
+        try:
+            require(binary)
+        except ServerMissing as exc:
+            if os.environ.get("CI") == "true":
+                pytest.fail(f"real server required under CI=true: {exc}", pytrace=False)
+            pytest.skip(str(exc))
+
+
+def test_bench_gateway_tiny() -> None:
+    spec = bg.Spec(poles=1_000, hold_s=2.0, settle_s=5.0, drain_s=10.0, ladder=(200,), max_trials=1,
+                   start={s: 200 for s in bg.SYSTEMS}, systems=("raw", "naive", "gateway-1"), sim_s=0.0,
+                   agents=(), quiet=True)
+    r = bg.run(spec)
+    assert KEYS <= set(r)
+    assert set(r["systems"]) == {"raw", "naive", "gateway-1"}
+    gw = r["systems"]["gateway-1"]["trials"]
+    assert len(gw) == 1 and gw[0]["published"] == 400
+    assert gw[0]["lost"] == 0 and r["lost"] == 0
+    assert gw[0]["stored_final"] == gw[0]["published"]
+    for name in ("raw", "naive"):
+        t = r["systems"][name]["trials"][0]
+        assert t["published"] == 400 and t["lost"] == 0
+    lines = bg.lines(r)
+    assert lines[-1].startswith("bench: gateway_msgs_s=") and "lost=0" in lines[-1]
+    assert lines[0].startswith("sim: msgs_s=")
