@@ -22,7 +22,7 @@ from contract.readings import Point
 from gateway.detect import nab
 from gateway.detect.replay import replay_nab
 from simulator.faults import Label
-from simulator.score import Alarm, Score, score
+from simulator.score import Alarm, Score, alarm_kind, score
 from simulator.score import pole_days as sc_pole_days
 
 REPO = Path(__file__).resolve().parent.parent
@@ -49,9 +49,6 @@ SAFETY_KINDS = ("leakage", "tilt_lean", "knockdown", "flood", "overheat", "smoke
 #: Air-quality alarms on the pole's own 24-hour mean (WHO guideline, ``info``): a statement about the
 #: air, not a fault; counted apart, neither true nor false for the fault score.
 ENVIRONMENT_KINDS = ("pm25_high", "pm10_high", "no2_high")
-#: Alert kinds of the stage -> the score's vocabulary (``simulator.score.COMPATIBLE``). A
-#: ``sensor_suspect`` (one pole's sensor disagrees with its district) is a sensor anomaly.
-ALERT_KIND = {"pole_offline": "offline", "lamp_flicker": "flicker", "sensor_suspect": "anomaly"}
 
 
 @dataclass(frozen=True)
@@ -115,7 +112,7 @@ def run_faults(poles: int = 200, days: float = 3.0, step_s: int = 300, seed: int
             ident = (tags["district"], tags["pole"], str(f["key"]))
             t_ms = p.ts_ns // 1_000_000
             if f["state"] == "raised" and ident not in open_:
-                kind = ALERT_KIND.get(tags["kind"], tags["kind"])
+                kind = alarm_kind(tags["kind"])  # the score's vocabulary (simulator.score.KIND_ALIASES)
                 open_[ident] = Alarm(tags["pole"], str(f["metric"]) or None, kind, t_ms, None)
             elif f["state"] == "cleared" and ident in open_:
                 done.append(open_.pop(ident)._replace(cleared_ms=t_ms))
