@@ -35,13 +35,43 @@ def _field(key: str, value: object) -> str | None:
     raise TypeError(f"unsupported field type {type(value).__name__} for {key!r}")
 
 
+_ESCAPED: dict[str, str] = {}  # keys, tag values and measurements recur endlessly: escape each once
+
+
+def _esc(s: str) -> str:
+    e = _ESCAPED.get(s)
+    if e is None:
+        e = s.translate(_ESC_KEY)
+        if len(_ESCAPED) < 200_000:  # bounded: pole ids are many but finite
+            _ESCAPED[s] = e
+    return e
+
+
 def encode(p: Point) -> str:
-    """One point as one line (no trailing newline). Raises ``ValueError`` if no field survives."""
+    """One point as one line (no trailing newline). Raises ``ValueError`` if no field survives.
+
+    The hot path (the gateway encodes every reading) dispatches on exact types and escapes each
+    distinct key once; anything unusual falls back to the general ``_field``."""
     parts = [p.measurement.translate(_ESC_MEASUREMENT)]
     for k, v in p.tags:
         if k and v:
-            parts.append(f"{k.translate(_ESC_KEY)}={v.translate(_ESC_KEY)}")
-    fields = [f for f in (_field(k, p.fields[k]) for k in sorted(p.fields)) if f is not None]
+            parts.append(f"{_esc(k)}={_esc(v)}")
+    fields = []
+    f = p.fields
+    for k in sorted(f):
+        v = f[k]
+        t = type(v)
+        if t is float:
+            if v - v != 0.0:  # NaN or +/-inf: line protocol cannot carry them
+                continue
+            r = repr(v)
+            fields.append(f"{_esc(k)}={r[:-2] if r.endswith('.0') else r}")
+        elif t is int:
+            fields.append(f"{_esc(k)}={v}i")
+        else:
+            one = _field(k, v)
+            if one is not None:
+                fields.append(one)
     if not fields:
         raise ValueError(f"point for {p.measurement!r} has no writable field")
     return f"{','.join(parts)} {','.join(fields)} {p.ts_ns}"
