@@ -215,6 +215,13 @@ class AlarmPolicy:
         return out
 
     # --- views and persistence --------------------------------------------------------------------------
+    def engaged(self, n_rows: int, n_specs: int) -> np.ndarray:
+        """Bool per entity row ``< n_rows``: an alarm of one of the first ``n_specs`` rules is active or
+        pending (its condition seen, its minimum duration not yet over)."""
+        self.ensure(n_rows)
+        a = self._a
+        return ((a["level"][:n_rows, :n_specs] > 0) | (a["pend_n"][:n_rows, :n_specs] > 0)).any(axis=1)
+
     def active(self) -> list[ActiveAlarm]:
         a = self._a
         rr, kk = np.nonzero(a["level"][: self._cap] > 0)

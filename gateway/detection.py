@@ -149,11 +149,12 @@ class DetectionStage:
                                                   st.interval_s))
             if outcome.readings:
                 batch = Batch.from_readings(self.state, outcome.readings)
-                pole_c.append(self.rules.evaluate(batch, arrival_ms=now_ms))
+                rule_c = self.rules.evaluate(batch, arrival_ms=now_ms)
+                pole_c.append(rule_c)
                 if self.stream is not None:
                     pole_c.append(self._anomalies(batch))
                 if self.spatial is not None:
-                    sp, dist_c = self._spatial(int(batch.ts.max()))
+                    sp, dist_c = self._spatial(int(batch.ts.max()), rule_c)
                     pole_c.append(sp)
                 self._dirty = True
             return self._apply(Conditions.concat(pole_c), dist_c)
@@ -164,13 +165,20 @@ class DetectionStage:
             now = int(self.clock() * 1000) if now_ms is None else int(now_ms)
             return self._apply(self.rules.silence(now), Conditions.empty())
 
-    def _spatial(self, t_ms: int) -> tuple[Conditions, Conditions]:
+    def _spatial(self, t_ms: int, rule_c: Conditions) -> tuple[Conditions, Conditions]:
         assert self.spatial is not None
         if t_ms < self._next_spatial_ms:
             return Conditions.empty(), Conditions.empty()
         self._next_spatial_ms = t_ms + self.spatial.params.every_ms
-        pc, dc = self.spatial.evaluate(t_ms)
+        pc, dc = self.spatial.evaluate(t_ms, self._busy(rule_c))
         return _shift(pc, self._spatial_off), dc
+
+    def _busy(self, rule_c: Conditions) -> np.ndarray:
+        """Poles with a layer-1 fault on (an active or pending rule alarm, or a rule condition in this
+        batch): their sensor-drift judgement pauses, so a real fault is neither called drift nor learnt."""
+        busy = self.poles.engaged(self.state.n, len(self.rules.specs))
+        busy[rule_c.rows[rule_c.hold > 0]] = True
+        return busy
 
     def _anomalies(self, batch: Batch) -> Conditions:
         assert self.stream is not None

@@ -30,10 +30,8 @@ from contract import schema
 from contract.errors import StoreError
 from gateway.detect.spatial import DISTRICT_POLE
 from simulator.faults import Label, read_labels
-from simulator.score import COMPATIBLE, DAY_MS, Alarm, Score, score
+from simulator.score import COMPATIBLE, DAY_MS, Alarm, Score, alarm_kind, score
 
-#: gateway alarm kinds -> the names the ground truth and :data:`simulator.score.COMPATIBLE` use
-KIND_ALIASES: Mapping[str, str] = {"pole_offline": "offline", "lamp_flicker": "flicker"}
 #: label kinds no alarm is expected for (injected traffic the gateway refuses or dedups, not a fault)
 UNSCORED_KINDS: frozenset[str] = frozenset(k for k, v in COMPATIBLE.items() if not v)
 
@@ -62,7 +60,7 @@ def alarm_rows(rows: Iterable[Mapping[str, Any]]) -> list[AlarmRow]:
     out: list[AlarmRow] = []
 
     def close(st: dict[str, Any], cleared_ms: int | None) -> None:
-        kind = KIND_ALIASES.get(st["kind"], st["kind"])
+        kind = alarm_kind(st["kind"])
         out.append(AlarmRow(Alarm(st["pole"], st["metric"] or None, kind, st["raised_ms"], cleared_ms),
                             st["district"], st["key"], st["severity"]))
 

@@ -71,6 +71,24 @@ COMPATIBLE: Mapping[str, frozenset[str]] = {
 }
 
 
+#: Gateway alarm kinds -> the names the ground truth and :data:`COMPATIBLE` use. One table for every
+#: reader of the gateway's alarms (``bench.eval`` in process, ``simulator.alarms_io`` from a store):
+#: ``sensor_suspect`` (one pole's sensor disagrees with its district) is a sensor anomaly,
+#: ``sensor_stuck``/``sensor_drift`` are the sensor faults of the same name.
+KIND_ALIASES: Mapping[str, str] = {
+    "pole_offline": "offline",
+    "lamp_flicker": "flicker",
+    "sensor_suspect": "anomaly",
+    "sensor_stuck": "stuck",
+    "sensor_drift": "drift",
+}
+
+
+def alarm_kind(gateway_kind: str) -> str:
+    """The score's name for a gateway alarm kind (unchanged when it has no alias)."""
+    return KIND_ALIASES.get(gateway_kind, gateway_kind)
+
+
 class Alarm(NamedTuple):
     pole: str
     metric: str | None

@@ -157,6 +157,13 @@ class RuleParams:
     mean_cover: float = 0.63  # an averaged rule speaks once its mean covers this share of the weight
     #                           a full history would have (0.63: one averaging period of data)
     mean_max_step_s: float = 3_600.0  # a longer silence counts as this long (no reading rules a gap)
+    # stuck sensor: a run of identical readings less likely than exp(-stuck_nats) for this series
+    stuck_nats: float = 20.7  # ln(1e9)
+    stuck_min_n: int = 6  # never fewer identical readings in a row than this ...
+    stuck_max_n: int = 48  # ... nor more (a series needing more repeats itself too often to judge)
+    stuck_p_max: float = 0.5  # a series repeating its previous value more often than this is not judged
+    stuck_a_eq: float = 0.002  # EW rate of the repeat rate (slow: it spans day and night regimes)
+    stuck_warm: int = 144  # transitions seen before a series is judged
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,6 +221,28 @@ def derive_rules(metrics: Sequence[Metric] = METRICS, params: RuleParams = RuleP
     return tuple(out)
 
 
+def stuck_metrics(metrics: Sequence[Metric] = METRICS) -> tuple[Metric, ...]:
+    """Metrics whose catalog signal implies they vary: float, sensor noise > 0, not constant-shaped."""
+    return tuple(m for m in metrics if m.dtype == "float" and m.signal.noise > 0 and m.signal.shape != "constant")
+
+
+def repeat_prior(m: Metric) -> float:
+    """P(two successive readings are identical) from the catalog: Gaussian noise rounded to decimals."""
+    q = 10.0 ** -m.decimals
+    return float(min(q / (m.signal.noise * np.sqrt(np.pi)), 0.99))
+
+
+def stuck_specs(params: RuleParams = RuleParams(), metrics: Sequence[Metric] = METRICS
+                ) -> tuple[AlarmSpec, ...]:
+    return tuple(
+        AlarmSpec(f"sensor_stuck.{m.name}", "sensor_stuck", m.name,
+                  (Tier("warning", f"{m.description} has not changed at all for longer than a live sensor "
+                                   "plausibly repeats itself: stuck sensor"),),
+                  raise_n=1, raise_ms=0, clear_n=1, unit="readings", ref_label="limit", ref_unit="readings",
+                  decimals=0)
+        for m in stuck_metrics(metrics))
+
+
 def extra_specs(params: RuleParams = RuleParams()) -> tuple[AlarmSpec, AlarmSpec]:
     """The two rules the catalog's thresholds cannot express: lamp flicker and pole offline."""
     flicker = AlarmSpec("lamp_flicker", "lamp_flicker", "lamp_power_w",
@@ -232,7 +261,8 @@ def extra_specs(params: RuleParams = RuleParams()) -> tuple[AlarmSpec, AlarmSpec
 # --- evaluation ---------------------------------------------------------------------------------------
 @dataclass
 class Rules:
-    """Per-pole rule state and evaluation. Spec indices: the catalog rules, then flicker, offline."""
+    """Per-pole rule state and evaluation. Spec indices: the catalog rules, then flicker, offline, then
+    one stuck-sensor rule per :func:`stuck_metrics` (``STUCK + j``)."""
 
     state: FleetState
     params: RuleParams = field(default_factory=RuleParams)
@@ -242,8 +272,9 @@ class Rules:
         p = self.params
         self.rules = derive_rules(self.metrics, p)
         flicker, offline = extra_specs(p)
-        self.specs: tuple[AlarmSpec, ...] = (*(r.spec for r in self.rules), flicker, offline)
-        self.FLICKER, self.OFFLINE = len(self.rules), len(self.rules) + 1
+        stuck = stuck_specs(p, self.metrics)
+        self.specs: tuple[AlarmSpec, ...] = (*(r.spec for r in self.rules), flicker, offline, *stuck)
+        self.FLICKER, self.OFFLINE, self.STUCK = len(self.rules), len(self.rules) + 1, len(self.rules) + 2
         if len({s.key for s in self.specs}) != len(self.specs):
             raise ValueError("duplicate alarm key in the rule table")
         s = self.state
@@ -275,6 +306,18 @@ class Rules:
         s.alloc("maint_start", np.int64, NO_TS, (p.maintenance_slots,))
         s.alloc("maint_end", np.int64, NO_TS, (p.maintenance_slots,))
         s.alloc("said_offline", np.bool_, False)
+        sm = stuck_metrics(self.metrics)
+        self.stuck_cols = np.array([INDEX[m.name] for m in sm], np.int64)
+        self.stuck_prior = np.array([repeat_prior(m) for m in sm], np.float64)
+        self.stuck_lo = np.array([m.lo for m in sm], np.float64)
+        self.stuck_hi = np.array([m.hi for m in sm], np.float64)
+        ns = max(len(sm), 1)
+        self._stuck_of_rule = np.array([[float(r.col == c) for c in self.stuck_cols] for r in self.rules],
+                                       np.float64).reshape(len(self.rules), len(self.stuck_cols))
+        s.alloc("stk_last", np.float64, np.nan, (ns,))  # previous reading
+        s.alloc("stk_run", np.int32, 0, (ns,))  # identical readings in a row, the last one included
+        s.alloc("stk_p", np.float64, np.nan, (ns,))  # learned P(reading == previous reading)
+        s.alloc("stk_n", np.int32, 0, (ns,))  # transitions learned from
 
     def _table(self) -> dict[str, np.ndarray]:
         """The rule table as arrays: one entry per rule, tiers padded with +inf (never reached)."""
@@ -436,6 +479,9 @@ class Rules:
         parts = [Conditions(rows[ii], kk.astype(np.int64), trig[ii, kk], hh, raw[ii, kk], ref[ii, kk],
                             (hh > 0).astype(np.float64), ts[ii])]
         parts.append(self._flicker(rows, ts, vals[:, _POWER], rated))
+        # a reading a safety rule already holds at alarm level is explained: not also called stuck
+        explained = (hold > 0).astype(np.float64) @ self._stuck_of_rule > 0
+        parts.append(self._stuck(rows, ts, vals, explained))
         zero = np.zeros(n, np.int8)  # a reading is proof of life: it clears pole_offline at once
         parts.append(Conditions(rows, np.full(n, self.OFFLINE, np.int64), zero, zero, np.full(n, np.nan),
                                 np.full(n, np.nan), np.zeros(n), ts))
@@ -491,6 +537,50 @@ class Rules:
                 a["base"][done, slot] = np.median(a["base_buf"][done, slot], axis=1)
                 a["base_buf"][done, slot] = np.nan
                 a["base_n"][done, slot] = 0
+
+    def stuck_limit(self, p_eq: np.ndarray) -> np.ndarray:
+        """Identical readings in a row that make a series with repeat rate ``p_eq`` stuck: the run is
+        less likely than ``exp(-stuck_nats)``, within [stuck_min_n, stuck_max_n]."""
+        p = self.params
+        with np.errstate(divide="ignore"):
+            n = 1.0 + np.ceil(p.stuck_nats / -np.log(np.clip(p_eq, 0.0, 0.999)))
+        return np.clip(np.nan_to_num(n, nan=p.stuck_max_n, posinf=p.stuck_min_n), p.stuck_min_n,
+                       p.stuck_max_n).astype(np.int64)
+
+    def _stuck(self, rows: np.ndarray, ts: np.ndarray, vals: np.ndarray, explained: np.ndarray) -> Conditions:
+        """Stuck sensor: a reading identical to the previous ones for longer than this series plausibly
+        repeats itself. The repeat rate is learned per pole x metric (from the catalog's noise and
+        decimals at first) from finished runs that were not called stuck (a stuck sensor cannot teach
+        itself that repeats are normal). A value at the edge of the valid range is saturated, not stuck."""
+        if len(self.stuck_cols) == 0:
+            return Conditions.empty()
+        a, p = self.state.a, self.params
+        x = vals[:, self.stuck_cols]
+        has = ~np.isnan(x)
+        last, run = a["stk_last"][rows], a["stk_run"][rows]
+        pe = np.where(np.isnan(a["stk_p"][rows]), self.stuck_prior, a["stk_p"][rows])
+        nn = a["stk_n"][rows]
+        seen = has & ~np.isnan(last)
+        same = seen & (x == last)
+        # a run is learnt when it ends (its run - 1 repeats, then the change), and only if it was not
+        # called stuck: the run being judged is never evidence about the series' usual repeat rate
+        learn = seen & ~same & (run < self.stuck_limit(pe))
+        rate = np.maximum(1.0 / np.maximum(nn + run, 1), p.stuck_a_eq)
+        after = 1.0 - (1.0 - pe) * (1.0 - rate) ** np.maximum(run - 1, 0)
+        pe = np.where(learn, after * (1.0 - rate), pe)
+        nn = nn + np.where(learn, run, 0)
+        run = np.where(has, np.where(same, run + 1, 1), run).astype(np.int32)
+        a["stk_last"][rows] = np.where(has, x, last)
+        a["stk_run"][rows], a["stk_p"][rows], a["stk_n"][rows] = run, pe, nn
+        limit = self.stuck_limit(pe)
+        judged = has & (nn >= p.stuck_warm) & (pe <= p.stuck_p_max) & ~explained
+        ii, jj = np.nonzero(judged)
+        xv = x[ii, jj]
+        stuck = (run[ii, jj] >= limit[ii, jj]) & (xv > self.stuck_lo[jj]) & (xv < self.stuck_hi[jj])
+        lvl = stuck.astype(np.int8)
+        return Conditions(rows[ii], self.STUCK + jj.astype(np.int64), lvl, lvl.copy(),
+                          run[ii, jj].astype(np.float64), limit[ii, jj].astype(np.float64),
+                          stuck.astype(np.float64), ts[ii])
 
     def _flicker(self, rows: np.ndarray, ts: np.ndarray, power: np.ndarray, rated: np.ndarray
                  ) -> Conditions:

@@ -6,18 +6,30 @@ For every spatial metric, at one evaluation time ``now``:
 * per district (vectorised over all districts at once): the median and the MAD of those values;
 * **sensor_suspect** (per pole): ``z = |x - median| / max(1.4826 MAD, floor)``. One pole far from
   its peers while they agree with each other is a broken or fouled sensor, not the air;
-* **district_event** (per district): the district median against its own slow baseline (an
-  exponentially weighted mean with time constant ``tau_ms``, updated with a winsorised median so an
-  episode cannot drag it along, and an EW mean absolute deviation as its spread). The whole district
-  rising together is a real event — a pollution episode, a heat wave — and is reported once for the
-  district (entity :data:`DISTRICT_POLE`), ``info`` and ``warning`` by how far. It is one-sided
-  (upwards): a district getting cleaner or cooler is not an alarm. No condition until
-  ``warmup_evals`` evaluations have built the baseline ("unknown", not "normal").
+* **sensor_drift** (per pole, ``drift_metrics``): the same signed ``z`` is the pole's place among its
+  peers. A healthy sensor keeps its place (its microclimate, its traffic, its installation); a drifting
+  one walks away from it. Per pole x metric: a short EW mean of ``z`` (``drift_tau_ms``) against the
+  pole's own usual place (learned over ``drift_learn_ms``, then followed very slowly and only while
+  the pole is not drifting) and its usual wander; ``|short - usual| >= max(drift_z, drift_k x wander)``
+  raises (``warning``). Because ``z`` is in units of the district's spread at that moment, a
+  district-wide episode that scales every pole together does not move it;
+* **district_event** (per district): the district median against what is *usual for that hour*: a
+  slow level (EW, ``tau_ms``) plus a daily profile of 24 hourly offsets (each an EW mean of the
+  winsorised offset of the median from the level, learned online like the streaming detector's
+  profile), with an EW mean absolute residual as spread. Rush hours and the daily cycle of temperature
+  and humidity are in the profile; a real event (a pollution episode, a heat wave) is a rise above it
+  that lasts: ``z >= z_event`` for ``event_persist_ms`` (info; ``z_event_warning``: warning). It is
+  reported once for the district (entity :data:`DISTRICT_POLE`), upwards only (a district getting
+  cleaner or cooler is not an alarm). No condition ("unknown", not "normal") until the hour's bin has
+  ``bin_warm_ms`` of data and the spread has been learned over ``warmup_ms`` against warm bins; the
+  level, the bin and the spread learn from a winsorised median, so an episode cannot teach itself.
 
 Because the per-pole z is taken against the median of the same moment, a district-wide rise moves
 the median with it and raises no sensor_suspect; one outlier pole does not move the median and raises
 no district_event. The default metrics are those that are smooth at district scale (particulates,
-NO2, air temperature, humidity); noise and light are local by nature and are left out.
+NO2, air temperature, humidity); noise and light are local by nature and are left out. Drift is
+judged on every float metric whose pole-to-pole differences are stable (not the lamp's schedule-driven
+electrical readings, not the light, not the commanded dimming).
 
 ``floor`` per metric comes from the catalog: ``max(signal noise, 0.1 % of the valid range)``.
 """
@@ -36,25 +48,49 @@ from gateway.detect.state import NO_TS, FleetState
 
 DISTRICT_POLE = "district"  # the entity (pole segment of the alert topic) of a district-level alarm
 SPATIAL_METRICS = ("pm25_ugm3", "pm10_ugm3", "no2_ugm3", "ambient_temp_c", "humidity_pct")
+#: Metrics whose pole-to-pole differences are stable enough to see one sensor drift away from its peers.
+#: Not the safety sensors with thresholds (leakage, tilt, water, cabinet temperature): a safety reading
+#: moving away is treated as the hazard (layer 1), never explained away as a drifting sensor.
+DRIFT_METRICS = (*SPATIAL_METRICS, "supply_voltage_v", "power_factor", "vibration_g", "noise_db",
+                 "radio_tx_power_dbm")
+HOUR_MS = 3_600_000
 
 
 @dataclass(frozen=True, slots=True)
 class SpatialParams:
     metrics: tuple[str, ...] = SPATIAL_METRICS
+    drift_metrics: tuple[str, ...] = DRIFT_METRICS
     every_ms: int = 60_000  # evaluation cadence (device time)
     window_ms: int = 15 * 60_000  # a pole's latest value counts if this fresh
     min_poles: int = 6  # fresh poles a district needs (the pole itself included)
     z_suspect: float = 6.0
     z_suspect_clear: float = 4.0
+    # district_event: level + daily profile
     z_event: float = 4.0
     z_event_clear: float = 2.5
     z_event_warning: float = 8.0
     z_event_warning_clear: float = 6.0
-    tau_ms: float = 12 * 3_600_000  # district baseline time constant
+    tau_ms: float = 12 * HOUR_MS  # district level time constant
+    n_bins: int = 24  # daily profile: hourly bins of device time (UTC)
+    bin_tau_ms: float = 2 * HOUR_MS  # time constant of a bin, in time spent in it (~2 days of that hour)
+    bin_warm_ms: float = 30 * 60_000  # a bin speaks once it has this much data
+    spread_tau_ms: float = 24 * HOUR_MS
+    warmup_ms: float = 24 * HOUR_MS  # spread learned against warm bins for this long before any event
     warmup_evals: int = 30
-    clip: float = 3.0  # winsorise baseline updates at base +- clip x spread
+    max_step_ms: float = HOUR_MS  # a longer gap between evaluations counts as this long
+    clip: float = 3.0  # winsorise updates at expected +- clip x spread
+    event_persist_ms: int = 30 * 60_000  # a district rise must last this long (or event_raise_n evals)
+    event_raise_n: int = 30
     raise_n: int = 3  # evaluations
     clear_n: int = 3
+    # sensor_drift
+    drift_tau_ms: float = 2 * HOUR_MS  # short mean of the pole's place among its peers
+    drift_learn_ms: float = 6 * HOUR_MS  # the pole's usual place: running mean for this long ...
+    drift_usual_tau_ms: float = 7 * 24 * HOUR_MS  # ... then followed this slowly
+    drift_z: float = 3.0  # district spreads the pole must have moved ...
+    drift_k: float = 6.0  # ... and this many times its usual wander
+    drift_clear: float = 0.6  # clears below this share of the trigger
+    drift_persist_ms: int = 30 * 60_000
 
 
 def floor_of(m: Metric) -> float:
@@ -77,38 +113,68 @@ def group_median(g: np.ndarray, x: np.ndarray, n_groups: int) -> tuple[np.ndarra
     return med, cnt
 
 
+def _gain(dt_ms: np.ndarray, tau_ms: float) -> np.ndarray:
+    return -np.expm1(-np.asarray(dt_ms, np.float64) / tau_ms)
+
+
 class Spatial:
-    """Spatial conditions for poles (sensor_suspect) and districts (district_event)."""
+    """Spatial conditions for poles (sensor_suspect, sensor_drift) and districts (district_event).
+
+    Pole spec indices: ``pole_specs`` = the suspect specs of ``metrics``, then the drift specs of
+    ``drift_metrics``."""
+
+    _D_ARRAYS = ("base", "spread", "spread_w", "n_eval", "last_ms", "first_ms", "prof", "bin_w")
 
     def __init__(self, state: FleetState, params: SpatialParams = SpatialParams()) -> None:
         self.state, self.params = state, params
-        for name in params.metrics:
+        for name in (*params.metrics, *params.drift_metrics):
             if name not in BY_NAME or BY_NAME[name].dtype != "float":
                 raise ValueError(f"spatial metric {name!r} is not a float metric of the catalog")
         self.metrics = tuple(BY_NAME[n] for n in params.metrics)
+        self.drift = tuple(BY_NAME[n] for n in params.drift_metrics)
         self.cols = np.array([INDEX[m.name] for m in self.metrics], np.int64)
         self.floors = np.array([floor_of(m) for m in self.metrics])
+        self.drift_cols = np.array([INDEX[m.name] for m in self.drift], np.int64)
+        self.drift_floors = np.array([floor_of(m) for m in self.drift])
         p = params
-        self.pole_specs = tuple(
+        suspect = tuple(
             AlarmSpec(f"sensor_suspect.{m.name}", "sensor_suspect", m.name,
                       (Tier("warning", f"{m.description} far from the district's other poles at the same "
                                        "moment: suspect sensor"),),
                       raise_n=p.raise_n, raise_ms=0, clear_n=p.clear_n, unit=m.unit,
                       ref_label="district median", ref_unit=m.unit, decimals=m.decimals)
             for m in self.metrics)
+        drift = tuple(
+            AlarmSpec(f"sensor_drift.{m.name}", "sensor_drift", m.name,
+                      (Tier("warning", f"{m.description} drifting away from its usual place among the "
+                                       "district's poles: sensor drift"),),
+                      raise_n=p.event_raise_n, raise_ms=p.drift_persist_ms, clear_n=p.clear_n, unit="z",
+                      ref_label="usual", ref_unit="z", decimals=1)
+            for m in self.drift)
+        self.pole_specs: tuple[AlarmSpec, ...] = suspect + drift
+        self.DRIFT = len(suspect)
         self.district_specs = tuple(
             AlarmSpec(f"district_event.{m.name}", "district_event", m.name,
                       (Tier("info", f"{m.description} high across the whole district"),
                        Tier("warning", f"{m.description} far above normal across the whole district")),
-                      raise_n=p.raise_n, raise_ms=0, clear_n=p.clear_n, unit=m.unit,
+                      raise_n=p.event_raise_n, raise_ms=p.event_persist_ms, clear_n=p.clear_n, unit=m.unit,
                       ref_label="usual", ref_unit=m.unit, decimals=m.decimals)
             for m in self.metrics)
-        k = len(self.metrics)
+        kd = max(len(self.drift), 1)
+        for name, fill, dt in (("sp_dz", np.nan, np.float64), ("sp_du", np.nan, np.float64),
+                               ("sp_dw", 0.0, np.float64), ("sp_dlearn", 0.0, np.float64),
+                               ("sp_dt", NO_TS, np.int64)):
+            state.alloc(name, dt, fill, (kd,))
         self._d_cap = 0
+        k = len(self.metrics)
         self.base = np.empty((0, k))
         self.spread = np.empty((0, k))
+        self.spread_w = np.empty((0, k))
         self.n_eval = np.empty((0, k), np.int64)
         self.last_ms = np.empty((0, k), np.int64)
+        self.first_ms = np.empty((0, k), np.int64)
+        self.prof = np.empty((0, k, p.n_bins))
+        self.bin_w = np.empty((0, k, p.n_bins))
         self._grow(8)
 
     def _grow(self, need: int) -> None:
@@ -117,84 +183,174 @@ class Spatial:
             cap *= 2
         if cap == self._d_cap:
             return
-        k = len(self.metrics)
+        k, nb = len(self.metrics), self.params.n_bins
         old = self._d_cap
-        for name, fill, dt in (("base", np.nan, np.float64), ("spread", 0.0, np.float64),
-                               ("n_eval", 0, np.int64), ("last_ms", NO_TS, np.int64)):
-            fresh = np.full((cap, k), fill, dt)
+        for name, fill, dt, tail in (("base", np.nan, np.float64, ()), ("spread", 0.0, np.float64, ()),
+                                     ("spread_w", 0.0, np.float64, ()), ("n_eval", 0, np.int64, ()),
+                                     ("last_ms", NO_TS, np.int64, ()), ("first_ms", NO_TS, np.int64, ()),
+                                     ("prof", 0.0, np.float64, (nb,)), ("bin_w", 0.0, np.float64, (nb,))):
+            fresh = np.full((cap, k, *tail), fill, dt)
             fresh[:old] = getattr(self, name)
             setattr(self, name, fresh)
         self._d_cap = cap
 
-    def evaluate(self, now_ms: int) -> tuple[Conditions, Conditions]:
+    def _bin(self, now_ms: int) -> int:
+        nb = self.params.n_bins
+        return int((now_ms % 86_400_000) * nb // 86_400_000)
+
+    def evaluate(self, now_ms: int, frozen: np.ndarray | None = None) -> tuple[Conditions, Conditions]:
         """(pole conditions, district conditions); spec indices into ``pole_specs``/``district_specs``.
-        District condition rows are district indices of the fleet state."""
+        District condition rows are district indices of the fleet state. ``frozen`` (bool per pole row):
+        poles whose drift judgement pauses (no update, no condition), e.g. while another fault is on."""
         st, p = self.state, self.params
         n_d = len(st.districts)
         self._grow(n_d)
         district = st.a["district"][: st.n].astype(np.int64)
         pole_parts, dist_parts = [], []
         for j, col in enumerate(self.cols):
-            v, fresh = st.latest(int(col), now_ms, p.window_ms)
-            rows = np.flatnonzero(fresh).astype(np.int64)
-            g, x = district[rows], v[rows]
-            med, cnt = group_median(g, x, n_d)
-            dev = np.abs(x - med[g])
-            mad, _ = group_median(g, dev, n_d)
-            scale = np.maximum(1.4826 * np.nan_to_num(mad), self.floors[j])
-            ok = cnt[g] >= p.min_poles
-            z = dev[ok] / scale[g[ok]]
-            trig, hold = levels(z, ">=", (p.z_suspect,), (p.z_suspect_clear,))
+            rows, x, med, cnt, z = self._peers(int(col), float(self.floors[j]), district, n_d, now_ms)
+            ok = cnt[district[rows]] >= p.min_poles
+            za = np.abs(z[ok])
+            trig, hold = levels(za, ">=", (p.z_suspect,), (p.z_suspect_clear,))
             m = int(ok.sum())
-            pole_parts.append(Conditions(rows[ok], np.full(m, j, np.int64), trig, hold, x[ok], med[g[ok]],
-                                         1.0 - np.exp(-z / p.z_suspect), np.full(m, now_ms, np.int64)))
+            pole_parts.append(Conditions(rows[ok], np.full(m, j, np.int64), trig, hold, x[ok],
+                                         med[district[rows[ok]]], 1.0 - np.exp(-za / p.z_suspect),
+                                         np.full(m, now_ms, np.int64)))
             dist_parts.append(self._district(j, np.flatnonzero(cnt >= p.min_poles), med, now_ms))
+        for j, col in enumerate(self.drift_cols):
+            rows, _x, _med, cnt, z = self._peers(int(col), float(self.drift_floors[j]), district, n_d, now_ms)
+            ok = cnt[district[rows]] >= p.min_poles
+            if frozen is not None:
+                ok &= ~frozen[rows]
+            pole_parts.append(self._drift(j, rows[ok], z[ok], now_ms))
         return Conditions.concat(pole_parts), Conditions.concat(dist_parts)
+
+    def _peers(self, col: int, floor: float, district: np.ndarray, n_d: int, now_ms: int
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Fresh poles of metric ``col``: rows, values, district medians and sizes, signed z."""
+        v, fresh = self.state.latest(col, now_ms, self.params.window_ms)
+        rows = np.flatnonzero(fresh).astype(np.int64)
+        g, x = district[rows], v[rows]
+        med, cnt = group_median(g, x, n_d)
+        dev = x - med[g]
+        mad, _ = group_median(g, np.abs(dev), n_d)
+        scale = np.maximum(1.4826 * np.nan_to_num(mad), floor)
+        return rows, x, med, cnt, dev / scale[g]
+
+    def _drift(self, j: int, rows: np.ndarray, z: np.ndarray, now_ms: int) -> Conditions:
+        """Per pole: short mean of its place ``z`` among its peers against its usual place."""
+        if len(rows) == 0:
+            return Conditions.empty()
+        a, p = self.state.a, self.params
+        zs, zu, wander = a["sp_dz"][rows, j], a["sp_du"][rows, j], a["sp_dw"][rows, j]
+        learned, last = a["sp_dlearn"][rows, j], a["sp_dt"][rows, j]
+        dt = np.where(last == NO_TS, 0.0, np.clip(now_ms - last, 0, p.max_step_ms)).astype(np.float64)
+        first = np.isnan(zs)
+        zs = np.where(first, z, zs + _gain(dt, p.drift_tau_ms) * (z - np.where(first, 0.0, zs)))
+        ready = learned >= p.drift_learn_ms
+        thr = np.maximum(p.drift_z, p.drift_k * 1.2533 * wander)
+        dev = zs - np.where(np.isnan(zu), zs, zu)
+        u = np.abs(dev) / thr  # in units of the trigger
+        # the usual place: running mean while learning, then a very slow EW that stops while drifting
+        learn = ~ready | (u < 0.5)
+        w_new = learned + dt
+        a_u = np.where(ready, _gain(dt, p.drift_usual_tau_ms), np.where(w_new > 0, dt / np.maximum(w_new, 1.0), 1.0))
+        zu_new = np.where(np.isnan(zu), zs, zu + np.where(learn, a_u, 0.0) * (zs - np.where(np.isnan(zu), 0.0, zu)))
+        wander_new = np.where(learn & ~np.isnan(zu), wander + a_u * (np.minimum(np.abs(dev), p.drift_z) - wander),
+                              wander)
+        a["sp_dz"][rows, j], a["sp_du"][rows, j], a["sp_dw"][rows, j] = zs, zu_new, wander_new
+        a["sp_dlearn"][rows, j] = np.minimum(w_new, p.drift_learn_ms)
+        a["sp_dt"][rows, j] = now_ms
+        r = rows[ready]
+        uu = u[ready]
+        trig, hold = levels(uu, ">=", (1.0,), (p.drift_clear,))
+        k = len(r)
+        return Conditions(r, np.full(k, self.DRIFT + j, np.int64), trig, hold, zs[ready], zu[ready],
+                          1.0 - np.exp(-uu), np.full(k, now_ms, np.int64))
 
     def _district(self, j: int, ds: np.ndarray, med: np.ndarray, now_ms: int) -> Conditions:
         p = self.params
         ds = ds.astype(np.int64)
         if len(ds) == 0:
             return Conditions.empty()
+        h = self._bin(now_ms)
         m = med[ds]
-        base, spread = self.base[ds, j], self.spread[ds, j]
-        n, last = self.n_eval[ds, j], self.last_ms[ds, j]
+        base, spread, spread_w = self.base[ds, j], self.spread[ds, j], self.spread_w[ds, j]
+        n, last, first_ms = self.n_eval[ds, j], self.last_ms[ds, j], self.first_ms[ds, j]
+        prof, bin_w = self.prof[ds, j, h], self.bin_w[ds, j, h]
+        dt = np.where(last == NO_TS, 0.0, np.clip(now_ms - last, 0, p.max_step_ms)).astype(np.float64)
+        new = np.isnan(base)
+        warm_bin = bin_w >= p.bin_warm_ms
         sigma = np.maximum(1.2533 * spread, self.floors[j])  # mean abs deviation -> standard deviation
-        first = np.isnan(base)
-        z = np.where(first, 0.0, (m - np.where(first, 0.0, base)) / sigma)
-        ready = n >= p.warmup_evals
-        # baseline update: running mean while warming up, then EW with time constant tau (winsorised)
-        dt = np.where(last == NO_TS, 0, np.maximum(now_ms - last, 0)).astype(np.float64)
-        a = np.where(ready, -np.expm1(-dt / p.tau_ms), 1.0 / (n + 1))
-        b0 = np.where(first, m, base)
-        mw = np.where(ready, np.clip(m, b0 - p.clip * sigma, b0 + p.clip * sigma), m)
-        nb = b0 + a * (mw - b0)
-        self.spread[ds, j] = np.where(first, 0.0, spread + a * (np.abs(mw - b0) - spread))
+        expected = np.where(new, m, np.where(new, 0.0, base) + np.where(warm_bin, prof, 0.0))
+        z = (m - expected) / sigma
+        ready = warm_bin & (spread_w >= p.warmup_ms) & (n >= p.warmup_evals)
+        # learning: the median winsorised at expected +- clip sigma once the spread is known
+        known = spread_w >= p.warmup_ms
+        mw = np.where(known, np.clip(m, expected - p.clip * sigma, expected + p.clip * sigma), m)
+        total = np.where(first_ms == NO_TS, 0.0, np.minimum(now_ms - first_ms, p.tau_ms)).astype(np.float64)
+        a_level = np.maximum(_gain(dt, p.tau_ms), np.where(total > 0, dt / np.maximum(total, 1.0), 1.0))
+        b0 = np.where(new, mw, base)
+        nb = b0 + a_level * (mw - np.where(warm_bin, prof, 0.0) - b0)
+        bw = bin_w + dt
+        a_bin = np.maximum(_gain(dt, p.bin_tau_ms), np.where(bw > 0, dt / np.maximum(bw, 1.0), 1.0))
+        self.prof[ds, j, h] = prof + np.where(dt > 0, a_bin, 0.0) * ((mw - nb) - prof)
+        self.bin_w[ds, j, h] = np.minimum(bw, 1e12)
+        sw = spread_w + np.where(warm_bin, dt, 0.0)
+        a_s = np.maximum(_gain(dt, p.spread_tau_ms), np.where(sw > 0, dt / np.maximum(sw, 1.0), 0.0))
+        self.spread[ds, j] = np.where(warm_bin, spread + a_s * (np.abs(mw - expected) - spread), spread)
+        self.spread_w[ds, j] = np.minimum(sw, 1e12)
         self.base[ds, j] = nb
         self.n_eval[ds, j] = n + 1
         self.last_ms[ds, j] = now_ms
+        self.first_ms[ds, j] = np.where(first_ms == NO_TS, now_ms, first_ms)
         r = ds[ready]
         zz = z[ready]
         trig, hold = levels(zz, ">=", (p.z_event, p.z_event_warning),
                             (p.z_event_clear, p.z_event_warning_clear))
         k = len(r)
-        return Conditions(r, np.full(k, j, np.int64), trig, hold, m[ready], base[ready],
+        return Conditions(r, np.full(k, j, np.int64), trig, hold, m[ready], expected[ready],
                           1.0 - np.exp(-np.maximum(zz, 0.0) / p.z_event), np.full(k, now_ms, np.int64))
 
     # --- persistence --------------------------------------------------------------------------------
     def export(self) -> list[dict[str, Any]]:
-        out = []
+        """District baselines (one entry per district x metric) and the poles' usual places (one entry
+        per pole x drift metric, with a ``pole`` key)."""
+        out: list[dict[str, Any]] = []
         for d, name in enumerate(self.state.districts[: self._d_cap]):
             for j, m in enumerate(self.metrics):
                 if self.n_eval[d, j] > 0:
                     out.append({"district": name, "metric": m.name, "base": float(self.base[d, j]),
-                                "spread": float(self.spread[d, j]), "n": int(self.n_eval[d, j]),
-                                "last_ms": int(self.last_ms[d, j])})
+                                "spread": float(self.spread[d, j]), "spread_w": float(self.spread_w[d, j]),
+                                "n": int(self.n_eval[d, j]), "last_ms": int(self.last_ms[d, j]),
+                                "first_ms": int(self.first_ms[d, j]),
+                                "prof": [float(v) for v in self.prof[d, j]],
+                                "bin_w": [float(v) for v in self.bin_w[d, j]]})
+        a = self.state.a
+        for r, pole in enumerate(self.state.poles):
+            for j, m in enumerate(self.drift):
+                if a["sp_dt"][r, j] != NO_TS:
+                    out.append({"pole": pole, "district": self.state.pole_district[r], "metric": m.name,
+                                "drift": [float(a["sp_dz"][r, j]), float(a["sp_du"][r, j]),
+                                          float(a["sp_dw"][r, j]), float(a["sp_dlearn"][r, j]),
+                                          int(a["sp_dt"][r, j])]})
         return out
 
     def restore(self, entries: Sequence[dict[str, Any]]) -> None:
         names = {m.name: j for j, m in enumerate(self.metrics)}
+        drift_names = {m.name: j for j, m in enumerate(self.drift)}
+        nb = self.params.n_bins
+        a = self.state.a
         for e in entries:
+            if "pole" in e:
+                jd = drift_names.get(str(e.get("metric")))
+                if jd is None:
+                    continue
+                r = self.state.row(str(e["pole"]), str(e["district"]))
+                zs, zu, w, learned, t = e["drift"]
+                a["sp_dz"][r, jd], a["sp_du"][r, jd], a["sp_dw"][r, jd] = float(zs), float(zu), float(w)
+                a["sp_dlearn"][r, jd], a["sp_dt"][r, jd] = float(learned), int(t)
+                continue
             j = names.get(str(e.get("metric")))
             if j is None:
                 continue
@@ -202,5 +358,11 @@ class Spatial:
             self._grow(d + 1)
             self.base[d, j] = float(e["base"])
             self.spread[d, j] = float(e["spread"])
+            self.spread_w[d, j] = float(e.get("spread_w", 0.0))
             self.n_eval[d, j] = int(e["n"])
             self.last_ms[d, j] = int(e["last_ms"])
+            self.first_ms[d, j] = int(e.get("first_ms", e["last_ms"]))
+            prof, bin_w = e.get("prof"), e.get("bin_w")
+            if isinstance(prof, list) and isinstance(bin_w, list) and len(prof) == len(bin_w) == nb:
+                self.prof[d, j] = np.asarray(prof, np.float64)
+                self.bin_w[d, j] = np.asarray(bin_w, np.float64)

@@ -8,14 +8,15 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from contract.catalog import NAMES
 from contract.readings import Reading
-from gateway.detect.spatial import DISTRICT_POLE, SpatialParams, group_median
+from gateway.detect.spatial import DISTRICT_POLE, SPATIAL_METRICS, SpatialParams, group_median
 from gateway.detection import DetectionStage, alerts_of
 from gateway.pipeline import Outcome
 
 T0 = 1_700_000_000_000
 MIN = 60_000
-SPATIAL = ("sensor_suspect", "district_event")
+SPATIAL = ("sensor_suspect", "district_event", "sensor_drift")
 
 
 class Fleet:
@@ -62,11 +63,18 @@ def test_one_pole_far_from_20_peers_is_a_suspect_sensor_on_that_pole_only() -> N
     assert [a["state"] for a in f.alerts] == ["raised", "cleared"]
 
 
+#: a short warm-up for tests of the event logic itself (the default learns for a day first)
+QUICK = SpatialParams(warmup_ms=20 * MIN, bin_warm_ms=10 * MIN, warmup_evals=10)
+
+
 def test_a_whole_district_rising_together_is_one_district_event_and_no_suspect() -> None:
-    f = Fleet()
+    f = Fleet(QUICK)
     for _ in range(40):
         f.minute()
-    for _ in range(10):
+    for _ in range(15):  # the rise must last event_persist_ms
+        f.minute(district_pm25={"north": 60.0})
+    assert f.alerts == []
+    for _ in range(20):
         f.minute(district_pm25={"north": 60.0})
     assert [(a["kind"], a["district"], a["pole"], a["state"]) for a in f.alerts] == [
         ("district_event", "north", DISTRICT_POLE, "raised")]
@@ -76,12 +84,67 @@ def test_a_whole_district_rising_together_is_one_district_event_and_no_suspect()
 
 
 def test_no_district_event_during_warm_up() -> None:
-    f = Fleet(SpatialParams(warmup_evals=30))
-    for _ in range(5):
+    f = Fleet()  # default: the spread is learned for a day before any event
+    for _ in range(60):
         f.minute()
-    for _ in range(10):
+    for _ in range(60):
         f.minute(district_pm25={"north": 60.0})
     assert [a for a in f.alerts if a["kind"] == "district_event"] == []
+
+
+def test_a_daily_periodic_district_signal_raises_nothing_over_several_days() -> None:
+    """Rush hours and the daily cycle move every district median; the hourly profile learns them."""
+    f = Fleet()
+    for k in range(4 * 24 * 12):  # four days, one reading every 5 minutes
+        f.t += 4 * MIN
+        f.now[0] += 4 * 60
+        h = ((f.t + MIN) % 86_400_000) / 3_600_000
+        rush = 14.0 * np.exp(-0.5 * ((h - 8.0) / 1.0) ** 2) + 10.0 * np.exp(-0.5 * ((h - 17.5) / 1.2) ** 2)
+        f.minute(district_pm25={"north": 9.0 + rush, "south": 9.0 + 0.5 * rush})
+        assert f.alerts == [], (k, f.alerts)
+
+
+def test_a_simulated_pollution_episode_is_one_district_event_and_no_suspect() -> None:
+    """The simulator's own district event, after two days of learning: one district_event for the
+    district it hit, no per-pole sensor_suspect anywhere."""
+    from simulator.city import City, CityConfig
+    from simulator.signals import Event, SignalModel
+
+    city = City(CityConfig(seed=5, poles=60, districts=3))
+    step = 5 * MIN
+    t0 = 1_705_334_400_000
+    hit = city.districts[1]
+    episode = Event(hit, "pollution_episode", t0 + 2 * 86_400_000, t0 + 2 * 86_400_000 + 8 * 3_600_000, 4.0)
+    model = SignalModel(city, 5, [episode])
+    stage = DetectionStage(clock=lambda: 0.0, stream=False)
+    cols = {m: i for i, m in enumerate(NAMES)}
+    alerts = []
+    for k in range(int(2.5 * 288)):
+        t = t0 + k * step
+        v = model.sample(t)
+        rs = [Reading(p.pole_id, p.district, "b", k, t,
+                      {m: float(v[i, cols[m]]) for m in SPATIAL_METRICS if not np.isnan(v[i, cols[m]])})
+              for i, p in enumerate(city.poles)]
+        alerts += [a for a in alerts_of(stage(Outcome(readings=rs))) if a["kind"] in SPATIAL]
+    raised = [(a["kind"], a["district"], a["metric"]) for a in alerts if a["state"] == "raised"]
+    assert not [r for r in raised if r[0] == "sensor_suspect"]
+    events = {r for r in raised if r[0] == "district_event"}
+    assert events and {d for _, d, _ in events} == {hit}
+    assert {m for _, _, m in events} <= {"pm25_ugm3", "pm10_ugm3", "no2_ugm3"}
+    per_key = [r for r in raised if r[0] == "district_event" and r[2] == "pm25_ugm3"]
+    assert len(per_key) == 1
+
+
+def test_a_pole_drifting_away_from_its_peers_is_sensor_drift_not_suspect() -> None:
+    f = Fleet(SpatialParams(drift_learn_ms=60 * MIN))
+    for _ in range(120):
+        f.minute()
+    assert f.alerts == []
+    for k in range(600):  # +0.02 ug/m3 a minute: 12 ug/m3 after ten hours
+        f.minute(pm25={"n-07": 9.0 + 0.02 * k + f.rng.normal(0, 1.0)})
+    raised = [(a["kind"], a["pole"]) for a in f.alerts if a["state"] == "raised"]
+    assert raised and raised[0] == ("sensor_drift", "n-07")
+    assert all(p == "n-07" for _, p in raised)
 
 
 def test_districts_too_small_give_no_spatial_condition() -> None:
