@@ -36,6 +36,7 @@ def _field(key: str, value: object) -> str | None:
 
 
 _ESCAPED: dict[str, str] = {}  # keys, tag values and measurements recur endlessly: escape each once
+_ORDERS: dict[tuple[str, ...], tuple[tuple[str, str], ...]] = {}  # field-key set -> sorted, escaped
 
 
 def _esc(s: str) -> str:
@@ -58,16 +59,22 @@ def encode(p: Point) -> str:
             parts.append(f"{_esc(k)}={_esc(v)}")
     fields = []
     f = p.fields
-    for k in sorted(f):
+    keys = tuple(f)
+    order = _ORDERS.get(keys)
+    if order is None:  # one per sensor kit in practice: sort and escape its keys once
+        order = tuple((k, _esc(k)) for k in sorted(keys))
+        if len(_ORDERS) < 10_000:
+            _ORDERS[keys] = order
+    for k, ek in order:
         v = f[k]
         t = type(v)
         if t is float:
             if v - v != 0.0:  # NaN or +/-inf: line protocol cannot carry them
                 continue
             r = repr(v)
-            fields.append(f"{_esc(k)}={r[:-2] if r.endswith('.0') else r}")
+            fields.append(f"{ek}={r[:-2] if r.endswith('.0') else r}")
         elif t is int:
-            fields.append(f"{_esc(k)}={v}i")
+            fields.append(f"{ek}={v}i")
         else:
             one = _field(k, v)
             if one is not None:
