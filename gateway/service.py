@@ -255,11 +255,10 @@ class Gateway:
     def _handle(self, item: _Item, now: float) -> tuple[list[Point], Outcome | None]:
         topic, payload, _mid, _qos = item
         now_ms = int(now * 1000)
-        try:
-            kind = topics.parse(topic).kind
-        except ValueError:
-            kind = "telemetry"  # decode_telemetry dead-letters it with the reason
-        out = (self.pipeline.status if kind == "status" else self.pipeline.telemetry)(topic, payload, now_ms)
+        # the gateway subscribes to telemetry and status only; both handlers parse and check the topic
+        # fully (a malformed one is dead-lettered there), so the suffix is enough to route
+        handler = self.pipeline.status if topic.endswith("/status") else self.pipeline.telemetry
+        out = handler(topic, payload, now_ms)
         if out.readings:
             self.stats["lag_ms"] = now_ms - max(r.ts_ms for r in out.readings)
         for r in out.rejects:
