@@ -15,9 +15,16 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
 err = Console(stderr=True)
 
 
+def _sigterm_as_interrupt(_sig: int, _frame: object) -> None:
+    raise KeyboardInterrupt  # SIGTERM ends a run like Ctrl-C: servers it started are stopped, a summary printed
+
+
 @app.callback()
 def _root() -> None:
     """lampwatch fleet simulator: a city of poles, faults with ground truth, drills and scoring."""
+    import signal
+
+    signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
 
 
 def _fail(msg: object) -> typer.Exit:
