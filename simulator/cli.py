@@ -15,6 +15,18 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
 err = Console(stderr=True)
 
 
+def _read_labels(path: Path) -> list[Any]:
+    """Ground-truth labels, or a one-line error for the user."""
+    from simulator.faults import read_labels
+
+    try:
+        return read_labels(path)
+    except OSError as exc:
+        raise _fail(f"cannot read labels {path}: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise _fail(f"{path}: {exc}") from None
+
+
 def _sigterm_as_interrupt(_sig: int, _frame: object) -> None:
     raise KeyboardInterrupt  # SIGTERM ends a run like Ctrl-C: servers it started are stopped, a summary printed
 
@@ -343,14 +355,8 @@ def score(
     Example: lampwatch-sim score --labels runs/safety/labels.csv --store sqlite:runs/safety/lampwatch.sqlite
     """
     from simulator.alarms_io import score_store
-    from simulator.faults import read_labels
 
-    try:
-        lbs = read_labels(labels)
-    except OSError as exc:
-        raise _fail(f"cannot read labels {labels}: {exc.strerror or exc}") from None
-    except ValueError as exc:
-        raise _fail(f"{labels}: {exc}") from None
+    lbs = _read_labels(labels)
     reader = _open_reader(store, influx_url, db)
     try:
         ss = score_store(reader, lbs, step_ms=None if step_s is None else round(step_s * 1000), pole_days=pole_days)
@@ -381,7 +387,6 @@ def report(
 
     Example: lampwatch-sim report --run runs/safety --out report.html
     """
-    from simulator.faults import read_labels
     from simulator.report import load_run_meta, write_report
 
     meta: dict[str, Any] = {}
@@ -400,12 +405,7 @@ def report(
         raise _fail("give --run DIR, or --labels with --store/--influx-url")
     if not out.parent.exists():
         raise _fail(f"folder {out.parent} does not exist (for --out)")
-    try:
-        lbs = read_labels(labels)
-    except OSError as exc:
-        raise _fail(f"cannot read labels {labels}: {exc.strerror or exc}") from None
-    except ValueError as exc:
-        raise _fail(f"{labels}: {exc}") from None
+    lbs = _read_labels(labels)
     reader = _open_reader(store, influx_url, db)
     try:
         write_report(out, reader, lbs, run_meta=meta, title=title,
