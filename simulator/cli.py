@@ -77,10 +77,13 @@ DRILLS = ("broker-restart", "edge-offline", "gateway-kill", "store-outage", "hos
 @app.command()
 def drill(
     name: Annotated[str, typer.Argument(help=" | ".join(DRILLS))],
-    poles: Annotated[int, typer.Option(help="poles (gateway drills) or agents (edge drills)", min=1)] = 100,
+    poles: Annotated[int | None, typer.Option(help="poles (gateway drills, default 100) or agents (edge drills, "
+                                              "default 3)", min=1)] = None,
     seconds: Annotated[float, typer.Option(help="publishing time in seconds", min=1)] = 20.0,
     rate_hz: Annotated[float, typer.Option(help="ticks per second (each tick: one sample per pole)", min=0.1)] = 5.0,
-    outage_s: Annotated[float, typer.Option(help="store-outage / broker-restart downtime in seconds", min=1)] = 60.0,
+    outage_s: Annotated[float | None, typer.Option(
+        help="downtime in seconds: store-outage (default 60), broker-restart (30), edge-offline (300, device time)",
+        min=1)] = None,
 ) -> None:
     """Run one fault drill on real servers and print its verdict line.
 
@@ -88,6 +91,10 @@ def drill(
     """
     if name not in DRILLS:
         raise _fail(f"unknown drill {name!r}; choose one of: {', '.join(DRILLS)}")
+    edge = name in ("broker-restart", "edge-offline")
+    poles = poles or (3 if edge else 100)
+    if outage_s is None:  # the drill definitions of the edge and gateway issues
+        outage_s = {"broker-restart": 30.0, "edge-offline": 300.0}.get(name, 60.0)
     from simulator.drills.gateway_drills import DrillSpec, gateway_kill, hostile_traffic, store_outage
 
     def log(msg: str) -> None:
@@ -105,8 +112,13 @@ def drill(
         else:
             from simulator.drills import edge_drills
 
-            fn = edge_drills.broker_restart if name == "broker-restart" else edge_drills.edge_offline
-            res = fn(**edge_drills.cli_kwargs(name, agents=poles, seconds=seconds, down_s=outage_s), log=log)
+            # edge drills: --poles = agents; --outage-s = broker downtime / device time cut off
+            if name == "broker-restart":
+                log(f"{poles} agents at {rate_hz:g} Hz, broker down {outage_s:g} s")
+                res = edge_drills.broker_restart(agents=poles, rate_hz=rate_hz, down_s=outage_s)
+            else:
+                log(f"{poles} agents cut off for {outage_s:g} s of device time (60x accelerated)")
+                res = edge_drills.edge_offline(agents=poles, offline_s=outage_s)
     except (LampwatchError, OSError, RuntimeError) as exc:
         raise _fail(exc) from None
     for check in res.failed_checks:

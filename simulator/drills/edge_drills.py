@@ -215,7 +215,7 @@ def broker_restart(agents: int = 3, rate_hz: float = 5.0, down_s: float = 30.0, 
                      "samples_sent": float(c["samples_sent"]), "reconnects": float(c["connects"] - agents),
                      "evicted": float(c["evicted"]), "gateway_duplicates": float(
                          rig.gateway.counters().get("duplicates", 0))}
-            return DrillResult("broker_restart", published, stored, dups, extra=extra, notes=tuple(notes))
+            return DrillResult("broker-restart", published, stored, dups, extra=extra, notes=tuple(notes))
         finally:
             rig.close()
 
@@ -257,7 +257,7 @@ def edge_offline(agents: int = 2, offline_s: float = 300.0, interval_s: float = 
             extra = {"backlog_at_restore": float(backlog), "messages_sent": float(c["messages_sent"]),
                      "samples_sent": float(c["samples_sent"]), "evicted": float(c["evicted"]),
                      "offline_sim_s": offline_s, "speed": speed}
-            return DrillResult("edge_offline", published, stored, dups, extra=extra, notes=tuple(notes))
+            return DrillResult("edge-offline", published, stored, dups, extra=extra, notes=tuple(notes))
         finally:
             proxy.close()
             rig.close()

@@ -50,3 +50,17 @@ def test_hostile_traffic_is_refused_and_nothing_else_is_lost() -> None:
     res = hostile_traffic(SHORT, log=lambda _m: None)
     _check(res)
     assert res.rejected > 0 and res.extra["replays"] > 0
+
+
+def test_drill_cli_dispatches_every_drill_and_refuses_unknown_ones() -> None:
+    from typer.testing import CliRunner
+
+    from simulator.cli import app
+
+    runner = CliRunner()
+    bad = runner.invoke(app, ["drill", "volcano"])
+    assert bad.exit_code == 2 and "unknown drill" in bad.output
+    res = runner.invoke(app, ["drill", "edge-offline", "--poles", "1", "--outage-s", "60"])
+    assert res.exit_code == 0, res.output
+    line = res.output.strip().splitlines()[-1]
+    assert LINE.fullmatch(line) and line.startswith("drill edge-offline:") and line.endswith("verdict=PASS")
