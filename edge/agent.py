@@ -9,6 +9,9 @@
                      count and log them as denied
     commands         cmd topic -> edge.commands.handle -> CommandAck on cmd/ack
 
+With ``host=`` (an :class:`edge.host.AgentHost`, the simulator's per-device mode) the agent runs on
+the host's shared network and sampler threads instead of two of its own; nothing else changes.
+
 Sequence numbers come from the outbox (persisted, monotonic across restarts); the boot id is new for
 every process start and travels with the samples it produced.
 """
@@ -24,6 +27,7 @@ import zlib
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from contract import topics
 from contract.catalog import BY_NAME, CRITICAL
@@ -37,6 +41,9 @@ from edge.outbox import Outbox
 from edge.safety import SafetyMonitor
 from edge.sampler import Sampler
 from edge.wire import ENVELOPE_BYTES, status_payload, telemetry_payload
+
+if TYPE_CHECKING:
+    from edge.host import AgentHost
 
 log = logging.getLogger("lampwatch.edge")
 
@@ -67,13 +74,19 @@ class _Batch:
 
 
 class EdgeAgent:
-    """One pole's agent. ``start()`` returns at once (the broker may be down: samples queue on disk)."""
+    """One pole's agent. ``start()`` returns at once (the broker may be down: samples queue on disk).
+
+    ``host``: run on an :class:`edge.host.AgentHost`'s shared threads (the agent then samples on the
+    host's clock) instead of a network and a sampler thread of its own."""
 
     def __init__(self, cfg: EdgeConfig, *, clock: Clock | None = None,
                  drivers: Mapping[str, Driver] | None = None, model: Model | None = None,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None, host: AgentHost | None = None) -> None:
+        if host is not None and clock is not None and clock is not host.clock:
+            raise ValueError("an agent on an AgentHost samples on the host's clock: pass no clock")
         self.cfg = cfg
-        self.clock: Clock = clock or SystemClock()
+        self.host = host
+        self.clock: Clock = host.clock if host is not None else (clock or SystemClock())
         self.boot_id = uuid.uuid4().hex
         self.pole, self.district = cfg.pole, cfg.district
         self.t_telemetry = topics.telemetry(cfg.district, cfg.pole)
@@ -96,6 +109,8 @@ class EdgeAgent:
         self._stopped = False
         self._wake = threading.Event()
         self._sampler_thread: threading.Thread | None = None
+        self._tick_lock = threading.Lock()  # host mode: held while the host's sampler ticks this agent
+        self._next_evict = 0.0
         self._started_mono = 0.0
         self._rng = rng or random.Random()
 
@@ -117,11 +132,14 @@ class EdgeAgent:
             tls_key=str(cfg.tls_key) if cfg.tls_key else None, connect_timeout_s=cfg.connect_timeout_s,
             backoff_min_s=cfg.backoff_min_s, backoff_max_s=cfg.backoff_max_s,
             max_inflight=cfg.inflight_window + 16)
-        self.link = MqttLink(settings, self, rng=self._rng)
+        self.link = MqttLink(settings, self, rng=self._rng, host=self.host)
         self._started_mono = time.monotonic()
-        self._sampler_thread = threading.Thread(target=self._sample_loop, name=f"edge-sampler-{self.pole}",
-                                                daemon=True)
-        self._sampler_thread.start()
+        if self.host is not None:
+            self.host._add_agent(self)
+        else:
+            self._sampler_thread = threading.Thread(target=self._sample_loop, name=f"edge-sampler-{self.pole}",
+                                                    daemon=True)
+            self._sampler_thread.start()
         self.link.start()
         log.info("edge agent %s started (boot %s, %d sensors, outbox %s)", self.pole, self.boot_id,
                  len(self.sensors), cfg.outbox_file)
@@ -137,6 +155,8 @@ class EdgeAgent:
         self._wake.set()
         if self._sampler_thread is not None:
             self._sampler_thread.join(30.0)
+        with self._tick_lock:  # host mode: the host's sampler is done with us once we hold it
+            pass
         if self.link is not None:
             deadline = time.monotonic() + flush_timeout_s
             while time.monotonic() < deadline and self.link.connected and self.backlog() > 0:
@@ -206,30 +226,50 @@ class EdgeAgent:
 
     # --- sampler thread --------------------------------------------------------------------------
     def _sample_loop(self) -> None:
-        assert self.sampler is not None and self.outbox is not None
-        next_evict = 0.0
+        assert self.sampler is not None
         while not self._stop.is_set():
-            now = self.clock.time()
-            try:
-                tick = self.sampler.step(now)
-                if tick is not None:
-                    self.outbox.append(int(now * 1000), tick.values, self.boot_id)
-                    self.counts["produced"] += 1
-                    if tick.crossings:
-                        self.counts["fast_path"] += 1
-                    if self.link is not None:
-                        self.link.wake()
-                if now >= next_evict:
-                    next_evict = now + 60.0
-                    if n := self.outbox.evict_expired(int(now * 1000)):
-                        log.warning("outbox: evicted %d samples older than %.0f s", n, self.cfg.outbox_max_age_s)
-            except Exception as exc:  # disk full, driver bug: keep sampling, say so
-                self.counts["sample_errors"] += 1
-                log.error("sampling failed: %s", exc)
+            if not self._sample_once(self.clock.time()):
                 self._stop.wait(1.0)
             due = self.sampler.next_due()
             self.clock.wait(self._wake, due - self.clock.time())
             self._wake.clear()
+
+    def _sample_once(self, now: float) -> bool:
+        """One tick: sample what is due, store it, wake the link; False if it failed (said and counted)."""
+        assert self.sampler is not None and self.outbox is not None
+        try:
+            tick = self.sampler.step(now)
+            if tick is not None:
+                self.outbox.append(int(now * 1000), tick.values, self.boot_id)
+                self.counts["produced"] += 1
+                if tick.crossings:
+                    self.counts["fast_path"] += 1
+                if self.link is not None:
+                    self.link.wake()
+            if now >= self._next_evict:
+                self._next_evict = now + 60.0
+                if n := self.outbox.evict_expired(int(now * 1000)):
+                    log.warning("outbox: evicted %d samples older than %.0f s", n, self.cfg.outbox_max_age_s)
+        except Exception as exc:  # disk full, driver bug: keep sampling, say so
+            self.counts["sample_errors"] += 1
+            log.error("sampling failed: %s", exc)
+            return False
+        return True
+
+    def _host_tick(self, now: float) -> float | None:
+        """Host mode (the host's sampler thread): one tick; the next due device time, None once stopped."""
+        with self._tick_lock:
+            if self._stop.is_set() or self.sampler is None:
+                return None
+            ok = self._sample_once(now)
+            due = self.sampler.next_due()
+            return due if ok else max(due, now + 1.0)
+
+    def _wake_sampler(self) -> None:
+        if self.host is not None:
+            self.host._wake_sampler(self)
+        else:
+            self._wake.set()
 
     # --- network thread (LinkHandler) -----------------------------------------------------------------
     def will(self) -> tuple[str, bytes]:
@@ -325,7 +365,7 @@ class EdgeAgent:
     def set_interval(self, interval_s: float, metric: str | None) -> Result:
         assert self.sampler is not None and self.link is not None
         self.sampler.set_interval(interval_s, metric, self.clock.time())
-        self._wake.set()
+        self._wake_sampler()
         if metric is None:  # the reporting interval changed: say so in the retained presence
             mid = self.link.publish(self.t_status, self._status("online"), qos=1, retain=True)
             if mid is not None:
@@ -335,7 +375,7 @@ class EdgeAgent:
     def sample_now(self) -> Result:
         assert self.sampler is not None
         self.sampler.request_now()
-        self._wake.set()
+        self._wake_sampler()
         return {"queued": True}
 
     def set_thresholds(self, thresholds: dict[str, float]) -> Result:
@@ -347,7 +387,7 @@ class EdgeAgent:
                 raise ValueError(f"{name} threshold {thresholds[name]} outside [{m.lo}, {m.hi}]")
         for name, value in thresholds.items():
             self.safety.set_threshold(name, value)
-        self._wake.set()
+        self._wake_sampler()
         return {k: float(v) for k, v in thresholds.items()}
 
     def ping(self) -> Result:

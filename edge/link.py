@@ -8,6 +8,10 @@ wake-up socketpair, and calls paho's ``loop_read``/``loop_write``/``loop_misc`` 
 external-loop API). Every paho call and every callback happens on this one thread, so the handler
 needs no locking against paho.
 
+Many links in one process (the simulator's per-device mode) can share an :class:`edge.host.AgentHost`
+instead: one selector thread then drives every link's paho client through the same external-loop API
+(``MqttLink(..., host=host)``); reconnecting, backoff, the will and the clean shutdown are the same.
+
 Session: client id = pole id, ``clean_start=False`` and a Session Expiry Interval, so QoS 1 messages in
 flight at a disconnect are re-sent by paho after the reconnect (same packet ids, DUP set) and the
 broker keeps queued commands for us while we are away.
@@ -24,12 +28,15 @@ import ssl
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+
+if TYPE_CHECKING:
+    from edge.host import AgentHost
 
 log = logging.getLogger("lampwatch.edge.link")
 
@@ -98,7 +105,8 @@ def make_client(s: LinkSettings) -> mqtt.Client:
 
 
 class MqttLink:
-    def __init__(self, settings: LinkSettings, handler: LinkHandler, *, rng: random.Random | None = None) -> None:
+    def __init__(self, settings: LinkSettings, handler: LinkHandler, *, rng: random.Random | None = None,
+                 host: AgentHost | None = None) -> None:
         self.s = settings
         self.handler = handler
         self.rng = rng or random.Random()
@@ -109,9 +117,16 @@ class MqttLink:
         self.client.on_message = self._on_message
         self.counts: dict[str, int] = {"connects": 0, "disconnects": 0, "connect_failures": 0}
         self.last_error = ""
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_r.setblocking(False)
-        self._wake_w.setblocking(False)
+        self.host = host
+        self._wake_r: socket.socket | None = None
+        self._wake_w: socket.socket | None = None
+        if host is None:
+            self._wake_r, self._wake_w = socket.socketpair()
+            self._wake_r.setblocking(False)
+            self._wake_w.setblocking(False)
+        else:  # the host's selector follows paho's socket as it opens and closes
+            self.client.on_socket_open = lambda _c, _u, sock: host._sock_opened(self, sock)
+            self.client.on_socket_close = lambda _c, _u, sock: host._sock_closed(self, sock)
         self._attempt = 0
         self._next_attempt = 0.0
         self._connack = False
@@ -123,6 +138,8 @@ class MqttLink:
         self._final_mid: int | None = None
         self._final_done = False
         self._thread: threading.Thread | None = None
+        self._closed = threading.Event()  # host mode: set by the host thread once the link is shut down
+        self._disconnect_deadline: float | None = None  # host mode: DISCONNECT queued, socket not yet closed
         self.ever_connected = threading.Event()
 
     # --- any thread ------------------------------------------------------------------------------
@@ -131,10 +148,17 @@ class MqttLink:
         return self._connack and self.client.socket() is not None
 
     def start(self) -> None:
+        if self.host is not None:
+            self.host._add_link(self)
+            return
         self._thread = threading.Thread(target=self._run, name=f"edge-link-{self.s.client_id}", daemon=True)
         self._thread.start()
 
     def wake(self) -> None:
+        if self.host is not None:
+            self.host._wake_link(self)
+            return
+        assert self._wake_w is not None
         with contextlib.suppress(BlockingIOError, OSError):
             self._wake_w.send(b"\0")
 
@@ -145,8 +169,13 @@ class MqttLink:
         self._final_deadline = time.monotonic() + timeout_s
         self._closing.set()
         self.wake()
+        if self.host is not None:
+            if self.host.running:
+                self._closed.wait(timeout_s + 5.0)
+            return
         if self._thread is not None:
             self._thread.join(timeout_s + 5.0)
+        assert self._wake_r is not None and self._wake_w is not None
         self._wake_r.close()
         self._wake_w.close()
 
@@ -184,12 +213,13 @@ class MqttLink:
                     self.client.loop_write()
 
     def _turn(self, sock: Any) -> None:
+        assert self._wake_r is not None  # own-thread mode only
         timeout = min(1.0, self.s.keepalive_s / 4)
         if hasattr(sock, "pending") and sock.pending() > 0:
             timeout = 0.0
         wlist = [sock] if self.client.want_write() else []
         try:
-            r, w, _ = select.select([sock, self._wake_r], wlist, [], timeout)
+            r, w, _ = select.select([sock, self._wake_r], wlist, [], timeout)  # type: ignore[list-item]
         except (OSError, ValueError):
             r, w = [], []
         if self._wake_r in r:
@@ -218,6 +248,8 @@ class MqttLink:
     def _maybe_connect(self) -> None:
         now = time.monotonic()
         if now < self._next_attempt:
+            if self._wake_r is None:  # host mode: the host comes back when it is time
+                return
             wait = min(self._next_attempt - now, 1.0)
             with contextlib.suppress(OSError, ValueError):
                 r, _, _ = select.select([self._wake_r], [], [], wait)
@@ -270,6 +302,54 @@ class MqttLink:
         sock = self.client.socket()
         if sock is not None:
             self._turn(sock)
+        return False
+
+    # --- host mode: one step, on the host's network thread ---------------------------------------
+    def _host_step(self, now: float, sweep: bool) -> bool:
+        """Everything one turn of :meth:`_run` does, without blocking (the host's selector did the
+        waiting and the reading/writing). ``sweep``: also keepalive and timeouts. True once closed."""
+        if self._closing.is_set():
+            return self._host_close_step(now)
+        sock = self.client.socket()
+        if sock is None:
+            if now >= self._next_attempt:
+                assert self.host is not None
+                if self.host._may_connect(now):
+                    self._maybe_connect()
+            return False
+        if hasattr(sock, "pending") and sock.pending() > 0:
+            self.client.loop_read()
+        if sweep and self.client.socket() is not None:
+            self.client.loop_misc()
+            if self._connecting_since is not None and self.client.socket() is not None:
+                if now - self._connecting_since > self.s.connect_timeout_s + self.s.keepalive_s:
+                    log.warning("no CONNACK from %s:%d; dropping the connection", self.s.host, self.s.port)
+                    self._abort_socket()
+        if self.connected:
+            self.handler.on_idle()
+        return False
+
+    def _host_close_step(self, now: float) -> bool:
+        if self._disconnect_deadline is not None:  # DISCONNECT queued: wait until paho wrote it
+            if self.client.socket() is not None and now >= self._disconnect_deadline:
+                self._abort_socket()
+            return self.client.socket() is None
+        if self.connected:
+            if self._final is not None and self._final_mid is None and not self._final_done:
+                topic, payload = self._final
+                self._final_mid = self.publish(topic, payload, qos=1, retain=True)
+                if self._final_mid is None:
+                    self._final_done = True
+            if not (self._final_done or self._final is None or now >= self._final_deadline):
+                return False
+        if self.client.socket() is None:
+            return True
+        with contextlib.suppress(Exception):
+            self.client.disconnect()
+            self.client.loop_write()
+        if self.client.socket() is None:
+            return True
+        self._disconnect_deadline = now + 2.0
         return False
 
     # --- paho callbacks (link thread) ----------------------------------------------------------

@@ -8,7 +8,9 @@ Two ways to publish a city:
 * **per device** (:func:`run_per_device`): every pole is a real :class:`edge.agent.EdgeAgent` (its own
   MQTT client id, retained birth, Last Will, on-disk outbox, persisted seq), sampling the city's
   signal model through a shared cache on an accelerated :class:`edge.clock.ScaledClock`. Only signal
-  faults apply here (the agents do their own delivery). Two threads per agent: thousands are fine.
+  faults apply here (the agents do their own delivery). All agents share one
+  :class:`edge.host.AgentHost` (one network thread driving every agent's paho client through a selector,
+  one sampler thread), so thousands run in one process; connections are paced by the host.
 
 Pacing: a tick (one sample per pole) is ``step`` of simulated time. ``speed`` simulated seconds per
 real second gives a tick every ``step / speed`` real seconds; ``rate`` messages per second instead
@@ -319,6 +321,7 @@ def run_per_device(host: str, port: int, plan: CityPlan, *, workdir: Path, speed
     from edge.agent import EdgeAgent
     from edge.clock import ScaledClock
     from edge.config import EdgeConfig, SimulatedSource
+    from edge.host import AgentHost
     from simulator.demo import REFUSED_KINDS
 
     console = console or Console(stderr=True)
@@ -346,26 +349,35 @@ def run_per_device(host: str, port: int, plan: CityPlan, *, workdir: Path, speed
             inv.publish(topic, payload, retain=True)
             st.births += 1
     clock = ScaledClock(speed, origin=plan.start_ms / 1000.0)
+    raise_fd_limit(4 * n + 256)  # per agent: its socket, the outbox file, its WAL and shared-memory index
+    agent_host = AgentHost(clock, name="sim-agents").start()
     agents: list[EdgeAgent] = []
     t0 = time.monotonic()
     try:
+        template: dict[str, Any] | None = None
         for p in plan.city.poles:
-            cfg = EdgeConfig(pole=p.pole_id, district=p.district, host=host, port=port,
-                             report_interval_s=step_s, safety_interval_s=min(3600.0, step_s),
-                             outbox_path=workdir / f"edge-{p.pole_id}.sqlite", outbox_sync="off",
-                             location=Location(lat=p.lat, lon=p.lon), firmware="lampwatch-sim",
-                             tilt_baseline_deg=p.tilt_baseline_deg, backoff_max_s=5.0,
-                             rated_power_w=p.rated_power_w, nominal_voltage_v=p.nominal_voltage_v,
-                             username=p.pole_id if credentials else None,
-                             password=credentials[p.pole_id] if credentials else None,
-                             drivers=[SimulatedSource(metrics=list(p.sensors))])
+            fields: dict[str, Any] = dict(
+                pole=p.pole_id, district=p.district, outbox_path=workdir / f"edge-{p.pole_id}.sqlite",
+                location=Location(lat=p.lat, lon=p.lon), tilt_baseline_deg=p.tilt_baseline_deg,
+                rated_power_w=p.rated_power_w, nominal_voltage_v=p.nominal_voltage_v,
+                username=p.pole_id if credentials else None,
+                password=credentials[p.pole_id] if credentials else None,
+                drivers=[SimulatedSource(metrics=list(p.sensors))])
+            if template is None:  # the first one through the settings sources (LAMPWATCH_EDGE_* apply) ...
+                cfg = EdgeConfig(host=host, port=port, report_interval_s=step_s,
+                                 safety_interval_s=min(3600.0, step_s), outbox_sync="off", firmware="lampwatch-sim",
+                                 backoff_max_s=5.0, **fields)
+                template = cfg.model_dump()
+            else:  # ... the others validated from it (4x cheaper than re-reading the environment)
+                cfg = EdgeConfig.model_validate({**template, **fields})
             drv = PoleDriver(cache, p.index)
-            agents.append(EdgeAgent(cfg, clock=clock, drivers=dict.fromkeys(p.sensors, drv)))
+            agents.append(EdgeAgent(cfg, drivers=dict.fromkeys(p.sensors, drv), host=agent_host))
         rng = np.random.default_rng([plan.seed, 0x4057])
         with _progress(console, duration_s) as prog:
             task = prog.add_task(f"{plan.name}: {n} edge agents", total=duration_s, stats="starting agents")
-            for a in agents:
-                a.start()
+            # opening an outbox waits on the disk (the GIL is released): a few at a time
+            with ThreadPoolExecutor(max_workers=8) as ex:
+                list(ex.map(lambda a: a.start(), agents))
             last = time.monotonic()
             try:
                 while True:
@@ -397,8 +409,8 @@ def run_per_device(host: str, port: int, plan: CityPlan, *, workdir: Path, speed
                 console.print("interrupted: stopping the agents…")
             st.sim_end_ms = int(clock.time() * 1000)
     finally:
-        with ThreadPoolExecutor(max_workers=64) as ex:
-            list(ex.map(lambda a: a.stop(flush_timeout_s=3.0), agents))
+        stop_agents(agents, flush_timeout_s=3.0)
+        agent_host.stop()
         if inv is not None:
             with contextlib.suppress(BrokerError):
                 inv.flush(timeout_s=10)
@@ -410,6 +422,30 @@ def run_per_device(host: str, port: int, plan: CityPlan, *, workdir: Path, speed
     if labels_out is not None:
         write_labels(labels_out, labels)
     return st
+
+
+def stop_agents(agents: Sequence[Any], flush_timeout_s: float = 3.0) -> None:
+    """Stop agents concurrently (each waits for its backlog and its offline status to be acknowledged)."""
+    started = [a for a in agents if a.link is not None]
+    if started:
+        with ThreadPoolExecutor(max_workers=min(256, len(started))) as ex:
+            list(ex.map(lambda a: a.stop(flush_timeout_s=flush_timeout_s), started))
+
+
+def raise_fd_limit(need: int) -> None:
+    """Raise the soft RLIMIT_NOFILE towards the hard limit when ``need`` descriptors would not fit."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not on POSIX
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < need:
+        target = hard if hard == resource.RLIM_INFINITY else min(hard, max(need, soft))
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        if target != resource.RLIM_INFINITY and target < need:
+            logging.getLogger("lampwatch.sim").warning(
+                "%d agents need about %d file descriptors; the limit is %d", need // 4, need, target)
 
 
 def _agents_counts(agents: Sequence[Any]) -> dict[str, float]:
