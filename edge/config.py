@@ -108,7 +108,7 @@ class EdgeConfig(BaseSettings):
     rated_power_w: Annotated[float, Field(gt=0, le=5000)] | None = None
     nominal_voltage_v: Annotated[float, Field(gt=0, le=1000)] | None = None
     thresholds: dict[MetricName, float] = Field(default_factory=dict)
-    drivers: list[DriverSpec] = Field(default_factory=lambda: [SimulatedSource()])
+    drivers: list[DriverSpec] = Field(default_factory=lambda: list[DriverSpec]([SimulatedSource()]))
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 

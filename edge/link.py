@@ -242,7 +242,7 @@ class MqttLink:
         sock = self.client.socket()
         if sock is not None:
             with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)  # the next loop_read sees EOF: paho reports the loss
+                sock.shutdown(socket.SHUT_RDWR)  # type: ignore[attr-defined]  # next loop_read sees EOF
             self.client.loop_read()
 
     def _maybe_connect(self) -> None:

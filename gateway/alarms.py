@@ -220,7 +220,7 @@ class AlarmPolicy:
         pending (its condition seen, its minimum duration not yet over)."""
         self.ensure(n_rows)
         a = self._a
-        return ((a["level"][:n_rows, :n_specs] > 0) | (a["pend_n"][:n_rows, :n_specs] > 0)).any(axis=1)
+        return np.asarray(((a["level"][:n_rows, :n_specs] > 0) | (a["pend_n"][:n_rows, :n_specs] > 0)).any(axis=1))
 
     def active(self) -> list[ActiveAlarm]:
         a = self._a

@@ -30,7 +30,7 @@ ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="TOML set
                                                 "(env LAMPWATCH_GATEWAY_* overrides it)")]
 
 
-def _fail(exc: Exception) -> typer.Exit:
+def _fail(exc: object) -> typer.Exit:
     err.print(f"error: {exc}", highlight=False)
     return typer.Exit(2)
 

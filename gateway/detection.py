@@ -285,7 +285,7 @@ class DetectionStage:
             import io
 
             buf = io.BytesIO()
-            np.savez(buf, **self.stream.state_dict())
+            np.savez(buf, **self.stream.state_dict())  # type: ignore[arg-type]  # numpy's stub misreads **kwargs
             _atomic_write(self._stream_path(), buf.getvalue())
         self._dirty = self._unsaved_changes = False
         self._last_save = self.clock()

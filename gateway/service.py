@@ -149,7 +149,7 @@ class Gateway:
 
     def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
         # blocks when the inbox is full: the broker then holds the rest (backpressure, not loss)
-        self._inbox.put((msg.topic, msg.payload, msg.mid, msg.qos))
+        self._inbox.put((msg.topic, bytes(msg.payload), msg.mid, msg.qos))
 
     # --- lifecycle -----------------------------------------------------------------------------------
     def start(self, wait_connected_s: float = 10.0) -> None:

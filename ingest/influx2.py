@@ -34,7 +34,7 @@ class Influx2Store:
             return
         try:
             self._write.write(bucket=self.bucket, org=self.org, record=encode_many(points),
-                              write_precision=WritePrecision.NS)
+                              write_precision=WritePrecision.NS)  # type: ignore[arg-type]  # a str constant
         except ApiException as exc:
             status = exc.status or 0
             if 400 <= status < 500 and status not in (404, 408, 429):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from typing import Any
 
 from contract.readings import Point
 
@@ -66,17 +67,17 @@ def encode(p: Point) -> str:
         if len(_ORDERS) < 10_000:
             _ORDERS[keys] = order
     for k, ek in order:
-        v = f[k]
-        t = type(v)
+        val: Any = f[k]
+        t = type(val)
         if t is float:
-            if v - v != 0.0:  # NaN or +/-inf: line protocol cannot carry them
+            if val - val != 0.0:  # NaN or +/-inf: line protocol cannot carry them
                 continue
-            r = repr(v)
+            r = repr(val)
             fields.append(f"{ek}={r[:-2] if r.endswith('.0') else r}")
         elif t is int:
-            fields.append(f"{ek}={v}i")
+            fields.append(f"{ek}={val}i")
         else:
-            one = _field(k, v)
+            one = _field(k, val)
             if one is not None:
                 fields.append(one)
     if not fields:

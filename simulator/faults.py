@@ -241,7 +241,7 @@ def random_faults(city: City, seed: int, start_ms: int, end_ms: int, rate: float
         spec = SPECS[kind]
         pole = city.poles[int(rng.integers(len(city)))]
         lo, hi = spec.duration_ms
-        dur = int(min(rng.integers(lo, hi + 1), span))
+        dur = min(int(rng.integers(lo, hi + 1)), span)
         s = start_ms + int(rng.integers(0, max(span - dur, 0) + 1))
         if spec.night:
             ns = night_start(s, pole.lat, pole.lon)

@@ -254,20 +254,20 @@ def timeline(reader: StoreReader, lb: Label, alarms: Sequence[AlarmRow], step_ms
     else:
         out.append(f'<text x="{ax.left + 10}" y="{ax.top + 20}">no telemetry stored in this window</text>')
     base = ax.top + ax.height + 24
-    for i, a in enumerate(sorted(mine, key=lambda a: a.alarm.raised_ms)):
-        x0 = ax.x(max(a.alarm.raised_ms, t0))
-        end = a.alarm.cleared_ms if a.alarm.cleared_ms is not None else t1
+    for i, al in enumerate(sorted(mine, key=lambda x: x.alarm.raised_ms)):
+        x0 = ax.x(max(al.alarm.raised_ms, t0))
+        end = al.alarm.cleared_ms if al.alarm.cleared_ms is not None else t1
         x1 = ax.x(min(end, t1))
         y = base + i * lane
-        colour = SEV_COLOURS.get(a.severity, "#6b7280")
-        opacity = "1" if a in hits else "0.45"
-        out.append(f'<rect class="alarm" data-pole="{_e(a.alarm.pole)}" data-key="{_e(a.key)}" '
-                   f'data-severity="{_e(a.severity)}" data-match="{int(a in hits)}" x="{x0:.1f}" y="{y}" '
+        colour = SEV_COLOURS.get(al.severity, "#6b7280")
+        opacity = "1" if al in hits else "0.45"
+        out.append(f'<rect class="alarm" data-pole="{_e(al.alarm.pole)}" data-key="{_e(al.key)}" '
+                   f'data-severity="{_e(al.severity)}" data-match="{int(al in hits)}" x="{x0:.1f}" y="{y}" '
                    f'width="{max(2.0, x1 - x0):.1f}" height="{lane - 3}" fill="{colour}" fill-opacity="{opacity}">'
-                   f'<title>{_e(a.key)} ({_e(a.severity)}) raised {_hhmm(a.alarm.raised_ms)}'
-                   f'{", cleared " + _hhmm(a.alarm.cleared_ms) if a.alarm.cleared_ms else ", still active"}'
+                   f'<title>{_e(al.key)} ({_e(al.severity)}) raised {_hhmm(al.alarm.raised_ms)}'
+                   f'{", cleared " + _hhmm(al.alarm.cleared_ms) if al.alarm.cleared_ms else ", still active"}'
                    f'</title></rect><text x="{min(x1 + 4, ax.left + ax.width - 2):.1f}" y="{y + lane - 4}" '
-                   f'text-anchor="{"start" if x1 + 80 < ax.left + ax.width else "end"}">{_e(a.key)}</text>')
+                   f'text-anchor="{"start" if x1 + 80 < ax.left + ax.width else "end"}">{_e(al.key)}</text>')
     if not mine:
         out.append(f'<text x="{ax.left}" y="{base + 8}">no alarm on this pole in this window</text>')
     out.append("</svg>")

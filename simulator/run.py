@@ -293,6 +293,7 @@ class PoleDriver:
 
     def __init__(self, cache: FleetCache, index: int) -> None:
         self.cache, self.index = cache, index
+        self.metrics: tuple[str, ...] = tuple(cache.plan.city.poles[index].sensors)
 
     def read(self, names: Sequence[str], t_ms: int) -> dict[str, float]:
         row = self.cache.at(t_ms)[self.index]
@@ -494,8 +495,8 @@ def run_scenario(scenario: str, out: Path, *, broker: str = "auto", speed: float
     out.mkdir(parents=True, exist_ok=True)
     for stale in ("lampwatch.sqlite", "lampwatch.sqlite-wal", "lampwatch.sqlite-shm"):
         (out / stale).unlink(missing_ok=True)
-    for stale in out.glob("alarms-*.json*"):
-        stale.unlink()
+    for old_state in out.glob("alarms-*.json*"):
+        old_state.unlink()
     now_ms = int(time.time() * 1000)
     plan = plan_city(poles=0, seed=0, step_ms=0, fault_rate=0, sim_span_ms=until_ms, now_ms=now_ms,
                      scenario=scenario)

@@ -133,7 +133,7 @@ def random_events(city: City, seed: int, start_ms: int, end_ms: int,
     for _ in range(int(rng.poisson(rate * len(city.districts) * span / DAY_MS))):
         kind = kinds[int(rng.integers(len(kinds)))]
         d = city.districts[int(rng.integers(len(city.districts)))]
-        dur = int(min(rng.integers(4 * HOUR_MS, 3 * DAY_MS), span))
+        dur = min(int(rng.integers(4 * HOUR_MS, 3 * DAY_MS)), span)
         s = start_ms + int(rng.integers(0, span - dur + 1))
         lo, hi = EVENT_KINDS[kind]
         out.append(Event(d, kind, s, s + dur, round(float(rng.uniform(lo, hi)), 2)))

@@ -145,12 +145,12 @@ class TelemetryStream:
             self.published_samples += len(payloads)
         else:
             for i, payload in enumerate(payloads):
-                fs = by_pole.get(i)
-                if fs is None:
+                pole_faults = by_pole.get(i)
+                if pole_faults is None:
                     out.append((topics[i], payload))  # type: ignore[arg-type]
                     self.published_samples += 1
                 elif i not in self._offline:
-                    self._faulty(i, t, k, fs, values, out)
+                    self._faulty(i, t, k, pole_faults, values, out)
         for i, hist in self._history.items():
             if i not in by_pole:
                 hist.append(payloads[i])  # type: ignore[arg-type]

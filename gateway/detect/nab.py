@@ -105,7 +105,8 @@ def row_weights(layout: FileLayout) -> tuple[np.ndarray, np.ndarray]:
     return value, win_id
 
 
-def _prepare(layouts: Sequence[FileLayout], scores: Sequence[np.ndarray]) -> tuple[np.ndarray, ...]:
+def _prepare(layouts: Sequence[FileLayout], scores: Sequence[np.ndarray],
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.int64]:
     vals, wins, scs = [], [], []
     offset = 0
     for layout, score in zip(layouts, scores, strict=True):
