@@ -12,6 +12,8 @@ The raw signal is **range novelty in several views** (the "has this series ever 
 that CAD OSE / KNN-CAD ask with their context sketches, here with two floats per view):
 
 * ``x``: the value itself;
+* ``d``: the de-seasoned value (the value minus its hour's offset), so a value usual for the day but not
+  for this hour is new territory too;
 * ``sm`` / ``sm2``: a fast (``a_sm``) and a slow (``a_sm2``) EW mean of the de-seasoned value, so a level
   shift or a drift that no single sample shows is still new territory for the mean;
 * ``vol``: an EW mean of ``|step|`` (a noisy series turning quiet or stuck, a calm one turning wild);
@@ -27,8 +29,11 @@ samples is not yet a reference).
 
 **Fire once** (NAB rewards the earliest detection in a window and charges every false one): evidence counts
 only above a decaying peak of the recent evidence (``peak_decay``), and after evidence reaches ``e_fire``
-(the operating point) it is held below ``e_fire`` for ``ref_rows`` samples (evidence >= ``e_pass`` is never
-held; off by default, which is NAB-optimal: 60 would let the gateway's raise level through). The output is
+(the operating point) it is held below ``e_fire`` for ``ref_rows`` samples. Evidence >= ``e_pass`` (60: the
+gateway's raise level) is never held by that hold, so an alarm is never delayed by a small earlier blip; once
+it has passed, everything is held for ``strong_rows`` samples (5, well inside the gateway's ``clear_n`` of 10),
+so lasting strong evidence keeps an alarm raised with a score >= 0.9998 every 6th sample instead of
+charging NAB a false detection on every sample after the window. The output is
 ``1 - exp(-E / out_scale)``: a bare envelope exceedance scores 0.44, the NAB-optimal threshold is ~0.48,
 and the gateway's 0.9998 needs ~60 nats (an excess of ~3.5 envelope widths).
 """
@@ -55,6 +60,7 @@ class DetectorParams:
     a_env: float = 0.00007  # envelopes shrink toward their centre by this share per sample
     nov0: float = 4.0  # nats for any exceedance of an envelope
     w_x: float = 22.0  # nats per envelope width beyond it, per view (< 0 = view off)
+    w_d: float = 16.0  # de-seasoned value
     w_s: float = 16.0
     w_s2: float = 16.0
     w_v: float = 16.0
@@ -68,7 +74,9 @@ class DetectorParams:
     e_fire: float = 4.56  # after evidence >= e_fire (nats) ...
     ref_rows: float = 30.0  # ... evidence is held below e_fire for this many samples
     e_pass: float = 60.0  # evidence >= e_pass is never held: strong evidence (the gateway raises an alarm at
-    # ~60) must not wait out a hold started by a small blip. Costs NAB ~0.8 standard; safety latency wins.
+    # ~60) must not wait out a hold started by a small blip.
+    strong_rows: float = 5.0  # ... and after it passed, all evidence is held for this many samples (must stay
+    # below the gateway's clear_n = 10, so that a lasting strong condition keeps its alarm raised)
     out_scale: float = 7.0  # score = 1 - exp(-E / out_scale)
     gap_factor: float = 4.0  # a step longer than gap_factor * typical step is a gap
     n_season: int = 24  # bins of a daily profile (0 = none); used when t (seconds) is given
@@ -79,7 +87,7 @@ class DetectorParams:
 
 _F32_FIELDS = (
     "x_prev", "level", "spread", "dt", "sm", "sm2", "vol", "hi", "lo", "hi_s", "lo_s", "hi_s2", "lo_s2",
-    "hi_v", "lo_v", "hi_j", "peak", "since", "run", "p_eq",
+    "hi_v", "lo_v", "hi_j", "peak", "since", "run", "p_eq", "hi_d", "lo_d", "since_strong",
 )  # fmt: skip
 
 
@@ -205,6 +213,7 @@ class StreamDetector:
         evidence = np.zeros(len(idx), F32)
         views = (
             ("hi", "lo", x_raw, level + (x_raw - x), p.w_x, first),  # centre: level + this hour's offset
+            ("hi_d", "lo_d", x, level, p.w_d, first),
             ("hi_s", "lo_s", sm, level, p.w_s, first),
             ("hi_s2", "lo_s2", sm2, level, p.w_s2, first),
             ("hi_v", "lo_v", vol, None, p.w_v, early),  # centre: the envelope's middle
@@ -241,9 +250,11 @@ class StreamDetector:
         peak = g["peak"] * F32(p.peak_decay)
         shaped = np.where(evidence > peak, evidence, evidence * F32(p.refractory))
         since = g["since"] + 1
-        held = (since <= F32(p.ref_rows)) & (shaped < F32(p.e_pass))
+        since_strong = g["since_strong"] + 1
+        held = ((since <= F32(p.ref_rows)) & (shaped < F32(p.e_pass))) | (since_strong <= F32(p.strong_rows))
         shaped = np.where(held, np.minimum(shaped, F32(p.e_fire) * F32(0.999)), shaped)
         fired = warm & (shaped >= F32(p.e_fire))
+        strong = warm & (shaped >= F32(p.e_pass))
         score = np.where(warm, 1.0 - np.exp(shaped.astype(np.float64) / -p.out_scale), np.nan)
 
         # 4. learn, winsorised so that anomalies do not poison the level and the profile ----------
@@ -263,6 +274,7 @@ class StreamDetector:
             vol=vol,
             peak=np.where(warm, np.maximum(peak, evidence), 0),
             since=np.where(fired, 0, np.minimum(since, F32(1e6))),
+            since_strong=np.where(strong, 0, np.minimum(since_strong, F32(1e6))),
         )
         self._n[idx] = n1
         for j, k in enumerate(_F32_FIELDS):

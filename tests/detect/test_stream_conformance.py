@@ -164,6 +164,24 @@ def test_noise_alone_stays_low(make_detector: Make) -> None:
     assert np.mean(out[400:] >= _operating_point(make_detector())) < 0.005
 
 
+def test_alarm_level_evidence_is_never_held(make_detector: Make) -> None:
+    """A hold started by a small detection never delays evidence at the gateway's raise level (0.9998), and
+    lasting strong evidence (a stuck sensor) reaches it at least once in every 10 samples (clear_n)."""
+    on = 0.9998
+    x = _noise(13)
+    x[880] += 4.5  # a small blip that may fire and start a hold ...
+    x[884] += 200.0  # ... a huge spike 4 samples later goes through at once
+    out = _run(make_detector(), x)
+    assert out[884] >= on
+    y = _noise(14, 1600)
+    y[900:] = y[900]  # stuck from 900 on: the stuck evidence grows with the run
+    out = _run(make_detector(), y)
+    strong = np.flatnonzero(out[900:] >= on) + 900
+    assert len(strong) and strong[0] < 1200
+    assert np.diff(strong).max() <= 10  # never 10 samples in a row below the raise level once raised
+    assert strong[-1] >= len(y) - 10
+
+
 @settings(max_examples=40, deadline=None)
 @given(
     st.lists(
