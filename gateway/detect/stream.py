@@ -96,6 +96,11 @@ class StreamDetector:
 
     name = "lampwatch"
 
+    _f: np.ndarray  # (capacity, fields) float32 per-series state
+    _n: np.ndarray  # samples seen
+    _t_prev: np.ndarray  # last sample time (s)
+    _prof: np.ndarray  # (capacity, n_season) daily profile
+
     def __init__(self, params: DetectorParams | None = None, capacity: int = 1024) -> None:
         self.params = params or DetectorParams()
         self._cap = 0
@@ -125,7 +130,7 @@ class StreamDetector:
             self._alloc(cap)
 
     def state_dict(self) -> dict[str, np.ndarray]:
-        out = {k: self._f[:, j].copy() for j, k in enumerate(_F32_FIELDS)}
+        out: dict[str, np.ndarray] = {k: self._f[:, j].copy() for j, k in enumerate(_F32_FIELDS)}
         out["n"], out["t_prev"], out["season"] = self._n.copy(), self._t_prev.copy(), self._prof.copy()
         out["params"] = np.array(repr(sorted(asdict(self.params).items())))
         return out
