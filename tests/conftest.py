@@ -14,12 +14,9 @@ from typing import Any
 import pytest
 
 from simulator.harness import InfluxDB1, Mosquitto, ServerMissing, VictoriaMetrics
+from tests.servers import missing
 
-
-def _missing(exc: ServerMissing) -> None:
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"real server required under CI=true: {exc}", pytrace=False)
-    pytest.skip(str(exc))
+_missing = missing  # fail under CI=true, skip elsewhere (tests/servers.py)
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import pytest
 from rich.console import Console
 
 from simulator.demo import run_demo
-from simulator.harness import ServerMissing, require
+from tests.servers import need
 
 
 @pytest.mark.parametrize("broker", ["embedded", "mosquitto"])
@@ -17,14 +17,7 @@ def test_demo_loses_nothing_and_counts_from_the_store(broker: str, tmp_path: Pat
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("LAMPWATCH_GATEWAY_INFLUX_URL", raising=False)
     if broker == "mosquitto":
-        try:
-            require("mosquitto")
-        except ServerMissing as exc:
-            import os
-
-            if os.environ.get("CI") == "true":
-                pytest.fail(str(exc))
-            pytest.skip(str(exc))
+        need("mosquitto")
     with open(tmp_path / "view.txt", "w") as view:
         res = run_demo(poles=20, duration=4, seed=3, hostile_pct=5, broker=broker, workdir=tmp_path,
                        console=Console(file=view))

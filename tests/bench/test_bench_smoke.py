@@ -5,12 +5,10 @@ Asserts the shape of the result and that the gateway lost nothing at that rate; 
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
 from bench import bench_gateway as bg
-from simulator.harness import ServerMissing, require
+from tests.servers import need
 
 KEYS = {"gateway_msgs_s", "gateway_mode", "raw_msgs_s", "naive_msgs_s", "ratio_raw", "ratio_naive", "p99_ms",
         "p50_ms", "lost", "sim_msgs_s", "agents", "systems"}
@@ -18,13 +16,7 @@ KEYS = {"gateway_msgs_s", "gateway_mode", "raw_msgs_s", "naive_msgs_s", "ratio_r
 
 @pytest.fixture(autouse=True)
 def _servers() -> None:
-    for binary in ("mosquitto", "influxd"):
-        try:
-            require(binary)
-        except ServerMissing as exc:
-            if os.environ.get("CI") == "true":
-                pytest.fail(f"real server required under CI=true: {exc}", pytrace=False)
-            pytest.skip(str(exc))
+    need("mosquitto", "influxd")
 
 
 def test_bench_gateway_tiny() -> None:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from gateway.detect import nab
+from tests.servers import missing
 
 NAB_DIR = Path(__file__).resolve().parents[3] / "shared" / "nab"  # <repo>/../shared/nab
 
@@ -16,9 +16,7 @@ NAB_DIR = Path(__file__).resolve().parents[3] / "shared" / "nab"  # <repo>/../sh
 @pytest.fixture(scope="module")
 def corpus() -> list[nab.FileLayout]:
     if not (NAB_DIR / "labels" / "combined_windows.json").is_file():
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"NAB corpus missing at {NAB_DIR} (CI must provide ../shared/nab)")
-        pytest.skip(f"NAB corpus not present at {NAB_DIR}")
+        missing(f"NAB corpus not present at {NAB_DIR} (CI provides ../shared/nab)")
     layouts, _ = nab.load_corpus(NAB_DIR)
     return layouts
 

@@ -2,26 +2,19 @@
 
 from __future__ import annotations
 
-import os
 import re
 
 import pytest
 
 from simulator.drills.gateway_drills import DrillSpec, gateway_kill, hostile_traffic, store_outage
-from simulator.harness import ServerMissing, require
+from tests.servers import need
 
 LINE = re.compile(r"drill [a-z-]+: published=\d+ stored=\d+ duplicates=\d+ lost=-?\d+ verdict=(PASS|FAIL)")
 
 
 @pytest.fixture(autouse=True)
 def _servers() -> None:
-    try:
-        require("mosquitto")
-        require("influxd")
-    except ServerMissing as exc:
-        if os.environ.get("CI") == "true":
-            pytest.fail(str(exc))
-        pytest.skip(str(exc))
+    need("mosquitto", "influxd")
 
 
 SHORT = DrillSpec(poles=40, seconds=6, rate_hz=5, settle_s=90)
