@@ -181,20 +181,24 @@ class CommandDriver:
         if not wanted:
             return {}
         doc = self.run()
-        out: dict[str, float] = {}
-        errors = []
-        for n in wanted:
-            mp = self.mapping[n]
-            try:
-                out[n] = mp.convert(json_path(doc, mp.source))
-            except DriverError as exc:
-                errors.append(f"{n}: {exc}")
-        if errors and not out:
-            raise DriverError("; ".join(errors)[:500])
-        return out
+        return _read_each(wanted, lambda n: self.mapping[n].convert(json_path(doc, self.mapping[n].source)))
 
     def close(self) -> None:
         pass
+
+
+def _read_each(names: Sequence[str], read_one: Callable[[str], float]) -> dict[str, float]:
+    """Read every metric on its own: a broken sensor costs only its value. Raise only if all failed."""
+    out: dict[str, float] = {}
+    errors = []
+    for n in names:
+        try:
+            out[n] = read_one(n)
+        except DriverError as exc:
+            errors.append(f"{n}: {exc}")
+    if errors and not out:
+        raise DriverError("; ".join(errors)[:500])
+    return out
 
 
 # --- generic: files (sysfs style) ------------------------------------------------------------------
@@ -204,22 +208,15 @@ class FileDriver:
         self.metrics = tuple(self.mapping)
 
     def read(self, names: Sequence[str], t_ms: int) -> dict[str, float]:
-        out: dict[str, float] = {}
-        errors = []
-        for n in names:
-            mp = self.mapping.get(n)
-            if mp is None:
-                continue
+        def one(n: str) -> float:
+            mp = self.mapping[n]
             try:
                 raw = Path(mp.source).read_text(errors="replace")
-                out[n] = mp.convert(raw)
             except OSError as exc:
-                errors.append(f"{n}: cannot read {mp.source}: {exc.strerror or exc}")
-            except DriverError as exc:
-                errors.append(f"{n}: {exc}")
-        if errors and not out:
-            raise DriverError("; ".join(errors)[:500])
-        return out
+                raise DriverError(f"cannot read {mp.source}: {exc.strerror or exc}") from exc
+            return mp.convert(raw)
+
+        return _read_each([n for n in names if n in self.mapping], one)
 
     def close(self) -> None:
         pass

@@ -21,7 +21,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol
 
 import paho.mqtt.client as mqtt
@@ -381,7 +380,3 @@ class Gateway:
     def _selfmetrics_point(self, now: float) -> Point:
         fields: dict[str, float | int | str | bool] = {k: float(v) for k, v in self.counters().items()}
         return Point(schema.GATEWAY, schema.tags(gateway=self.cfg.client_id), fields, int(now * 1e9))
-
-
-def default_spool_path(base: str | Path, client_id: str) -> str:
-    return str(Path(base) / f"spool-{client_id}.sqlite")

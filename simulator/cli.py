@@ -228,10 +228,10 @@ def run(
             eff_speed = sim_speed(plan.step_ms, tick_interval_s(plan.step_ms, len(plan.city), 1.0, rate))
     except (LampwatchError, ValueError) as exc:
         raise _fail(exc) from None
-    from simulator.demo import _broker
+    from simulator.demo import start_broker
 
     try:
-        with (_broker("auto") if embedded else _null_broker(host, port, mqtt_version)) as (h, p, ver, desc):
+        with (start_broker("auto") if embedded else _null_broker(host, port, mqtt_version)) as (h, p, ver, desc):
             err.print(f"[dim]run: broker {desc}, {len(plan.city)} poles, {len(plan.faults)} faults, "
                       f"mode {mode}[/dim]", highlight=False)
             if mode == "multiplexed":

@@ -64,7 +64,7 @@ class DemoResult:
 
 
 @contextlib.contextmanager
-def broker(kind: str) -> Iterator[tuple[str, int, int, str]]:
+def start_broker(kind: str) -> Iterator[tuple[str, int, int, str]]:
     """(host, port, mqtt_version, description) of a running broker: ``auto`` (Mosquitto through the
     harness if installed, else the embedded amqtt broker), ``mosquitto`` or ``embedded``."""
     if kind in ("auto", "mosquitto"):
@@ -80,8 +80,6 @@ def broker(kind: str) -> Iterator[tuple[str, int, int, str]]:
     with EmbeddedBroker() as b:
         yield b.host, b.port, 311, f"embedded amqtt {b.host}:{b.port}"
 
-
-_broker = broker
 
 
 class EmbeddedGateway:
@@ -150,7 +148,7 @@ def run_demo(*, poles: int = 200, duration: float | None = None, seed: int = 42,
     rng = np.random.default_rng(seed)
     published = hostile_sent = replayed = 0
     # env vars may point the demo at an InfluxDB
-    with _broker(broker) as (host, port, version, broker_desc), \
+    with start_broker(broker) as (host, port, version, broker_desc), \
             embedded_gateway(host, port, version, workdir) as egw:
         gw, store, store_cfg = egw.gw, egw.store, egw.store_cfg
         pub = Publisher(host, port, "lampwatch-demo-sim", mqtt_version=version).connect()

@@ -488,7 +488,7 @@ class ScenarioResult:
 def run_scenario(scenario: str, out: Path, *, broker: str = "auto", speed: float = 0.0,
                  until_ms: int | None = None, console: Console | None = None) -> ScenarioResult:
     """Run a scenario end to end on embedded defaults; write labels.csv, lampwatch.sqlite, run.json."""
-    from simulator.demo import _broker, embedded_gateway
+    from simulator.demo import embedded_gateway, start_broker
 
     console = console or Console(stderr=True)
     _quiet_logs()
@@ -501,7 +501,7 @@ def run_scenario(scenario: str, out: Path, *, broker: str = "auto", speed: float
     plan = plan_city(poles=0, seed=0, step_ms=0, fault_rate=0, sim_span_ms=until_ms, now_ms=now_ms,
                      scenario=scenario)
     t0 = time.monotonic()
-    with _broker(broker) as (host, port, version, desc), \
+    with start_broker(broker) as (host, port, version, desc), \
             embedded_gateway(host, port, version, out, client_id="lampwatch-sim-scenario",
                              sqlite_only=True) as egw:
         console.print(f"[dim]scenario {plan.name}: broker {desc}, store sqlite {out / 'lampwatch.sqlite'}[/dim]",

@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, fields
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -133,6 +133,20 @@ def _table(data: Mapping[str, Any], key: str, where: str) -> Mapping[str, Any]:
     return got
 
 
+def _table_array(data: Mapping[str, Any], key: str, allowed: set[str],
+                 where: str) -> Iterator[tuple[str, Mapping[str, Any]]]:
+    """Each table of a ``[[key]]`` array, checked for unknown keys, with its place for error messages."""
+    raw = data.get(key, [])
+    if not isinstance(raw, list):
+        raise ConfigError(f"{where}: [[{key}]] must be an array of tables")
+    for n, t in enumerate(raw):
+        w = f"{where} {key}[{n}]"
+        if not isinstance(t, Mapping):
+            raise ConfigError(f"{w}: must be a table")
+        _check_keys(t, allowed, w)
+        yield w, t
+
+
 def _check_keys(table: Mapping[str, Any], allowed: set[str], where: str) -> None:
     unknown = set(table) - allowed
     if unknown:
@@ -169,14 +183,7 @@ def parse_scenario(data: Mapping[str, Any], where: str = "scenario") -> Scenario
     city = City(city_cfg)
 
     faults: list[Fault] = []
-    raw_faults = data.get("faults", [])
-    if not isinstance(raw_faults, list):
-        raise ConfigError(f"{where}: [[faults]] must be an array of tables")
-    for n, ft in enumerate(raw_faults):
-        w = f"{where} faults[{n}]"
-        if not isinstance(ft, Mapping):
-            raise ConfigError(f"{w}: must be a table")
-        _check_keys(ft, {"pole", "kind", "metric", "at", "for", "magnitude"}, w)
+    for w, ft in _table_array(data, "faults", {"pole", "kind", "metric", "at", "for", "magnitude"}, where):
         try:
             s = start_ms + parse_duration_ms(ft.get("at", 0), f"{w} at")
             f = Fault.make(str(ft["kind"]), str(ft["pole"]), s, s + parse_duration_ms(ft["for"], f"{w} for"),
@@ -201,14 +208,7 @@ def parse_scenario(data: Mapping[str, Any], where: str = "scenario") -> Scenario
     faults.sort(key=lambda f: (f.start_ms, f.pole, f.kind, f.metric or ""))
 
     events: list[Event] = []
-    raw_events = data.get("events", [])
-    if not isinstance(raw_events, list):
-        raise ConfigError(f"{where}: [[events]] must be an array of tables")
-    for n, et in enumerate(raw_events):
-        w = f"{where} events[{n}]"
-        if not isinstance(et, Mapping):
-            raise ConfigError(f"{w}: must be a table")
-        _check_keys(et, {"district", "kind", "at", "for", "magnitude"}, w)
+    for w, et in _table_array(data, "events", {"district", "kind", "at", "for", "magnitude"}, where):
         try:
             s = start_ms + parse_duration_ms(et.get("at", 0), f"{w} at")
             e = Event(str(et["district"]), str(et["kind"]), s, s + parse_duration_ms(et["for"], f"{w} for"),

@@ -9,14 +9,25 @@ from __future__ import annotations
 import itertools
 import os
 from collections.abc import Callable, Iterator
-from typing import Any
+from contextlib import AbstractContextManager
+from typing import Any, TypeVar
 
 import pytest
 
 from simulator.harness import InfluxDB1, Mosquitto, ServerMissing, VictoriaMetrics
 from tests.servers import missing
 
-_missing = missing  # fail under CI=true, skip elsewhere (tests/servers.py)
+S = TypeVar("S", bound=AbstractContextManager[Any])
+
+
+def _running(server_cls: Callable[[], S]) -> Iterator[S]:
+    """Start a harness server for a fixture, stop it after; a missing binary fails (CI) or skips."""
+    try:
+        server = server_cls()
+    except ServerMissing as exc:
+        missing(exc)
+    with server:
+        yield server
 
 
 @pytest.fixture
@@ -29,7 +40,7 @@ def mosquitto_factory() -> Iterator[Callable[..., Mosquitto]]:
         try:
             broker = Mosquitto(**kwargs)
         except ServerMissing as exc:
-            _missing(exc)
+            missing(exc)
         made.append(broker)
         return broker.start()
 
@@ -48,23 +59,13 @@ def mosquitto(mosquitto_factory: Callable[..., Mosquitto]) -> Mosquitto:
 def influxdb() -> Iterator[InfluxDB1]:
     """One InfluxDB 1.x server for the session; use `influx_db` for an isolated database.
     Never stop it from a test: use `fresh_influxdb` for that."""
-    try:
-        server = InfluxDB1()
-    except ServerMissing as exc:
-        _missing(exc)
-    with server:
-        yield server
+    yield from _running(InfluxDB1)
 
 
 @pytest.fixture
 def fresh_influxdb() -> Iterator[InfluxDB1]:
     """A private InfluxDB server for this test only: stop()/kill()/start() it freely (outage drills)."""
-    try:
-        server = InfluxDB1()
-    except ServerMissing as exc:
-        _missing(exc)
-    with server:
-        yield server
+    yield from _running(InfluxDB1)
 
 
 _db_numbers = itertools.count()
@@ -82,9 +83,4 @@ def influx_db(influxdb: InfluxDB1) -> Iterator[tuple[InfluxDB1, str]]:
 @pytest.fixture(scope="session")
 def victoria() -> Iterator[VictoriaMetrics]:
     """One VictoriaMetrics server for the session (series persist across tests: match narrowly)."""
-    try:
-        server = VictoriaMetrics()
-    except ServerMissing as exc:
-        _missing(exc)
-    with server:
-        yield server
+    yield from _running(VictoriaMetrics)

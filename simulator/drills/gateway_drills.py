@@ -42,6 +42,7 @@ from simulator.publisher import Publisher
 from simulator.signals import SignalModel
 from simulator.stream import TelemetryStream
 
+DRILL_DB = "drill"
 REFUSED_KINDS = tuple(k for k in HOSTILE_KINDS if k not in ACCEPTED_KINDS)
 TELEMETRY_FILTER = topics.filter_for("telemetry")
 Log = Callable[[str], None]
@@ -58,9 +59,15 @@ class DrillSpec:
 
 
 @contextlib.contextmanager
-def servers(workdir: Path) -> Iterator[tuple[Mosquitto, InfluxDB1]]:
-    with Mosquitto() as broker, InfluxDB1() as influx:
-        yield broker, influx
+def rig() -> Iterator[tuple[Path, Mosquitto, InfluxDB1, Influx1Store]]:
+    """A temp dir, a real Mosquitto, a real InfluxDB 1.6.7 and the drill's store on it; all torn down."""
+    with tempfile.TemporaryDirectory(prefix="lampwatch-drill-") as tmp, Mosquitto() as broker, \
+            InfluxDB1() as influx:
+        store = Influx1Store(influx.url, DRILL_DB)
+        try:
+            yield Path(tmp), broker, influx, store
+        finally:
+            store.close()
 
 
 def _stored(store: Influx1Store) -> tuple[int, int]:
@@ -190,10 +197,8 @@ def gateway_kill(spec: DrillSpec | None = None, *, kill_at: float = 0.5, down_s:
                  log: Log = print) -> DrillResult:
     """kill -9 the gateway process mid-stream, restart it: the broker redelivers what it had not acked."""
     spec = spec or DrillSpec()
-    with tempfile.TemporaryDirectory(prefix="lampwatch-drill-") as tmp, servers(Path(tmp)) as (broker, influx):
-        db = "drill"
-        store = Influx1Store(influx.url, db)
-        gw = _GatewayProcess(broker, influx.url, db, Path(tmp), Path(tmp) / "gateway.log")
+    with rig() as (tmp, broker, influx, store):
+        gw = _GatewayProcess(broker, influx.url, DRILL_DB, tmp, tmp / "gateway.log")
         since = int(time.time() * 1000)
         gw.start()
         wait_gateway_online(broker, "drill-gw", since)
@@ -211,7 +216,6 @@ def gateway_kill(spec: DrillSpec | None = None, *, kill_at: float = 0.5, down_s:
         published, refusable, _ = _publish_city(broker, spec, on_tick=on_tick, log=log)
         distinct, points = _wait_store(store, published, spec.settle_s, log)
         gw.stop()
-        store.close()
     return DrillResult("gateway-kill", published, distinct, points - distinct, refusable,
                        failed_checks=() if killed else ("the gateway was never killed",))
 
@@ -220,11 +224,9 @@ def store_outage(spec: DrillSpec | None = None, *, outage_s: float = 60.0, at: f
                  log: Log = print) -> DrillResult:
     """Stop InfluxDB for ``outage_s`` mid-stream: the gateway spools to disk and replays in order."""
     spec = spec or DrillSpec(seconds=max(20.0, outage_s * 1.5))
-    with tempfile.TemporaryDirectory(prefix="lampwatch-drill-") as tmp, servers(Path(tmp)) as (broker, influx):
-        db = "drill"
-        store = Influx1Store(influx.url, db)
+    with rig() as (tmp, broker, influx, store):
         gw = Gateway(GatewayConfig(host=broker.host, port=broker.port, client_id="drill-gw",
-                                   spool_path=str(Path(tmp) / "spool.sqlite"), selfmetrics_interval_s=1.0),
+                                   spool_path=str(tmp / "spool.sqlite"), selfmetrics_interval_s=1.0),
                      store)
         gw.start()
         state = {"down_at": None, "restarted": False, "max_spool": 0.0}
@@ -251,7 +253,6 @@ def store_outage(spec: DrillSpec | None = None, *, outage_s: float = 60.0, at: f
         distinct, points = _wait_store(store, published, spec.settle_s, log)
         c = gw.counters()
         gw.stop()
-        store.close()
     checks = []
     if not state["max_spool"]:
         checks.append("the gateway never spooled: the outage was not exercised")
@@ -265,11 +266,9 @@ def store_outage(spec: DrillSpec | None = None, *, outage_s: float = 60.0, at: f
 def hostile_traffic(spec: DrillSpec | None = None, *, hostile_frac: float = 0.10, log: Log = print) -> DrillResult:
     """10 % hostile payloads mixed in, plus byte-for-byte replays and out-of-order delivery."""
     spec = spec or DrillSpec()
-    with tempfile.TemporaryDirectory(prefix="lampwatch-drill-") as tmp, servers(Path(tmp)) as (broker, influx):
-        db = "drill"
-        store = Influx1Store(influx.url, db)
+    with rig() as (tmp, broker, _influx, store):
         gw = Gateway(GatewayConfig(host=broker.host, port=broker.port, client_id="drill-gw",
-                                   spool_path=str(Path(tmp) / "spool.sqlite")), store)
+                                   spool_path=str(tmp / "spool.sqlite")), store)
         gw.start()
         published, refusable, replays = _publish_city(broker, spec, hostile_frac=hostile_frac, replay_frac=0.02,
                                                       shuffle=True, log=log)
@@ -280,7 +279,6 @@ def hostile_traffic(spec: DrillSpec | None = None, *, hostile_frac: float = 0.10
         c = gw.counters()
         gw.stop()
         poles = {r["value"] for r in store.rows('SHOW TAG VALUES FROM "telemetry" WITH KEY = "pole"')}
-        store.close()
     city = City(CityConfig(seed=spec.seed, poles=spec.poles, districts=max(1, min(6, spec.poles // 20))))
     checks = []
     strangers = poles - {p.pole_id for p in city.poles}
