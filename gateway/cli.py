@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from contract import topics
+from contract.cli import fail
 from contract.errors import LampwatchError
 from gateway.service import Gateway
 from gateway.settings import GatewaySettings, load
@@ -24,15 +25,14 @@ from ingest.stores import StoreConfig, describe, open_store
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="lampwatch gateway: MQTT telemetry in, validated points out to the store.")
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # soft_wrap: never break a line at the terminal width
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="TOML settings file "
                                                 "(env LAMPWATCH_GATEWAY_* overrides it)")]
 
 
 def _fail(exc: object) -> typer.Exit:
-    err.print(f"error: {exc}", highlight=False)
-    return typer.Exit(2)
+    return fail("lampwatch-gateway", exc)
 
 
 def build_with_store(settings: GatewaySettings, store: Any) -> Gateway:

@@ -8,11 +8,12 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+from contract.cli import fail
 from contract.errors import LampwatchError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="lampwatch fleet simulator: a city of poles, faults with ground truth, drills.")
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # soft_wrap: never break a line at the terminal width
 
 
 def _read_labels(path: Path) -> list[Any]:
@@ -40,8 +41,7 @@ def _root() -> None:
 
 
 def _fail(msg: object) -> typer.Exit:
-    err.print(f"error: {msg}", highlight=False)
-    return typer.Exit(2)
+    return fail("lampwatch-sim", msg)
 
 
 @app.command()

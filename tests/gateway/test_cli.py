@@ -6,6 +6,7 @@ import csv
 from pathlib import Path
 
 import numpy as np
+import pytest
 from typer.testing import CliRunner
 
 from gateway.cli import app
@@ -36,11 +37,19 @@ def test_detect_csv_scores_every_row_and_labels_a_spike(tmp_path: Path) -> None:
     assert sum(r["label"] == "1" for r in rows) < 30  # noise is not flagged wholesale
 
 
-def test_detect_refuses_bad_input_in_one_line(tmp_path: Path) -> None:
-    bad = tmp_path / "bad.csv"
+@pytest.mark.parametrize("columns", ["40", "200"])
+def test_detect_refuses_bad_input_in_one_line(tmp_path: Path, columns: str) -> None:
+    # a long path makes the message longer than any terminal: it must still be one line
+    deep = tmp_path / ("d" * 120)
+    deep.mkdir()
+    bad = deep / "bad.csv"
     bad.write_text("timestamp,value\n2024-01-01 00:00:00,not-a-number\n")
-    res = runner.invoke(app, ["detect", str(bad)])
-    assert res.exit_code == 2 and "not a timestamp,value CSV" in res.output and "Traceback" not in res.output
+    res = runner.invoke(app, ["detect", str(bad)], env={"COLUMNS": columns})
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    lines = res.stderr.splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("lampwatch-gateway: error: ") and "not a timestamp,value CSV" in lines[0]
+    assert str(bad) in lines[0]
     assert runner.invoke(app, ["detect"]).exit_code == 2
 
 
