@@ -4,7 +4,10 @@
     ├── ConfigError          configuration is invalid or incomplete (CLI: exit 2, one line)
     ├── BrokerError          the MQTT broker refused or is unreachable
     ├── StoreError           a store is unreachable or failed; transient: retry, then spool
-    │   └── StoreRejected    the store refused the data itself (4xx); retrying the same data won't help
+    │   ├── StoreAuthError   the store refused *us* (401/403: auth turned on, a rotated password):
+    │   │                    unusable until an operator acts; spool, alarm, never drop
+    │   └── StoreRejected    the store refused the data itself (other 4xx); retrying the same data
+    │                        won't help: the gateway finds the offending points and dead-letters them
     └── SpoolFull            the gateway's disk spool reached its bound; ingestion must stop acking
 
 Bad input (payloads, topics) is not an exception at the gateway boundary: decoding returns rejects
@@ -28,6 +31,10 @@ class BrokerError(LampwatchError):
 
 
 class StoreError(LampwatchError):
+    pass
+
+
+class StoreAuthError(StoreError):
     pass
 
 

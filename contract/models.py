@@ -133,13 +133,30 @@ class CommandAck(_Model):
     result: dict[str, float | str | bool] | None = None
 
 
+DEADLETTER_EXCERPT_BYTES = 512
+DEADLETTER_MAX_TOPIC = 256
+
+
 class DeadLetter(_Model):
-    v: Literal[1] = 1
-    topic: Annotated[str, StringConstraints(max_length=65_535)]
-    reason: Annotated[str, StringConstraints(pattern=r"^[a-z0-9_]{1,48}$")]
+    """One per refused message, whatever it contained, and always small (a few KB at most): the reasons
+    with their counts, the sizes, a SHA-256 and an excerpt of the payload. The whole payload stays in
+    the gateway's local quarantine (``quarantine`` is its id there; ``lampwatch-gateway quarantine``).
+    Bounded so that it can never exceed the broker's packet limit, which would disconnect the gateway
+    and make the broker redeliver the poison message forever."""
+
+    v: Literal[2] = 2
+    topic: Annotated[str, StringConstraints(max_length=DEADLETTER_MAX_TOPIC)]  # cut when longer
+    topic_bytes: Annotated[int, Field(ge=0)]
+    reason: Annotated[str, StringConstraints(pattern=r"^[a-z0-9_]{1,48}$")]  # the first reason
+    rejects: Annotated[dict[Annotated[str, StringConstraints(pattern=r"^[a-z0-9_]{1,48}$")], int],
+                       Field(max_length=32)]  # reason -> how many values/samples of the message
     detail: ShortText
-    payload: str  # the original bytes: UTF-8 text, or base64 when they were not valid UTF-8
-    encoding: Literal["utf8", "base64"]
+    size: Annotated[int, Field(ge=0)]  # payload bytes
+    sha256: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+    excerpt: Annotated[str, StringConstraints(max_length=4 * DEADLETTER_EXCERPT_BYTES)]
+    encoding: Literal["utf8", "base64"]  # of the excerpt: UTF-8 text, or base64 when not valid UTF-8
+    truncated: bool
     received_at: int  # gateway clock (ms): metadata about the reject, never a reading's time
+    quarantine: int | None = None
     pole: PoleIdStr | None = None
     seq: int | None = None

@@ -19,9 +19,9 @@ from rich.table import Table
 from contract import topics
 from contract.cli import fail
 from contract.errors import LampwatchError
-from gateway.service import Gateway
-from gateway.settings import GatewaySettings, load
-from ingest.stores import StoreConfig, describe, open_store
+from gateway.app import build
+from gateway.settings import load
+from ingest.stores import StoreConfig, describe
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="lampwatch gateway: MQTT telemetry in, validated points out to the store.")
@@ -31,33 +31,8 @@ ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="TOML set
                                                 "(env LAMPWATCH_GATEWAY_* overrides it)")]
 
 
-def _fail(exc: object) -> typer.Exit:
-    return fail("lampwatch-gateway", exc)
-
-
-def build_with_store(settings: GatewaySettings, store: Any) -> Gateway:
-    """Wire detection and the gateway around an open store (shared with the simulator's demo)."""
-    cfg = settings.gateway_config()
-    holder: list[Gateway] = []
-    stage = None
-    try:
-        from gateway.detection import DetectionStage
-    except ImportError:  # pragma: no cover - detection stage not installed
-        DetectionStage = None  # type: ignore[assignment,misc]
-    if DetectionStage is not None:
-        def publish(topic: str, payload: bytes, retain: bool) -> None:
-            holder[0].publish(topic, payload, retain)
-
-        stage = DetectionStage(state_path=str(Path(settings.state_dir) / f"alarms-{cfg.client_id}.json"),
-                               publish=publish)
-    gw = Gateway(cfg, store, on_outcome=stage)
-    holder.append(gw)
-    return gw
-
-
-def build(settings: GatewaySettings) -> tuple[Gateway, Any]:
-    store = open_store(StoreConfig(**settings.store_fields()))
-    return build_with_store(settings, store), store
+def _fail(exc: object, code: int = 2) -> typer.Exit:
+    return fail("lampwatch-gateway", exc, code)
 
 
 @app.command()
@@ -65,32 +40,83 @@ def run(config: ConfigOpt = None, duration: Annotated[float, typer.Option(
         help="stop after this many seconds (0 = until Ctrl-C / SIGTERM)", min=0)] = 0) -> None:
     """Run the gateway until Ctrl-C or SIGTERM, then flush, acknowledge and print a summary.
 
+    A second process with the same settings (client id and state_dir) is a hot standby: it waits for
+    the active one's lease and takes over when that process dies. Exits 1 when a gateway thread fails
+    (nothing unacknowledged is lost: the broker redelivers it to the restarted process).
+
     Example: LAMPWATCH_GATEWAY_INFLUX_URL=http://127.0.0.1:8086 lampwatch-gateway run
     """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         settings = load(config)
-        gw, store = build(settings)
+        gw_app = build(settings)
     except LampwatchError as exc:
         raise _fail(exc) from None
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    gw.start()
-    err.print(f"gateway {settings.client_id}: broker {settings.mqtt_host}:{settings.mqtt_port}, "
-              f"store {describe(StoreConfig(**settings.store_fields()))}")
     t_end = time.monotonic() + duration if duration else None
+    failed: str | None = None
     try:
-        while not stop.wait(1.0):
-            if t_end is not None and time.monotonic() >= t_end:
-                break
+        gw = gw_app.acquire(stop)
+        if gw is not None:
+            gw.start()
+            err.print(f"gateway {settings.client_id}: broker {settings.mqtt_host}:{settings.mqtt_port}, "
+                      f"store {describe(StoreConfig(**settings.store_fields()))}")
+            while not stop.wait(0.5):
+                failed = gw.failed
+                if failed or (t_end is not None and time.monotonic() >= t_end):
+                    break
     except KeyboardInterrupt:
         pass
-    gw.stop()
-    store.close()
-    c = gw.counters()
-    print(f"gateway: messages={int(c.get('messages', 0))} stored={int(c.get('samples_accepted', 0))} "
-          f"rejected={int(c.get('samples_rejected', 0))} duplicates={int(c.get('duplicates', 0))} "
-          f"spooled={int(c.get('spool_points', 0))}")
+    finally:
+        gw_app.close()
+    if gw_app.gateway is not None:
+        c = gw_app.gateway.counters()
+        print(f"gateway: messages={int(c.get('messages', 0))} accepted={int(c.get('samples_accepted', 0))} "
+              f"stored={int(c.get('stored_samples', 0))} rejected={int(c.get('samples_rejected', 0))} "
+              f"store_rejected={int(c.get('store_rejected_points', 0))} duplicates={int(c.get('duplicates', 0))} "
+              f"conflicts={int(c.get('conflicts', 0))} spooled={int(c.get('spool_points', 0))} "
+              f"acked={int(c.get('acked', 0))}")
+    if failed:
+        raise _fail(failed, code=1)
+
+
+@app.command()
+def quarantine(
+    entry: Annotated[int | None, typer.Argument(help="an entry id (from a dead letter's `quarantine` "
+                                                "field): its payload is written to stdout as it arrived")] = None,
+    config: ConfigOpt = None,
+    limit: Annotated[int, typer.Option(help="entries to list, newest first", min=1)] = 50,
+) -> None:
+    """List the payloads the gateway refused (kept whole on its disk), or print one of them.
+
+    Example: lampwatch-gateway quarantine            # newest 50: id, time, reason, size, topic
+    Example: lampwatch-gateway quarantine 42 > refused.bin
+    """
+    import sys
+
+    from gateway.deadletter import Quarantine
+
+    try:
+        cfg = load(config).gateway_config()
+    except LampwatchError as exc:
+        raise _fail(exc) from None
+    path = Path(cfg.quarantine_path or "")
+    if not path.exists():
+        raise _fail(f"no quarantine at {path}")
+    q = Quarantine(path)
+    try:
+        if entry is None:
+            for r in q.list(limit):
+                print(f"{r['id']}\t{r['received_at']}\t{r['reason']}\t{r['size']}\t{r['sha256'][:16]}\t"
+                      f"{r['topic'][:120]}")
+            return
+        data = q.get(entry)
+        if data is None:
+            raise _fail(f"no quarantine entry {entry} (it may have been evicted)")
+        sys.stdout.buffer.write(data)
+    finally:
+        q.close()
 
 
 @app.command()

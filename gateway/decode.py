@@ -2,8 +2,8 @@
 
 Nothing here raises on input. Granularity, decided for safety:
 
-* a message that cannot be trusted as a whole (topic, size, UTF-8, JSON, schema, pole mismatch) is
-  rejected whole — one reject, its samples unknown;
+* a message that cannot be trusted as a whole (topic, size, UTF-8, JSON, duplicate keys, schema, pole
+  mismatch) is rejected whole — one reject, its samples unknown;
 * a sample whose device time is implausible (too far in the future or past) is rejected whole;
 * a single value that is out of its physical range or names an unknown metric is rejected on its
   own, and the sample's other values are kept: a broken noise sensor must never silence the leakage
@@ -22,6 +22,11 @@ from contract.models import Telemetry
 from contract.readings import Reading
 
 MAX_PAYLOAD_BYTES = 256 * 1024
+#: every reason a reject can carry (also the dead-letter topic's last level); counters are pre-seeded
+#: with these so they can be read from another thread while the worker updates them
+REASONS = ("bad_topic", "too_large", "bad_utf8", "bad_json", "duplicate_key", "bad_schema", "pole_mismatch",
+           "ts_future", "ts_past", "unknown_metric", "out_of_range", "no_valid_values", "seq_conflict",
+           "bad_status", "store_rejected")
 #: name -> (lo, hi, is_bool, unit), from the catalog; the hot loop compares against these directly
 _RANGES: dict[str, tuple[float, float, bool, str]] = {
     m.name: (m.lo, m.hi, m.dtype == "bool", m.unit) for m in BY_NAME.values()}
@@ -62,6 +67,11 @@ def _first_error(exc: ValidationError) -> str:
                                           else "")
 
 
+def _members(msg: Telemetry) -> int:
+    """How many JSON object members the parsed message had (given fields plus metric entries)."""
+    return len(msg.model_fields_set) + sum(len(s.model_fields_set) + len(s.m) for s in msg.samples)
+
+
 def decode_telemetry(topic: str, payload: bytes, *, now_ms: int, limits: Limits = Limits()) -> Decoded:
     out = Decoded()
 
@@ -86,6 +96,12 @@ def decode_telemetry(topic: str, payload: bytes, *, now_ms: int, limits: Limits 
     except ValidationError as exc:
         reason = "bad_json" if any(e["type"] == "json_invalid" for e in exc.errors()) else "bad_schema"
         return reject(reason, _first_error(exc), pole=t.pole)
+    if text.count(":") != _members(msg):
+        # JSON allows repeated keys and the parser keeps the last one: {"leakage_current_ma":25,
+        # "leakage_current_ma":0} would silently become a harmless reading. No string in a *valid*
+        # telemetry message can hold a ':' (every string field has a pattern without one), so each ':'
+        # separates exactly one member: more colons than parsed members means a key was repeated.
+        return reject("duplicate_key", "a JSON object repeats a key", pole=t.pole)
     if msg.pole != t.pole:
         return reject("pole_mismatch", f"payload pole {msg.pole!r} != topic pole {t.pole!r}", pole=t.pole)
     out.evicted = msg.evicted

@@ -1,71 +1,127 @@
-"""Duplicate and gap tracking per pole (pure).
+"""Duplicate, conflict and gap tracking per (pole, boot) (pure).
 
-Sequence numbers are per pole and monotonic across reboots (the edge persists them), so state is
-keyed by pole alone. For each pole we keep the highest sequence seen and a bitmap of the last
-``window`` sequences: bit i set means ``high - i`` was seen. A sequence inside the window that is
-already set is a duplicate (dropped before the store; even if one slipped through, the store write is
-idempotent). A sequence older than the window is accepted: it is a late replay from a long outage,
-and its write, keyed by device time, overwrites nothing but itself.
+A sample is identified by ``(pole, boot, seq)``: the edge agent persists its sequence number across
+reboots, but a device that loses its flash (or a third-party device that does not persist) restarts
+at 0 with a new boot id. Keying by pole alone would call every sample of the new boot a "duplicate"
+and drop it silently, so each boot of a pole has its own window (the last ``max_boots`` boots of a pole
+are kept, so an outbox replay of the previous boot after a reboot is still de-duplicated).
+
+Per (pole, boot) we keep the highest sequence seen and a bitmap of the last ``window`` sequences: bit i
+set means ``high - i`` was seen. Beside it, a ring of 32-bit fingerprints (CRC-32 of the sample's
+device time and values) for the newest ``fp_window`` sequences:
+
+* a sequence inside the window already seen with the same fingerprint is a ``duplicate`` (a retry or
+  a redelivery: dropped before the store; the store write would be idempotent anyway);
+* the same sequence with a *different* fingerprint is a ``conflict``: two different samples claim one
+  identity (a device bug, or someone replaying a pole's numbers). It is never dropped silently: the
+  pipeline dead-letters it with reason ``seq_conflict``. Conflicts are recognised within the newest
+  ``fp_window`` sequences of a boot; older repeats inside ``window`` count as duplicates;
+* a sequence older than the window is ``late``: accepted, it is a replay from a long outage and its
+  write, keyed by device time, overwrites nothing but itself.
 
 Gaps: ``missing`` = sequences skipped over and not (yet) filled by a late arrival. A late arrival
 inside the window decrements it, so a reordered stream ends with zero missing.
+
+Memory: about 200 bytes plus ``4 * fp_window`` bytes per (pole, boot) (1.2 KB with the defaults).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import zlib
+from array import array
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Literal
 
-Verdict = Literal["new", "duplicate", "late"]
+Verdict = Literal["new", "duplicate", "conflict", "late"]
+
+
+def fingerprint(ts_ms: int, values: Mapping[str, float]) -> int:
+    """A 32-bit fingerprint of a sample's content (device time and values, order-independent)."""
+    text = f"{ts_ms}|" + ",".join(f"{k}={values[k]!r}" for k in sorted(values))
+    return zlib.crc32(text.encode()) or 1  # 0 means "no fingerprint"
 
 
 @dataclass(slots=True)
-class _Pole:
+class _Window:
     high: int
     bits: int  # bit i: sequence high - i seen
+    fps: array = field(default_factory=lambda: array("I"))  # type: ignore[type-arg]
     missing: int = 0
     duplicates: int = 0
+    conflicts: int = 0
 
 
 class SeqTracker:
-    def __init__(self, window: int = 4096) -> None:
-        if window < 1:
-            raise ValueError("window must be >= 1")
+    def __init__(self, window: int = 4096, *, fp_window: int = 256, max_boots: int = 4) -> None:
+        if window < 1 or fp_window < 1 or max_boots < 1:
+            raise ValueError("window, fp_window and max_boots must be >= 1")
         self.window = window
+        self.fp_window = min(fp_window, window)
+        self.max_boots = max_boots
         self._mask = (1 << window) - 1
-        self._poles: dict[str, _Pole] = {}
+        self._poles: dict[str, OrderedDict[str, _Window]] = {}
 
-    def check(self, pole: str, seq: int) -> Verdict:
-        st = self._poles.get(pole)
-        if st is None:
-            self._poles[pole] = _Pole(seq, 1)
+    def _win(self, pole: str, boot: str, seq: int) -> tuple[_Window, bool]:
+        boots = self._poles.get(pole)
+        if boots is None:
+            boots = self._poles[pole] = OrderedDict()
+        w = boots.get(boot)
+        if w is not None:
+            boots.move_to_end(boot)
+            return w, False
+        w = _Window(seq, 1, array("I", bytes(4 * self.fp_window)))
+        boots[boot] = w
+        if len(boots) > self.max_boots:
+            boots.popitem(last=False)
+        return w, True
+
+    def check(self, pole: str, seq: int, *, boot: str = "", fp: int = 0) -> Verdict:
+        """The verdict for one sample; ``fp`` = :func:`fingerprint` of it (0: content not compared)."""
+        w, fresh = self._win(pole, boot, seq)
+        ring = w.fps
+        if fresh:
+            ring[seq % self.fp_window] = fp
             return "new"
-        if seq > st.high:
-            shift = seq - st.high
-            st.missing += shift - 1 if shift - 1 < self.window else self.window
-            st.bits = ((st.bits << shift) | 1) & self._mask if shift < self.window else 1
-            st.high = seq
+        if seq > w.high:
+            shift = seq - w.high
+            w.missing += shift - 1 if shift - 1 < self.window else self.window
+            w.bits = ((w.bits << shift) | 1) & self._mask if shift < self.window else 1
+            if shift >= self.fp_window:
+                ring[:] = array("I", bytes(4 * self.fp_window))
+            else:
+                for s in range(w.high + 1, seq):  # skipped sequences have no fingerprint
+                    ring[s % self.fp_window] = 0
+            ring[seq % self.fp_window] = fp
+            w.high = seq
             return "new"
-        age = st.high - seq
+        age = w.high - seq
         if age >= self.window:
             return "late"
         bit = 1 << age
-        if st.bits & bit:
-            st.duplicates += 1
+        in_ring = age < self.fp_window
+        if w.bits & bit:
+            seen = ring[seq % self.fp_window] if in_ring else 0
+            if fp and seen and seen != fp:
+                w.conflicts += 1
+                return "conflict"
+            w.duplicates += 1
             return "duplicate"
-        st.bits |= bit
-        st.missing = max(0, st.missing - 1)
+        w.bits |= bit
+        if in_ring:
+            ring[seq % self.fp_window] = fp
+        w.missing = max(0, w.missing - 1)
         return "new"
 
     def missing(self, pole: str) -> int:
-        st = self._poles.get(pole)
-        return st.missing if st else 0
+        return sum(w.missing for w in self._poles.get(pole, {}).values())
 
     def total_missing(self) -> int:
-        return sum(p.missing for p in self._poles.values())
+        return sum(w.missing for boots in list(self._poles.values()) for w in list(boots.values()))
 
     def total_duplicates(self) -> int:
-        return sum(p.duplicates for p in self._poles.values())
+        return sum(w.duplicates for boots in list(self._poles.values()) for w in list(boots.values()))
 
     def __len__(self) -> int:
         return len(self._poles)

@@ -6,16 +6,28 @@ and the sink are wired around this in :mod:`gateway.service`.
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
 from pydantic import ValidationError
 
 from contract import schema, topics
 from contract.models import Status
 from contract.readings import Point, Reading
-from gateway.decode import Decoded, Limits, Reject, decode_telemetry
-from gateway.dedup import SeqTracker
+from gateway.decode import REASONS, Decoded, Limits, Reject, decode_telemetry
+from gateway.dedup import SeqTracker, fingerprint
+
+COUNTS = ("messages", "status", "samples_accepted", "samples_rejected", "values_accepted", "values_rejected",
+          "duplicates", "conflicts", "device_evictions_reported")
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [k for k, _v in pairs]
+    if len(set(keys)) != len(keys):
+        raise ValueError("a JSON object repeats a key")
+    return dict(pairs)
 
 
 @dataclass(slots=True)
@@ -30,19 +42,29 @@ class Pipeline:
     def __init__(self, limits: Limits = Limits(), dedup_window: int = 4096) -> None:
         self.limits = limits
         self.seq = SeqTracker(dedup_window)
-        self.counts: Counter[str] = Counter()
-        self.rejects_by_reason: Counter[str] = Counter()
+        # pre-seeded with every key: another thread may copy them while this one updates them
+        self.counts: Counter[str] = Counter(dict.fromkeys(COUNTS, 0))
+        self.rejects_by_reason: Counter[str] = Counter(dict.fromkeys(REASONS, 0))
         self._reject_n = 0
         self._evicted: dict[tuple[str, str], int] = {}
 
     def _reject_points(self, rejects: list[Reject], now_ms: int) -> list[Point]:
-        pts = []
+        """One ``rejects`` point per message and reason (with a count), however many values it had:
+        a 40 KB message of 3,200 unknown metrics is one point, not 3,200."""
+        by_reason: dict[str, list[Reject]] = {}
         for r in rejects:
             self.rejects_by_reason[r.reason] += 1
+            by_reason.setdefault(r.reason, []).append(r)
+        pts = []
+        for reason, rs in by_reason.items():
             self._reject_n = (self._reject_n + 1) % 1_000_000
+            first = rs[0]
+            detail = first.detail if len(rs) == 1 else f"{len(rs)}x, first: {first.detail}"
             # unique time per reject so two rejects in one millisecond never overwrite each other
-            pts.append(schema.reject_point(r.reason, r.topic, r.detail,
-                                           now_ms * 1_000_000 + self._reject_n, r.pole))
+            p = schema.reject_point(reason, first.topic, detail, now_ms * 1_000_000 + self._reject_n, first.pole)
+            if len(rs) > 1:
+                p = Point(p.measurement, p.tags, {**p.fields, "count": len(rs)}, p.ts_ns)
+            pts.append(p)
         return pts
 
     def telemetry(self, topic: str, payload: bytes, now_ms: int) -> Outcome:
@@ -50,8 +72,6 @@ class Pipeline:
         out = Outcome(rejects=d.rejects)
         c = self.counts
         c["messages"] += 1
-        c["samples_rejected"] += d.rejected_samples
-        c["values_rejected"] += len(d.rejects) - d.rejected_samples
         if d.readings and d.evicted:
             # Telemetry.evicted counts since that agent's boot: keep the latest per (pole, boot), sum them
             key = (d.readings[0].pole, d.readings[0].boot)
@@ -60,12 +80,19 @@ class Pipeline:
                 self._evicted[key] = d.evicted
                 c["device_evictions_reported"] += d.evicted - prev
         for r in d.readings:
-            verdict = self.seq.check(r.pole, r.seq)
+            verdict = self.seq.check(r.pole, r.seq, boot=r.boot, fp=fingerprint(r.ts_ms, r.values))
             if verdict == "duplicate":
                 c["duplicates"] += 1
                 continue
+            if verdict == "conflict":  # same (pole, boot, seq), different content: never dropped silently
+                c["conflicts"] += 1
+                d.rejects.append(Reject("seq_conflict", f"boot {r.boot} seq {r.seq} was already received with "
+                                        "different content", topic, payload, pole=r.pole, seq=r.seq))
+                continue
             out.readings.append(r)
             out.points.append(schema.telemetry_point(r))
+        c["samples_rejected"] += d.rejected_samples
+        c["values_rejected"] += len(d.rejects) - d.rejected_samples
         c["samples_accepted"] += len(out.readings)
         c["values_accepted"] += sum(len(r.values) for r in out.readings)
         out.points.extend(self._reject_points(d.rejects, now_ms))
@@ -76,6 +103,7 @@ class Pipeline:
         out = Outcome()
         try:
             t = topics.parse(topic)
+            json.loads(payload, object_pairs_hook=_no_duplicate_keys)  # status is rare: parse twice
             st = Status.model_validate_json(payload)
             if st.pole != t.pole or st.district != t.district:
                 raise ValueError(f"payload pole/district {st.pole}/{st.district} != topic {t.pole}/"

@@ -1,15 +1,27 @@
 """The gateway process: MQTT in, validated points out to a sink, acknowledged only once durable.
 
-Threads (one process):
+One shape for delivery (Telegraf's input -> processor -> output, with a buffer and acknowledgements
+released by a delivered-callback), three threads:
 
-    paho network thread --on_message--> inbox (bounded queue: backpressure to the broker)
-    worker thread: decode/validate/dedup (Pipeline) -> Batcher (size/age) -> sink.write
-                   | store down -> Spool (fsync) ; spool replayed oldest first when the store returns
-                   -> PUBACK every message of the batch, in order, only after the write or the spool
-                      append returned (paho manual acks)
+    paho network thread   on_message -> inbox.put_nowait (never blocks: keepalive keeps running). The
+                          inbox cannot overflow: every message in it is unacknowledged, and the CONNECT's
+                          Receive Maximum (= inbox_max) caps how many unacknowledged messages the
+                          broker may send us (MQTT 3.1.1 has no such field: there the broker's own
+                          max_inflight_messages is the cap).
+    pipeline thread       decode / validate / dedup (gateway.pipeline, pure) -> one bounded dead letter
+                          per refused message (its bytes to the local quarantine) -> Batcher (size/age)
+                          -> detection over the batch -> Output.put (bounded: backpressure)
+    output thread         gateway.output: store, or the fsynced disk spool, then ``delivered(ids)``
+                          -> gateway.acks releases PUBACKs in arrival order, only for durable data
 
-A gateway killed with kill -9 therefore loses nothing: what it had not acknowledged, the broker
-(persistent MQTT 5 session) redelivers to it or to its successor with the same client id.
+Guarantees (docs/delivery.md has the table and the drill that proves each):
+* stopping never unsubscribes: the persistent session keeps collecting while the gateway is away
+  (restart, deploy), and whatever was not acknowledged is redelivered;
+* a message is acknowledged only after what it carried is in the store or the spool; any local disk
+  error holds acknowledgements, turns the status not-ready and raises a gateway alarm, and delivery
+  resumes by itself when the disk has room;
+* a thread that meets an unexpected error says so, turns the status to ``failed`` and the process
+  exits non-zero (``lampwatch-gateway run``) so the service manager restarts it.
 """
 
 from __future__ import annotations
@@ -21,6 +33,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import paho.mqtt.client as mqtt
@@ -29,16 +42,26 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from contract import schema, topics
-from contract.errors import SpoolFull, StoreRejected
-from contract.models import DeadLetter
 from contract.readings import Point
+from gateway import deadletter
+from gateway.acks import AckTracker
 from gateway.batcher import Batcher
+from gateway.deadletter import Quarantine
 from gateway.decode import Limits, Reject
+from gateway.output import Batch, Output, QEntry
 from gateway.pipeline import Outcome, Pipeline
 from gateway.sink import Sink
 from gateway.spool import Spool, SpoolWatch
 
 log = logging.getLogger("lampwatch.gateway")
+
+SESSION_TAKEN_OVER = 142  # MQTT 5 DISCONNECT reason: another client connected with our client id
+#: health keys that make the gateway not ready (it cannot make data durable or cannot receive)
+NOT_READY = ("mqtt", "session", "disk", "spool", "output", "pipeline")
+#: gateway alarms (retained on _sys/gateway/<id>/alert/<kind>), raised while the health key is set
+ALARMS = {"disk": ("disk_error", "critical"), "session": ("session_taken_over", "critical"),
+          "store": ("store_unavailable", "warning"), "spool": ("spool_full", "critical"),
+          "output": ("gateway_failed", "critical"), "pipeline": ("gateway_failed", "critical")}
 
 
 @dataclass
@@ -57,9 +80,11 @@ class GatewayConfig:
     session_expiry_s: int = 7 * 86_400
     batch_max_points: int = 5000
     batch_max_age_s: float = 0.2
-    inbox_max: int = 20_000
+    inbox_max: int = 20_000  # = the Receive Maximum we announce (at most 65,535)
     spool_path: str = ".lampwatch/gateway-spool.sqlite"
     spool_max_bytes: int = 1 << 30
+    quarantine_path: str | None = None  # default: beside the spool
+    quarantine_max_bytes: int = 256 << 20
     store_retry_s: float = 1.0
     selfmetrics_interval_s: float = 5.0
     deadletter_publish: bool = True
@@ -67,7 +92,7 @@ class GatewayConfig:
 
 
 _Item = tuple[str, bytes, int, int]  # topic, payload, mid, qos
-_Batched = tuple[list[Point], int, int, Outcome | None]  # points, mid (-1: none), qos, outcome for detection
+_Batched = tuple[list[Point], int, Outcome | None, QEntry | None]  # points, tracking id (-1: none), outcome, quarantine
 
 
 class Stage(Protocol):
@@ -89,17 +114,27 @@ class Gateway:
         self.pipeline = Pipeline(cfg.limits)
         self.spool = Spool(cfg.spool_path, cfg.spool_max_bytes)
         self.spool_watch = SpoolWatch()
+        sp = Path(cfg.spool_path)
+        qpath = cfg.quarantine_path or sp.with_name(sp.name.replace("spool", "quarantine") if "spool" in sp.name
+                                                    else f"quarantine-{sp.name}")
+        self.quarantine = Quarantine(qpath, cfg.quarantine_max_bytes)
         self.on_outcome = on_outcome  # the detection stage: a batch's readings in, alert points out
-        self._inbox: queue.Queue[_Item] = queue.Queue(maxsize=cfg.inbox_max)
+        self._inbox: queue.SimpleQueue[_Item] = queue.SimpleQueue()
         self._batcher: Batcher[_Batched] = Batcher(cfg.batch_max_points, cfg.batch_max_age_s)
         self._stop = threading.Event()
         self._worker: threading.Thread | None = None
         self._connected = threading.Event()
-        self._store_down_until = 0.0
-        self.stats: dict[str, float] = {"stored_points": 0, "stored_batches": 0, "spooled_batches": 0,
-                                        "store_errors": 0, "acked": 0, "last_write_ms": 0.0,
-                                        "lag_ms": 0.0, "store_rejected_points": 0}
+        self._health: dict[str, str] = {"mqtt": "not connected yet"}
+        self._health_lock = threading.Lock()
+        self._alarmed: dict[str, str] = {}  # alarm kind -> severity currently raised
+        self.failed: str | None = None
+        self.stats: dict[str, float] = {"lag_ms": 0.0, "deadletters": 0.0, "session_lost": 0.0,
+                                        "inbox_high": 0.0, "disconnects": 0.0}
         self._client = self._make_client()
+        self.acks = AckTracker(self._client.ack)
+        self.output = Output(sink, self.spool, delivered=self.acks.delivered, quarantine_put=self.quarantine.put_many,
+                             on_store_rejected=self._store_rejected, set_health=self.set_health,
+                             retry_s=cfg.store_retry_s, clock=clock)
 
     # --- MQTT adapter ------------------------------------------------------------------------------
     def _make_client(self) -> mqtt.Client:
@@ -114,67 +149,135 @@ class Gateway:
         c.max_inflight_messages_set(1000)  # our own QoS 1 publishes (dead letters, alerts)
         c.max_queued_messages_set(0)
         c.reconnect_delay_set(min_delay=1, max_delay=30)
-        c.will_set(topics.gateway_status(self.cfg.client_id), b'{"state":"offline"}', qos=1, retain=True)
+        c.will_set(topics.gateway_status(self.cfg.client_id),
+                   json.dumps({"state": "offline", "gateway": self.cfg.client_id, "reason": "will"}),
+                   qos=1, retain=True)
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
         c.on_message = self._on_message
         c.on_subscribe = self._on_subscribe
         return c
 
-    def _on_connect(self, client: mqtt.Client, _u: Any, _flags: Any, rc: Any, _p: Any) -> None:
+    def _on_connect(self, client: mqtt.Client, _u: Any, flags: Any, rc: Any, _p: Any) -> None:
         if rc.is_failure:
+            self.set_health("mqtt", f"broker refused the gateway: {rc}")
             log.error("broker refused the gateway: %s", rc)
             return
+        if not getattr(flags, "session_present", True):
+            self.stats["session_lost"] += 1
+            log.warning("the broker had no session for %s (first start, or the broker lost its state): "
+                        "messages queued for this gateway before now are not coming", self.cfg.client_id)
         subs = []
         for d in self.cfg.districts:
             subs.append((topics.filter_for("telemetry", d), 1))
             subs.append((topics.filter_for("status", d), 1))
-        client.subscribe(subs)
-        log.info("gateway %s connected, owning districts %s", self.cfg.client_id,
-                 ",".join(self.cfg.districts))
+        client.subscribe(subs)  # idempotent: the persistent session may already hold them
+        log.info("gateway %s connected, owning districts %s", self.cfg.client_id, ",".join(self.cfg.districts))
 
     def _on_subscribe(self, _c: mqtt.Client, _u: Any, _mid: int, rcs: Any, _p: Any) -> None:
         failed = [rc for rc in rcs if getattr(rc, "is_failure", False)]
         if failed:
+            self.set_health("mqtt", f"broker refused the gateway's subscriptions: {failed}")
             log.error("broker refused the gateway's subscriptions: %s", failed)
             return
         self._connected.set()  # "connected" means subscribed: nothing published from now on is missed
-        self._publish_status("online", self.clock())
+        self.set_health("mqtt", None)
+        self.set_health("session", None)
+        self._client.reconnect_delay_set(min_delay=1, max_delay=30)
+        self._publish_status(self.clock())
 
-    def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
+    def _on_disconnect(self, client: mqtt.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
         self._connected.clear()
-        if not self._stop.is_set():
+        if self._stop.is_set():
+            return
+        self.stats["disconnects"] += 1
+        self.set_health("mqtt", f"disconnected: {rc}")
+        if getattr(rc, "value", None) == SESSION_TAKEN_OVER:
+            # another client logged in with our client id. Reconnecting at once would take it back and
+            # start a ping-pong that loses messages on every swap: back off, alarm, let an operator look
+            self.set_health("session", "another client took this gateway's MQTT session (same client id)")
+            client.reconnect_delay_set(min_delay=30, max_delay=120)
+            log.critical("another client connected with client id %s and took the session; reconnecting "
+                         "in 30-120 s. Two gateways must never share an identity: a standby waits for the "
+                         "lease (gateway.lease)", self.cfg.client_id)
+        else:
             log.warning("gateway disconnected (%s); paho reconnects with backoff", rc)
 
     def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
-        # blocks when the inbox is full: the broker then holds the rest (backpressure, not loss)
-        self._inbox.put((msg.topic, bytes(msg.payload), msg.mid, msg.qos))
+        self._inbox.put((msg.topic, bytes(msg.payload), msg.mid, msg.qos))  # SimpleQueue: never blocks
+
+    # --- health ------------------------------------------------------------------------------------------
+    def set_health(self, key: str, problem: str | None) -> None:
+        """Set (or clear, with None) one health problem; alarms and status follow the change."""
+        with self._health_lock:
+            old = self._health.get(key)
+            if problem is None:
+                self._health.pop(key, None)
+            else:
+                self._health[key] = problem[:300]
+            changed = old != self._health.get(key)
+        if changed and key in ALARMS:
+            self._gateway_alarm(key, problem)
+            if self._connected.is_set():
+                self._publish_status(self.clock())
+
+    def ready(self) -> tuple[bool, str]:
+        """(ready, why not): connected and subscribed, and able to make data durable."""
+        with self._health_lock:
+            bad = {k: v for k, v in self._health.items() if k in NOT_READY}
+        if self.failed:
+            return False, self.failed
+        return (not bad), "; ".join(f"{k}: {v}" for k, v in bad.items())
+
+    def health(self) -> dict[str, str]:
+        with self._health_lock:
+            return dict(self._health)
+
+    def _gateway_alarm(self, key: str, problem: str | None) -> None:
+        kind, severity = ALARMS[key]
+        raised = problem is not None
+        if raised == (kind in self._alarmed):
+            return
+        if raised:
+            self._alarmed[kind] = severity
+        else:
+            self._alarmed.pop(kind, None)
+        log.log(logging.CRITICAL if raised and severity == "critical" else logging.WARNING if raised else logging.INFO,
+                "gateway alarm %s %s: %s", kind, "raised" if raised else "cleared", problem or "ok")
+        body = json.dumps({"kind": kind, "state": "raised" if raised else "cleared",
+                           "severity": severity if raised else "cleared", "ts": int(self.clock() * 1000),
+                           "gateway": self.cfg.client_id, "explain": (problem or "resolved")[:300]})
+        self._client.publish(f"{topics.SYS}/gateway/{self.cfg.client_id}/alert/{kind}", body, qos=1, retain=True)
 
     # --- lifecycle -----------------------------------------------------------------------------------
     def start(self, wait_connected_s: float = 10.0) -> None:
         if self.cfg.mqtt_version == 5:
             props = Properties(PacketTypes.CONNECT)
             props.SessionExpiryInterval = self.cfg.session_expiry_s
-            props.ReceiveMaximum = 65535
+            props.ReceiveMaximum = max(1, min(65535, self.cfg.inbox_max))
             self._client.connect_async(self.cfg.host, self.cfg.port, self.cfg.keepalive_s,
                                        clean_start=False, properties=props)
         else:
             self._client.connect_async(self.cfg.host, self.cfg.port, self.cfg.keepalive_s)
         self._client.loop_start()
-        self._worker = threading.Thread(target=self._run, name="gateway-worker", daemon=True)
+        self.output.start()
+        self._worker = threading.Thread(target=self._main, name="gateway-pipeline", daemon=True)
         self._worker.start()
         if wait_connected_s and not self._connected.wait(wait_connected_s):
             log.warning("gateway not connected after %.0f s; still trying", wait_connected_s)
 
-    def stop(self, timeout_s: float = 10.0) -> None:
-        """Flush what was received, acknowledge it, publish offline, disconnect."""
-        self._client.unsubscribe([topics.filter_for("telemetry", d) for d in self.cfg.districts]
-                                 + [topics.filter_for("status", d) for d in self.cfg.districts])
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """Flush what was received, make it durable, acknowledge it, publish offline, disconnect.
+
+        Never unsubscribes: the persistent session keeps collecting what poles send while the gateway
+        is away, and a restarted gateway (same client id) gets all of it. Messages still in the inbox
+        are simply not acknowledged; the broker redelivers them."""
         self._stop.set()
         if self._worker:
             self._worker.join(timeout_s)
+        self.output.stop(timeout_s)
         if self._connected.is_set():
-            info = self._publish_status("offline", self.clock())
+            info = self._publish_status(self.clock(), state="offline")
             try:
                 info.wait_for_publish(2.0)
             except (RuntimeError, ValueError):
@@ -182,6 +285,7 @@ class Gateway:
         self._client.disconnect()
         self._client.loop_stop()
         self.spool.close()
+        self.quarantine.close()
         if self.on_outcome is not None:
             self.on_outcome.close()
 
@@ -194,31 +298,40 @@ class Gateway:
         return self._connected.is_set()
 
     def counters(self) -> dict[str, float]:
-        """A snapshot of every counter (safe to call from any thread)."""
-        for _ in range(10):
-            try:
-                return self._counters()
-            except RuntimeError:  # a counter dict grew under us (worker thread); take it again
-                continue
-        return self._counters()
-
-    def _counters(self) -> dict[str, float]:
+        """A snapshot of every counter (safe to call from any thread: every dict is pre-seeded)."""
         out: dict[str, float] = dict(self.pipeline.counts)
         out.update(self.stats)
+        out.update(self.output.stats)
+        out["acked"] = self.acks.acked
+        out["unacked"] = self.acks.pending()
         out["spool_batches"] = self.spool.depth
         out["spool_points"] = self.spool.points
         out["spool_bytes"] = self.spool.nbytes
         out["spool_alarm_level"] = self.spool_watch.level
+        out["quarantine_bytes"] = self.quarantine.nbytes
+        out["quarantine_evicted"] = self.quarantine.evicted
         out["inbox"] = self._inbox.qsize()
+        out["output_queued"] = self.output.queued()
+        out["ready"] = float(self.ready()[0])
         out["gaps"] = self.pipeline.seq.total_missing()
-        out.update({f"rejects_{k}": v for k, v in self.pipeline.rejects_by_reason.items()})
+        rejects: dict[str, float] = {k: float(v) for k, v in self.pipeline.rejects_by_reason.items()}
+        rejects["store_rejected"] = rejects.get("store_rejected", 0.0) + self.output.stats["store_rejected_points"]
+        out.update({f"rejects_{k}": v for k, v in rejects.items()})
         if self.on_outcome is not None:
             out.update(self.on_outcome.counters())
         return out
 
-    # --- worker ----------------------------------------------------------------------------------------
+    # --- pipeline thread ---------------------------------------------------------------------------
+    def _main(self) -> None:
+        try:
+            self._run()
+        except BaseException as exc:  # no thread dies silently
+            self.failed = f"pipeline thread died: {type(exc).__name__}: {exc}"
+            self.set_health("pipeline", self.failed)
+            log.critical("%s; no further message is acknowledged, exiting", self.failed, exc_info=True)
+
     def _run(self) -> None:
-        next_self = self.clock() + self.cfg.selfmetrics_interval_s
+        self._next_tick = self.clock() + self.cfg.selfmetrics_interval_s
         while True:
             now = self.clock()
             deadline = self._batcher.next_deadline()
@@ -229,29 +342,56 @@ class Gateway:
                 item = None
                 if self._stop.is_set():
                     break
+            if self.output.failed:
+                raise RuntimeError(self.output.failed)
             now = self.clock()
             batch = None
             if item is not None:
-                pts, outcome = self._handle(item, now)
-                batch = self._batcher.add((pts, item[2], item[3], outcome), now, weight=max(1, len(pts)))
+                tid = self.acks.track(item[2], item[3])
+                pts, outcome, qentry = self._handle(item, now)
+                batch = self._batcher.add((pts, tid, outcome, qentry), now, weight=max(1, len(pts)))
+                if self._stop.is_set() and self._inbox.empty():
+                    batch = batch or self._batcher.take()
             batch = batch or self._batcher.due(now)
             if batch:
-                self._flush(batch)
-            if self.spool.depth and now >= self._store_down_until:
-                self._replay_one(now)
-            if now >= next_self:
-                next_self = now + self.cfg.selfmetrics_interval_s
-                self._watch_spool(now)
-                extra = [self._selfmetrics_point(now)]
-                if self.on_outcome is not None:
-                    extra += self.on_outcome.tick(int(now * 1000))  # silence -> pole offline alarms
-                self._batcher.add((extra, -1, 0, None), now)
-                self._publish_status("online", now)
+                self._hand_over(batch)
+            self._tick(now)
         rest = self._batcher.take()
         if rest:
-            self._flush(rest)
+            self._hand_over(rest)
 
-    def _handle(self, item: _Item, now: float) -> tuple[list[Point], Outcome | None]:
+    def _tick(self, now: float) -> None:
+        if now < self._next_tick:
+            return
+        self._next_tick = now + self.cfg.selfmetrics_interval_s
+        self.stats["inbox_high"] = max(self.stats["inbox_high"], float(self._inbox.qsize()))
+        self._watch_spool(now)
+        extra = [self._selfmetrics_point(now)]
+        if self.on_outcome is not None:
+            extra += self.on_outcome.tick(int(now * 1000))  # silence -> pole offline alarms
+        b = self._batcher.add((extra, -1, None, None), now)
+        if b:
+            self._hand_over(b)
+        self._publish_status(now)
+
+    def _hand_over(self, batch: list[_Batched]) -> None:
+        points = [p for pts, _t, _o, _q in batch for p in pts]
+        try:
+            points += self._detect(batch)
+        except Exception:  # detection must never stop ingestion; the readings are still stored
+            log.exception("detection stage failed on a batch of %d messages", len(batch))
+        out = Batch(points, [t for _p, t, _o, _q in batch if t >= 0], [q for _p, _t, _o, q in batch if q])
+        while not self.output.put(out, timeout=0.2):  # the output is busy or holding: backpressure
+            if self.output.failed:
+                raise RuntimeError(self.output.failed)
+            self._next_tick = min(self._next_tick, self.clock())
+            self._tick_status_only(self.clock())
+
+    def _tick_status_only(self, now: float) -> None:
+        if now - getattr(self, "_last_status", 0.0) >= self.cfg.selfmetrics_interval_s:
+            self._publish_status(now)
+
+    def _handle(self, item: _Item, now: float) -> tuple[list[Point], Outcome | None, QEntry | None]:
         topic, payload, _mid, _qos = item
         now_ms = int(now * 1000)
         # the gateway subscribes to telemetry and status only; both handlers parse and check the topic
@@ -260,22 +400,48 @@ class Gateway:
         out = handler(topic, payload, now_ms)
         if out.readings:
             self.stats["lag_ms"] = now_ms - max(r.ts_ms for r in out.readings)
-        for r in out.rejects:
-            self._deadletter(r, now_ms)
-        return out.points, (out if out.readings or out.status is not None else None)
+        qentry = self._deadletter(out.rejects, now_ms) if out.rejects else None
+        return out.points, (out if out.readings or out.status is not None else None), qentry
 
-    def _deadletter(self, r: Reject, now_ms: int) -> None:
-        if not self.cfg.deadletter_publish:
-            return
+    def _deadletter(self, rejects: list[Reject], now_ms: int) -> QEntry:
+        """One small dead letter per message, whatever it held; the whole payload to the quarantine."""
+        qid = self.quarantine.reserve()
+        dl = deadletter.build(rejects, now_ms, qid)
+        self.stats["deadletters"] += 1
+        if self.cfg.deadletter_publish:
+            self._client.publish(topics.deadletter(dl.reason), dl.model_dump_json(), qos=1)
+        first = rejects[0]
+        return (qid, now_ms, first.topic, dl.reason, dl.sha256, first.payload)
+
+    def _store_rejected(self, rejected: list[tuple[Point, str]]) -> None:
+        """The store refused these points (called on the output thread): each becomes a dead letter with
+        the store's reason (at most 100 per batch, then one summary), its content goes to the
+        quarantine, and a reject point records it in the store. Counted in ``store_rejected_points``."""
+        now_ms = int(self.clock() * 1000)
+        log.error("store refused %d point(s) of a batch, first: %s", len(rejected), rejected[0][1][:300])
+        entries: list[QEntry] = []
+        marks: list[Point] = []
+        for i, (p, why) in enumerate(rejected):
+            body = json.dumps([p.measurement, dict(p.tags), dict(p.fields), p.ts_ns], default=str).encode()
+            tags = dict(p.tags)
+            pole = tags.get("pole")
+            topic = f"store/{p.measurement}/{tags.get('district', '-')}/{pole or '-'}"
+            if i < 100:
+                qid = self.quarantine.reserve()
+                r = Reject("store_rejected", why[:300], topic, body, pole=pole)
+                dl = deadletter.build([r], now_ms, qid)
+                entries.append((qid, now_ms, topic, "store_rejected", dl.sha256, body))
+                if self.cfg.deadletter_publish:
+                    self._client.publish(topics.deadletter("store_rejected"), dl.model_dump_json(), qos=1)
+                marks.append(schema.reject_point("store_rejected", topic, why, now_ms * 1_000_000 + i, pole))
+        if len(rejected) > 100:
+            log.error("%d more refused points of that batch are counted, not dead-lettered one by one",
+                      len(rejected) - 100)
         try:
-            text, enc = r.payload.decode("utf-8"), "utf8"
-        except UnicodeDecodeError:
-            import base64
-
-            text, enc = base64.b64encode(r.payload).decode(), "base64"
-        dl = DeadLetter(topic=r.topic, reason=r.reason, detail=r.detail, payload=text,
-                        encoding=enc, received_at=now_ms, pole=r.pole, seq=r.seq)  # type: ignore[arg-type]
-        self._client.publish(topics.deadletter(r.reason), dl.model_dump_json(), qos=1)
+            self.quarantine.put_many(entries)
+            self.sink.write(marks)
+        except Exception as exc:  # the data is already counted and dead-lettered; the marks are a bonus
+            log.warning("could not record the store's refusals (%s: %s)", type(exc).__name__, exc)
 
     def _detect(self, batch: list[_Batched]) -> list[Point]:
         """Run detection once per batch (cheap per reading), statuses first so births set attributes."""
@@ -283,7 +449,7 @@ class Gateway:
             return []
         out: list[Point] = []
         readings = []
-        for _p, _m, _q, o in batch:
+        for _p, _t, o, _q in batch:
             if o is None:
                 continue
             if o.status is not None:
@@ -292,70 +458,6 @@ class Gateway:
         if readings:
             out += self.on_outcome(Outcome(readings=readings))
         return out
-
-    def _flush(self, batch: list[_Batched]) -> None:
-        points = [p for pts, _m, _q, _o in batch for p in pts]
-        try:
-            points += self._detect(batch)
-        except Exception:  # detection must never stop ingestion; the readings are still stored
-            log.exception("detection stage failed on a batch of %d messages", len(batch))
-        if points:
-            self._write_or_spool(points)
-        for _pts, mid, qos, _o in batch:
-            if mid >= 0 and qos > 0:
-                self._client.ack(mid, qos)
-                self.stats["acked"] += 1
-
-    def _write_or_spool(self, points: list[Point]) -> None:
-        now = self.clock()
-        if not self.spool.depth and now >= self._store_down_until:
-            try:
-                t0 = time.perf_counter()
-                self.sink.write(points)
-                self.stats["last_write_ms"] = (time.perf_counter() - t0) * 1000
-                self.stats["stored_points"] += len(points)
-                self.stats["stored_batches"] += 1
-                return
-            except StoreRejected as exc:
-                self._store_rejected(points, exc)
-                return
-            except Exception as exc:  # StoreError, or a sink bug: either way the data goes to disk
-                self.stats["store_errors"] += 1
-                self._store_down_until = now + self.cfg.store_retry_s
-                log.warning("store unavailable (%s: %s): spooling", type(exc).__name__, exc)
-        while True:  # spool; if the spool is full, stop acking until there is room
-            try:
-                self.spool.append(points)
-                self.stats["spooled_batches"] += 1
-                return
-            except SpoolFull as exc:
-                log.error("%s: holding acknowledgements until the store drains it", exc)
-                self._replay_one(self.clock(), force=True)
-                time.sleep(self.cfg.store_retry_s)
-
-    def _replay_one(self, now: float, force: bool = False) -> None:
-        head = self.spool.peek()
-        if head is None:
-            return
-        batch_id, points = head
-        try:
-            self.sink.write(points)
-        except StoreRejected as exc:
-            self._store_rejected(points, exc)
-        except Exception:
-            self.stats["store_errors"] += 1
-            self._store_down_until = now + self.cfg.store_retry_s
-            return
-        else:
-            self.stats["stored_points"] += len(points)
-            self.stats["stored_batches"] += 1
-        self.spool.pop(batch_id)
-
-    def _store_rejected(self, points: list[Point], exc: StoreRejected) -> None:
-        """The store refused the data itself: keep it findable as rejects, never silently drop it."""
-        log.error("store rejected a batch of %d points: %s", len(points), exc)
-        self.stats["store_rejected_points"] += len(points)
-        self.pipeline.rejects_by_reason["store_rejected"] += len(points)
 
     def _watch_spool(self, now: float) -> None:
         """Spool depth is an alarm, not just a number: retained on the gateway's alert topic."""
@@ -367,14 +469,24 @@ class Gateway:
                 self.spool.points, self.spool.nbytes)
         body = json.dumps({"kind": "spool_backlog", "state": "cleared" if level == 0 else "raised",
                            "severity": sev, "ts": int(now * 1000), "spool_points": self.spool.points,
-                           "spool_bytes": self.spool.nbytes, "explain": "the store is not taking writes: "
+                           "gateway": self.cfg.client_id, "spool_bytes": self.spool.nbytes,
+                           "explain": "the store is not taking writes: "
                            f"{self.spool.points} points wait in the gateway's disk spool"})
-        self._client.publish(f"{topics.SYS}/gateway/{self.cfg.client_id}/alert", body, qos=1, retain=True)
+        self._client.publish(f"{topics.SYS}/gateway/{self.cfg.client_id}/alert/spool_backlog", body, qos=1,
+                             retain=True)
 
-    def _publish_status(self, state: str, now: float) -> mqtt.MQTTMessageInfo:
-        """Presence and self-metrics, retained: `lampwatch-gateway status` reads them from the broker."""
-        body = json.dumps({"state": state, "ts": int(now * 1000), "gateway": self.cfg.client_id,
-                           "districts": list(self.cfg.districts), "counters": self.counters()})
+    def _publish_status(self, now: float, state: str | None = None) -> mqtt.MQTTMessageInfo:
+        """Presence, readiness and self-metrics, retained: `lampwatch-gateway status` reads them.
+
+        ``state``: online (ready), degraded (connected but not able to make data durable: ``reasons``
+        says why), failed (a thread died; the process is exiting), offline (clean stop, or the Will)."""
+        self._last_status = now
+        ok, _why = self.ready()
+        if state is None:
+            state = "failed" if self.failed else "online" if ok else "degraded"
+        body = json.dumps({"state": state, "ready": ok and state == "online", "ts": int(now * 1000),
+                           "gateway": self.cfg.client_id, "districts": list(self.cfg.districts),
+                           "health": self.health(), "counters": self.counters()})
         return self._client.publish(topics.gateway_status(self.cfg.client_id), body, qos=1, retain=True)
 
     def _selfmetrics_point(self, now: float) -> Point:

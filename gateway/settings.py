@@ -54,6 +54,7 @@ class GatewaySettings(BaseSettings):
     batch_max_points: int = Field(5000, ge=1)
     batch_max_age_s: float = Field(0.2, gt=0)
     spool_max_mb: int = Field(1024, ge=1)
+    quarantine_max_mb: int = Field(256, ge=1)  # refused payloads kept whole on local disk
     max_future_s: float = Field(300, ge=0)
     max_past_days: float = Field(30, gt=0)
     selfmetrics_interval_s: float = Field(5.0, gt=0)
@@ -92,7 +93,9 @@ class GatewaySettings(BaseSettings):
             mqtt_version=self.mqtt_version, districts=self.district_list(),
             batch_max_points=self.batch_max_points, batch_max_age_s=self.batch_max_age_s,
             spool_path=str(Path(self.state_dir) / f"spool-{self.client_id}.sqlite"),
-            spool_max_bytes=self.spool_max_mb << 20, selfmetrics_interval_s=self.selfmetrics_interval_s,
+            spool_max_bytes=self.spool_max_mb << 20,
+            quarantine_path=str(Path(self.state_dir) / f"quarantine-{self.client_id}.sqlite"),
+            quarantine_max_bytes=self.quarantine_max_mb << 20, selfmetrics_interval_s=self.selfmetrics_interval_s,
             limits=Limits(max_future_ms=int(self.max_future_s * 1000),
                           max_past_ms=int(self.max_past_days * 86_400_000)),
         )

@@ -3,7 +3,8 @@
 Debian ships InfluxDB 1.6.7 and many cities still run 1.x. Writes use nanosecond precision and
 keep-alive connections (urllib3, which influxdb-client already brings). Errors are translated:
 connection problems and 5xx are :class:`StoreError` (transient: the gateway retries and spools);
-4xx is :class:`StoreRejected` (the data itself was refused).
+401/403 is :class:`StoreAuthError` (the store refused us: spool and alarm); any other 4xx is
+:class:`StoreRejected` (the data itself was refused: the gateway bisects to find the points).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from urllib.parse import urlencode
 
 import urllib3
 
-from contract.errors import StoreError, StoreRejected
+from contract.errors import StoreAuthError, StoreError, StoreRejected
 from contract.readings import Point
 from ingest.lineprotocol import encode_many
 
@@ -59,6 +60,8 @@ class Influx1Store:
         if resp.status == 204:
             return
         msg = resp.data[:300].decode("utf-8", "replace")
+        if resp.status in (401, 403):
+            raise StoreAuthError(f"influxdb refused the gateway's credentials ({resp.status}): {msg}")
         if 400 <= resp.status < 500 and resp.status not in (404, 408, 429):
             raise StoreRejected(f"influxdb refused the write ({resp.status}): {msg}")
         raise StoreError(f"influxdb write failed ({resp.status}): {msg}")

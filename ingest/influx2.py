@@ -15,7 +15,7 @@ from influxdb_client import InfluxDBClient, WritePrecision
 from influxdb_client.client.write_api import SYNCHRONOUS
 from influxdb_client.rest import ApiException
 
-from contract.errors import StoreError, StoreRejected
+from contract.errors import StoreAuthError, StoreError, StoreRejected
 from contract.readings import Point
 from ingest.lineprotocol import encode_many
 
@@ -37,6 +37,8 @@ class Influx2Store:
                               write_precision=WritePrecision.NS)  # type: ignore[arg-type]  # a str constant
         except ApiException as exc:
             status = exc.status or 0
+            if status in (401, 403):
+                raise StoreAuthError(f"influxdb2 refused the gateway's token ({status}): {exc.reason}") from exc
             if 400 <= status < 500 and status not in (404, 408, 429):
                 raise StoreRejected(f"influxdb2 refused the write ({status}): {exc.reason}") from exc
             raise StoreError(f"influxdb2 write failed ({status}): {exc.reason}") from exc

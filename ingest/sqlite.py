@@ -2,9 +2,10 @@
 
 Points keep InfluxDB's semantics: a point is identified by (measurement, tags, time); writing the
 same identity again merges its fields into the existing row, so retries and replays are idempotent
-exactly as they are in InfluxDB. WAL mode with ``synchronous=NORMAL``: a committed batch survives a
-process crash; the last batches may be lost on power failure, which the gateway tolerates because
-the broker redelivers anything not acknowledged (and the gateway acks only after commit).
+exactly as they are in InfluxDB. WAL mode with ``synchronous=FULL``: a committed batch survives a
+process crash *and* a power failure. The gateway acknowledges the MQTT messages of a batch as soon as
+``write`` returns, so ``NORMAL`` (durable against a crash only) would let a power cut lose data the
+broker had already been told was safe.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ class SqliteStore:
         try:
             self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA synchronous=FULL")  # the gateway acknowledges after write()
             self._db.executescript(_SCHEMA)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open sqlite store {self.path}: {exc}") from exc

@@ -98,7 +98,7 @@ class EmbeddedGateway:
 @contextlib.contextmanager
 def embedded_gateway(host: str, port: int, version: int, workdir: Path, *, client_id: str = "lampwatch-demo-gw",
                      sqlite_only: bool = False, **overrides: Any) -> Iterator[EmbeddedGateway]:
-    """The real gateway (``gateway.cli.build_with_store``) on ``workdir/lampwatch.sqlite``, or on the
+    """The real gateway (``gateway.app.build_with_store``) on ``workdir/lampwatch.sqlite``, or on the
     InfluxDB the environment names unless ``sqlite_only``; stopped and its store closed on exit."""
     env = GatewaySettings()
     fields = {} if sqlite_only else env.store_fields()
@@ -109,7 +109,7 @@ def embedded_gateway(host: str, port: int, version: int, workdir: Path, *, clien
                                client_id=client_id, **{"selfmetrics_interval_s": 2.0, **overrides},
                                **store_cfg.model_dump())
     store = open_store(store_cfg)
-    from gateway.cli import build_with_store
+    from gateway.app import build_with_store
 
     eg = EmbeddedGateway(build_with_store(settings, store), store, store_cfg)
     eg.gw.start()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -11,6 +12,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from contract import topics
 from contract.models import DeadLetter
+from gateway.deadletter import Quarantine
 from ingest.influx1 import Influx1Store
 from ingest.influx2 import Influx2Store
 from ingest.sqlite import SqliteStore
@@ -114,17 +116,19 @@ def test_malformed_and_out_of_range_are_dead_lettered_valid_ones_stored(mosquitt
     ]
     assert len(bad) >= 0.05 * len(clean)
     # the gateway subscribes to lampwatch/v1/+/+/telemetry: a topic with an extra level never reaches
-    # it (the broker filters it out); every other one must produce its dead letter(s). The sample whose
-    # only value is out of range yields two: the value (out_of_range) and the sample (no_valid_values).
-    reaching = [b for b in bad if not b[0].endswith("/extra")]
-    reaching.append((topics.telemetry("north", "p-00000"), b"", "out_of_range"))
+    # it (the broker filters it out); every other one must produce exactly one dead letter. The sample
+    # whose only value is out of range is refused twice over: the value (out_of_range) and the sample
+    # (no_valid_values): one dead letter names both, the store gets one reject point per reason.
+    reaching_msgs = [b for b in bad if not b[0].endswith("/extra")]
+    reaching = [*reaching_msgs, (topics.telemetry("north", "p-00000"), b"", "out_of_range")]
     dead: list[DeadLetter] = []
     done = threading.Event()
     sub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="dl-watch", protocol=mqtt.MQTTv5)
 
     def on_message(_c: object, _u: object, m: mqtt.MQTTMessage) -> None:
+        assert len(m.payload) < 8192  # bounded, whatever the input (one was 300 KB)
         dead.append(DeadLetter.model_validate_json(m.payload))
-        if len(dead) >= len(reaching):
+        if len(dead) >= len(reaching_msgs):
             done.set()
 
     sub.on_message = on_message
@@ -143,9 +147,15 @@ def test_malformed_and_out_of_range_are_dead_lettered_valid_ones_stored(mosquitt
     sub.loop_stop()
     sub.disconnect()
     assert store.count("telemetry") == len(clean)
-    got_reasons = sorted((d.topic.split("/")[3], d.reason) for d in dead)
+    time.sleep(0.5)  # no extra dead letter arrives late
+    got_reasons = sorted((d.topic.split("/")[3], r) for d in dead for r in d.rejects)
     want = sorted((t.split("/")[3], r) for t, _p, r in reaching)
-    assert got_reasons == want
+    assert got_reasons == want and len(dead) == len(reaching_msgs)
+    big = next(d for d in dead if d.reason == "too_large")
+    assert big.size == 300_000 and big.truncated and len(big.excerpt) <= 512 and big.quarantine is not None
+    q = Quarantine(tmp_path / "quarantine.sqlite")  # the whole payload, kept locally
+    assert q.get(big.quarantine) == b"x" * 300_000
+    q.close()
     assert all(d.detail for d in dead)
     rejects = store.select("rejects")
     assert sorted(r["reason"] for r in rejects) == sorted(r for _t, _p, r in reaching)
@@ -155,5 +165,6 @@ def test_malformed_and_out_of_range_are_dead_lettered_valid_ones_stored(mosquitt
     assert c["samples_accepted"] == len(clean)
     assert c["messages"] == len(clean) + len(reaching) - 1
     assert c["samples_rejected"] == len(reaching) - 1 and c["values_rejected"] == 1
+    assert c["deadletters"] == len(reaching_msgs)
     json.dumps(c)  # counters are plain numbers
     store.close()
