@@ -91,6 +91,7 @@ class DetectionStage:
         self.state_path = Path(state_path) if state_path else None
         self.publish, self.clock = publish, clock
         self.save_every_s, self.save_min_interval_s = save_every_s, save_min_interval_s
+        self.state_error: str | None = None  # set while the state file cannot be written (the gateway alarms)
         self._rule_params, self._spatial_params, self._use_stream = rule_params, spatial, stream
         self.anomaly_on, self.anomaly_off = anomaly_on, anomaly_off
         self._lock = threading.RLock()
@@ -211,7 +212,17 @@ class DetectionStage:
         if self.state_path is not None and self._dirty:
             since = self.clock() - self._last_save
             if (self._unsaved_changes and since >= self.save_min_interval_s) or since >= self.save_every_s:
-                self._save()
+                try:
+                    self._save()
+                    if self.state_error is not None:
+                        log.warning("alarm state saved again to %s", self.state_path)
+                    self.state_error = None
+                except OSError as exc:  # disk full, read-only, permission: say so, keep detecting, retry
+                    self._last_save = self.clock()  # retried after save_min_interval_s, not on every call
+                    self.counts["state_save_errors"] += 1
+                    if self.state_error is None:
+                        log.error("cannot save the alarm state to %s: %s", self.state_path, exc)
+                    self.state_error = f"cannot save alarm state: {exc}"
         return points
 
     # --- output ------------------------------------------------------------------------------------
@@ -264,8 +275,11 @@ class DetectionStage:
     def close(self) -> None:
         with self._lock:
             if not self._closed:
-                self.save()
                 self._closed = True
+                try:
+                    self.save()
+                except OSError as exc:
+                    log.error("cannot save the alarm state to %s at shutdown: %s", self.state_path, exc)
 
     def _save(self) -> None:
         assert self.state_path is not None

@@ -61,7 +61,10 @@ NOT_READY = ("mqtt", "session", "disk", "spool", "output", "pipeline")
 #: gateway alarms (retained on _sys/gateway/<id>/alert/<kind>), raised while the health key is set
 ALARMS = {"disk": ("disk_error", "critical"), "session": ("session_taken_over", "critical"),
           "store": ("store_unavailable", "warning"), "spool": ("spool_full", "critical"),
-          "output": ("gateway_failed", "critical"), "pipeline": ("gateway_failed", "critical")}
+          "output": ("gateway_failed", "critical"), "pipeline": ("gateway_failed", "critical"),
+          # the alarm state cannot be saved: readings are still stored and acknowledged (they are durable
+          # in the store or spool), but a crash now would forget which alarms are raised
+          "state": ("state_save_failed", "critical")}
 
 
 @dataclass
@@ -368,7 +371,11 @@ class Gateway:
         self._watch_spool(now)
         extra = [self._selfmetrics_point(now)]
         if self.on_outcome is not None:
-            extra += self.on_outcome.tick(int(now * 1000))  # silence -> pole offline alarms
+            try:
+                extra += self.on_outcome.tick(int(now * 1000))  # silence -> pole offline alarms
+            except Exception:  # detection must never stop ingestion
+                log.exception("detection tick failed")
+            self.set_health("state", getattr(self.on_outcome, "state_error", None))
         b = self._batcher.add((extra, -1, None, None), now)
         if b:
             self._hand_over(b)

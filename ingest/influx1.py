@@ -30,9 +30,11 @@ class Influx1Store:
         self.url = url.rstrip("/")
         self.database = database
         self.rp = retention_policy
-        self._auth: dict[str, str] = {}
+        # HTTP Basic auth, which InfluxDB 1.x reads for /write and /query alike (u/p in a POST form body
+        # are ignored by /query: with auth-enabled every query answered 401)
+        self._headers: dict[str, str] = {}
         if username:
-            self._auth = {"u": username, "p": password or ""}
+            self._headers = urllib3.make_headers(basic_auth=f"{username}:{password or ''}")
         self._http = urllib3.PoolManager(
             maxsize=4, timeout=urllib3.Timeout(connect=3.0, read=timeout_s), retries=False)
         if create:
@@ -48,13 +50,13 @@ class Influx1Store:
         self.write_lines(encode_many(points))
 
     def write_lines(self, body: bytes, precision: str = "ns") -> None:
-        fields = {"db": self.database, "precision": precision, **self._auth}
+        fields = {"db": self.database, "precision": precision}
         if self.rp:
             fields["rp"] = self.rp
         qs = urlencode(fields)
         try:
             resp = self._http.request("POST", f"{self.url}/write?{qs}", body=body,
-                                      headers={"Content-Type": "text/plain; charset=utf-8"})
+                                      headers={"Content-Type": "text/plain; charset=utf-8", **self._headers})
         except urllib3.exceptions.HTTPError as exc:
             raise StoreError(f"influxdb {self.url} unreachable: {exc}") from exc
         if resp.status == 204:
@@ -72,10 +74,10 @@ class Influx1Store:
     # --- read side ---------------------------------------------------------------------------
     def query(self, q: str, *, epoch: str = "ns") -> list[dict[str, Any]]:
         """Run InfluxQL; returns the ``results`` list. Raises StoreError on any error."""
-        fields = {"q": q, "db": self.database, "epoch": epoch, **self._auth}
+        fields = {"q": q, "db": self.database, "epoch": epoch}
         try:
             resp = self._http.request("POST", f"{self.url}/query", fields=fields,
-                                      encode_multipart=False)
+                                      encode_multipart=False, headers=self._headers)
         except urllib3.exceptions.HTTPError as exc:
             raise StoreError(f"influxdb {self.url} unreachable: {exc}") from exc
         try:

@@ -71,12 +71,15 @@ def demo(
         raise typer.Exit(1)
 
 
-DRILLS = ("broker-restart", "edge-offline", "gateway-kill", "store-outage", "hostile-traffic")
+DRILLS = ("broker-restart", "edge-offline", "gateway-kill", "store-outage", "hostile-traffic",
+          # delivery (docs/delivery.md)
+          "gateway-restart", "poison-pill", "store-reject", "spool-disk-full", "device-reboot", "broker-crash",
+          "standby-takeover")
 
 
 @app.command()
 def drill(
-    name: Annotated[str, typer.Argument(help=" | ".join(DRILLS))],
+    name: Annotated[str, typer.Argument(help="all | " + " | ".join(DRILLS))],
     poles: Annotated[int | None, typer.Option(help="poles (gateway drills, default 100) or agents (edge drills, "
                                               "default 3)", min=1)] = None,
     seconds: Annotated[float, typer.Option(help="publishing time in seconds", min=1)] = 20.0,
@@ -85,47 +88,67 @@ def drill(
         help="downtime in seconds: store-outage (default 60), broker-restart (30), edge-offline (300, device time)",
         min=1)] = None,
 ) -> None:
-    """Run one fault drill on real servers and print its verdict line.
+    """Run one fault drill (or `all` of them, full size) on real servers and print its verdict line.
 
     Example: lampwatch-sim drill store-outage --poles 50 --outage-s 60
+    Example: lampwatch-sim drill all
     """
-    if name not in DRILLS:
-        raise _fail(f"unknown drill {name!r}; choose one of: {', '.join(DRILLS)}")
+    if name != "all" and name not in DRILLS:
+        raise _fail(f"unknown drill {name!r}; choose one of: all, {', '.join(DRILLS)}")
+    names = DRILLS if name == "all" else (name,)
+    failed = 0
+    for n in names:
+        res = _run_drill(n, poles, seconds, rate_hz, outage_s)
+        for check in res.failed_checks:
+            err.print(f"[red]check failed:[/red] {check}", highlight=False)
+        print(res.line(), flush=True)
+        failed += not res.passed
+    if failed:
+        raise typer.Exit(1)
+
+
+def _run_drill(name: str, poles: int | None, seconds: float, rate_hz: float, outage_s: float | None) -> Any:
     edge = name in ("broker-restart", "edge-offline")
     poles = poles or (3 if edge else 100)
     if outage_s is None:  # the drill definitions of the edge and gateway issues
         outage_s = {"broker-restart": 30.0, "edge-offline": 300.0}.get(name, 60.0)
+    from simulator.drills import delivery_drills as dd
     from simulator.drills.gateway_drills import DrillSpec, gateway_kill, hostile_traffic, store_outage
 
     def log(msg: str) -> None:
         err.print(f"[dim]{name}:[/dim] {msg}", highlight=False)
 
     spec = DrillSpec(poles=poles, seconds=seconds, rate_hz=rate_hz)
+    delivery: dict[str, Any] = {
+        "gateway-restart": lambda: dd.gateway_restart(spec, log=log),
+        "poison-pill": lambda: dd.poison_pill(spec, log=log),
+        "store-reject": lambda: dd.store_reject(DrillSpec(poles=poles, seconds=seconds, rate_hz=rate_hz,
+                                                          step_ms=60_000), log=log),
+        "spool-disk-full": lambda: dd.spool_disk_full(spec, log=log),
+        "device-reboot": lambda: dd.device_reboot(poles=poles, log=log),
+        "broker-crash": lambda: dd.broker_crash(log=log),
+        "standby-takeover": lambda: dd.standby_takeover(spec, log=log),
+    }
     try:
+        if name in delivery:
+            return delivery[name]()
         if name == "gateway-kill":
-            res = gateway_kill(spec, log=log)
-        elif name == "store-outage":
+            return gateway_kill(spec, log=log)
+        if name == "store-outage":
             spec.seconds = max(seconds, outage_s * 1.5)
-            res = store_outage(spec, outage_s=outage_s, log=log)
-        elif name == "hostile-traffic":
-            res = hostile_traffic(spec, log=log)
-        else:
-            from simulator.drills import edge_drills
+            return store_outage(spec, outage_s=outage_s, log=log)
+        if name == "hostile-traffic":
+            return hostile_traffic(spec, log=log)
+        from simulator.drills import edge_drills
 
-            # edge drills: --poles = agents; --outage-s = broker downtime / device time cut off
-            if name == "broker-restart":
-                log(f"{poles} agents at {rate_hz:g} Hz, broker down {outage_s:g} s")
-                res = edge_drills.broker_restart(agents=poles, rate_hz=rate_hz, down_s=outage_s)
-            else:
-                log(f"{poles} agents cut off for {outage_s:g} s of device time (60x accelerated)")
-                res = edge_drills.edge_offline(agents=poles, offline_s=outage_s)
+        # edge drills: --poles = agents; --outage-s = broker downtime / device time cut off
+        if name == "broker-restart":
+            log(f"{poles} agents at {rate_hz:g} Hz, broker down {outage_s:g} s")
+            return edge_drills.broker_restart(agents=poles, rate_hz=rate_hz, down_s=outage_s)
+        log(f"{poles} agents cut off for {outage_s:g} s of device time (60x accelerated)")
+        return edge_drills.edge_offline(agents=poles, offline_s=outage_s)
     except (LampwatchError, OSError, RuntimeError) as exc:
-        raise _fail(exc) from None
-    for check in res.failed_checks:
-        err.print(f"[red]check failed:[/red] {check}", highlight=False)
-    print(res.line())
-    if not res.passed:
-        raise typer.Exit(1)
+        raise _fail(f"drill {name}: {exc}") from None
 
 
 # --- run, scenario, score, report ------------------------------------------------------------------------
