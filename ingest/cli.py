@@ -268,6 +268,8 @@ def publish(
     except (ConfigError, LampwatchError) as exc:
         raise fail(prog, exc) from None
     try:
+        poles = reader.poles(params.alert_range()[1])  # first: an unreachable store fails before progress
+        alerts = reader.alerts(*params.alert_range())
         lo, hi = params.read_range()
         spans = [(t, min(t + od.DAY_NS, hi)) for t in range(lo, hi, od.DAY_NS)]
         hours: list[od.PoleHour] = []
@@ -277,8 +279,6 @@ def publish(
             for a, b in spans:
                 hours += reader.hours(a, b)
                 progress.advance(task)
-        alerts = reader.alerts(*params.alert_range())
-        poles = reader.poles(params.alert_range()[1])
     except LampwatchError as exc:
         raise fail(prog, exc, 1) from None
     finally:

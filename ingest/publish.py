@@ -113,10 +113,8 @@ def _csv(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 def daily_csv(pub: od.Publication) -> str:
     rows = []
     for r in pub.days:
-        cells = [c[4](r) for c in DAILY_COLUMNS]
-        if not r.published:
-            cells = cells[:3] + [""] * (len(cells) - 3)
-        rows.append(cells)
+        n = len(DAILY_COLUMNS) if r.published else 3
+        rows.append([c[4](r) for c in DAILY_COLUMNS[:n]] + [""] * (len(DAILY_COLUMNS) - n))
     return _csv([c[0] for c in DAILY_COLUMNS], rows)
 
 
