@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Iterator
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Annotated
@@ -272,18 +273,20 @@ def publish(
         alerts = reader.alerts(*params.alert_range())
         lo, hi = params.read_range()
         spans = [(t, min(t + od.DAY_NS, hi)) for t in range(lo, hi, od.DAY_NS)]
-        hours: list[od.PoleHour] = []
         with Progress(TextColumn("publish"), BarColumn(), MofNCompleteColumn(), TextColumn("days read"),
                       console=err, transient=False) as progress:
             task = progress.add_task("read", total=len(spans))
-            for a, b in spans:
-                hours += reader.hours(a, b)
-                progress.advance(task)
+
+            def hours() -> Iterator[od.PoleHour]:  # one day in memory at a time
+                for a, b in spans:
+                    yield from reader.hours(a, b)
+                    progress.advance(task)
+
+            result = od.aggregate(hours(), alerts, poles, params)
     except LampwatchError as exc:
         raise fail(prog, exc, 1) from None
     finally:
         reader.close()
-    result = od.aggregate(hours, alerts, poles, params)
     written = pub.write(out_dir, pub.render(result))
     out.print(f"publish: days={len(params.days())} districts={len(result.districts)} "
               f"published={result.published} suppressed={result.suppressed} files={len(written)} out={out_dir}")

@@ -161,8 +161,9 @@ W, H, ML, MR, MT, MB = 1080, 250, 64, 170, 16, 40
 
 
 def _nice_max(v: float) -> float:
-    for step in (1, 2, 2.5, 5):
-        for mag in (0.1, 1, 10, 100, 1000, 10000):
+    """The smallest 5-tick axis top (ticks of 1, 2, 2.5 or 5 x a power of ten) that holds ``v``."""
+    for mag in (0.1, 1, 10, 100, 1000, 10000):
+        for step in (1, 2, 2.5, 5):
             if step * mag * 5 >= v:
                 return step * mag * 5
     return v
@@ -173,7 +174,8 @@ def line_chart(title: str, unit: str, days: Sequence[date], series: dict[str, li
                guide: tuple[float, str] | None = None, dashed: frozenset[str] = frozenset()) -> str:
     """One SVG line chart: x = days, a line per series (gaps where a value is missing)."""
     values = [v for vs in series.values() for v in vs if v is not None]
-    top = y_max if y_max is not None else _nice_max(max([*values, guide[0] if guide else 0.0, 1e-9]) * 1.1)
+    high = max([*values, guide[0] if guide else y_min, y_min + 1e-9])
+    top = y_max if y_max is not None else y_min + _nice_max((high - y_min) * 1.1)
     pw, ph = W - ML - MR, H - MT - MB
 
     def x(i: int) -> float:
@@ -226,7 +228,8 @@ def line_chart(title: str, unit: str, days: Sequence[date], series: dict[str, li
 
 _CSS = """body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,Helvetica,Arial,sans-serif;margin:0;
 color:#1d1d1d;background:#fff;line-height:1.45}main{max-width:1100px;margin:0 auto;padding:24px}
-h1{font-size:1.7em;margin:.2em 0}h2{font-size:1.25em;margin:1.6em 0 .3em;border-bottom:1px solid #ddd}
+h1{font-size:1.7em;margin:.2em 0}h3{font-size:1.05em;margin:1em 0 .2em}
+h2{font-size:1.25em;margin:1.6em 0 .3em;border-bottom:1px solid #ddd}
 p.note{color:#555;font-size:.92em}table{border-collapse:collapse;font-size:.9em;margin:.6em 0}
 th,td{border:1px solid #ddd;padding:3px 8px;text-align:right}th{background:#f0f0f0}
 td.t,th.t{text-align:left}svg .ax{font-size:12px;fill:#555}svg .lg{font-size:13px;fill:#1d1d1d}
@@ -281,13 +284,15 @@ def html_page(pub: od.Publication, title: str = "Street lighting and environment
     body.append(line_chart("Lit as scheduled", "% of night hours", days, series(lambda r: _pct(r.lit_share)),
                            colors, y_max=100.0))
     dark = series(lambda r: float(r.poles_dark_multi_night))
-    body.append("<p class=note>Lamp posts dark for more than one night in a row, per district and night: "
+    body.append("<p class=note>Lamp posts dark for a second night in a row (or longer), counted per night "
+                "and added up over the period: "
                 + ", ".join(f"{escape(d)} {int(sum(v or 0 for v in vs))}" for d, vs in dark.items())
-                + " (summed over the nights of the period).</p>")
+                + ". A lamp post is dark on a night when it was lit in less than half of its night hours.</p>")
 
     body.append("<h2>Air quality: daily means against the WHO 2021 guidelines</h2>")
     for m in od.AIR:
         g = od.who_guideline(m)
+        body.append(f"<h3>{AIR_LABEL[m]}</h3>")
         body.append(line_chart(f"{AIR_LABEL[m]} daily mean", "\u00b5g/m\u00b3", days,
                                series(lambda r, m=m: r.air[m].mean), colors,  # type: ignore[misc]
                                guide=(g, f"WHO 2021 guideline, 24-hour mean: {g:g} \u00b5g/m\u00b3")))
@@ -306,12 +311,13 @@ def html_page(pub: od.Publication, title: str = "Street lighting and environment
     body.append("<h2>Fault response</h2><p class=note>Alarms raised in the period and how long they took to "
                 "clear (minutes from raise to clear, for those cleared before the end of the period).</p>"
                 "<table><tr><th class=t>district</th><th class=t>kind</th><th>raised</th><th>cleared</th>"
-                "<th>median time to clear (min)</th><th>90th percentile (min)</th></tr>")
+                "<th>still open</th><th>median time to clear (min)</th><th>90th percentile (min)</th></tr>")
     for f in pub.fault_summary:
         body.append(f"<tr><td class=t>{escape(f.district)}</td><td class=t>{escape(f.kind)}</td><td>{f.raised}"
-                    f"</td><td>{f.cleared}</td><td>{_f(f.median_min, 1)}</td><td>{_f(f.p90_min, 1)}</td></tr>")
+                    f"</td><td>{f.cleared}</td><td>{f.raised - f.cleared}</td><td>{_f(f.median_min, 1) or '-'}</td>"
+                    f"<td>{_f(f.p90_min, 1) or '-'}</td></tr>")
     if not pub.fault_summary:
-        body.append("<tr><td class=t colspan=6>no alarms raised in the period</td></tr>")
+        body.append("<tr><td class=t colspan=7>no alarms raised in the period</td></tr>")
     body.append("</table>")
 
     body.append("<h2>Data completeness</h2>")
