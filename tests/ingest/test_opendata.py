@@ -11,6 +11,7 @@ import csv
 import io
 import json
 import math
+import random
 import re
 from collections import defaultdict
 from collections.abc import Iterator
@@ -21,6 +22,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from contract import schema
 from contract.models import Alert
@@ -518,3 +521,53 @@ def test_unreachable_influxdb_is_one_line(tmp_path: Path, capsys: pytest.Capture
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 1
     assert len(err) == 1 and "unreachable" in err[0], err
+
+
+def _hour(district: str, pole: str, t: int, **aggs: roll.Agg) -> od.PoleHour:
+    return od.PoleHour(district, pole, t, aggs)
+
+
+def test_only_whole_scheduled_hours_count_and_a_dimmed_lamp_is_lit() -> None:
+    p = od.Params(date(2026, 3, 2), date(2026, 3, 3), min_poles=1)
+    t = p.local_ns(date(2026, 3, 2), 20)
+    dusk = roll.Agg(0.0, 100.0, 600.0, 12)  # schedule switched on inside the hour: not a night hour
+    dimmed = roll.Agg(50.0, 50.0, 600.0, 12)
+    hours = [_hour("north", "a", t, dimming_pct=dusk, lamp_power_w=roll.Agg.of(10.0)),
+             _hour("north", "a", t + od.HOUR_NS, dimming_pct=dimmed, lamp_power_w=roll.Agg.of(49.0)),
+             _hour("north", "a", t + 2 * od.HOUR_NS, dimming_pct=dimmed, lamp_power_w=roll.Agg.of(47.0))]
+    day = od.aggregate(hours, [], [od.PoleInfo("north", "a", rated_power_w=120.0)], p).days[0]
+    # 80 % of 120 W x 50 % = 48 W: 49 W is lit, 47 W is not
+    assert (day.night_pole_hours, day.lit_pole_hours) == (2, 1)
+
+
+def test_suppression_is_at_the_minimum_exactly() -> None:
+    p = od.Params(date(2026, 3, 2), date(2026, 3, 3), min_poles=3)
+    t = p.local_ns(date(2026, 3, 2), 10)
+    n = roll.Agg.of(50.0)
+    hours = [_hour("a", f"p{i}", t, noise_db=n) for i in range(3)] + [_hour("b", f"q{i}", t, noise_db=n)
+                                                                      for i in range(2)]
+    got = {d.district: d.published for d in od.aggregate(hours, [], [], p).days}
+    assert got == {"a": True, "b": False}
+
+
+def test_params_reject_nonsense() -> None:
+    for kwargs in ({"utc_offset_h": 15}, {"interval_s": 0.0}, {"interval_s": math.nan}, {"min_poles": 0}):
+        with pytest.raises(ValueError):
+            od.Params(date(2026, 3, 2), date(2026, 3, 3), **kwargs)  # type: ignore[arg-type]
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.randoms(use_true_random=False))
+def test_the_files_do_not_depend_on_the_order_the_store_returns_rows(rnd: random.Random) -> None:
+    p = od.Params(date(2026, 3, 2), date(2026, 3, 4), min_poles=2)
+    t0 = p.local_ns(date(2026, 3, 2))
+    hours = [_hour(d, f"{d}{i}", t0 + h * od.HOUR_NS, pm25_ugm3=roll.Agg(1.0 + i, 9.0 + h, 0.1 * h + i / 3, 3),
+                   noise_db=roll.Agg.of(40.0 + (h * 7 + i) % 13), dimming_pct=roll.Agg.of(100.0 * (h % 24 > 17)),
+                   lamp_power_w=roll.Agg.of(100.0 if (h + i) % 5 else 1.0))
+             for d in ("a", "b") for i in range(3) for h in range(60)]
+    alerts = [od.AlertEvent("a", f"a{i}", "leakage", "leakage.w", state, t0 + (7 * i + k) * 600 * od.NS)
+              for i in range(3) for k, state in enumerate(("raised", "cleared", "raised", "cleared"))]
+    want = publish.render(od.aggregate(hours, alerts, [], p))
+    rnd.shuffle(hours)
+    rnd.shuffle(alerts)
+    assert publish.render(od.aggregate(hours, alerts, [], p)) == want
