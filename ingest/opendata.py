@@ -292,8 +292,9 @@ def aggregate(hours: Iterable[PoleHour], alerts: Iterable[AlertEvent], poles: It
         known[h.district].add(h.pole)
         sched = _night_hour(h)
         if sched is not None and sched[0]:
-            info_ = info.get((h.district, h.pole))
-            rated = info_.rated_power_w if info_ and info_.rated_power_w else catalog.DEFAULT_RATED_POWER_W
+            pole_info = info.get((h.district, h.pole))
+            rated = (pole_info.rated_power_w if pole_info and pole_info.rated_power_w
+                     else catalog.DEFAULT_RATED_POWER_W)
             tally = nights[(_night_of(h.start_ns, p), h.district, h.pole)]
             tally[0] += 1
             tally[1] += _lit(h, sched[1], rated)
@@ -352,8 +353,9 @@ def aggregate(hours: Iterable[PoleHour], alerts: Iterable[AlertEvent], poles: It
                 alarms_raised=raised_per_day.get(key, 0)))
     published = {(r.day, r.district) for r in rows if r.published}
     faults = [f for f in faults if (f.day, f.district) in published]
-    summaries = [_summary(district, [r for r in rows if r.district == district], hours_poles(reporting,
-                 published, district), info, air, p) for district in districts]
+    summaries = [_summary(district, [r for r in rows if r.district == district],
+                          _poles_on_published_days(reporting, published, district), info, air, p)
+                 for district in districts]
     by_kind: dict[tuple[str, str], list[float]] = defaultdict(list)
     raised_kind: dict[tuple[str, str], int] = defaultdict(int)
     for f in faults:
@@ -370,7 +372,7 @@ def _energy_or_none(levels: list[float] | None) -> float | None:
     return energy_mean(levels) if levels else None
 
 
-def hours_poles(reporting: Mapping[tuple[date, str], set[str]], published: set[tuple[date, str]],
+def _poles_on_published_days(reporting: Mapping[tuple[date, str], set[str]], published: set[tuple[date, str]],
                 district: str) -> set[str]:
     """The poles that reported on a published day of ``district``."""
     out: set[str] = set()
