@@ -19,8 +19,9 @@ Definitions, in local time (``utc_offset_h``; an hour belongs to the local date 
   it reported; ``poles_dark_multi_night`` counts the poles dark on the night of D and the night before.
 * **completeness**: readings received / readings expected. Expected: every known pole of the
   district (seen in ``status`` before the end of the range, or reporting in it), every hour, one
-  reading per ``interval_s``; received per pole-hour: the largest count among the metrics read,
-  capped at the expected count.
+  reading per reporting interval (the pole's ``interval_s`` from its status, else
+  ``Params.interval_s``); received per pole-hour: the largest count among the metrics read, capped
+  at the expected count.
 * **environment**: the daily mean of every reading of the district (count-weighted), against the WHO
   2021 24-hour guideline the catalog cites; noise: the energy average of hourly levels over the day
   (07-19) and night (23-07) periods of the Environmental Noise Directive.
@@ -91,6 +92,7 @@ class PoleInfo:
     lat: float | None = None
     lon: float | None = None
     rated_power_w: float | None = None
+    interval_s: float | None = None  # the pole's reporting interval, as its birth message says
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,8 +129,10 @@ class Params:
     def alert_range(self) -> tuple[int, int]:
         return self.local_ns(self.since), self.local_ns(self.until)
 
-    def expected_per_hour(self) -> float:
-        return 3600.0 / self.interval_s
+    def expected_per_hour(self, pole: PoleInfo | None = None) -> float:
+        """Readings expected per hour from ``pole`` (its own interval when its status gives one)."""
+        interval = pole.interval_s if pole is not None and pole.interval_s else self.interval_s
+        return 3600.0 / interval
 
 
 # --- output values --------------------------------------------------------------------------------
@@ -286,7 +290,7 @@ def aggregate(hours: Iterable[PoleHour], alerts: Iterable[AlertEvent], poles: It
     noise: dict[tuple[date, str, str], list[float]] = defaultdict(list)
     # lighting per (night, district, pole): [night hours with data, lit hours]
     nights: dict[tuple[date, str, str], list[int]] = defaultdict(lambda: [0, 0])
-    cap = p.expected_per_hour()
+    caps: dict[tuple[str, str], float] = {}
     lo_ns, hi_ns = p.alert_range()
     for h in hours:
         known[h.district].add(h.pole)
@@ -303,7 +307,10 @@ def aggregate(hours: Iterable[PoleHour], alerts: Iterable[AlertEvent], poles: It
         local = _local(h.start_ns, p)
         key = (local.date(), h.district)
         reporting[key].add(h.pole)
-        received[key] += _received(h, cap)
+        ident = (h.district, h.pole)
+        if ident not in caps:
+            caps[ident] = p.expected_per_hour(info.get(ident))
+        received[key] += _received(h, caps[ident])
         for m in AIR:
             a = h.aggs.get(m)
             if a is not None and a.count:
@@ -341,10 +348,11 @@ def aggregate(hours: Iterable[PoleHour], alerts: Iterable[AlertEvent], poles: It
                 rows.append(DistrictDay(d, district, published=False))
                 continue
             n_known = len(known[district])
+            per_hour = sum(p.expected_per_hour(info.get((district, q))) for q in known[district])
             light = lighting.get(key, [0, 0, 0])
             rows.append(DistrictDay(
                 d, district, published=True, reporting_poles=n_rep, known_poles=n_known,
-                expected_readings=int(n_known * 24 * cap), received_readings=received[key],
+                expected_readings=round(24 * per_hour), received_readings=received[key],
                 night_pole_hours=light[0], lit_pole_hours=light[1], poles_dark_multi_night=light[2],
                 air={m: Air(air[(d, district, m)].mean if (d, district, m) in air else None, who_guideline(m))
                      for m in AIR},

@@ -63,18 +63,18 @@ def _hours_from_points(points: Iterable[Point]) -> list[od.PoleHour]:
 
 
 def _latest_info(rows: Iterable[Mapping[str, Any]]) -> list[od.PoleInfo]:
-    """Per pole the last non-null lat, lon and rated power of time-ordered status rows."""
+    """Per pole the last non-null lat, lon, rated power and interval of time-ordered status rows."""
     seen: dict[tuple[str, str], dict[str, float]] = {}
     for r in rows:
         district, pole = r.get("district"), r.get("pole")
         if not district or not pole:
             continue
         have = seen.setdefault((str(district), str(pole)), {})
-        for f in ("lat", "lon", "rated_power_w"):
+        for f in ("lat", "lon", "rated_power_w", "interval_s"):
             v = _num(r.get(f))
             if v is not None:
                 have[f] = v
-    return [od.PoleInfo(d, p, v.get("lat"), v.get("lon"), v.get("rated_power_w"))
+    return [od.PoleInfo(d, p, v.get("lat"), v.get("lon"), v.get("rated_power_w"), v.get("interval_s"))
             for (d, p), v in sorted(seen.items())]
 
 

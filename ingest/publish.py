@@ -51,8 +51,8 @@ DAILY_COLUMNS: list[tuple[str, str, str, str, Cell]] = [
      lambda r: str(r.reporting_poles)),
     ("known_poles", "integer", "poles", "poles known in the district (registered before the end of the "
      "period or reporting in it)", lambda r: str(r.known_poles)),
-    ("expected_readings", "integer", "readings", "known poles x 24 hours x readings per hour at the "
-     "reporting interval", lambda r: str(r.expected_readings)),
+    ("expected_readings", "integer", "readings", "24 hours x readings per hour at each known pole's "
+     "reporting interval, summed over the known poles", lambda r: str(r.expected_readings)),
     ("received_readings", "integer", "readings", "readings received (per pole and hour at most the "
      "expected number)", lambda r: str(r.received_readings)),
     ("completeness", "decimal", "share 0-1", "received_readings / expected_readings",

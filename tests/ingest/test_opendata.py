@@ -40,12 +40,13 @@ SINCE, UNTIL = date(2026, 3, 2), date(2026, 3, 9)
 OFFSET_H = 1  # local time = UTC + 1 h
 STEP_S = 300  # reporting interval
 PER_HOUR = 3600 // STEP_S
+DEFAULT_PER_HOUR = 60  # publish's --interval-s default: for a pole whose status gives no interval
 MIN_POLES = 5
 DISTRICTS = {"north": 8, "south": 7, "east": 6, "harbour": 3}  # harbour: always under MIN_POLES
 EAST_SILENT_DAY = date(2026, 3, 5)  # three east poles silent all that local day: 3 < 5 report
 DARK = {("north", 0): (date(2026, 3, 3), date(2026, 3, 4)),  # two nights dark: counted on 03-04
         ("south", 1): (date(2026, 3, 5),)}  # one night only: never counted
-LUX_ONLY = ("south", 6)  # reports no dimming: the schedule comes from ambient light
+LUX_ONLY = ("south", 6)  # reports no dimming (schedule from ambient light) nor its interval (default 60 s)
 POLLUTED = ("north", date(2026, 3, 6))
 SECRET = "s3cr3t-device-password"  # free text in status and alerts: must never be published
 BOOT = "boot-7f3a9c"
@@ -98,7 +99,9 @@ def make_week(seed: int = 14) -> Week:
             w.status.append(Point(schema.STATUS, schema.tags(district=district, pole=pole),
                                   {"state": "birth", "online": 1, "boot": BOOT, "reason": f"login {SECRET}",
                                    "lat": w.location[pole][0], "lon": w.location[pole][1],
-                                   "rated_power_w": w.rated[pole]}, t_start * 1_000_000 - 86_400 * 10**9))
+                                   "rated_power_w": w.rated[pole],
+                                   **({} if (district, i) == LUX_ONLY else {"interval_s": float(STEP_S)})},
+                                  t_start * 1_000_000 - 86_400 * 10**9))
             flicker = 0.12 if (district, i) == ("east", 2) else 0.0  # often dark, hour by hour
             seq = 0
             for t in range(t_start + i * 7000, t_end, STEP_S * 1000):
@@ -154,6 +157,10 @@ class Expect:
     faults: dict[tuple[str, str, str], dict[str, float]]
 
 
+def per_hour_of(pole: str) -> int:
+    return DEFAULT_PER_HOUR if pole == pole_id(*LUX_ONLY) else PER_HOUR
+
+
 def expected(w: Week) -> Expect:
     days = [SINCE + timedelta(days=i) for i in range((UNTIL - SINCE).days)]
     lo_ms = int(datetime(SINCE.year, SINCE.month, SINCE.day, tzinfo=UTC).timestamp() * 1000) - OFFSET_H * HOUR_MS
@@ -182,7 +189,7 @@ def expected(w: Week) -> Expect:
         if not lo_ms <= h < hi_ms:
             continue
         c = cells[(d, district)]
-        c["received_readings"] += min(len(rows), PER_HOUR)
+        c["received_readings"] += min(len(rows), per_hour_of(pole))
         for m in ("pm25_ugm3", "pm10_ugm3", "no2_ugm3"):
             vals[(d, district, m)] += [r[m] for r in rows]
         noise = sum(r["noise_db"] for r in rows) / len(rows)
@@ -201,12 +208,13 @@ def expected(w: Week) -> Expect:
                 suppressed.add(key)
                 continue
             poles = [pole_id(district, i) for i in range(n)]
+            expected_n = sum(24 * per_hour_of(p) for p in poles)
             night = [nights.get((d, p), [0, 0]) for p in poles]
             c = cells[(d, district)]
             e: dict[str, float] = {
                 "reporting_poles": len(reporting[(d, district)]), "known_poles": n,
-                "expected_readings": n * 24 * PER_HOUR, "received_readings": c["received_readings"],
-                "completeness": c["received_readings"] / (n * 24 * PER_HOUR),
+                "expected_readings": expected_n, "received_readings": c["received_readings"],
+                "completeness": c["received_readings"] / expected_n,
                 "night_pole_hours": sum(x[0] for x in night), "lit_pole_hours": sum(x[1] for x in night),
                 "poles_dark_multi_night": sum((d, p) in dark and (d - timedelta(days=1), p) in dark for p in poles),
             }
@@ -294,7 +302,7 @@ def sqlite_week(tmp_path_factory: pytest.TempPathFactory, week: Week) -> Path:
 
 def run_publish(args: list[str], out: Path, capsys: pytest.CaptureFixture[str]) -> str:
     rc = main(["publish", "--since", SINCE.isoformat(), "--until", UNTIL.isoformat(), "--out", str(out),
-               "--min-poles", str(MIN_POLES), "--interval-s", str(STEP_S), "--utc-offset", str(OFFSET_H), *args])
+               "--min-poles", str(MIN_POLES), "--utc-offset", str(OFFSET_H), *args])
     cap = capsys.readouterr()
     assert rc == 0, cap.err
     lines = cap.out.strip().splitlines()
