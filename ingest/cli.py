@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import sys
 import time
-from datetime import UTC, datetime
+from collections.abc import Iterator
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
+from contract.cli import fail
 from contract.errors import ConfigError, LampwatchError
 from ingest import credentials as creds
 from ingest import grafana as graf
@@ -218,6 +221,75 @@ def credentials_cmd(
     err.print(f"gateway user {w.gateway_user} password (shown once; also in {w.secrets}): "
               f"{w.gateway_password}")
     out.print(f"credentials: devices={w.devices} passwd={w.passwd} acl={w.acl} secrets={w.secrets}")
+
+
+def _date(text: str, what: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise fail("lampwatch-ingest", f"{what}: invalid date {text!r}: use YYYY-MM-DD") from None
+
+
+@app.command()
+def publish(
+    since: Annotated[str, typer.Option(help="first day published (YYYY-MM-DD, local time)")],
+    until: Annotated[str, typer.Option(help="first day NOT published (YYYY-MM-DD)")],
+    out_dir: Annotated[Path, typer.Option("--out", help="directory for the CSV, GeoJSON and HTML files")],
+    url: Url = "http://127.0.0.1:8086",
+    db: Db = "lampwatch",
+    username: User = None,
+    password: Password = None,
+    sqlite: Annotated[Path | None, typer.Option(help="read this SQLite store instead of InfluxDB")] = None,
+    source: Annotated[str, typer.Option(help="InfluxDB: raw (aggregate raw telemetry) or rollup "
+                                             "(read rollup_1h)")] = "raw",
+    min_poles: Annotated[int, typer.Option(help="withhold a district-day with fewer reporting poles")] = 5,
+    interval_s: Annotated[float, typer.Option(help="the fleet's reporting interval (expected readings)")]
+    = 60.0,
+    utc_offset: Annotated[int, typer.Option(help="local time = UTC + this many hours")] = 0,
+) -> None:
+    """Write open data (district-by-day aggregates only) as CSV, GeoJSON and a static HTML page.
+
+    Example: lampwatch-ingest publish --since 2024-05-01 --until 2024-05-08 --out ./opendata
+    """
+    from ingest import opendata as od
+    from ingest import opendata_io as odio
+    from ingest import publish as pub
+
+    prog = "lampwatch-ingest"
+    try:
+        params = od.Params(_date(since, "--since"), _date(until, "--until"), utc_offset_h=utc_offset,
+                           interval_s=interval_s, min_poles=min_poles)
+    except ValueError as exc:
+        raise fail(prog, exc) from None
+    if source not in ("raw", "rollup"):
+        raise fail(prog, f"--source must be raw or rollup, not {source!r}")
+    try:
+        reader: odio.Reader = (odio.SqliteReader(sqlite) if sqlite is not None else
+                               odio.InfluxReader(_store(url, db, username, password), source))  # type: ignore[arg-type]
+    except (ConfigError, LampwatchError) as exc:
+        raise fail(prog, exc) from None
+    try:
+        poles = reader.poles(params.alert_range()[1])  # first: an unreachable store fails before progress
+        alerts = reader.alerts(*params.alert_range())
+        lo, hi = params.read_range()
+        spans = [(t, min(t + od.DAY_NS, hi)) for t in range(lo, hi, od.DAY_NS)]
+        with Progress(TextColumn("publish"), BarColumn(), MofNCompleteColumn(), TextColumn("days read"),
+                      console=err, transient=False) as progress:
+            task = progress.add_task("read", total=len(spans))
+
+            def hours() -> Iterator[od.PoleHour]:  # one day in memory at a time
+                for a, b in spans:
+                    yield from reader.hours(a, b)
+                    progress.advance(task)
+
+            result = od.aggregate(hours(), alerts, poles, params)
+    except LampwatchError as exc:
+        raise fail(prog, exc, 1) from None
+    finally:
+        reader.close()
+    written = pub.write(out_dir, pub.render(result))
+    out.print(f"publish: days={len(params.days())} districts={len(result.districts)} "
+              f"published={result.published} suppressed={result.suppressed} files={len(written)} out={out_dir}")
 
 
 def main(argv: list[str] | None = None) -> int:
