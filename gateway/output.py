@@ -156,6 +156,8 @@ class Output:
             log.critical("%s; retrying every %.0f s", why, self.retry_s)
 
     def _spool(self, points: list[Point]) -> None:
+        """Append to the spool; when it is full, hold (no ack) while the store drains it. A batch larger
+        than the whole bound goes straight to the store once the store takes writes again."""
         full = False
         while True:
             try:
@@ -166,7 +168,12 @@ class Output:
                     full = True
                     self._health("spool", str(exc))
                     log.error("%s: holding acknowledgements until the store drains it", exc)
-                if not self._replay_one() and self._stop.wait(self.retry_s):
+                if self._replay_one():
+                    continue
+                if self.clock() >= self._store_down_until and self._write(points):
+                    self._health("spool", None)
+                    return
+                if self._stop.wait(self.retry_s):
                     raise OSError("stopping with a full spool") from exc
         if full:
             self._health("spool", None)
