@@ -335,7 +335,7 @@ class Gateway:
 
     def _run(self) -> None:
         self._next_tick = self.clock() + self.cfg.selfmetrics_interval_s
-        while True:
+        while not self._stop.is_set():  # on stop, what is still in the inbox stays unacknowledged
             now = self.clock()
             deadline = self._batcher.next_deadline()
             timeout = 0.05 if deadline is None else max(0.0, min(0.05, deadline - now))
@@ -343,8 +343,6 @@ class Gateway:
                 item: _Item | None = self._inbox.get(timeout=timeout)
             except queue.Empty:
                 item = None
-                if self._stop.is_set():
-                    break
             if self.output.failed:
                 raise RuntimeError(self.output.failed)
             now = self.clock()
@@ -353,8 +351,6 @@ class Gateway:
                 tid = self.acks.track(item[2], item[3])
                 pts, outcome, qentry = self._handle(item, now)
                 batch = self._batcher.add((pts, tid, outcome, qentry), now, weight=max(1, len(pts)))
-                if self._stop.is_set() and self._inbox.empty():
-                    batch = batch or self._batcher.take()
             batch = batch or self._batcher.due(now)
             if batch:
                 self._hand_over(batch)
@@ -391,6 +387,10 @@ class Gateway:
         while not self.output.put(out, timeout=0.2):  # the output is busy or holding: backpressure
             if self.output.failed:
                 raise RuntimeError(self.output.failed)
+            if self._stop.is_set() and self.output.holding:
+                log.error("stopping while the output holds: %d messages stay unacknowledged (redelivered "
+                          "after the restart)", len(out.tids))
+                return
             self._next_tick = min(self._next_tick, self.clock())
             self._tick_status_only(self.clock())
 
