@@ -120,7 +120,9 @@ class Output:
                         log.error("stopping while holding a batch of %d points the disk could not take: "
                                   "it is not acknowledged, the broker will redeliver it", len(batch.points))
                         return
-            elif self.spool.depth and self.clock() >= self._store_down_until:
+            # one spooled batch replayed per batch delivered (or per idle turn): the spool drains even
+            # while new batches keep arriving (they go to the spool's tail meanwhile, to keep order)
+            if self.spool.depth and self.clock() >= self._store_down_until:
                 try:
                     self._replay_one()
                 except (OSError, sqlite3.Error) as exc:
