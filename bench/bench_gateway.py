@@ -23,7 +23,13 @@ queryable at the first answer that shows it (an upper bound: up to one poll inte
 ``raw`` it is publish-to-delivery instead. RSS = VmHWM of the consumer process(es).
 
 Prints a table, ``sim: msgs_s=<n> agents=<n>`` and, last,
-``bench: gateway_msgs_s=<x> raw_msgs_s=<y> naive_msgs_s=<z> ratio_raw=<x/y> ratio_naive=<x/z> p99_ms=<l> lost=<n>``.
+``bench: gateway_msgs_s=<x> raw_msgs_s=<y> naive_msgs_s=<z> ratio_raw=<x/y> ratio_naive=<x/z>
+gw_us_per_msg=<a> raw_us_per_msg=<b> cpu_ratio=<a/b> two_proc_msgs_s=<w> p99_ms=<l> lost=<n>`` (one line).
+
+CPU: for every trial, the CPU time (utime + stime from /proc) that the consumer process(es), Mosquitto,
+InfluxDB and the load generator(s) spent between the start of the load and the end of the settle or
+drain, divided by the messages published: microseconds of CPU per message, per process. Above
+``ONE_LOADGEN_MAX`` msg/s the load comes from two load-generator processes publishing disjoint halves.
 """
 
 from __future__ import annotations
@@ -53,7 +59,10 @@ from simulator.city import KITS, City, CityConfig
 from simulator.drills.gateway_drills import _GatewayProcess, wait_gateway_online
 from simulator.harness import InfluxDB1, Mosquitto
 
-LADDER = (250, 500, 1000, 1500, 2000, 3000, 4000, 6000, 8000, 10_000, 12_000)
+LADDER = (250, 500, 1000, 1500, 2000, 3000, 4000, 6000, 8000, 10_000, 12_000, 14_000, 16_000, 20_000, 24_000,
+          28_000, 32_000)
+#: above this offered rate the load comes from two load-generator processes (one tops out near here)
+ONE_LOADGEN_MAX = 10_000
 M2I_VERSION = "1.5.2"
 SYSTEMS = ("raw", "naive", "gateway-1", "gateway-2", "mqtt2influxdb")
 err = Console(stderr=True)
@@ -103,6 +112,8 @@ class Trial:
     probes: int = 0
     probes_seen: int = 0
     rss_mb: list[float] = field(default_factory=list)
+    # CPU microseconds per published message, from /proc, over the trial (load start to settle/drain)
+    cpu_us: dict[str, float] = field(default_factory=dict)  # consumer, broker, influxd, loadgen
     note: str = ""
 
 
@@ -130,6 +141,24 @@ def vm_hwm_mb(pid: int) -> float:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024
     return 0.0
+
+
+def cpu_s(pid: int | None) -> float:
+    """utime + stime of a live process, in seconds (0 when it is gone)."""
+    if pid is None:
+        return 0.0
+    with contextlib.suppress(OSError, IndexError, ValueError):
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return 0.0
+
+
+def children_cpu_s() -> float:
+    """CPU of the waited-for children of this process (the load generators, once they have exited)."""
+    import resource
+
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
 
 
 def _terminate(proc: subprocess.Popen[Any], timeout: float = 20.0) -> None:
@@ -423,12 +452,10 @@ class Bench:
                 except Exception:
                     return -1
 
-            out = self.workdir / f"load-{tag}.json"
-            subprocess.run([sys.executable, "-m", "bench.loadgen", "--port", str(broker.port), "--rate", str(rate),
-                            "--seconds", str(sp.hold_s), "--poles", str(sp.poles), "--districts",
-                            str(sp.districts), "--probe-every", str(sp.probe_every), "--tag", tag, "--out",
-                            str(out)], check=True, stdout=subprocess.DEVNULL)
-            load = json.loads(out.read_text())
+            others = {"broker": broker.pid, "influxd": self.influx.pid}
+            cpu0 = {"consumer": sum(cpu_s(p) for p in pids), **{k: cpu_s(v) for k, v in others.items()},
+                    "loadgen": children_cpu_s()}
+            load = self._load(broker, rate, tag)
             tr.published, tr.achieved_rate = load["acked"], load["achieved_rate"]
             tr.values_per_msg = load["values"] / max(1, load["published"])
             tr.stored_at_end = count()
@@ -452,6 +479,9 @@ class Bench:
                     break
             tr.stored_final = n
             tr.lost = max(0, tr.published - n)
+            cpu1 = {"consumer": sum(cpu_s(p) for p in pids), **{k: cpu_s(v) for k, v in others.items()},
+                    "loadgen": children_cpu_s()}
+            tr.cpu_us = {k: round((cpu1[k] - cpu0[k]) * 1e6 / max(1, tr.published), 1) for k in cpu0}
             if poller is not None:
                 time.sleep(sp.poll_s * 2)
                 poller.stop()
@@ -478,6 +508,30 @@ class Bench:
                  f"at_end={tr.stored_at_end} settled={tr.stored_settled} final={tr.stored_final} "
                  f"{'OK' if tr.sustained else 'FAIL'} p99={p99} ms rss={tr.rss_mb} {tr.note}")
         return tr
+
+    def _load(self, broker: Mosquitto, rate: int, tag: str) -> dict[str, Any]:
+        """Run the load generator(s) to completion; two processes above ONE_LOADGEN_MAX, merged."""
+        sp = self.spec
+        n = 1 if rate <= ONE_LOADGEN_MAX else 2
+        procs, outs = [], []
+        for k in range(n):
+            out = self.workdir / f"load-{tag}-{k}.json"
+            outs.append(out)
+            procs.append(subprocess.Popen(
+                [sys.executable, "-m", "bench.loadgen", "--port", str(broker.port), "--rate", str(rate),
+                 "--seconds", str(sp.hold_s), "--poles", str(sp.poles), "--districts", str(sp.districts),
+                 "--probe-every", str(sp.probe_every), "--tag", f"{tag}-{k}", "--shard", f"{k}/{n}",
+                 "--out", str(out)], stdout=subprocess.DEVNULL))
+        for p in procs:
+            if p.wait() != 0:
+                raise RuntimeError(f"load generator exited {p.returncode}")
+        loads = [json.loads(o.read_text()) for o in outs]
+        merged = dict(loads[0])
+        for key in ("published", "acked", "refused", "values", "achieved_rate", "max_outstanding"):
+            merged[key] = sum(x[key] for x in loads)
+        merged["t_all_acked"] = max(x["t_all_acked"] for x in loads)
+        merged["probes"] = [pr for x in loads for pr in x["probes"]]
+        return merged
 
     def search(self, system: str, start: int | None = None) -> SystemResult:
         """Climb the ladder from ``start``; if the first rate fails, step down until one holds."""
@@ -619,7 +673,15 @@ def summarise(results: dict[str, SystemResult], sim: dict[str, float], agents: i
     naive = results["naive"].msgs_s if "naive" in results else 0.0
     gw_rate = gw.msgs_s if gw else 0.0
     lost = sum(t.lost for g in (g1, g2) if g is not None for t in g.trials if t.drained)
+
+    def us(res: SystemResult | None) -> float:
+        b = res.best if res is not None else None
+        return b.cpu_us.get("consumer", 0.0) if b else 0.0
+
+    gw_us, raw_us = us(g1), us(results.get("raw"))
     return {
+        "gw_us_per_msg": gw_us, "raw_us_per_msg": raw_us, "cpu_ratio": gw_us / raw_us if raw_us else 0.0,
+        "two_proc_ratio": (g2.msgs_s / g1.msgs_s) if (g1 and g2 and g1.msgs_s) else 0.0,
         "gateway_msgs_s": gw_rate, "gateway_mode": gw.system if gw else "-",
         "gateway_1_msgs_s": g1.msgs_s if g1 else 0.0, "gateway_2_msgs_s": g2.msgs_s if g2 else 0.0,
         "raw_msgs_s": raw, "naive_msgs_s": naive,
@@ -638,7 +700,8 @@ def summarise(results: dict[str, SystemResult], sim: dict[str, float], agents: i
 
 def table(r: dict[str, Any]) -> Table:
     t = Table(title="lampwatch ingest: highest offered rate sustained with zero loss (real Mosquitto + InfluxDB 1.6.7)")
-    for col in ("system", "msgs/s", "values/s", "p50 ms", "p99 ms", "RSS MB", "rates tried", "note"):
+    for col in ("system", "msgs/s", "values/s", "p50 ms", "p99 ms", "RSS MB", "CPU us/msg: consumer broker "
+                "influxd loadgen", "rates tried", "note"):
         t.add_column(col, overflow="fold")
     for name, s in r["systems"].items():
         trials = s["trials"]
@@ -662,8 +725,10 @@ def table(r: dict[str, Any]) -> Table:
 
         t.add_row(name, f"{s['msgs_s']:.0f}", f"{s['msgs_s'] * b['values_per_msg']:.0f}" if b else "0",
                   ms(b["p50_ms"]) if b else "-", ms(b["p99_ms"]) if b else "-",
-                  "+".join(f"{m:.0f}" for m in b["rss_mb"]) if b else "-", tried or "-", note)
-    t.add_row("simulator", f"{r['sim_msgs_s']:.0f}", f"{r['sim_values_s']:.0f}", "-", "-", "-", "-",
+                  "+".join(f"{m:.0f}" for m in b["rss_mb"]) if b else "-",
+                  " ".join(f"{b['cpu_us'].get(k, 0):.0f}" for k in ("consumer", "broker", "influxd", "loadgen"))
+                  if b else "-", tried or "-", note)
+    t.add_row("simulator", f"{r['sim_msgs_s']:.0f}", f"{r['sim_values_s']:.0f}", "-", "-", "-", "-", "-",
               f"multiplexed generate+publish, one process, unpaced; agents={r['agents']}: {r['agents_note']}")
     return t
 
@@ -672,6 +737,8 @@ def lines(r: dict[str, Any]) -> list[str]:
     return [f"sim: msgs_s={r['sim_msgs_s']:.0f} agents={r['agents']}",
             f"bench: gateway_msgs_s={r['gateway_msgs_s']:.0f} raw_msgs_s={r['raw_msgs_s']:.0f} "
             f"naive_msgs_s={r['naive_msgs_s']:.0f} ratio_raw={r['ratio_raw']:.2f} ratio_naive={r['ratio_naive']:.1f} "
+            f"gw_us_per_msg={r['gw_us_per_msg']:.0f} raw_us_per_msg={r['raw_us_per_msg']:.0f} "
+            f"cpu_ratio={r['cpu_ratio']:.2f} two_proc_msgs_s={r['gateway_2_msgs_s']:.0f} "
             f"p99_ms={r['p99_ms']:.0f} lost={r['lost']}"]
 
 

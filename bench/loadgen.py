@@ -1,6 +1,6 @@
 """The benchmark's load generator: the simulator's multiplexed mode in its own process.
 
-``python -m bench.loadgen --port P --rate R --seconds S [--poles N] [--conns C] [--out FILE]``
+``python -m bench.loadgen --port P --rate R --seconds S [--poles N] [--conns C] [--shard K/N] [--out FILE]``
 
 Renders a city's telemetry with :class:`simulator.stream.TelemetryStream` (device time ending now, one
 message per pole per 10 s tick, each tick's poles in a seeded random order so every district is
@@ -77,7 +77,7 @@ def _connect(host: str, port: int, conns: int, tag: str) -> list[Publisher]:
 
 def run(host: str, port: int, rate: float, seconds: float, *, poles: int = 100_000, seed: int = 7,
         districts: int = 8, conns: int = 1, probe_every: int = 200, max_outstanding: int = 20_000,
-        tag: str = "0") -> LoadResult:
+        tag: str = "0", shard_k: int = 0, shard_n: int = 1) -> LoadResult:
     """Publish ``rate * seconds`` messages at ``rate`` msg/s (paced); see the module docstring."""
     total = max(1, int(rate * seconds))
     ticks = math.ceil(total / poles)
@@ -96,6 +96,12 @@ def run(host: str, port: int, rate: float, seconds: float, *, poles: int = 100_0
                 probe_at[len(msgs)] = (batch[i][0].split("/")[3], tick)  # seq = tick index (no faults)
             msgs.append(batch[i])
     del msgs[total:]
+    if shard_n > 1:  # one of several load processes: every shard_n-th message, at rate / shard_n
+        keep = range(shard_k, len(msgs), shard_n)
+        probe_at = {j: probe_at[i] for j, i in enumerate(keep) if i in probe_at}
+        msgs = [msgs[i] for i in keep]
+        total, rate = len(msgs), rate / shard_n
+        res.offered_rate = rate
     res.gen_s = time.perf_counter() - t0
     pubs = _connect(host, port, conns, tag)
     probes: list[tuple[str, int, float]] = []
@@ -176,6 +182,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--conns", type=int, default=1)
     ap.add_argument("--probe-every", type=int, default=200)
     ap.add_argument("--tag", default="0", help="distinguishes client ids of concurrent load generators")
+    ap.add_argument("--shard", default="0/1", help="k/n: publish every n-th message from the k-th, at rate/n "
+                    "(n load processes together offer --rate when one cannot)")
     ap.add_argument("--out", default="-")
     a = ap.parse_args(argv)
     res: dict[str, Any]
@@ -184,7 +192,8 @@ def main(argv: list[str] | None = None) -> None:
                           conns=a.conns)
     else:
         res = asdict(run(a.host, a.port, a.rate, a.seconds, poles=a.poles, seed=a.seed, districts=a.districts,
-                         conns=a.conns, probe_every=a.probe_every, tag=a.tag))
+                         conns=a.conns, probe_every=a.probe_every, tag=a.tag,
+                         shard_k=int(a.shard.split("/")[0]), shard_n=int(a.shard.split("/")[1])))
     text = json.dumps(res)
     if a.out == "-":
         sys.stdout.write(text + "\n")
