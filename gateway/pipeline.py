@@ -2,6 +2,10 @@
 
 No I/O and no clock reads: the caller passes ``now_ms``. The MQTT adapter, the batcher, the spool
 and the sink are wired around this in :mod:`gateway.service`.
+
+With a city inventory (``pipeline.inventory``, :mod:`gateway.inventory`) a telemetry or status message
+from a pole under a district other than its own is refused whole (reason ``wrong_district``), and
+one from a pole the inventory does not list is refused (``unregistered``) unless the policy is ``flag``.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from contract.models import Status
 from contract.readings import Point, Reading
 from gateway.decode import Decoded, Limits, Reject, decode_telemetry
 from gateway.dedup import SeqTracker
+from gateway.inventory import Inventory
 
 
 @dataclass(slots=True)
@@ -27,8 +32,10 @@ class Outcome:
 
 
 class Pipeline:
-    def __init__(self, limits: Limits = Limits(), dedup_window: int = 4096) -> None:
+    def __init__(self, limits: Limits = Limits(), dedup_window: int = 4096,
+                 inventory: Inventory | None = None) -> None:
         self.limits = limits
+        self.inventory = inventory
         self.seq = SeqTracker(dedup_window)
         self.counts: Counter[str] = Counter()
         self.rejects_by_reason: Counter[str] = Counter()
@@ -50,6 +57,15 @@ class Pipeline:
         out = Outcome(rejects=d.rejects)
         c = self.counts
         c["messages"] += 1
+        if d.readings and self.inventory is not None:
+            r0 = d.readings[0]  # one message is one pole under one district (decode checked the topic)
+            refused = self.inventory.check(r0.pole, r0.district)
+            if refused is not None:
+                reject = Reject(refused[0], refused[1], topic, payload, pole=r0.pole)
+                c["samples_rejected"] += len(d.readings)
+                out.rejects = [reject]
+                out.points.extend(self._reject_points(out.rejects, now_ms))
+                return out
         c["samples_rejected"] += d.rejected_samples
         c["values_rejected"] += len(d.rejects) - d.rejected_samples
         if d.readings and d.evicted:
@@ -84,6 +100,11 @@ class Pipeline:
             detail = str(exc).splitlines()[0][:300] if not isinstance(exc, ValidationError) else \
                 f"{exc.error_count()} validation error(s): {exc.errors()[0]['msg']}"
             out.rejects.append(Reject("bad_status", detail, topic, payload))
+            out.points.extend(self._reject_points(out.rejects, now_ms))
+            return out
+        refused = self.inventory.check(st.pole, st.district) if self.inventory is not None else None
+        if refused is not None:
+            out.rejects.append(Reject(refused[0], refused[1], topic, payload, pole=st.pole))
             out.points.extend(self._reject_points(out.rejects, now_ms))
             return out
         self.counts["status"] += 1
