@@ -17,7 +17,10 @@ Threads and bounds::
 (< ``ends_after_s``) so it stays firing while it is active; a clear is sent with ``endsAt = now``. The
 durable queue keeps at most one pending firing and one pending resolved message per alarm (a newer one
 replaces the older of the same kind), so a long outage costs one row per alarm, not one per re-send;
-it survives a gateway restart. Alertmanager deduplicates what it receives twice.
+it survives a gateway restart. Alertmanager deduplicates what it receives twice. Firing alarms that
+inhibit others (``pole_offline``) go alone, a moment before the rest of a batch: after an outage
+Alertmanager flushes groups of old alerts at once, racing its own inhibitor, and an offline pole's
+sensor alarm must not beat its pole_offline there.
 
 Labels: alertname (= kind), pole, district, kind, severity, metric, key. Annotations: explanation,
 value, a link to the Grafana pole dashboard, and acknowledgement / shelve state when there is one.
@@ -63,6 +66,9 @@ class NotifyConfig:
     backoff_min_s: float = 0.5
     backoff_max_s: float = 30.0
     generator: str = "lampwatch-gateway"
+    #: alarms that inhibit others in alertmanager.yml: posted first, alone, ``sources_gap_s`` before the rest
+    inhibit_sources: tuple[str, ...] = ("pole_offline",)
+    sources_gap_s: float = 0.25
 
     def __post_init__(self) -> None:
         if self.ends_after_s <= self.resend_s:
@@ -304,6 +310,17 @@ class AlertNotifier:
         head = self._spool.head(self.cfg.batch_max)
         if not head:
             return True
+        # After an outage Alertmanager flushes a group of old alerts at once, racing its own inhibitor:
+        # an inhibiting alarm (pole_offline) must be there before the alarms it inhibits arrive.
+        sources = [x for x in head if x[1].state == "raised" and x[1].kind in self.cfg.inhibit_sources]
+        if sources and len(sources) < len(head):
+            ok = self._post_rows(sources)
+            if ok:
+                self._stop.wait(self.cfg.sources_gap_s)
+            return ok
+        return self._post_rows(head)
+
+    def _post_rows(self, head: list[tuple[int, Alert]]) -> bool:
         now_ms = int(self.clock() * 1000)
         body = [am_alert(a, now_ms, self.cfg) for _i, a in head]
         self._count("notify_posts")

@@ -71,7 +71,7 @@ def demo(
         raise typer.Exit(1)
 
 
-DRILLS = ("broker-restart", "edge-offline", "gateway-kill", "store-outage", "hostile-traffic")
+DRILLS = ("broker-restart", "edge-offline", "gateway-kill", "store-outage", "hostile-traffic", "alert-delivery")
 
 
 @app.command()
@@ -82,7 +82,8 @@ def drill(
     seconds: Annotated[float, typer.Option(help="publishing time in seconds", min=1)] = 20.0,
     rate_hz: Annotated[float, typer.Option(help="ticks per second (each tick: one sample per pole)", min=0.1)] = 5.0,
     outage_s: Annotated[float | None, typer.Option(
-        help="downtime in seconds: store-outage (default 60), broker-restart (30), edge-offline (300, device time)",
+        help="downtime in seconds: store-outage (default 60), broker-restart (30), edge-offline (300, device time), "
+             "alert-delivery (60, Alertmanager)",
         min=1)] = None,
 ) -> None:
     """Run one fault drill on real servers and print its verdict line.
@@ -92,7 +93,7 @@ def drill(
     if name not in DRILLS:
         raise _fail(f"unknown drill {name!r}; choose one of: {', '.join(DRILLS)}")
     edge = name in ("broker-restart", "edge-offline")
-    poles = poles or (3 if edge else 100)
+    poles = poles or (3 if edge else 30 if name == "alert-delivery" else 100)
     if outage_s is None:  # the drill definitions of the edge and gateway issues
         outage_s = {"broker-restart": 30.0, "edge-offline": 300.0}.get(name, 60.0)
     from simulator.drills.gateway_drills import DrillSpec, gateway_kill, hostile_traffic, store_outage
@@ -102,7 +103,11 @@ def drill(
 
     spec = DrillSpec(poles=poles, seconds=seconds, rate_hz=rate_hz)
     try:
-        if name == "gateway-kill":
+        if name == "alert-delivery":  # --poles = faults (one per pole, default 30); --outage-s = Alertmanager down
+            from simulator.drills.alert_drills import alert_delivery
+
+            res: Any = alert_delivery(poles=poles, outage_s=outage_s, log=log)  # same line/passed/failed_checks
+        elif name == "gateway-kill":
             res = gateway_kill(spec, log=log)
         elif name == "store-outage":
             spec.seconds = max(seconds, outage_s * 1.5)
