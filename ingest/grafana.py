@@ -256,8 +256,8 @@ def fleet_overview() -> dict[str, Any]:
                       "for silence longer than 3x the reporting interval, so a hung pole is not counted online.")
     b.add("stat", "Poles offline", [target(offline_q, fmt="table")],
           6, 4, options=stat_opts,
-          fieldConfig={"defaults": {"unit": "none", "noValue": "0", "thresholds": _steps([("green", None), ("orange", 1)])},
-                       "overrides": []},
+          fieldConfig={"defaults": {"unit": "none", "noValue": "0",
+                                    "thresholds": _steps([("green", None), ("orange", 1)])}, "overrides": []},
           description="Poles with an active pole_offline alarm (offline status or silence: one definition).")
     b.add("stat", "Active alarms by severity",
           [target(f'SELECT sum("active") AS "active" FROM ({active_alarms_subquery(DISTRICT)}) '
