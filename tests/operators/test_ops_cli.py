@@ -175,3 +175,43 @@ def test_ack_shelve_maintenance_and_poles(city: dict[str, Any]) -> None:
     assert "alarm.leakage" in res.stdout and "acknowledged by alice" in res.stdout
     res = ops(env, "poles", "show", "p-9")
     assert res.exit_code == 2 and len(res.stderr.splitlines()) == 1
+
+
+def test_gateway_with_an_inventory_dead_letters_district_hopping(mosquitto: Mosquitto, tmp_path: Path) -> None:
+    """Real broker and gateway: telemetry under another district is refused and dead-lettered with reason
+    wrong_district; the pole's own district is stored; a device-declared baseline moves nothing."""
+    inv = tmp_path / "inventory.csv"
+    inv.write_text("pole,district,lat,lon,rated_power_w,nominal_voltage_v,tilt_baseline_deg,sensors\n"
+                   "p-7,north,52.5,13.4,120,230,0,tilt_deg\n")
+    settings = GatewaySettings(mqtt_host=mosquitto.host, mqtt_port=mosquitto.port, state_dir=str(tmp_path / "gw"),
+                               client_id="inv-test-gw", inventory_path=str(inv), store="sqlite",
+                               sqlite_path=str(tmp_path / "lw.sqlite"), selfmetrics_interval_s=0.5)
+    store = SqliteStore(tmp_path / "lw.sqlite")
+    gw = build_with_store(settings, store)
+    dead: list[dict[str, Any]] = []
+    sub = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    sub.on_message = lambda _c, _u, m: dead.append(json.loads(m.payload))
+    sub.connect(mosquitto.host, mosquitto.port)
+    sub.subscribe(f"{topics.DEADLETTER_PREFIX}/#", qos=1)
+    sub.loop_start()
+    gw.start()
+    peer = Peer(mosquitto)
+    try:
+        peer.pub(topics.status("north", "p-7"), Status(pole="p-7", district="north", state="birth",
+                                                      ts=int(time.time() * 1000), tilt_baseline_deg=40.0
+                                                      ).model_dump_json(), retain=True)
+        peer.telemetry("south", "p-7", 1, tilt_deg=42.0)
+        peer.telemetry("north", "p-7", 2, tilt_deg=42.0)
+        tilt = _wait(lambda: peer.alert("north", "p-7", "tilt"), "the tilt alarm")
+        assert tilt.severity == "critical"  # judged against the inventory's 0, not the declared 40
+        assert _wait(lambda: peer.alert("north", "p-7", "inventory_mismatch"), "the mismatch notice").state == "raised"
+        got = _wait(lambda: [d for d in dead if d["reason"] == "wrong_district"], "the dead letter")
+        assert got[0]["pole"] == "p-7" and "belongs to district north" in got[0]["detail"]
+        _wait(lambda: gw.counters().get("rejects_wrong_district") == 1, "the reject counter")
+        assert [r["seq"] for r in store.select("telemetry", {"pole": "p-7"})] == [2]
+    finally:
+        peer.close()
+        sub.loop_stop()
+        sub.disconnect()
+        gw.stop()
+        store.close()
