@@ -55,6 +55,10 @@ DistrictOpt = Annotated[str | None, typer.Option(help="the pole's district (defa
 _IDENT = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 
 
+class NoAnswer(LampwatchError):
+    """Nobody answered a request in time (exit code 1, not 2: the command itself was fine)."""
+
+
 class OpsSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LAMPWATCH_OPS_", extra="forbid", frozen=True)
     _toml: ClassVar[dict[str, Any]] = {}
@@ -204,7 +208,7 @@ def _result(bus: Bus, topic: str, body: str, req_id: str, timeout_s: float) -> O
 
     res: OpsResult | None = bus.request(topic, body, topics.ops_result(req_id), accept, timeout_s)
     if res is None:
-        raise LampwatchError(f"no gateway answered request {req_id} within {timeout_s:g} s")
+        raise NoAnswer(f"no gateway answered request {req_id} within {timeout_s:g} s")
     return res
 
 
@@ -265,7 +269,7 @@ def _ack_or_shelve(config: Path | None, pole: str, key: str, district: str | Non
                              ts=int(time.time() * 1000), note=note, until=until_ms, silence_id=silence_id)
             res = _result(bus, topics.OPS_ACK, req.model_dump_json(), req.id, timeout_s)
     except (LampwatchError, ValueError) as exc:
-        raise _fail(exc) from None
+        raise _fail(exc, 1 if isinstance(exc, NoAnswer) else 2) from None
     extra = f" until={_iso(until_ms)} silence={silence_id}" if action == "shelve" else ""
     typer.echo(f"{action}: pole={pole} district={district} key={key} by={s.operator}{extra} "
                f"gateway={res.gateway} ok={str(res.ok).lower()}" + (f" reason={res.reason}" if res.reason else ""))
@@ -507,7 +511,7 @@ def _maintenance(config: Path | None, pole: str, district: str | None, action: L
                                      start=now_ms if action == "start" else None, end=end)
             res = _result(bus, topics.OPS_MAINTENANCE, req.model_dump_json(), req.id, timeout_s)
     except (LampwatchError, ValueError) as exc:
-        raise _fail(exc) from None
+        raise _fail(exc, 1 if isinstance(exc, NoAnswer) else 2) from None
     extra = f" until={_iso(end)}" if end else ""
     typer.echo(f"maintenance {action}: pole={pole} district={d}{extra} by={s.operator} gateway={res.gateway} "
                f"ok={str(res.ok).lower()}" + (f" reason={res.reason}" if res.reason else ""))

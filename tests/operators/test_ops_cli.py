@@ -215,3 +215,16 @@ def test_gateway_with_an_inventory_dead_letters_district_hopping(mosquitto: Mosq
         sub.disconnect()
         gw.stop()
         store.close()
+
+
+def test_no_gateway_means_one_line_and_exit_1(mosquitto: Mosquitto) -> None:
+    env = {"LAMPWATCH_OPS_MQTT_HOST": mosquitto.host, "LAMPWATCH_OPS_MQTT_PORT": str(mosquitto.port)}
+    res = ops(env, "alarms", "ack", "p-1", "leakage", "--district", "north", "--timeout", "0.5")
+    assert res.exit_code == 1 and len(res.stderr.splitlines()) == 1
+    assert res.stderr.startswith("lampwatch-ops: error: no gateway answered request ops-")
+    res = ops(env, "alarms", "shelve", "p-1", "leakage", "--district", "north", "--for", "2x")
+    assert res.exit_code == 2 and len(res.stderr.splitlines()) == 1 and "not a duration" in res.stderr
+    res = ops({**env, "LAMPWATCH_OPS_OPERATOR": "bad name"}, "alarms", "list")
+    assert res.exit_code == 2 and "operator 'bad name'" in res.stderr
+    res = ops({**env, "LAMPWATCH_OPS_MQTT_PORT": "1"}, "alarms", "list")
+    assert res.exit_code == 2 and "cannot reach broker" in res.stderr and len(res.stderr.splitlines()) == 1
