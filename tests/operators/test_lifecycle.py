@@ -195,3 +195,20 @@ def test_inventory_record_round_trip() -> None:
     again = parse(to_csv(inv.records()))
     assert again.records() == inv.records()
     assert isinstance(inv, Inventory) and inv.get("p-2") == PoleRecord("p-2", "south", 52.6, 13.5)
+
+
+def test_one_structured_log_line_per_change_and_acknowledgement(caplog: pytest.LogCaptureFixture) -> None:
+    clock = Clock()
+    st, _pub, _off = _stage(clock)
+    with caplog.at_level("INFO", logger="lampwatch.detect"):
+        _leak(st, 1, T0, 20.0)
+        _leak(st, 2, T0 + 1000, 20.0)  # raised (warning)
+        _leak(st, 3, T0 + 2000, 40.0)  # escalated (critical)
+        st.acknowledge(_ack())
+        for i in range(3):
+            _leak(st, 4 + i, T0 + 3000 + 1000 * i, 1.0)  # cleared
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("alarm ")]
+    assert [line.split()[1] for line in lines] == ["raised", "escalated", "acknowledged", "cleared"]
+    assert "pole=p-1 district=north key=leakage kind=leakage severity=critical" in lines[1]
+    assert 'by=alice' in lines[2] and 'note="crew on the way"' in lines[2]
+    assert 'explain="cleared: ' in lines[3]
