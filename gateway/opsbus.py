@@ -65,7 +65,7 @@ class OpsListener:
                  queue_max: int = 1000) -> None:
         self.cfg, self.target, self.clock = cfg, target, clock
         self.gateway_id = cfg.client_id
-        self._q: queue.Queue[tuple[Request | str, bytes]] = queue.Queue(maxsize=queue_max)
+        self._q: queue.Queue[Request] = queue.Queue(maxsize=queue_max)
         self._stop = threading.Event()
         self.counts = {"ops_applied": 0, "ops_refused": 0, "ops_malformed": 0, "ops_dropped": 0}
         v5 = cfg.mqtt_version == 5
@@ -99,7 +99,7 @@ class OpsListener:
         if not self._owns(req.district):
             return
         try:
-            self._q.put_nowait((req, b""))
+            self._q.put_nowait(req)
         except queue.Full:
             self.counts["ops_dropped"] += 1
             log.error("ops request queue full: dropped %s", req.id)
@@ -120,10 +120,9 @@ class OpsListener:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                req, _ = self._q.get(timeout=0.2)
+                req = self._q.get(timeout=0.2)
             except queue.Empty:
                 continue
-            assert not isinstance(req, str)
             try:
                 why = apply(self.target, req)
             except Exception as exc:  # a request must never kill the ops thread
