@@ -7,7 +7,10 @@ infinities are refused at the boundary (strict mode, ``allow_inf_nan=False``).
     Telemetry   {"v":1,"pole":"p-000001","boot":"3f2a...","samples":[{"seq":7,"ts":1700000000000,
                  "m":{"leakage_current_ma":2.1,...}}],"evicted":0}
     Status      birth / online / offline presence (retained; offline is also the Last Will)
-    Alert       alarm state for one pole and rule (retained on the alerts topic)
+    Alert       alarm state for one pole and rule (retained on the alerts topic), with the people's
+                part of its lifecycle: acknowledged (who, when, note) and shelved until
+    OpsRequest  an operator's acknowledge / shelve / maintenance request (``_sys/ops/...``), answered
+                by an OpsResult on ``_sys/ops/result/<id>``
     Command     set_interval | sample_now | set_thresholds | ping, answered by CommandAck
     DeadLetter  what the gateway refused, with the reason
 """
@@ -93,6 +96,54 @@ class Alert(_Model):
     cleared_at: TimestampMs | None = None
     ts: TimestampMs
     explain: ShortText
+    # the people's part (optional: payloads from before these fields existed stay valid)
+    acked_by: Ident | None = None
+    acked_at: TimestampMs | None = None
+    ack_note: ShortText | None = None
+    shelved_until: TimestampMs | None = None
+    silence_id: Ident | None = None  # the Alertmanager silence that shelves it
+
+
+class AckRequest(_Model):
+    """Acknowledge one active alarm (``action="ack"``), or shelve it until ``until`` (``"shelve"``;
+    the CLI has created the Alertmanager silence ``silence_id`` for the same window)."""
+
+    v: Literal[1] = 1
+    id: Ident
+    action: Literal["ack", "shelve"]
+    pole: PoleIdStr
+    district: DistrictStr
+    key: Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_.-]{0,95}$")]
+    by: Ident
+    ts: TimestampMs
+    note: ShortText | None = None
+    until: TimestampMs | None = None
+    silence_id: Ident | None = None
+
+
+class MaintenanceRequest(_Model):
+    """Start (``start``/``end`` given) or end a pole's maintenance window (gateway clock, ms)."""
+
+    v: Literal[1] = 1
+    id: Ident
+    action: Literal["start", "end"]
+    pole: PoleIdStr
+    district: DistrictStr
+    by: Ident
+    ts: TimestampMs
+    start: TimestampMs | None = None
+    end: TimestampMs | None = None
+
+
+class OpsResult(_Model):
+    """The gateway's answer to an ops request (on ``_sys/ops/result/<id>``)."""
+
+    v: Literal[1] = 1
+    id: Ident
+    ok: bool
+    gateway: Ident
+    ts: TimestampMs
+    reason: ShortText | None = None
 
 
 class _Cmd(_Model):

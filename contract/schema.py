@@ -6,7 +6,8 @@
 | status      | district, pole                         | state (str), online (0/1), boot, reason, lat, lon, |
 |             |                                        | rated_power_w, nominal_voltage_v, tilt_baseline_deg |
 | alerts      | district, pole, kind, severity         | state, active (0/1), level (1 info..3 critical), |
-|             |                                        | metric, value, score, explain, key              |
+|             |                                        | metric, value, score, explain, key, acked (0/1), |
+|             |                                        | acked_by, ack_note, shelved_until (ms, 0 = no)  |
 | telemetry_1m, telemetry_1h | district, pole          | <metric>_min/_mean/_max, count (rollups, see     |
 |             |                                        | ingest/rollup.py; retention policies rollup_1m/_1h) |
 | rejects     | reason                                 | topic, detail, pole, count (int)                |
@@ -71,6 +72,13 @@ def alert_point(a: Alert) -> Point:
         fields["value"] = float(a.value)
     if a.score is not None:
         fields["score"] = float(a.score)
+    # the people's part: acknowledged (0/1, who, note) and shelved until (ms; 0 = not shelved)
+    fields["acked"] = int(a.acked_by is not None)
+    if a.acked_by is not None:
+        fields["acked_by"] = a.acked_by
+    if a.ack_note:
+        fields["ack_note"] = a.ack_note
+    fields["shelved_until"] = int(a.shelved_until or 0)
     offset = zlib.crc32(a.key.encode()) % 1_000_000
     return Point(ALERTS, tags(district=a.district, pole=a.pole, kind=a.kind, severity=a.severity), fields,
                  a.ts * 1_000_000 + offset)

@@ -7,6 +7,9 @@
     lampwatch/v1/{district}/{pole}/alert/{key}    gateway -> all    alarm state per pole and rule (retained)
     lampwatch/v1/_sys/deadletter/{reason}         gateway -> all    rejected input with its reason
     lampwatch/v1/_sys/gateway/{gateway}/status    gateway -> all    gateway presence and self-metrics
+    lampwatch/v1/_sys/ops/ack                     operator -> gw    acknowledge / shelve an alarm (QoS 1)
+    lampwatch/v1/_sys/ops/maintenance             operator -> gw    start / end a maintenance window
+    lampwatch/v1/_sys/ops/result/{id}             gateway -> op     the answer to one ops request
 
 District and pole segments can never start with ``_`` (see :mod:`contract.ids`), so the ``_sys``
 branch cannot collide with a district, and no id can smuggle in a wildcard or an extra level.
@@ -84,6 +87,18 @@ def deadletter(reason: str) -> str:
 
 def gateway_status(gateway_id: str) -> str:
     return f"{SYS}/gateway/{PoleId(gateway_id)}/status"
+
+
+OPS = f"{SYS}/ops"
+OPS_ACK = f"{OPS}/ack"
+OPS_MAINTENANCE = f"{OPS}/maintenance"
+_ID_RE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+
+
+def ops_result(request_id: str) -> str:
+    if _ID_RE.fullmatch(request_id) is None:
+        raise TopicError(f"invalid ops request id {request_id!r}")
+    return f"{OPS}/result/{request_id}"
 
 
 def parse(topic: str) -> PoleTopic:

@@ -21,7 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from gateway.detection import DetectionStage
+from gateway.inventory import load as load_inventory
 from gateway.lease import Lease
+from gateway.notify import AlertNotifier, NotifyConfig
+from gateway.opsbus import OperatorStage, OpsListener
 from gateway.service import Gateway
 from gateway.settings import GatewaySettings
 from ingest.stores import StoreConfig, open_store
@@ -82,6 +85,27 @@ def build_with_store(settings: GatewaySettings, store: Any) -> Gateway:
 
     stage = DetectionStage(state_path=str(Path(settings.state_dir) / f"alarms-{cfg.client_id}.json"),
                            publish=publish)
-    gw = Gateway(cfg, store, on_outcome=stage)
+    ops = _operators(settings, cfg, stage)
+    gw = Gateway(cfg, store, on_outcome=ops)
     holder.append(gw)
+    if stage.inventory is not None:
+        gw.pipeline.inventory = stage.inventory  # wrong_district / unregistered are refused at decode
     return gw
+
+
+def _operators(settings: GatewaySettings, cfg: Any, stage: DetectionStage) -> OperatorStage:
+    """The operators' side around the detection stage: inventory, Alertmanager notifier, ops listener
+    (docs/operators.md)."""
+    if settings.inventory_path:
+        stage.set_inventory(load_inventory(settings.inventory_path, unknown=settings.inventory_unknown))
+    notifier = None
+    if settings.alertmanager_url:
+        notifier = AlertNotifier(NotifyConfig(
+            url=settings.alertmanager_url, grafana_url=settings.grafana_url, resend_s=settings.notify_resend_s,
+            ends_after_s=5 * settings.notify_resend_s,
+            spool_path=str(Path(settings.state_dir) / f"notify-{cfg.client_id}.sqlite")))
+        stage.on_alert = notifier.offer
+        notifier.resync(stage.active())
+        notifier.start()
+    listener = OpsListener(cfg, stage).start() if settings.ops_listen else None
+    return OperatorStage(stage, notifier, listener)

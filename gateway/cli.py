@@ -157,7 +157,8 @@ def status(config: ConfigOpt = None, wait: Annotated[float, typer.Option(
         raise _fail("no gateway has reported to this broker")
     t = Table(title="lampwatch gateways")
     keys = ["messages", "samples_accepted", "samples_rejected", "duplicates", "gaps", "stored_points",
-            "spool_points", "lag_ms", "last_write_ms", "inbox", "alarms_active"]
+            "spool_points", "lag_ms", "last_write_ms", "inbox", "alarms_active", "notify_sent", "notify_queued",
+            "notify_dropped"]
     gids = sorted(seen)
     t.add_column("")
     for gid in gids:

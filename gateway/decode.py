@@ -26,7 +26,7 @@ MAX_PAYLOAD_BYTES = 256 * 1024
 #: with these so they can be read from another thread while the worker updates them
 REASONS = ("bad_topic", "too_large", "bad_utf8", "bad_json", "duplicate_key", "bad_schema", "pole_mismatch",
            "ts_future", "ts_past", "unknown_metric", "out_of_range", "no_valid_values", "seq_conflict",
-           "bad_status", "store_rejected")
+           "bad_status", "store_rejected", "wrong_district", "unregistered")
 #: name -> (lo, hi, is_bool, unit), from the catalog; the hot loop compares against these directly
 _RANGES: dict[str, tuple[float, float, bool, str]] = {
     m.name: (m.lo, m.hi, m.dtype == "bool", m.unit) for m in BY_NAME.values()}

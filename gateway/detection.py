@@ -19,6 +19,18 @@ windows, every active alarm and the district baselines; the streaming detector's
 ``save_min_interval_s``, so an alarm storm does not turn into an fsync storm; a change held back is
 saved by the first call or tick after that), every ``save_every_s`` otherwise, and on ``close``.
 After a load every pole gets one full silence limit to be heard again before it is called offline.
+
+People (docs/operators.md): every transition is also handed to ``on_alert`` (the notifier,
+:mod:`gateway.notify`) and logged as one ``alarm <change> key=value ...`` line. :meth:`acknowledge`
+records who acknowledged an active alarm, when and why, or shelves it until a time; the record lives
+beside the alarm (the retained alert message and the ``alerts`` point carry it, the state file keeps
+it) until the alarm clears or escalates (a worse state needs a fresh look). :meth:`maintenance` starts
+or ends a pole's maintenance window (door-open alarms are the plan inside it).
+
+Inventory (:mod:`gateway.inventory`): with one, the safety rules judge every listed pole against the
+inventory's rated power, nominal voltage and tilt baseline, set at start; a birth message declaring
+other values raises the ``inventory_mismatch`` notice and changes nothing; a pole the inventory does
+not list (policy ``flag``) gets the ``unregistered`` notice.
 """
 
 from __future__ import annotations
@@ -37,18 +49,21 @@ import numpy as np
 
 from contract import schema, topics
 from contract.catalog import INDEX, METRICS, Metric
-from contract.models import Alert
+from contract.models import AckRequest, Alert, MaintenanceRequest
 from contract.readings import FieldValue, Point
 from gateway.alarms import ActiveAlarm, AlarmPolicy, Transition
 from gateway.detect.rules import AlarmSpec, Conditions, RuleParams, Rules, Tier, levels
 from gateway.detect.spatial import DISTRICT_POLE, Spatial, SpatialParams
 from gateway.detect.state import N_METRICS, NO_TS, Batch, FleetState
+from gateway.inventory import Inventory
 from gateway.pipeline import Outcome
 
 log = logging.getLogger("lampwatch.detect")
 
 STATE_VERSION = 1
 Publish = Callable[[str, bytes, bool], None]
+OnAlert = Callable[[Alert], None]
+_ACK_FIELDS = ("acked_by", "acked_at", "ack_note", "shelved_until", "silence_id")
 
 try:  # layer 2 is optional: another module, maybe absent
     from gateway.detect.stream import StreamDetector as _StreamDetector
@@ -87,9 +102,13 @@ class DetectionStage:
                  clock: Callable[[], float] = time.time, rule_params: RuleParams = RuleParams(),
                  spatial: SpatialParams | None = SpatialParams(), stream: bool = True,
                  anomaly_on: float = 0.9998, anomaly_off: float = 0.86, save_every_s: float = 30.0,
-                 save_min_interval_s: float = 1.0) -> None:
+                 save_min_interval_s: float = 1.0, on_alert: OnAlert | None = None,
+                 inventory: Inventory | None = None) -> None:
         self.state_path = Path(state_path) if state_path else None
         self.publish, self.clock = publish, clock
+        self.on_alert, self.inventory = on_alert, inventory
+        self._acks: dict[tuple[str, str, str], dict[str, Any]] = {}  # (district, pole, key) -> ack fields
+        self._pending: list[Point] = []  # alert points from acknowledgements, out with the next call
         self.save_every_s, self.save_min_interval_s = save_every_s, save_min_interval_s
         self.state_error: str | None = None  # set while the state file cannot be written (the gateway alarms)
         self._rule_params, self._spatial_params, self._use_stream = rule_params, spatial, stream
@@ -101,6 +120,7 @@ class DetectionStage:
         self._closed = False
         if self.state_path is not None and self.state_path.exists():
             self._load(self.state_path)
+        self._apply_inventory()
 
     def _setup(self) -> None:
         """Fresh, empty detection state."""
@@ -117,6 +137,8 @@ class DetectionStage:
         self._anomaly_cols = np.array([INDEX[n] for n in STREAM_METRICS], np.int64)
         if self.stream is not None:
             specs.extend(_anomaly_spec(int(c)) for c in self._anomaly_cols)
+        self._notice_off = len(specs)
+        specs.extend(NOTICE_SPECS)
         self.poles = AlarmPolicy(specs)
         self.districts = AlarmPolicy(self.spatial.district_specs) if self.spatial is not None else None
         self._next_spatial_ms = NO_TS
@@ -145,7 +167,10 @@ class DetectionStage:
                 attrs = {k: v for k in ("rated_power_w", "nominal_voltage_v", "tilt_baseline_deg", "interval_s")
                          if (v := getattr(st, k)) is not None}
                 if attrs and st.state != "offline":
-                    self.rules.set_pole(st.pole, st.district, **attrs)
+                    if self.inventory is None:
+                        self.rules.set_pole(st.pole, st.district, **attrs)
+                    else:  # the inventory is the truth: a device never moves its own baselines
+                        pole_c.append(self._inventory_notices(st.pole, st.district, attrs, st.ts))
                 pole_c.append(self.rules.presence(st.pole, st.district, st.state, st.ts, now_ms,
                                                   st.interval_s))
             if outcome.readings:
@@ -159,6 +184,111 @@ class DetectionStage:
                     pole_c.append(sp)
                 self._dirty = True
             return self._apply(Conditions.concat(pole_c), dist_c)
+
+    # --- inventory -----------------------------------------------------------------------------------
+    def set_inventory(self, inventory: Inventory | None) -> None:
+        """Judge against the city inventory from now on (its attributes are set at once)."""
+        with self._lock:
+            self.inventory = inventory
+            self._apply_inventory()
+
+    def _apply_inventory(self) -> None:
+        if self.inventory is None:
+            return
+        for r in self.inventory.records():
+            self.rules.set_pole(r.pole, r.district, **r.attrs())
+
+    def _inventory_notices(self, pole: str, district: str, declared: dict[str, float], ts: int) -> Conditions:
+        """A birth's declared attributes against the inventory: only ``interval_s`` is taken from the
+        device; a disagreement raises ``inventory_mismatch`` (an agreeing birth clears it)."""
+        assert self.inventory is not None
+        if "interval_s" in declared:
+            self.rules.set_pole(pole, district, interval_s=declared["interval_s"])
+        row = self.state.row(pole, district)
+        if pole not in self.inventory:
+            return _notice(row, self._notice_off + 1, True, 0.0, ts)
+        bad = self.inventory.mismatches(pole, {k: v for k, v in declared.items() if k != "interval_s"})
+        if bad:
+            log.warning("inventory_mismatch pole=%s district=%s declared %s; the inventory's values stay",
+                        pole, district, "; ".join(bad))
+        return _notice(row, self._notice_off, bool(bad), float(len(bad)), ts)
+
+    # --- people ------------------------------------------------------------------------------------
+    def acknowledge(self, req: AckRequest) -> str | None:
+        """Acknowledge or shelve one active alarm; returns None, or why it was refused."""
+        with self._lock:
+            x = self._find_active(req.district, req.pole, req.key)
+            if x is None:
+                return f"no active alarm {req.key} on {req.district}/{req.pole}"
+            k = (req.district, req.pole, req.key)
+            rec = dict(self._acks.get(k, {}))
+            now_ms = int(self.clock() * 1000)
+            rec.update(acked_by=req.by, acked_at=now_ms, ack_note=req.note)
+            if req.action == "shelve":
+                if req.until is None or req.until <= now_ms:
+                    return "shelve needs an until time in the future"
+                rec.update(shelved_until=req.until, silence_id=req.silence_id)
+            self._acks[k] = rec
+            alert = self._alert(x, req.district, req.pole).model_copy(update={"ts": now_ms})
+            _log_alarm("acknowledged" if req.action == "ack" else "shelved", alert)
+            self._out(alert)
+            self._pending.append(alert_point(alert))
+            self.counts[f"alarms_{req.action}"] += 1
+            self._dirty = self._unsaved_changes = True
+            return None
+
+    def maintenance(self, req: MaintenanceRequest) -> str | None:
+        """Start or end a pole's maintenance window; returns None, or why it was refused."""
+        with self._lock:
+            if self.state.find(req.pole) is None and (self.inventory is None or req.pole not in self.inventory):
+                return f"pole {req.pole} is unknown to this gateway"
+            if req.action == "start":
+                if req.start is None or req.end is None or req.end <= req.start:
+                    return "a maintenance window needs start < end"
+                self.rules.set_maintenance(req.pole, req.district, req.start, req.end)
+            else:
+                self.rules.clear_maintenance(req.pole)
+            log.info("maintenance %s pole=%s district=%s by=%s start=%s end=%s", req.action, req.pole,
+                     req.district, req.by, req.start, req.end)
+            self._dirty = self._unsaved_changes = True
+            return None
+
+    def maintenance_windows(self, pole: str) -> list[tuple[int, int]]:
+        with self._lock:
+            return self.rules.maintenance(pole)
+
+    def _find_active(self, district: str, pole: str, key: str) -> ActiveAlarm | None:
+        if pole == DISTRICT_POLE:
+            if self.districts is None or district not in self.state.districts:
+                return None
+            row, policy = self.state.district_index(district), self.districts
+        else:
+            r = self.state.find(pole)
+            if r is None or self.state.pole_district[r] != district:
+                return None
+            row, policy = r, self.poles
+        try:
+            if policy.level(row, key) == 0:
+                return None
+        except KeyError:
+            return None
+        return next((x for x in policy.active() if x.row == row and x.spec.key == key), None)
+
+    def _out(self, alert: Alert) -> None:
+        """Hand one alarm state to the broker (retained) and to the notifier; neither may stop us."""
+        if self.publish is not None:
+            try:
+                self.publish(topics.alert(alert.district, alert.pole, alert.key), alert.model_dump_json().encode(),
+                             True)
+            except Exception as exc:  # the consumer loop never dies on a publish failure
+                self.counts["alarm_publish_errors"] += 1
+                log.error("could not publish alert %s/%s/%s: %s", alert.district, alert.pole, alert.key, exc)
+        if self.on_alert is not None:
+            try:
+                self.on_alert(alert)
+            except Exception as exc:
+                self.counts["alarm_notify_errors"] += 1
+                log.error("notifier refused alert %s/%s/%s: %s", alert.district, alert.pole, alert.key, exc)
 
     def tick(self, now_ms: int | None = None) -> list[Point]:
         """Silence check for every pole at once (``now_ms``: gateway clock, default the stage's)."""
@@ -207,6 +337,8 @@ class DetectionStage:
                 changes.append((t, self.state.districts[t.row], DISTRICT_POLE))
         changes.sort(key=lambda x: (x[0].ts_ms, x[1], x[2], x[0].spec.key))
         points = [self._emit(t, d, p) for t, d, p in changes]
+        if self._pending:
+            points, self._pending = self._pending + points, []
         if changes:
             self._dirty = self._unsaved_changes = True
         if self.state_path is not None and self._dirty:
@@ -227,18 +359,19 @@ class DetectionStage:
 
     # --- output ------------------------------------------------------------------------------------
     def _emit(self, t: Transition, district: str, pole: str) -> Point:
+        k = (district, pole, t.spec.key)
+        # a clear carries the acknowledgement it had; a new or worse alarm needs a fresh look (none)
+        ack = self._acks.get(k, {}) if t.change in ("deescalated", "cleared") else {}
+        if t.change != "deescalated":
+            self._acks.pop(k, None)
         alert = Alert(pole=pole, district=district, key=t.spec.key, kind=t.spec.kind, metric=t.spec.metric,
                       severity=t.severity, state=t.state, value=_num(t.value), score=_num(t.score),
                       raised_at=t.raised_at_ms, cleared_at=t.ts_ms if t.level == 0 else None, ts=t.ts_ms,
-                      explain=t.explain())
+                      explain=t.explain(), **ack)
         self.counts[f"alarms_{t.change}_{t.spec.kind}"] += 1
         self.counts[f"alarms_{t.change}"] += 1
-        if self.publish is not None:
-            try:
-                self.publish(topics.alert(district, pole, t.spec.key), alert.model_dump_json().encode(), True)
-            except Exception as exc:  # the consumer loop never dies on a publish failure
-                self.counts["alarm_publish_errors"] += 1
-                log.error("could not publish alert %s/%s/%s: %s", district, pole, t.spec.key, exc)
+        _log_alarm(t.change, alert)
+        self._out(alert)
         return alert_point(alert)
 
     def active(self) -> list[Alert]:
@@ -251,11 +384,11 @@ class DetectionStage:
                         for x in self.districts.active()]
             return sorted(out, key=lambda a: (a.district, a.pole, a.key))
 
-    @staticmethod
-    def _alert(x: ActiveAlarm, district: str, pole: str) -> Alert:
+    def _alert(self, x: ActiveAlarm, district: str, pole: str) -> Alert:
         return Alert(pole=pole, district=district, key=x.spec.key, kind=x.spec.kind, metric=x.spec.metric,
                      severity=x.severity, state="raised", value=_num(x.value), score=_num(x.score),
-                     raised_at=x.raised_at_ms, ts=x.ts_ms, explain=x.explain())
+                     raised_at=x.raised_at_ms, ts=x.ts_ms, explain=x.explain(),
+                     **self._acks.get((district, pole, x.spec.key), {}))
 
     def counters(self) -> dict[str, float]:
         """Alarm counters (``alarms_raised_<kind>``, ``alarms_cleared``...) and active alarm counts."""
@@ -293,6 +426,7 @@ class DetectionStage:
             "spatial": self.spatial.export() if self.spatial is not None else [],
             "next_spatial_ms": int(self._next_spatial_ms),
             "counts": dict(self.counts),
+            "acks": [{"district": d, "pole": p, "key": k, **rec} for (d, p, k), rec in sorted(self._acks.items())],
         }
         _atomic_write(self.state_path, json.dumps(doc, separators=(",", ":")).encode())
         if self.stream is not None:
@@ -322,6 +456,10 @@ class DetectionStage:
                                        lambda d, _e: self.state.district_index(d))
             self._next_spatial_ms = int(doc.get("next_spatial_ms", NO_TS))
             self.counts.update({str(k): int(v) for k, v in dict(doc.get("counts", {})).items()})
+            for e in doc.get("acks", []):
+                if self._find_active(str(e["district"]), str(e["pole"]), str(e["key"])) is not None:
+                    self._acks[(str(e["district"]), str(e["pole"]), str(e["key"]))] = {
+                        f: e.get(f) for f in _ACK_FIELDS}
         except Exception as exc:
             # a damaged file must not keep the gateway down: keep it aside for a human, start afresh
             aside = path.with_name(path.name + ".corrupt")
@@ -368,6 +506,41 @@ def _anomaly_spec(col: int) -> AlarmSpec:
 
 def _num(v: float) -> float | None:
     return float(v) if np.isfinite(v) else None
+
+
+#: pole notices from the inventory check (info; raised and cleared at once)
+NOTICE_SPECS: tuple[AlarmSpec, ...] = (
+    AlarmSpec("inventory_mismatch", "inventory_mismatch", None,
+              (Tier("info", "birth message declares installation attributes that disagree with the city "
+                            "inventory; the inventory's values are used", fast=True),),
+              raise_n=1, raise_ms=0, clear_n=1, unit="attributes", decimals=0),
+    AlarmSpec("unregistered", "unregistered", None,
+              (Tier("info", "pole is not in the city inventory (accepted, flagged)", fast=True),),
+              raise_n=1, raise_ms=0, clear_n=1, decimals=0),
+)
+
+
+def _notice(row: int, spec: int, on: bool, value: float, ts: int) -> Conditions:
+    lvl = np.array([int(on)], np.int8)
+    return Conditions(np.array([row], np.int64), np.array([spec], np.int64), lvl, lvl.copy(),
+                      np.array([value]), np.array([np.nan]), lvl.astype(np.float64), np.array([ts], np.int64))
+
+
+def _log_alarm(change: str, a: Alert) -> None:
+    """One structured line per alarm change a person may care about (key=value, greppable)."""
+    parts = [f"alarm {change}", f"pole={a.pole}", f"district={a.district}", f"key={a.key}", f"kind={a.kind}",
+             f"severity={a.severity}", f"raised_at={a.raised_at}", f"ts={a.ts}"]
+    if a.value is not None:
+        parts.append(f"value={a.value:g}")
+    if a.acked_by:
+        parts.append(f"by={a.acked_by}")
+    if a.shelved_until:
+        parts.append(f"shelved_until={a.shelved_until}")
+    if a.ack_note:
+        parts.append(f"note={json.dumps(a.ack_note)}")
+    parts.append(f"explain={json.dumps(a.explain)}")
+    log.log(logging.WARNING if change in ("raised", "escalated") and a.severity == "critical" else logging.INFO,
+            " ".join(parts))
 
 
 alert_point = schema.alert_point  # the mapping lives with the rest of the schema

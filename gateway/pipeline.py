@@ -2,6 +2,10 @@
 
 No I/O and no clock reads: the caller passes ``now_ms``. The MQTT adapter, the batcher, the spool
 and the sink are wired around this in :mod:`gateway.service`.
+
+With a city inventory (``pipeline.inventory``, :mod:`gateway.inventory`) a telemetry or status message
+from a pole under a district other than its own is refused whole (reason ``wrong_district``), and
+one from a pole the inventory does not list is refused (``unregistered``) unless the policy is ``flag``.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from contract.models import Status
 from contract.readings import Point, Reading
 from gateway.decode import REASONS, Decoded, Limits, Reject, decode_telemetry
 from gateway.dedup import SeqTracker, fingerprint
+from gateway.inventory import Inventory
 
 COUNTS = ("messages", "status", "samples_accepted", "samples_rejected", "values_accepted", "values_rejected",
           "duplicates", "conflicts", "device_evictions_reported")
@@ -39,8 +44,10 @@ class Outcome:
 
 
 class Pipeline:
-    def __init__(self, limits: Limits = Limits(), dedup_window: int = 4096) -> None:
+    def __init__(self, limits: Limits = Limits(), dedup_window: int = 4096,
+                 inventory: Inventory | None = None) -> None:
         self.limits = limits
+        self.inventory = inventory
         self.seq = SeqTracker(dedup_window)
         # pre-seeded with every key: another thread may copy them while this one updates them
         self.counts: Counter[str] = Counter(dict.fromkeys(COUNTS, 0))
@@ -72,6 +79,15 @@ class Pipeline:
         out = Outcome(rejects=d.rejects)
         c = self.counts
         c["messages"] += 1
+        if d.readings and self.inventory is not None:
+            r0 = d.readings[0]  # one message is one pole under one district (decode checked the topic)
+            refused = self.inventory.check(r0.pole, r0.district)
+            if refused is not None:
+                reject = Reject(refused[0], refused[1], topic, payload, pole=r0.pole)
+                c["samples_rejected"] += len(d.readings)
+                out.rejects = [reject]
+                out.points.extend(self._reject_points(out.rejects, now_ms))
+                return out
         if d.readings and d.evicted:
             # Telemetry.evicted counts since that agent's boot: keep the latest per (pole, boot), sum them
             key = (d.readings[0].pole, d.readings[0].boot)
@@ -112,6 +128,11 @@ class Pipeline:
             detail = str(exc).splitlines()[0][:300] if not isinstance(exc, ValidationError) else \
                 f"{exc.error_count()} validation error(s): {exc.errors()[0]['msg']}"
             out.rejects.append(Reject("bad_status", detail, topic, payload))
+            out.points.extend(self._reject_points(out.rejects, now_ms))
+            return out
+        refused = self.inventory.check(st.pole, st.district) if self.inventory is not None else None
+        if refused is not None:
+            out.rejects.append(Reject(refused[0], refused[1], topic, payload, pole=st.pole))
             out.points.extend(self._reject_points(out.rejects, now_ms))
             return out
         self.counts["status"] += 1

@@ -451,15 +451,20 @@ class Gateway:
             log.warning("could not record the store's refusals (%s: %s)", type(exc).__name__, exc)
 
     def _detect(self, batch: list[_Batched]) -> list[Point]:
-        """Run detection once per batch (cheap per reading), statuses first so births set attributes."""
+        """Run detection over a batch in arrival order: consecutive readings in one call (cheap per
+        reading), each status message in its own call where it arrived. (Statuses used to go first,
+        so a Last Will arriving just after a pole's last reading was undone by that older reading.)"""
         if self.on_outcome is None:
             return []
         out: list[Point] = []
-        readings = []
+        readings: list[Any] = []
         for _p, _t, o, _q in batch:
             if o is None:
                 continue
             if o.status is not None:
+                if readings:
+                    out += self.on_outcome(Outcome(readings=readings))
+                    readings = []
                 out += self.on_outcome(Outcome(status=o.status))
             readings += o.readings
         if readings:

@@ -58,6 +58,13 @@ class GatewaySettings(BaseSettings):
     max_future_s: float = Field(300, ge=0)
     max_past_days: float = Field(30, gt=0)
     selfmetrics_interval_s: float = Field(5.0, gt=0)
+    # operators (docs/operators.md)
+    alertmanager_url: str | None = None  # e.g. http://127.0.0.1:9093; none: no notifications
+    grafana_url: str | None = None  # links to the pole dashboard in notifications
+    notify_resend_s: float = Field(60.0, gt=0)  # active alarms re-sent this often (valid 5x as long)
+    inventory_path: str | None = None  # the city inventory CSV (gateway.inventory); none: devices declare
+    inventory_unknown: Literal["refuse", "flag"] = "refuse"  # poles the inventory does not list
+    ops_listen: bool = True  # apply acknowledgements / maintenance from lampwatch/v1/_sys/ops/#
 
     @classmethod
     def settings_customise_sources(

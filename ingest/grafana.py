@@ -203,9 +203,35 @@ SEVERITY = '"severity" =~ /^$severity$/'
 GATEWAY = '"gateway" =~ /^$gateway$/'
 
 
+#: drill-down from any table or map row that has a pole (and district) to the pole dashboard
+POLE_LINK = {"title": "Pole detail", "targetBlank": False,
+             "url": "/d/lampwatch-pole/?var-district=${__data.fields.district}&var-pole=${__data.fields.pole}"
+                    "&${__url_time_range}"}
+
+
+def pole_link_override() -> dict[str, Any]:
+    return {"matcher": {"id": "byName", "options": "pole"}, "properties": [{"id": "links", "value": [POLE_LINK]}]}
+
+
+def offline_subquery(where: str) -> str:
+    """The one definition of offline (gateway, CLI, Grafana): an active ``pole_offline`` alarm, which the
+    gateway raises for an offline status (Last Will, shutdown) and for silence alike."""
+    return (f'SELECT last("active") AS "active", last("value") AS "silent_s", last("explain") AS "explain" '
+            f'FROM "{schema.ALERTS}" WHERE "kind" = \'pole_offline\' AND {where} AND {CURRENT} '
+            f'GROUP BY "district", "pole"')
+
+
 def active_alarms_subquery(where: str) -> str:
     """Current state of every alarm rule per pole: its last ``active`` (1 raised, 0 cleared)."""
     return (f'SELECT last("active") AS "active", last("level") AS "level" FROM "{schema.ALERTS}" '
+            f'WHERE {where} AND {CURRENT} GROUP BY "district", "pole", "kind", "severity"')
+
+
+def current_alarms(where: str) -> str:
+    """Last state of every alarm per pole and rule, with the people's part (acknowledged, shelved)."""
+    return (f'SELECT last("active") AS "active", last("level") AS "level", last("metric") AS "metric", '
+            f'last("value") AS "value", last("explain") AS "explain", last("acked_by") AS "acked_by", '
+            f'last("ack_note") AS "ack_note", last("shelved_until") AS "shelved_until" FROM "{schema.ALERTS}" '
             f'WHERE {where} AND {CURRENT} GROUP BY "district", "pole", "kind", "severity"')
 
 
@@ -215,16 +241,24 @@ def fleet_overview() -> dict[str, Any]:
                    f'GROUP BY "pole"')
     stat_opts = {"reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
                  "colorMode": "background", "graphMode": "none", "textMode": "value_and_name"}
-    b.add("stat", "Poles online", [target(f'SELECT sum("online") AS "online" FROM ({last_status})', fmt="table")],
+    offline_q = f'SELECT sum("active") AS "offline" FROM ({offline_subquery(DISTRICT)})'
+    b.add("stat", "Poles online",
+          [target(f'SELECT count("online") AS "known" FROM ({last_status})', "A", "table"),
+           target(offline_q, "B", "table")],
           6, 4, options=stat_opts,
+          transformations=[{"id": "merge", "options": {}},
+                           {"id": "calculateField", "options": {
+                               "mode": "binary", "alias": "online", "replaceFields": True,
+                               "binary": {"left": "known", "operator": "-", "right": "offline"}}}],
           fieldConfig={"defaults": {"unit": "none", "thresholds": _steps([("green", None)])}, "overrides": []},
-          description="Poles whose last status (birth/online/offline, within 30 days) says online.")
-    b.add("stat", "Poles offline",
-          [target(f'SELECT count("online") - sum("online") AS "offline" FROM ({last_status})', fmt="table")],
+          description="Known poles (a status within 30 days) minus offline ones. Offline = an active "
+                      "pole_offline alarm: the gateway raises it for an offline status (Last Will, shutdown) and "
+                      "for silence longer than 3x the reporting interval, so a hung pole is not counted online.")
+    b.add("stat", "Poles offline", [target(offline_q, fmt="table")],
           6, 4, options=stat_opts,
-          fieldConfig={"defaults": {"unit": "none", "thresholds": _steps([("green", None), ("orange", 1)])},
-                       "overrides": []},
-          description="Poles whose last status is offline (clean shutdown or the broker's Last Will).")
+          fieldConfig={"defaults": {"unit": "none", "noValue": "0",
+                                    "thresholds": _steps([("green", None), ("orange", 1)])}, "overrides": []},
+          description="Poles with an active pole_offline alarm (offline status or silence: one definition).")
     b.add("stat", "Active alarms by severity",
           [target(f'SELECT sum("active") AS "active" FROM ({active_alarms_subquery(DISTRICT)}) '
                   f'GROUP BY "severity"', fmt="time_series", alias="$tag_severity")],
@@ -243,6 +277,7 @@ def fleet_overview() -> dict[str, Any]:
                       "message); colour = worst active alarm level (0 none, 1 info, 2 warning, 3 critical).",
           transformations=[{"id": "joinByField", "options": {"byField": "pole", "mode": "outer"}}],
           fieldConfig={"defaults": {"color": {"mode": "thresholds"}, "thresholds": _steps(LEVEL_STEPS),
+                                    "links": [POLE_LINK],
                                     "mappings": [{"type": "special", "options": {
                                         "match": "null", "result": {"color": "green", "index": 0,
                                                                     "text": "no alarm"}}}]},
@@ -256,6 +291,12 @@ def fleet_overview() -> dict[str, Any]:
                                           "style": {"size": {"fixed": 6}, "opacity": 0.9,
                                                     "color": {"field": "worst", "fixed": "green"}}}}],
                    "tooltip": {"mode": "details"}})
+    b.add("table", "Stale / offline poles",
+          [target(f'SELECT "silent_s", "explain" FROM ({offline_subquery(DISTRICT)}) WHERE "active" = 1 '
+                  f'GROUP BY "district", "pole"', fmt="table")], 24, 6,
+          description="Every pole the gateway calls offline, since when (time) and how long it had been silent "
+                      "then (silent_s; empty when it said offline itself). Click a pole for its dashboard.",
+          fieldConfig={"defaults": {}, "overrides": [pole_link_override()]})
     b.add("barchart", "Active alarms by district",
           [target(f'SELECT sum("active") AS "active" FROM ({active_alarms_subquery(DISTRICT)}) '
                   f'GROUP BY "district"', fmt="table")], 12, 8,
@@ -307,8 +348,9 @@ def pole_detail() -> dict[str, Any]:
           [target(f'SELECT last("state") AS "state", last("boot") AS "boot", last("online") AS "online" '
                   f'FROM "{schema.STATUS}" WHERE {POLE} AND {CURRENT}', fmt="table")], 8, 4)
     b.add("table", "Active alarms on this pole",
-          [target(f'SELECT "level", "active" FROM ({active_alarms_subquery(POLE)}) WHERE "active" = 1 '
-                  f'GROUP BY "kind", "severity"', fmt="table")], 16, 4)
+          [target(f'SELECT "level", "active", "acked_by", "shelved_until" FROM ({current_alarms(POLE)}) '
+                  f'WHERE "active" = 1 GROUP BY "kind", "severity"', fmt="table")], 16, 4,
+          description="acked_by: who acknowledged it (lampwatch-ops alarms ack); shelved_until: ms, 0 = not shelved.")
     for group in dict.fromkeys(m.group for m in catalog.METRICS):
         b.row(group.capitalize())
         for m in catalog.METRICS:
@@ -348,14 +390,14 @@ def safety_alarms() -> dict[str, Any]:
           options={"reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
                    "colorMode": "background", "graphMode": "none", "textMode": "value_and_name"},
           fieldConfig={"defaults": {"thresholds": _steps([("green", None), ("red", 1)])}, "overrides": []})
-    current = (f'SELECT last("active") AS "active", last("level") AS "level", last("metric") AS "metric", '
-               f'last("value") AS "value", last("explain") AS "explain" FROM "{schema.ALERTS}" '
-               f'WHERE {where} AND {CURRENT} GROUP BY "district", "pole", "kind", "severity"')
     b.add("table", "Active alarms (worst first)",
-          [target(f'SELECT "level", "metric", "value", "explain" FROM ({current}) WHERE "active" = 1 '
+          [target(f'SELECT "level", "metric", "value", "explain", "acked_by", "ack_note", "shelved_until" '
+                  f'FROM ({current_alarms(where)}) WHERE "active" = 1 '
                   f'GROUP BY "district", "pole", "kind", "severity"', fmt="table")], 24, 9,
           options={"sortBy": [{"displayName": "level", "desc": True}]},
-          fieldConfig={"defaults": {}, "overrides": [
+          description="time = the alarm's last change; acked_by / ack_note: its acknowledgement "
+                      "(lampwatch-ops alarms ack); shelved_until: ms, 0 = not shelved. Click a pole for its dashboard.",
+          fieldConfig={"defaults": {}, "overrides": [pole_link_override(),
               {"matcher": {"id": "byName", "options": "level"},
                "properties": [{"id": "custom.cellOptions", "value": {"type": "color-background"}},
                               {"id": "thresholds", "value": _steps(LEVEL_STEPS)}]}]})

@@ -74,7 +74,9 @@ def demo(
 DRILLS = ("broker-restart", "edge-offline", "gateway-kill", "store-outage", "hostile-traffic",
           # delivery (docs/delivery.md)
           "gateway-restart", "poison-pill", "store-reject", "spool-disk-full", "device-reboot", "broker-crash",
-          "standby-takeover")
+          "standby-takeover",
+          # operators (docs/operators.md)
+          "alert-delivery")
 
 
 @app.command()
@@ -85,7 +87,8 @@ def drill(
     seconds: Annotated[float, typer.Option(help="publishing time in seconds", min=1)] = 20.0,
     rate_hz: Annotated[float, typer.Option(help="ticks per second (each tick: one sample per pole)", min=0.1)] = 5.0,
     outage_s: Annotated[float | None, typer.Option(
-        help="downtime in seconds: store-outage (default 60), broker-restart (30), edge-offline (300, device time)",
+        help="downtime in seconds: store-outage (default 60), broker-restart (30), edge-offline (300, device time), "
+             "alert-delivery (60, Alertmanager)",
         min=1)] = None,
 ) -> None:
     """Run one fault drill (or `all` of them, full size) on real servers and print its verdict line.
@@ -109,7 +112,7 @@ def drill(
 
 def _run_drill(name: str, poles: int | None, seconds: float, rate_hz: float, outage_s: float | None) -> Any:
     edge = name in ("broker-restart", "edge-offline")
-    poles = poles or (3 if edge else 100)
+    poles = poles or (3 if edge else 30 if name == "alert-delivery" else 100)
     if outage_s is None:  # the drill definitions of the edge and gateway issues
         outage_s = {"broker-restart": 30.0, "edge-offline": 300.0}.get(name, 60.0)
     from simulator.drills import delivery_drills as dd
@@ -132,6 +135,10 @@ def _run_drill(name: str, poles: int | None, seconds: float, rate_hz: float, out
     try:
         if name in delivery:
             return delivery[name]()
+        if name == "alert-delivery":  # --poles = faults (one per pole, default 30); --outage-s = Alertmanager down
+            from simulator.drills.alert_drills import alert_delivery
+
+            return alert_delivery(poles=poles, outage_s=outage_s, log=log)  # same line/passed/failed_checks
         if name == "gateway-kill":
             return gateway_kill(spec, log=log)
         if name == "store-outage":

@@ -23,9 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from rich.console import Console
+from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
 from contract.errors import BrokerError
 from gateway.service import Gateway
@@ -34,7 +35,7 @@ from ingest.stores import StoreConfig, describe, open_store
 from simulator.city import City, CityConfig
 from simulator.embedded import EmbeddedBroker
 from simulator.faults import Fault, random_faults
-from simulator.harness import Mosquitto, ServerMissing
+from simulator.harness import Alertmanager, Mosquitto, ServerMissing
 from simulator.hostile import ACCEPTED_KINDS, HOSTILE_KINDS, hostile_messages
 from simulator.publisher import Publisher
 from simulator.signals import SignalModel
@@ -120,6 +121,38 @@ def embedded_gateway(host: str, port: int, version: int, workdir: Path, *, clien
         store.close()
 
 
+@contextlib.contextmanager
+def start_alertmanager() -> Iterator[str | None]:
+    """A real Alertmanager (through the harness) for the demo's notifications, if one is installed."""
+    try:
+        am = Alertmanager()
+    except ServerMissing:
+        yield None
+        return
+    with am:
+        yield am.url
+
+
+def operator_view(gw: Gateway, c: dict[str, float], am_url: str | None, rows: int = 8) -> Group:
+    """What an operator would see: the active alarms, worst first, and the notifications sent."""
+    stage: Any = getattr(gw.on_outcome, "stage", gw.on_outcome)
+    active = stage.active() if stage is not None else []
+    rank = {"critical": 0, "warning": 1, "info": 2}
+    active.sort(key=lambda a: (rank.get(a.severity, 3), a.raised_at))
+    notes = (f"notifications to Alertmanager {am_url}: sent={int(c.get('notify_sent', 0))} "
+             f"queued={int(c.get('notify_queued', 0))} dropped={int(c.get('notify_dropped', 0))}"
+             if am_url else "notifications: off (install prometheus-alertmanager to see them sent)")
+    t = Table(title=f"active alarms: {len(active)} (worst first)", title_justify="left")
+    for col in ("pole", "district", "kind", "severity", "since", "acknowledged"):
+        t.add_column(col)
+    for a in active[:rows]:
+        t.add_row(a.pole, a.district, a.kind, a.severity, time.strftime("%m-%d %H:%M", time.gmtime(a.raised_at / 1000)),
+                  a.acked_by or "no")
+    if len(active) > rows:
+        t.add_row(f"... {len(active) - rows} more", "", "", "", "", "")
+    return Group(Text(notes, no_wrap=True, overflow="ignore"), t)
+
+
 def run_demo(*, poles: int = 200, duration: float | None = None, seed: int = 42, speed: float = 60.0,
              hostile_pct: float = 1.0, fault_rate: float = 3.0, broker: str = "auto",
              workdir: Path | None = None, console: Console | None = None) -> DemoResult:
@@ -148,8 +181,8 @@ def run_demo(*, poles: int = 200, duration: float | None = None, seed: int = 42,
     rng = np.random.default_rng(seed)
     published = hostile_sent = replayed = 0
     # env vars may point the demo at an InfluxDB
-    with start_broker(broker) as (host, port, version, broker_desc), \
-            embedded_gateway(host, port, version, workdir) as egw:
+    with start_broker(broker) as (host, port, version, broker_desc), start_alertmanager() as am_url, \
+            embedded_gateway(host, port, version, workdir, alertmanager_url=am_url) as egw:
         gw, store, store_cfg = egw.gw, egw.store, egw.store_cfg
         pub = Publisher(host, port, "lampwatch-demo-sim", mqtt_version=version).connect()
         for topic, payload in birth_messages(stream, start_ms):
@@ -160,7 +193,7 @@ def run_demo(*, poles: int = 200, duration: float | None = None, seed: int = 42,
         def sim_ms() -> int:
             return start_ms + stream.ticks_done * step_ms
 
-        def view() -> Table:
+        def view() -> Group:
             c = gw.counters()
             el = max(1e-9, time.monotonic() - t0)
             t = Table(title=f"lampwatch demo: {poles} poles\nbroker {broker_desc}\nstore "
@@ -173,7 +206,7 @@ def run_demo(*, poles: int = 200, duration: float | None = None, seed: int = 42,
                       str(int(c.get("samples_accepted", 0))), str(int(c.get("samples_rejected", 0))),
                       str(int(c.get("duplicates", 0))), str(int(c.get("alarms_raised", 0))),
                       str(int(c.get("spool_points", 0))))
-            return t
+            return Group(t, operator_view(gw, c, am_url))
 
         try:
             with Live(view(), console=console, refresh_per_second=4, transient=False) as live:

@@ -523,3 +523,61 @@ class VictoriaMetrics(_Server):
                     f"{match} holds fewer than {min_samples} samples after {timeout:.0f} s: {series!r:.500}"
                 )
             time.sleep(0.1)
+
+
+# --- Alertmanager (added for the operators' notification path) ---------------------------------------
+_PACKAGES["prometheus-alertmanager"] = "prometheus-alertmanager"
+__all__ += ["Alertmanager"]
+
+#: a config that routes everything to nothing: enough to accept alerts and silences
+ALERTMANAGER_MINIMAL = """\
+route:
+  receiver: "null"
+receivers:
+  - name: "null"
+"""
+
+
+class Alertmanager(_Server):
+    """A real Prometheus Alertmanager (v2 API) with its config and storage in the workdir.
+
+    ``config`` is the YAML text (default: accept everything, notify no one); ``reconfigure`` rewrites
+    it and restarts. The cluster port is turned off (``--cluster.listen-address=``)."""
+
+    binary = "prometheus-alertmanager"
+
+    def __init__(self, *, port: int | None = None, config: str = ALERTMANAGER_MINIMAL) -> None:
+        super().__init__(port)
+        self.url = f"http://{self.host}:{self.port}"
+        self.config = config
+        self.conf_path = self.workdir / "alertmanager.yml"
+        self.log_path = self.workdir / f"{self.binary}.stdout"
+
+    def _prepare(self) -> None:
+        self.conf_path.write_text(self.config)
+        (self.workdir / "data").mkdir(exist_ok=True)
+
+    def _command(self) -> list[str]:
+        return [self.executable, f"--config.file={self.conf_path}", f"--storage.path={self.workdir / 'data'}",
+                f"--web.listen-address={self.host}:{self.port}", "--cluster.listen-address=",
+                "--log.level=warn"]
+
+    def _ready(self) -> bool:
+        try:
+            status, _ = _http("GET", f"{self.url}/-/ready", timeout=1.0)
+        except OSError:
+            return False
+        return status == 200
+
+    def api(self, method: str, path: str, doc: Any = None) -> Any:
+        """One v2 API call (``path`` like ``/alerts``); parsed JSON, QueryError on an error status."""
+        body = json.dumps(doc).encode() if doc is not None else None
+        status, raw = _http(method, f"{self.url}/api/v2{path}", body, {"Content-Type": "application/json"})
+        if status >= 400:
+            raise QueryError(f"alertmanager {method} {path} answered {status}: {raw[:300]!r}")
+        return json.loads(raw) if raw.strip() else None
+
+    def alerts(self, **filters: str) -> list[dict[str, Any]]:
+        q = urllib.parse.urlencode(filters)
+        result: list[dict[str, Any]] = self.api("GET", f"/alerts{'?' + q if q else ''}")
+        return result

@@ -84,3 +84,11 @@ def influx_db(influxdb: InfluxDB1) -> Iterator[tuple[InfluxDB1, str]]:
 def victoria() -> Iterator[VictoriaMetrics]:
     """One VictoriaMetrics server for the session (series persist across tests: match narrowly)."""
     yield from _running(VictoriaMetrics)
+
+
+@pytest.fixture
+def alertmanager() -> Iterator[Any]:
+    """A fresh Alertmanager (v2 API, minimal config) for this test; stop()/start() it freely."""
+    from simulator.harness import Alertmanager
+
+    yield from _running(Alertmanager)

@@ -9,7 +9,7 @@ import typer
 from typer.main import get_command
 from typer.testing import CliRunner
 
-APPS = ["gateway.cli", "simulator.cli", "edge.cli", "ingest.cli"]
+APPS = ["gateway.cli", "simulator.cli", "edge.cli", "ingest.cli", "operators.cli"]
 
 
 def _commands(app: typer.Typer) -> list[list[str]]:

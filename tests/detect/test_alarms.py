@@ -125,7 +125,9 @@ def test_alert_points_follow_the_schema() -> None:
     (p,) = pts
     assert p.measurement == "alerts"
     assert dict(p.tags) == {"district": "north", "pole": "p-1", "kind": "smoke", "severity": "critical"}
-    assert set(p.fields) == {"state", "active", "level", "metric", "value", "score", "explain", "key"}
+    assert set(p.fields) == {"state", "active", "level", "metric", "value", "score", "explain", "key", "acked",
+                             "shelved_until"}
+    assert (p.fields["acked"], p.fields["shelved_until"]) == (0, 0)  # the people's part: not yet
     assert (p.fields["active"], p.fields["level"]) == (1, 3)
     assert T0 * 1_000_000 <= p.ts_ns < (T0 + 1) * 1_000_000
 

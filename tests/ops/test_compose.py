@@ -15,7 +15,7 @@ import yaml
 from tests.servers import missing
 
 REPO = Path(__file__).resolve().parents[2]
-FILES = ("docker-compose.yml", "mosquitto.conf", "Dockerfile", "pyproject.toml")
+FILES = ("docker-compose.yml", "mosquitto.conf", "Dockerfile", "pyproject.toml", "alertmanager.yml")
 
 
 def _binary() -> str:
@@ -94,3 +94,19 @@ def test_no_secret_is_committed() -> None:
     for line in example.splitlines():
         if re.match(r"\w*(TOKEN|PASSWORD)\w*=", line):
             assert "change-me" in line, line
+
+
+def test_alertmanager_is_in_the_stack_and_its_config_is_valid(tmp_path: Path) -> None:
+    project = _project(tmp_path, (REPO / ".env.example").read_text())
+    proc = _compose(project, "config")
+    assert proc.returncode == 0, proc.stderr
+    services = yaml.safe_load(proc.stdout)["services"]
+    am = services["alertmanager"]
+    assert any("alertmanager.yml" in str(v) for v in am["volumes"]) and "healthcheck" in am
+    assert services["gateway"]["environment"]["LAMPWATCH_GATEWAY_ALERTMANAGER_URL"] == "http://alertmanager:9093"
+    amtool = shutil.which("amtool")
+    if amtool is None:
+        missing("amtool is not installed (apt-get install prometheus-alertmanager)")
+    check = subprocess.run([amtool, "check-config", str(REPO / "alertmanager.yml")], capture_output=True, text=True,
+                           timeout=60)
+    assert check.returncode == 0, check.stdout + check.stderr

@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from contract import catalog
+from contract import catalog, schema
+from contract.models import Alert
 from ingest import grafana, rollup
 from ingest.influx1 import Influx1Store
 from ingest.setup import setup
@@ -175,7 +176,18 @@ def filled(influxdb: InfluxDB1) -> Iterator[tuple[Influx1Store, int]]:
                fd.alert_point(n1, p1, now_ms - 2 * 3_600_000, "door_open", "warning", "cleared", "door_open", 0.0,
                               "cabinet door open outside a maintenance window"),
                fd.alert_point(s3, p3, now_ms - 2 * 3_600_000, "tilt", "critical", "raised", "tilt_deg", 6.0,
-                              "pole leans 5 degrees or more beyond its installed baseline: fall risk")]
+                              "pole leans 5 degrees or more beyond its installed baseline: fall risk"),
+               # the gateway's one definition of offline: p3's offline status raised pole_offline
+               fd.alert_point(s3, p3, now_ms - 400_000, "pole_offline", "warning", "raised", "", 0.0,
+                              "pole silent"),
+               # ... and p1 went silent while its last status still says online (a hung pole)
+               fd.alert_point(n1, p1, now_ms - 300_000, "pole_offline", "warning", "raised", "", 95.0,
+                              "pole silent"),
+               # an acknowledged alarm, exactly as the gateway writes it
+               schema.alert_point(Alert(pole=p2, district=n2, key="flood", kind="flood", metric="water_level_cm",
+                                        severity="warning", state="raised", value=6.0, raised_at=now_ms - 900_000,
+                                        ts=now_ms - 600_000, explain="water is rising", acked_by="alice",
+                                        acked_at=now_ms - 600_000, ack_note="crew sent"))]
     points += fd.gateway_points(start_ms, 6 * 60, 60) + fd.reject_points(now_ms - 3_600_000, 20, 60)
     store.write(points)
     writers = {w: Influx1Store(influxdb.url, db, retention_policy=rollup.RETENTION_POLICY[w], create=False)
@@ -232,16 +244,23 @@ def test_queries_return_the_right_values(filled: tuple[Influx1Store, int]) -> No
         [q] = [q for where, q in queries.items() if key in where]
         return store.rows(interpolate(q, "time >= now() - 6h", 60, v))
 
-    assert run("'Poles online'")[0]["online"] == 2
-    assert run("'Poles offline'")[0]["offline"] == 1
+    assert run("'Poles online' A")[0]["known"] == 3
+    assert run("'Poles online' B")[0]["offline"] == 2  # online = known - offline = 1: the hung p1 is not online
+    assert run("'Poles offline'")[0]["offline"] == 2
+    assert sorted((r["pole"], r["silent_s"]) for r in run("'Stale / offline poles'")) == [
+        ("p-000001", 95.0), ("p-000003", 0.0)]
     worst = {r["pole"]: r["worst"] for r in run("'Poles by worst active alarm' B")}
-    assert worst == {"p-000001": 3, "p-000003": 3}
+    assert worst == {"p-000001": 3, "p-000002": 2, "p-000003": 3}
     positions = {r["pole"]: (r["lat"], r["lon"]) for r in run("'Poles by worst active alarm' A")}
     assert positions["p-000002"] == (52.38, 4.90)
-    assert {r["district"]: r["active"] for r in run("'Active alarms by district'")} == {"north": 2, "south": 1}
+    assert {r["district"]: r["active"] for r in run("'Active alarms by district'")} == {"north": 4, "south": 2}
     active = run("'Active alarms (worst first)'")
     assert sorted((r["pole"], r["kind"], r["severity"]) for r in active) == [
-        ("p-000001", "leakage", "critical"), ("p-000001", "leakage", "warning"), ("p-000003", "tilt", "critical")]
+        ("p-000001", "leakage", "critical"), ("p-000001", "leakage", "warning"),
+        ("p-000001", "pole_offline", "warning"), ("p-000002", "flood", "warning"),
+        ("p-000003", "pole_offline", "warning"), ("p-000003", "tilt", "critical")]
+    acked = {r["pole"]: (r["acked_by"], r["ack_note"]) for r in active}
+    assert acked["p-000002"] == ("alice", "crew sent") and acked["p-000001"] == (None, None)
     assert {r["value"] for r in run("variable pole")} == {"p-000001", "p-000002", "p-000003"}
 
 
