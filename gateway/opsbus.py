@@ -160,6 +160,11 @@ class OperatorStage:
     def tick(self, now_ms: int | None = None) -> Any:
         return self.stage.tick(now_ms)
 
+    @property
+    def state_error(self) -> str | None:
+        """Why the alarm state cannot be saved, or None (the gateway raises ``state_save_failed``)."""
+        return getattr(self.stage, "state_error", None)
+
     def counters(self) -> dict[str, float]:
         out: dict[str, float] = dict(self.stage.counters())
         if self.notifier is not None:
