@@ -71,7 +71,7 @@ def demo(
         raise typer.Exit(1)
 
 
-DRILLS = ("broker-restart", "edge-offline", "gateway-kill", "store-outage", "hostile-traffic")
+DRILLS = ("broker-restart", "edge-offline", "gateway-kill", "store-outage", "hostile-traffic", "session-hijack")
 
 
 @app.command()
@@ -92,6 +92,7 @@ def drill(
     if name not in DRILLS:
         raise _fail(f"unknown drill {name!r}; choose one of: {', '.join(DRILLS)}")
     edge = name in ("broker-restart", "edge-offline")
+    hijack_poles = poles or 5  # session-hijack: poles publishing its 500 queued samples
     poles = poles or (3 if edge else 100)
     if outage_s is None:  # the drill definitions of the edge and gateway issues
         outage_s = {"broker-restart": 30.0, "edge-offline": 300.0}.get(name, 60.0)
@@ -102,7 +103,11 @@ def drill(
 
     spec = DrillSpec(poles=poles, seconds=seconds, rate_hz=rate_hz)
     try:
-        if name == "gateway-kill":
+        if name == "session-hijack":
+            from simulator.drills.identity_drills import session_hijack
+
+            res = session_hijack(500, poles=hijack_poles, log=log)
+        elif name == "gateway-kill":
             res = gateway_kill(spec, log=log)
         elif name == "store-outage":
             spec.seconds = max(seconds, outage_s * 1.5)
