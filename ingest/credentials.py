@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import base64
 import csv
+import fcntl
 import hashlib
 import io
 import os
@@ -302,6 +303,13 @@ def provision(out_dir: str | Path, action: Action, poles: Sequence[str], *, hash
         raise ConfigError("no pole ids given")
     if len(set(wanted)) != len(wanted):
         raise ConfigError("the same pole id is given twice")
+    _passwd_lines(out / "passwd")  # a missing fleet is reported before a lock file is made
+    with open(out / ".credentials.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # two provisioning runs at once must not lose each other's change
+        return _provision_locked(out, action, wanted, hasher)
+
+
+def _provision_locked(out: Path, action: Action, wanted: list[str], hasher: Hasher) -> Provisioned:
     passwd_path, secrets_path = out / "passwd", out / "secrets.csv"
     lines = _passwd_lines(passwd_path)
     known = [p for p in wanted if p in lines]

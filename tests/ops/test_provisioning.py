@@ -21,6 +21,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from contract.errors import ConfigError
 from ingest import broker as brokerfiles
 from ingest import credentials
 from ingest.cli import main
@@ -138,7 +139,7 @@ def test_refusals_are_one_line_and_change_nothing(tmp_path: Path) -> None:
         assert proc.returncode == 2 and len(lines) == 1, (args, proc.stderr)
         assert lines[0].startswith("lampwatch-ingest: error: ") and text in lines[0], (args, lines)
     assert {n: (d / n).read_bytes() for n in credentials.FILES} == snapshot
-    with pytest.raises(Exception, match="does not exist"):
+    with pytest.raises(ConfigError, match="does not exist"):
         credentials.provision(tmp_path / "nowhere", "add", ["p-000001"])
 
 
