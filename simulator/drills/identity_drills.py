@@ -160,7 +160,7 @@ def _logins() -> Iterator[list[_Login]]:
                 login.close()
 
 
-def _wait_online(server: ProductionBroker, pw: dict[str, str], since_ms: int, timeout_s: float = WAIT_S) -> None:
+def _wait_online(server: ProductionBroker, pw: dict[str, str], since_ms: int, timeout_s: float = 60.0) -> None:
     """Block until the gateway's retained status says online (it publishes that once subscribed)."""
     with _logins() as made:
         ops = _Login(server, credentials.OPS_USER, pw[credentials.OPS_USER], tls=False,
@@ -174,7 +174,8 @@ def _wait_online(server: ProductionBroker, pw: dict[str, str], since_ms: int, ti
                     st = json.loads(payload)
                     if st.get("state") == "online" and st.get("ts", 0) >= since_ms:
                         return
-    raise RuntimeError(f"gateway {GATEWAY} did not come online within {timeout_s:.0f} s")
+    raise RuntimeError(f"gateway {GATEWAY} did not come online within {timeout_s:.0f} s; broker log: "
+                       f"{' | '.join(server.log_tail(8).splitlines())}")
 
 
 def _stored(path: Path) -> tuple[int, int]:
@@ -225,11 +226,15 @@ def session_hijack(messages: int = 500, *, poles: int = 5, identity: bool = True
                            session_s=3600)
                 v.subscribe(topics.cmd(city.poles[0].district, victim))
                 v.close()
+                # closed at once: every lampwatch.ops login has the client id "lampwatch.ops", and two
+                # of them (this one and _wait_online's), each reconnecting, would disconnect each other
                 ops = _Login(server, credentials.OPS_USER, pw[credentials.OPS_USER], tls=False,
                              client_id=f"lampwatch-ops-{secrets.token_hex(3)}")
-                made.append(ops)
                 cmd_payload = b'{"drill":"queued command"}'
-                ops.publish_all([(topics.cmd(city.poles[0].district, victim), cmd_payload)])
+                try:
+                    ops.publish_all([(topics.cmd(city.poles[0].district, victim), cmd_payload)])
+                finally:
+                    ops.close()
                 gw.kill()
                 log(f"gateway killed (SIGKILL); publishing {messages} samples from {len(senders)} poles over TLS")
                 n_ticks = -(-messages // len(senders))
