@@ -268,7 +268,8 @@ def certs_cmd(
     """Make a private CA and the broker's TLS server certificate with openssl.
 
     ca.crt is what devices and the gateway trust (LAMPWATCH_GATEWAY_MQTT_TLS_CA); keep ca.key
-    offline. Keys are P-256 and written 0600.
+    offline (the broker needs only ca.crt, server.crt and server.key: move ca.key out of a directory
+    a container mounts). Keys are P-256 and written 0600.
 
     Example: lampwatch-ingest certs --out broker/certs --host 127.0.0.1 --host mqtt.city.example
     """
