@@ -15,6 +15,9 @@ from pydantic import StringConstraints
 
 POLE_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 DISTRICT_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")
+# A gateway's id is its MQTT username and client id (mosquitto.conf: use_username_as_clientid). It may
+# also hold a ``.``, which no pole id can: a pole's credentials can then never name a gateway.
+GATEWAY_ID_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
 
 PoleIdStr = Annotated[str, StringConstraints(pattern=rf"^{POLE_RE.pattern}$")]
 DistrictStr = Annotated[str, StringConstraints(pattern=rf"^{DISTRICT_RE.pattern}$")]
@@ -46,6 +49,10 @@ class District(str):
 
 def is_pole_id(value: object) -> bool:
     return isinstance(value, str) and POLE_RE.fullmatch(value) is not None
+
+
+def is_gateway_id(value: object) -> bool:
+    return isinstance(value, str) and GATEWAY_ID_RE.fullmatch(value) is not None
 
 
 def is_district(value: object) -> bool:

@@ -21,7 +21,7 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
-from contract.ids import DISTRICT_RE, POLE_RE, District, PoleId
+from contract.ids import DISTRICT_RE, GATEWAY_ID_RE, POLE_RE, District, PoleId
 
 ROOT = "lampwatch/v1"
 SYS = f"{ROOT}/_sys"
@@ -86,7 +86,10 @@ def deadletter(reason: str) -> str:
 
 
 def gateway_status(gateway_id: str) -> str:
-    return f"{SYS}/gateway/{PoleId(gateway_id)}/status"
+    """The gateway's presence topic; its id is its MQTT username, e.g. ``lampwatch.gw-0``."""
+    if not isinstance(gateway_id, str) or GATEWAY_ID_RE.fullmatch(gateway_id) is None:
+        raise TopicError(f"invalid gateway id {gateway_id!r}: must match {GATEWAY_ID_RE.pattern}")
+    return f"{SYS}/gateway/{gateway_id}/status"
 
 
 OPS = f"{SYS}/ops"

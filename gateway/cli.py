@@ -121,21 +121,46 @@ def quarantine(
 
 @app.command()
 def status(config: ConfigOpt = None, wait: Annotated[float, typer.Option(
-        help="seconds to collect retained gateway status messages", min=0.1)] = 1.5) -> None:
+        help="seconds to collect retained gateway status messages", min=0.1)] = 1.5,
+        username: Annotated[str | None, typer.Option(
+            help="MQTT user of the operators' tools (lampwatch.ops); NEVER a gateway's own user: the broker "
+                 "makes a client's id its username, so that login would take the gateway's session over",
+            envvar="LAMPWATCH_OPS_MQTT_USERNAME")] = None,
+        password: Annotated[str | None, typer.Option(help="its password (better: the env variable)",
+                                                     envvar="LAMPWATCH_OPS_MQTT_PASSWORD")] = None) -> None:
     """Show every gateway's presence and self-metrics (retained on the broker).
 
-    Example: lampwatch-gateway status --config gateway.toml
+    Broker address and TLS come from the gateway's settings; the login is the operators' user, not
+    the gateway's (LAMPWATCH_GATEWAY_MQTT_USERNAME is ignored here). The client id is
+    lampwatch-status-<random>; a broker with use_username_as_clientid replaces it with the username.
+
+    Example: LAMPWATCH_OPS_MQTT_USERNAME=lampwatch.ops LAMPWATCH_OPS_MQTT_PASSWORD=... lampwatch-gateway status
     """
+    import secrets as _secrets
+
     try:
         s = load(config)
     except LampwatchError as exc:
         raise _fail(exc) from None
+    if username is not None and username in {s.mqtt_username, s.client_id}:
+        raise _fail(f"--username {username} is the gateway's own login: use the operators' user (lampwatch.ops)")
+    if username is not None and username.startswith("lampwatch.gw-"):
+        raise _fail(f"--username {username} is a gateway's user: use the operators' user (lampwatch.ops)")
     seen: dict[str, dict[str, Any]] = {}
-    c = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5 if s.mqtt_version == 5 else mqtt.MQTTv311)
-    if s.mqtt_username:
-        c.username_pw_set(s.mqtt_username, s.mqtt_password.get_secret_value() if s.mqtt_password else None)
+    v5 = s.mqtt_version == 5
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"lampwatch-status-{_secrets.token_hex(4)}",
+                    protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311)
+    if username:
+        c.username_pw_set(username, password)
     if s.mqtt_tls_ca:
-        c.tls_set(ca_certs=s.mqtt_tls_ca, certfile=s.mqtt_tls_cert, keyfile=s.mqtt_tls_key)
+        c.tls_set(ca_certs=s.mqtt_tls_ca)
+    connected = threading.Event()
+    refused: list[str] = []
+
+    def on_connect(_c: Any, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
+        if rc.is_failure:
+            refused.append(str(rc))
+        connected.set()
 
     def on_message(_c: Any, _u: Any, m: mqtt.MQTTMessage) -> None:
         try:
@@ -143,16 +168,23 @@ def status(config: ConfigOpt = None, wait: Annotated[float, typer.Option(
         except ValueError:
             pass
 
+    c.on_connect = on_connect
     c.on_message = on_message
     try:
         c.connect(s.mqtt_host, s.mqtt_port)
-    except OSError as exc:
+    except (OSError, ValueError) as exc:
         raise _fail(f"cannot reach broker {s.mqtt_host}:{s.mqtt_port}: {exc}") from None
-    c.subscribe(f"{topics.SYS}/gateway/+/status", qos=1)
     c.loop_start()
-    time.sleep(wait)
-    c.loop_stop()
-    c.disconnect()
+    try:
+        if not connected.wait(max(wait, 10.0)) or refused:
+            why = refused[0] if refused else "no answer"
+            raise _fail(f"broker {s.mqtt_host}:{s.mqtt_port} refused the login as {username or 'anonymous'}: "
+                        f"{why} (set LAMPWATCH_OPS_MQTT_USERNAME / _PASSWORD to the lampwatch.ops user)")
+        c.subscribe(f"{topics.SYS}/gateway/+/status", qos=1)
+        time.sleep(wait)
+    finally:
+        c.disconnect()
+        c.loop_stop()
     if not seen:
         raise _fail("no gateway has reported to this broker")
     t = Table(title="lampwatch gateways")

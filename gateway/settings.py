@@ -11,11 +11,11 @@ import tomllib
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field, SecretStr, ValidationError
+from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from contract.errors import ConfigError
-from contract.ids import DISTRICT_RE, POLE_RE
+from contract.ids import DISTRICT_RE, GATEWAY_ID_RE
 from gateway.decode import Limits
 from gateway.partition import districts_for, parse_partition
 from gateway.service import GatewayConfig
@@ -34,6 +34,8 @@ class GatewaySettings(BaseSettings):
     mqtt_tls_ca: str | None = None
     mqtt_tls_cert: str | None = None
     mqtt_tls_key: str | None = None
+    # default: the MQTT username when one is set (the broker enforces that: use_username_as_clientid),
+    # else lampwatch-gateway-0 for an unsecured development broker
     client_id: str = "lampwatch-gateway-0"
     districts: str = "+"  # comma-separated districts this gateway owns, "+" = all
     # or: own partition k of n of the city's districts (rendezvous hashing, gateway.partition)
@@ -74,6 +76,13 @@ class GatewaySettings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return init_settings, env_settings, _DictSource(settings_cls, cls._toml)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _client_id_from_username(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("client_id") is None and data.get("mqtt_username"):
+            return {**data, "client_id": data["mqtt_username"]}
+        return data
+
     def district_list(self) -> tuple[str, ...]:
         if self.partition is not None:
             if not self.city_districts:
@@ -90,8 +99,9 @@ class GatewaySettings(BaseSettings):
         return ds or ("+",)
 
     def gateway_config(self) -> GatewayConfig:
-        if POLE_RE.fullmatch(self.client_id) is None:
-            raise ConfigError(f"client_id {self.client_id!r} must match {POLE_RE.pattern}")
+        if GATEWAY_ID_RE.fullmatch(self.client_id) is None:
+            raise ConfigError(f"client_id {self.client_id!r} (defaults to mqtt_username) must match "
+                              f"{GATEWAY_ID_RE.pattern}")
         return GatewayConfig(
             host=self.mqtt_host, port=self.mqtt_port, client_id=self.client_id,
             username=self.mqtt_username,

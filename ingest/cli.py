@@ -21,6 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from contract.cli import fail
 from contract.errors import ConfigError, LampwatchError
+from contract.ids import PoleId
 from ingest import credentials as creds
 from ingest import grafana as graf
 from ingest import rollup as roll
@@ -194,33 +195,114 @@ def grafana_provision(
 @app.command("credentials")
 def credentials_cmd(
     out_dir: Annotated[Path, typer.Option("--out", help="directory for passwd, acl and secrets.csv")],
-    poles: Annotated[int | None, typer.Option(help="generate ids p-000001 .. p-N")] = None,
-    pole_ids: Annotated[Path | None, typer.Option(help="file of pole ids, one a line")] = None,
+    action: Annotated[str | None, typer.Argument(
+        help="none: the whole fleet; add | remove | rotate: only the poles given, all other passwords kept",
+        show_default=False)] = None,
+    pole: Annotated[str | None, typer.Argument(help="one pole id, for add | remove | rotate",
+                                               show_default=False)] = None,
+    poles: Annotated[int | None, typer.Option(help="whole fleet: generate ids p-000000 .. p-{N-1}")] = None,
+    pole_ids: Annotated[Path | None, typer.Option(help="file of pole ids, one a line (whole fleet, or "
+                                                  "add | remove | rotate)")] = None,
+    gateways: Annotated[int, typer.Option(help="whole fleet: gateway users lampwatch.gw-0 .. lampwatch.gw-{N-1}, "
+                                          "one per gateway process")] = 1,
     hasher: Annotated[str, typer.Option(help="auto | python | mosquitto_passwd")] = "auto",
     force: Annotated[bool, typer.Option(help="replace existing files (locks deployed devices out)")] = False,
 ) -> None:
-    """Write Mosquitto's password file and ACL for a fleet, plus the gateway user.
+    """Write Mosquitto's password file and ACL for a fleet, or add, remove or rotate single poles.
 
-    passwd and secrets.csv (plaintext passwords for provisioning devices) are created 0600; the
-    gateway's password is printed once.
+    The whole fleet: one password per pole, per gateway process (lampwatch.gw-0 .. -N-1) and for the
+    operators' tools (lampwatch.ops). passwd and secrets.csv (plaintext, for provisioning devices)
+    are created 0600; the service users' passwords are printed once on stderr.
+
+    add | remove | rotate change only the poles given (one id, or --pole-ids FILE) and keep every
+    other line; each file is replaced atomically. Then reload the broker: kill -HUP <mosquitto pid>
+    (connections already open are kept; a removed pole can no longer log in).
 
     Example: lampwatch-ingest credentials --poles 100 --out ./broker
+    Example: lampwatch-ingest credentials add p-000100 --out ./broker
+    Example: lampwatch-ingest credentials rotate --pole-ids stolen.txt --out ./broker
     """
-    if (poles is None) == (pole_ids is None):
-        raise ConfigError("give exactly one of --poles N or --pole-ids FILE")
     if hasher not in ("auto", "python", "mosquitto_passwd"):
         raise ConfigError(f"--hasher must be auto, python or mosquitto_passwd, not {hasher!r}")
-    if pole_ids is not None:
+
+    def read_ids(path: Path) -> list[str]:
         try:
-            ids = creds.read_pole_ids(pole_ids.read_text(encoding="utf-8").splitlines())
+            return creds.read_pole_ids(path.read_text(encoding="utf-8").splitlines())
         except OSError as exc:
-            raise ConfigError(f"cannot read {pole_ids}: {exc.strerror}") from None
-    else:
-        ids = creds.pole_ids(poles or 0)
-    w = creds.write_credentials(out_dir, ids, hasher=hasher, force=force)  # type: ignore[arg-type]
-    err.print(f"gateway user {w.gateway_user} password (shown once; also in {w.secrets}): "
-              f"{w.gateway_password}")
-    out.print(f"credentials: devices={w.devices} passwd={w.passwd} acl={w.acl} secrets={w.secrets}")
+            raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+
+    if action is not None:
+        if action not in creds.ACTIONS:
+            raise ConfigError(f"unknown action {action!r}: add, remove or rotate (or none for the whole fleet)")
+        if poles is not None or force or gateways != 1:
+            raise ConfigError(f"credentials {action} takes a pole id or --pole-ids FILE, not --poles, "
+                              "--gateways or --force")
+        if (pole is None) == (pole_ids is None):
+            raise ConfigError(f"credentials {action}: give exactly one of a pole id or --pole-ids FILE")
+        try:
+            ids = [str(PoleId(pole))] if pole is not None else read_ids(pole_ids)  # type: ignore[arg-type]
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        done = creds.provision(out_dir, action, ids, hasher=hasher)  # type: ignore[arg-type]
+        out.print(f"credentials {action}: poles={len(done.poles)} users={done.total} passwd={done.passwd} "
+                  f"secrets={done.secrets}")
+        return
+    if pole is not None:
+        raise ConfigError(f"unexpected argument {pole!r}")
+    if (poles is None) == (pole_ids is None):
+        raise ConfigError("give exactly one of --poles N or --pole-ids FILE")
+    ids = read_ids(pole_ids) if pole_ids is not None else creds.pole_ids(poles or 0)
+    w = creds.write_credentials(out_dir, ids, gateways=gateways, hasher=hasher, force=force)  # type: ignore[arg-type]
+    for user, password in w.service_users.items():
+        typer.echo(f"{user} password (shown once; also in {w.secrets}): {password}", err=True)
+    out.print(f"credentials: devices={w.devices} gateways={gateways} passwd={w.passwd} acl={w.acl} "
+              f"secrets={w.secrets}")
+
+
+@app.command("certs")
+def certs_cmd(
+    out_dir: Annotated[Path, typer.Option("--out", help="directory for ca.key, ca.crt, server.key, server.crt")],
+    host: Annotated[list[str] | None, typer.Option(help="a name devices connect to (IP or DNS, repeatable; "
+                                                   "default 127.0.0.1 and localhost)")] = None,
+    days: Annotated[int, typer.Option(help="server certificate validity", min=1)] = 825,
+    force: Annotated[bool, typer.Option(help="replace an existing CA (devices trusting it must be updated)")]
+    = False,
+) -> None:
+    """Make a private CA and the broker's TLS server certificate with openssl.
+
+    ca.crt is what devices and the gateway trust (LAMPWATCH_GATEWAY_MQTT_TLS_CA); keep ca.key
+    offline (the broker needs only ca.crt, server.crt and server.key: move ca.key out of a directory
+    a container mounts). Keys are P-256 and written 0600.
+
+    Example: lampwatch-ingest certs --out broker/certs --host 127.0.0.1 --host mqtt.city.example
+    """
+    from ingest import broker
+
+    written = broker.make_certs(out_dir, hosts=tuple(host or ("127.0.0.1", "localhost")), days=days, force=force)
+    out.print(f"certs: files={len(written)} dir={out_dir} hosts={','.join(host or ('127.0.0.1', 'localhost'))}")
+
+
+@app.command("broker-config")
+def broker_config_cmd(
+    broker_dir: Annotated[Path, typer.Option("--dir", help="the broker directory (passwd, acl, certs/)")],
+    tls_port: Annotated[int, typer.Option(help="the devices' TLS listener", min=1, max=65535)] = 8883,
+    port: Annotated[int, typer.Option(help="the plain listener for the gateway and tools, on 127.0.0.1",
+                                      min=1, max=65535)] = 1883,
+    template: Annotated[Path | None, typer.Option("--from", help="the container config to render from "
+                                                  "(default: the repository's mosquitto.conf)")] = None,
+) -> None:
+    """Render DIR/mosquitto.conf for a bare-metal Mosquitto from the repository's mosquitto.conf.
+
+    Only the /mosquitto/ paths, the ports and the plain listener's bind change; every rule stays as
+    written once. As root it also hands user mosquitto (the broker drops to it) passwd, acl,
+    certs/server.key and data/.
+
+    Example: lampwatch-ingest broker-config --dir broker/ --tls-port 8883 --port 1883
+    """
+    from ingest import broker
+
+    files = broker.write_bare_metal(broker_dir, template=template, tls_port=tls_port, plain_port=port)
+    out.print(f"broker-config: config={files.config} owner={files.handed_to or 'unchanged'}")
 
 
 def _date(text: str, what: str) -> date:

@@ -74,7 +74,7 @@ def demo(
 DRILLS = ("broker-restart", "edge-offline", "gateway-kill", "store-outage", "hostile-traffic",
           # delivery (docs/delivery.md)
           "gateway-restart", "poison-pill", "store-reject", "spool-disk-full", "device-reboot", "broker-crash",
-          "standby-takeover",
+          "standby-takeover", "session-hijack",
           # operators (docs/operators.md)
           "alert-delivery")
 
@@ -112,6 +112,7 @@ def drill(
 
 def _run_drill(name: str, poles: int | None, seconds: float, rate_hz: float, outage_s: float | None) -> Any:
     edge = name in ("broker-restart", "edge-offline")
+    hijack_poles = poles or 5  # session-hijack: poles publishing its 500 queued samples
     poles = poles or (3 if edge else 30 if name == "alert-delivery" else 100)
     if outage_s is None:  # the drill definitions of the edge and gateway issues
         outage_s = {"broker-restart": 30.0, "edge-offline": 300.0}.get(name, 60.0)
@@ -135,6 +136,10 @@ def _run_drill(name: str, poles: int | None, seconds: float, rate_hz: float, out
     try:
         if name in delivery:
             return delivery[name]()
+        if name == "session-hijack":
+            from simulator.drills.identity_drills import session_hijack
+
+            return session_hijack(500, poles=hijack_poles, log=log)
         if name == "alert-delivery":  # --poles = faults (one per pole, default 30); --outage-s = Alertmanager down
             from simulator.drills.alert_drills import alert_delivery
 

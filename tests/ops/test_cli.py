@@ -35,7 +35,7 @@ COMMANDS = sorted(_commands(typer.main.get_command(app)))
 
 def test_the_expected_commands_exist() -> None:
     assert set(COMMANDS) >= {("setup",), ("rollup",), ("credentials",), ("grafana", "generate"),
-                             ("grafana", "provision")}
+                             ("grafana", "provision"), ("certs",), ("broker-config",)}
 
 
 @pytest.mark.parametrize("path", COMMANDS, ids=" ".join)
@@ -78,8 +78,9 @@ def test_credentials_command(tmp_path: Path, capsys: pytest.CaptureFixture[str])
         assert stat.S_IMODE((out / name).stat().st_mode) == mode, name
     with (out / "secrets.csv").open() as f:
         rows = {r["username"]: r["password"] for r in csv.DictReader(f)}
-    assert set(rows) == {"p-000010", "p-000011", credentials.GATEWAY_USER}
+    assert set(rows) == {"p-000010", "p-000011", credentials.GATEWAY_USER, credentials.OPS_USER}
     assert rows[credentials.GATEWAY_USER] in captured.err  # printed once, to the operator
+    assert rows[credentials.OPS_USER] in captured.err
     hashes = dict(line.split(":", 1) for line in (out / "passwd").read_text().splitlines())
     assert all(credentials.verify_password(rows[u], h) for u, h in hashes.items())
     assert "pattern write lampwatch/v1/+/%u/telemetry" in (out / "acl").read_text()

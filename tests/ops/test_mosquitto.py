@@ -88,7 +88,7 @@ def broker(request: pytest.FixtureRequest, certs: Path,
     creds = tmp_path_factory.mktemp("creds")
     try:
         require("mosquitto_passwd" if request.param == "mosquitto_passwd" else "mosquitto")
-        written = credentials.write_credentials(creds, [POLE_A, POLE_B], hasher=request.param)
+        written = credentials.write_credentials(creds, [POLE_A, POLE_B], gateways=2, hasher=request.param)
         server = RepoBroker(certs, creds)
     except ServerMissing as exc:
         missing(exc)
@@ -103,9 +103,10 @@ class Client:
     """A paho MQTT 5 client over TLS (or the plain internal listener) recording what happens."""
 
     def __init__(self, server: RepoBroker, username: str | None, password: str | None, *,
-                 tls: bool = True) -> None:
+                 tls: bool = True, client_id: str | None = None) -> None:
         self.c = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2,
-                             client_id=f"{username or 'anon'}-{uuid.uuid4().hex[:6]}", protocol=mqtt.MQTTv5)
+                             client_id=client_id or f"{username or 'anon'}-{uuid.uuid4().hex[:6]}",
+                             protocol=mqtt.MQTTv5)
         if tls:
             self.c.tls_set(ca_certs=str(server.certs / "ca.crt"), cert_reqs=ssl.CERT_REQUIRED)
         if username is not None:
@@ -167,9 +168,10 @@ def clients(broker: tuple[RepoBroker, dict[str, str]]) -> Iterator[Any]:
     server, secrets = broker
     made: list[Client] = []
 
-    def make(user: str | None, password: str | None = None, *, tls: bool = True) -> Client:
+    def make(user: str | None, password: str | None = None, *, tls: bool = True,
+             client_id: str | None = None) -> Client:
         pw = secrets.get(user or "", "") if password is None else password
-        c = Client(server, user, pw if user is not None else None, tls=tls)
+        c = Client(server, user, pw if user is not None else None, tls=tls, client_id=client_id)
         made.append(c)
         return c
 
@@ -253,3 +255,52 @@ def test_oversized_messages_are_refused(clients: Any) -> None:
     assert a.disconnected.wait(WAIT_S)
     _flush(gw)
     assert [(t, len(p)) for t, p in gw.got] == [(own, 262_144)]
+
+
+@pytest.mark.parametrize("tls", [True, False], ids=["tls-listener", "plain-listener"])
+def test_nobody_can_take_another_clients_id(clients: Any, tls: bool) -> None:
+    """use_username_as_clientid on every listener: a pole logging in with the gateway's client id, or
+    with another pole's, gets a session of its own name and disconnects nobody."""
+    gw = clients(credentials.GATEWAY_USER, tls=tls, client_id=credentials.GATEWAY_USER)
+    gw.subscribe(topics.filter_for("telemetry"))
+    b = clients(POLE_B, tls=tls, client_id=POLE_B)
+    b.subscribe(topics.cmd("north", POLE_B))
+    for target in (credentials.GATEWAY_USER, POLE_B):
+        thief = clients(POLE_A, tls=tls, client_id=target)
+        assert thief.reason == 0
+        # what it sends is still confined to its own username's topics
+        assert thief.publish(topics.telemetry("north", POLE_B), b"forged") == NOT_AUTHORIZED
+        assert thief.publish(topics.telemetry("north", POLE_A), target.encode()) == 0
+        thief.close()
+    assert not gw.disconnected.is_set() and not b.disconnected.is_set()
+    _flush(gw)
+    assert gw.got == [(topics.telemetry("north", POLE_A), credentials.GATEWAY_USER.encode()),
+                      (topics.telemetry("north", POLE_A), POLE_B.encode())]
+
+
+def test_each_gateway_has_its_own_user_and_the_ops_user_reads_and_commands(clients: Any) -> None:
+    gw0 = clients(credentials.GATEWAY_USER)
+    gw1 = clients("lampwatch.gw-1")
+    ops = clients(credentials.OPS_USER)
+    assert (gw0.reason, gw1.reason, ops.reason) == (0, 0, 0)
+    for c in (gw1, ops):
+        c.subscribe(topics.filter_for("telemetry"))
+    ops.subscribe(topics.SYS + "/gateway/+/status")
+    a = clients(POLE_A)
+    a.subscribe(topics.cmd("north", POLE_A))
+    assert a.publish(topics.telemetry("north", POLE_A), b"t") == 0
+    assert gw0.publish(topics.gateway_status(credentials.GATEWAY_USER), b'{"state":"online"}') in (0, 16)
+    # the operators' user: commands and its own _sys/ops branch; nothing a pole or a gateway writes
+    assert ops.publish(topics.cmd("north", POLE_A), b"ping") == 0
+    assert ops.publish(topics.SYS + "/ops/ack/x", b"ack") in (0, 16)
+    for forged in (topics.telemetry("north", POLE_A), topics.status("north", POLE_A),
+                   topics.alert("north", POLE_A, "leakage.critical"), topics.deadletter("bad_json"),
+                   topics.gateway_status(credentials.GATEWAY_USER)):
+        assert ops.publish(forged, b"forged") == NOT_AUTHORIZED, forged
+    _flush(gw1)
+    assert ops.publish(topics.SYS + "/ops/flush") in (0, 16)  # the round trip _flush makes, on its branch
+    _flush(a, POLE_A)
+    assert (topics.telemetry("north", POLE_A), b"t") in gw1.got
+    assert (topics.telemetry("north", POLE_A), b"t") in ops.got
+    assert (topics.gateway_status(credentials.GATEWAY_USER), b'{"state":"online"}') in ops.got
+    assert a.got == [(topics.cmd("north", POLE_A), b"ping")]
