@@ -9,9 +9,7 @@ exits non-zero (2 for configuration, 1 for the rest); never a traceback.
 
 from __future__ import annotations
 
-import logging
 import signal
-import sys
 import threading
 from pathlib import Path
 from typing import Annotated
@@ -19,6 +17,7 @@ from typing import Annotated
 import typer
 
 from contract import topics
+from contract.cli import LogFormatOpt, LogLevelOpt, VersionOpt, apply_default_level, entry_point, root_options
 from contract.errors import ConfigError, LampwatchError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -26,6 +25,12 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="TOML config file; "
                                                  "LAMPWATCH_EDGE_* environment variables override it.")]
+
+
+@app.callback()
+def _root(_version: VersionOpt = False, log_level: LogLevelOpt = None, log_format: LogFormatOpt = "text") -> None:
+    """lampwatch edge agent: samples a pole's sensors and forwards them over MQTT 5."""
+    root_options(log_level, log_format)
 
 
 def _fail(exc: LampwatchError) -> None:
@@ -44,8 +49,7 @@ def run(config: ConfigOpt = None) -> None:
 
     try:
         cfg = load_config(config)
-        logging.basicConfig(level=cfg.log_level, stream=sys.stderr,
-                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        apply_default_level(cfg.log_level)
         agent = EdgeAgent(cfg)
         stop = threading.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -94,5 +98,4 @@ def check(config: ConfigOpt = None,
     typer.echo(f"ok: config valid ({len(cfg.sensors)} sensors, outbox {cfg.outbox_file}); {verdict}")
 
 
-def main() -> None:
-    app()
+main = entry_point(app, "lampwatch-edge")

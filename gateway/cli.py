@@ -17,18 +17,24 @@ from rich.console import Console
 from rich.table import Table
 
 from contract import topics
-from contract.cli import fail
+from contract.cli import LogFormatOpt, LogLevelOpt, VersionOpt, entry_point, fail, root_options
 from contract.errors import LampwatchError
 from gateway.service import Gateway
 from gateway.settings import GatewaySettings, load
 from ingest.stores import StoreConfig, describe, open_store
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="lampwatch gateway: MQTT telemetry in, validated points out to the store.")
 err = Console(stderr=True, soft_wrap=True)  # soft_wrap: never break a line at the terminal width
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="TOML settings file "
                                                 "(env LAMPWATCH_GATEWAY_* overrides it)")]
+
+
+@app.callback()
+def _root(_version: VersionOpt = False, log_level: LogLevelOpt = None, log_format: LogFormatOpt = "text") -> None:
+    """lampwatch gateway: MQTT telemetry in, validated points out to the store."""
+    root_options(log_level, log_format)
 
 
 def _fail(exc: object) -> typer.Exit:
@@ -205,5 +211,4 @@ def detect(
     err.print(f"detect: rows={len(ts)} anomalies={int((scores >= threshold).sum())}", highlight=False)
 
 
-def main() -> None:
-    app()
+main = entry_point(app, "lampwatch-gateway")

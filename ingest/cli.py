@@ -17,6 +17,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from contract.cli import LogFormatOpt, LogLevelOpt, VersionOpt, root_options
 from contract.errors import ConfigError, LampwatchError
 from ingest import credentials as creds
 from ingest import grafana as graf
@@ -29,6 +30,12 @@ grafana_app = typer.Typer(no_args_is_help=True, help="Generate Grafana dashboard
 app.add_typer(grafana_app, name="grafana")
 out = Console(highlight=False, markup=False, soft_wrap=True)  # soft_wrap: a line is never broken at 80 columns
 err = Console(stderr=True, highlight=False, markup=False, soft_wrap=True)
+
+
+@app.callback()
+def _root(_version: VersionOpt = False, log_level: LogLevelOpt = None, log_format: LogFormatOpt = "text") -> None:
+    """lampwatch stores: InfluxDB setup, rollups, credentials, Grafana provisioning."""
+    root_options(log_level, log_format)
 
 Url = Annotated[str, typer.Option(help="InfluxDB base URL (1.x, or 2.x's v1-compatible API)",
                                   envvar="LAMPWATCH_INFLUX_URL")]
