@@ -17,7 +17,15 @@ from typing import Annotated
 import typer
 
 from contract import topics
-from contract.cli import LogFormatOpt, LogLevelOpt, VersionOpt, apply_default_level, entry_point, root_options
+from contract.cli import (
+    LogFormatOpt,
+    LogLevelOpt,
+    VersionOpt,
+    apply_default_level,
+    entry_point,
+    fail,
+    root_options,
+)
 from contract.errors import ConfigError, LampwatchError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -34,8 +42,7 @@ def _root(_version: VersionOpt = False, log_level: LogLevelOpt = None, log_forma
 
 
 def _fail(exc: LampwatchError) -> None:
-    typer.echo(f"lampwatch-edge: error: {exc}", err=True)
-    raise typer.Exit(2 if isinstance(exc, ConfigError) else 1)
+    raise fail("lampwatch-edge", exc, 2 if isinstance(exc, ConfigError) else 1)
 
 
 @app.command()
@@ -96,6 +103,52 @@ def check(config: ConfigOpt = None,
         _fail(ConfigError(str(exc)))
         return
     typer.echo(f"ok: config valid ({len(cfg.sensors)} sensors, outbox {cfg.outbox_file}); {verdict}")
+
+
+@app.command()
+def conform(
+    pole: Annotated[str, typer.Option(help="the pole id to watch")],
+    district: Annotated[str, typer.Option(help="the pole's district")],
+    duration: Annotated[float, typer.Option(help="seconds to watch", min=1, max=86_400)] = 60.0,
+    host: Annotated[str, typer.Option(help="broker host")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="broker port", min=1, max=65535)] = 1883,
+    username: Annotated[str | None, typer.Option(help="broker user allowed to read the pole's topics "
+                                                     "and write its cmd topic (an operator account)")] = None,
+    password: Annotated[str | None, typer.Option(envvar="LAMPWATCH_CONFORM_PASSWORD",
+                                                 help="its password (env LAMPWATCH_CONFORM_PASSWORD)")] = None,
+    cafile: Annotated[Path | None, typer.Option(help="CA certificate: connect with TLS")] = None,
+    ping: Annotated[bool, typer.Option(help="send one ping command and expect its ack")] = True,
+) -> None:
+    """Watch one pole's topics on a live broker and judge it against docs/contract.md, requirement by
+    requirement (pass / FAIL / not-seen), then one summary line. Exit 0 when nothing failed, 1 otherwise.
+
+    Restart the device during the watch to show its birth and sequence continuity across a reboot, and
+    cut its network to show its Last Will.
+
+    Example: lampwatch-edge conform --pole p-000001 --district north --duration 120 --host broker
+    """
+    from contract.ids import District, PoleId
+    from edge.conform import Broker, summary
+    from edge.conform import conform as run_conform
+
+    try:
+        pole, district = PoleId(pole), District(district)
+    except ValueError as exc:
+        raise fail("lampwatch-edge", exc) from None
+    if cafile is not None and not cafile.is_file():
+        raise fail("lampwatch-edge", f"--cafile {cafile}: file not found")
+    broker = Broker(host=host, port=port, username=username, password=password,
+                    tls_ca=str(cafile) if cafile else None)
+    try:
+        verdicts = run_conform(broker, pole, district, duration, ping=ping)
+    except LampwatchError as exc:
+        _fail(exc)
+        return
+    for v in verdicts:
+        typer.echo(v.line())
+    typer.echo(summary(pole, verdicts))
+    if any(v.outcome == "fail" for v in verdicts):
+        raise typer.Exit(1)
 
 
 main = entry_point(app, "lampwatch-edge")
