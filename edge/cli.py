@@ -1,22 +1,27 @@
 """``lampwatch-edge``: the edge agent's command line (the composition root: config is loaded here).
 
-    lampwatch-edge run   --config /etc/lampwatch/edge.toml
-    lampwatch-edge check --config /etc/lampwatch/edge.toml
+    lampwatch-edge run     --config /etc/lampwatch/edge.toml
+    lampwatch-edge check   --config /etc/lampwatch/edge.toml [--test]
+    lampwatch-edge conform --pole p-000001 --district north --duration 60
 
-A user mistake (bad config, unreachable broker, unusable outbox file) prints one line on stderr and
-exits non-zero (2 for configuration, 1 for the rest); never a traceback.
+A user mistake (unreachable broker, unusable outbox file, a failing driver) prints one line on stderr
+and exits non-zero (2 for configuration, 1 for the rest); never a traceback. A configuration file
+with several mistakes gets one stderr line for each, prefixed with the file.
 """
 
 from __future__ import annotations
 
+import json
 import signal
 import threading
+import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from contract import topics
+from contract.catalog import BY_NAME
 from contract.cli import (
     LogFormatOpt,
     LogLevelOpt,
@@ -24,6 +29,7 @@ from contract.cli import (
     apply_default_level,
     entry_point,
     fail,
+    one_line,
     root_options,
 )
 from contract.errors import ConfigError, LampwatchError
@@ -52,10 +58,9 @@ def run(config: ConfigOpt = None) -> None:
     Example: lampwatch-edge run --config /etc/lampwatch/edge.toml
     """
     from edge.agent import EdgeAgent
-    from edge.config import load_config
 
+    cfg = _config_or_exit(config)
     try:
-        cfg = load_config(config)
         apply_default_level(cfg.log_level)
         agent = EdgeAgent(cfg)
         stop = threading.Event()
@@ -73,22 +78,110 @@ def run(config: ConfigOpt = None) -> None:
     typer.echo(f"edge {cfg.pole}: {agent.summary()}")
 
 
-@app.command()
-def check(config: ConfigOpt = None,
-          timeout: Annotated[float, typer.Option(help="seconds to wait for the broker")] = 10.0) -> None:
-    """Validate the configuration and try the broker (connect + subscribe); print one verdict line.
+def _label(spec: object) -> str:
+    kind = getattr(spec, "kind", "?")
+    if kind == "command":
+        return f"command {spec.argv[0]}"  # type: ignore[attr-defined]
+    if kind == "modbus":
+        where = (f"{spec.host}:{spec.port}" if spec.transport == "tcp"  # type: ignore[attr-defined]
+                 else spec.device)  # type: ignore[attr-defined]
+        return f"modbus {spec.transport} {where} unit {spec.unit}"  # type: ignore[attr-defined]
+    if kind == "plugin":
+        return f"plugin {spec.name}"  # type: ignore[attr-defined]
+    return str(kind)
 
-    Exit 0 and "ok: ..." when both work; exit 2 on a configuration error, 1 when the broker fails.
 
-    Example: lampwatch-edge check --config /etc/lampwatch/edge.toml
-    """
-    from edge.agent import build_drivers
-    from edge.config import load_config
-    from edge.link import LinkSettings, probe
+def _config_or_exit(config: Path | None) -> Any:
+    """The config, or every mistake in it on its own stderr line (prefixed with the file) and exit 2."""
+    from edge.config import ConfigProblems, load_config
 
     try:
-        cfg = load_config(config)
-        build_drivers(cfg)
+        return load_config(config)
+    except ConfigProblems as exc:
+        for line in exc.lines():
+            typer.echo(f"lampwatch-edge: error: {one_line(line)}", err=True)
+        raise typer.Exit(2) from None
+    except LampwatchError as exc:
+        _fail(exc)
+
+
+@app.command()
+def check(config: ConfigOpt = None,
+          timeout: Annotated[float, typer.Option(help="seconds to wait for the broker")] = 10.0,
+          test: Annotated[bool, typer.Option("--test", help="read every sensor once and print the sample "
+                                                          "instead of trying the broker")] = False) -> None:
+    """Validate the configuration, check every driver, then try the broker (connect + subscribe).
+
+    Exit 0 and "ok: ..." when all work; 2 on configuration mistakes (every one on its own line,
+    prefixed with the file); 1 when a driver or the broker fails, naming which. With --test: read
+    every sensor once, print one line per driver and the sample, exit 1 naming each driver that
+    failed; the broker is not contacted.
+
+    Example: lampwatch-edge check --config /etc/lampwatch/edge.toml --test
+    """
+    from edge.agent import build_drivers
+    from edge.drivers import DriverError, preflight
+    from edge.link import LinkSettings, probe
+
+    cfg = _config_or_exit(config)
+    try:
+        drivers = build_drivers(cfg)
+    except ValueError as exc:  # e.g. a plugin that is not installed
+        _fail(ConfigError(str(exc)))
+        return
+    groups: dict[int, list[str]] = {}
+    for name, idx in cfg.assignment().items():
+        if name in cfg.sensors:
+            groups.setdefault(idx, []).append(name)
+    failed: list[str] = []
+    sample: dict[str, float] = {}
+    try:
+        for idx in sorted(groups):
+            names, label = groups[idx], f"driver {idx} ({_label(cfg.drivers[idx])})"
+            drv = drivers[names[0]]
+            problems = preflight(drv)
+            if problems and not test:
+                failed += [f"{label}: {p}" for p in problems]
+                continue
+            if not test:
+                continue
+            t_ms = int(time.time() * 1000)
+            try:
+                got = drv.read(names, t_ms)
+            except DriverError as exc:
+                got, why = {}, str(exc)
+            else:
+                why = ""
+            shown = []
+            for n in names:
+                if n in got:
+                    m = BY_NAME[n]
+                    flag = "" if m.in_range(got[n]) else \
+                        f" (outside {m.lo:g}..{m.hi:g} {m.unit}: the gateway refuses it)"
+                    shown.append(f"{n}={got[n]:g}{flag}")
+                    if flag:
+                        failed.append(f"{label}: {n}={got[n]:g} outside its valid range")
+                    else:
+                        sample[n] = got[n]
+                else:
+                    shown.append(f"{n}=FAILED")
+            missing = [n for n in names if n not in got]
+            if missing:
+                failed.append(f"{label}: no value for {', '.join(missing)}" + (f": {why}" if why else ""))
+            typer.echo(f"{label}: " + " ".join(shown))
+    finally:
+        for drv in {id(d): d for d in drivers.values()}.values():
+            drv.close()
+    if test:
+        typer.echo("sample: " + json.dumps({"ts": int(time.time() * 1000), "m": sample}, separators=(",", ":")))
+    if failed:
+        for line in failed:
+            typer.echo(f"lampwatch-edge: error: {one_line(line)}", err=True)
+        raise typer.Exit(1)
+    if test:
+        typer.echo(f"ok: {len(sample)} metrics read from {len(groups)} driver(s)")
+        return
+    try:
         pw = cfg.password.get_secret_value() if cfg.password is not None else None
         settings = LinkSettings(
             host=cfg.host, port=cfg.port, client_id=cfg.pole, keepalive_s=cfg.keepalive_s,
@@ -99,10 +192,8 @@ def check(config: ConfigOpt = None,
     except LampwatchError as exc:
         _fail(exc)
         return
-    except ValueError as exc:  # e.g. a driver that cannot be built from a valid-looking config
-        _fail(ConfigError(str(exc)))
-        return
-    typer.echo(f"ok: config valid ({len(cfg.sensors)} sensors, outbox {cfg.outbox_file}); {verdict}")
+    typer.echo(f"ok: config valid ({len(cfg.sensors)} sensors, {len(groups)} drivers, outbox {cfg.outbox_file}); "
+               f"{verdict}")
 
 
 @app.command()
