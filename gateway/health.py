@@ -14,7 +14,8 @@ error as the reason and ``/metrics`` answer 500: a broken probe never looks heal
 
 Bound to 127.0.0.1 by default; bind 0.0.0.0 only inside a container whose port is published on purpose.
 
-    server = HealthServer(ready=lambda: (gw.connected, "subscribed"), metrics=gw.counters, port=9464)
+    ready = all_ready(lambda: (gw.connected, "subscribed"), writable(settings.state_dir))
+    server = HealthServer(ready=ready, metrics=gw.counters, port=9464)
     server.start(); ...; server.close()
 """
 
@@ -22,10 +23,12 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any, Literal
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -54,6 +57,43 @@ KINDS: Mapping[str, Kind] = {
     "inbox": "gauge", "lag_ms": "gauge", "last_write_ms": "gauge", "ready": "gauge",
 }
 _BAD = re.compile(r"[^a-zA-Z0-9_]")
+
+
+Check = Callable[[], tuple[bool, str]]
+
+
+def all_ready(*checks: Check) -> Check:
+    """One readiness check from several: ready when every one is; the reason of the first that is not."""
+
+    def ready() -> tuple[bool, str]:
+        reasons = []
+        for check in checks:
+            ok, reason = _safe_ready(check)
+            if not ok:
+                return False, reason
+            reasons.append(reason)
+        return True, "; ".join(r for r in reasons if r)
+
+    return ready
+
+
+def writable(directory: str | Path, what: str = "spool") -> Check:
+    """A readiness check that the disk under ``directory`` takes a write: it appends a few bytes to
+    ``<directory>/.ready-probe`` and fsyncs them (a full, read-only or failed disk fails it)."""
+    probe = Path(directory) / ".ready-probe"
+
+    def ready() -> tuple[bool, str]:
+        try:
+            with open(probe, "ab", buffering=0) as f:
+                f.write(b"ok\n")
+                os.fsync(f.fileno())
+            if probe.is_file() and probe.stat().st_size > 4096:
+                probe.write_bytes(b"")
+        except OSError as exc:
+            return False, f"{what} disk not writable ({directory}): {exc.strerror or exc}"
+        return True, f"{what} writable"
+
+    return ready
 
 
 class HealthError(LampwatchError):

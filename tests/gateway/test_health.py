@@ -206,3 +206,24 @@ def test_the_compose_healthcheck_passes_when_ready_and_fails_when_not(served: tu
     assert run() == 0
     c.ready = (False, "spool disk full")
     assert run() != 0
+
+
+def test_readiness_follows_the_spool_disk(tmp_path: Path) -> None:
+    from gateway.health import all_ready, writable
+
+    state = tmp_path / "state"
+    state.mkdir()
+    broker = {"up": True}
+    ready = all_ready(lambda: (broker["up"], "subscribed" if broker["up"] else "broker gone"), writable(state))
+    with HealthServer(ready=ready, metrics=dict, port=0) as server:
+        status, body, _ = get(server.url + "/readyz")
+        assert status == 200 and json.loads(body)["reason"] == "subscribed; spool writable"
+        (state / ".ready-probe").unlink()
+        (state / ".ready-probe").symlink_to("/dev/full")  # every write: ENOSPC, as on a full disk
+        status, body, _ = get(server.url + "/readyz")
+        assert status == 503 and "spool disk not writable" in json.loads(body)["reason"]
+        assert "No space left on device" in json.loads(body)["reason"]
+        (state / ".ready-probe").unlink()
+        assert get(server.url + "/readyz")[0] == 200
+        broker["up"] = False
+        assert json.loads(get(server.url + "/readyz")[1]) == {"ready": False, "reason": "broker gone"}
