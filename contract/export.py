@@ -111,7 +111,7 @@ def asyncapi() -> dict[str, Any]:
                                 "send = the pole publishes, receive = the pole (or any client) subscribes. "
                                 f"Payloads are UTF-8 JSON, at most {MAX_PAYLOAD_BYTES} bytes."},
         "defaultContentType": "application/json",
-        "servers": {"broker": {"host": "broker.example:8883", "protocol": "mqtts", "protocolVersion": "5.0",
+        "servers": {"broker": {"host": "broker.example:8883", "protocol": "secure-mqtt", "protocolVersion": "5",
                                "description": "Mosquitto: TLS, one username and password per pole, ACL"}},
         "channels": channels, "operations": operations, "components": {"messages": messages},
     }
