@@ -125,7 +125,8 @@ def judge(pole: str, district: str, seen: Sequence[Seen], ping_id: str | None) -
             valid_msgs += 1
             if st.pole != pole or st.district != district:
                 f.fail("payloads-valid", f"status names {st.district}/{st.pole}, topic {district}/{pole}")
-            if not s.at_subscribe and abs(st.ts - s.t_ms) > MAX_FUTURE_MS:
+            is_will = st.state == "offline" and st.reason == "will"  # its ts is when it was set: at CONNECT
+            if not s.at_subscribe and not is_will and abs(st.ts - s.t_ms) > MAX_FUTURE_MS:
                 f.fail("timestamps", f"status ts {st.ts} is {(st.ts - s.t_ms) / 1000:+.0f} s from the checker's clock")
             if st.state == "birth":
                 births += 1

@@ -252,3 +252,13 @@ def test_conform_against_no_broker_is_one_line() -> None:
                          timeout=60, check=False)
     assert res.returncode == 1 and len(res.stderr.splitlines()) == 1, res.stderr
     assert res.stderr.startswith("lampwatch-edge: error: cannot reach broker")
+
+
+def test_a_will_set_long_ago_is_not_a_clock_fault() -> None:
+    hour_ago = _now_ms() - 3_600_000
+    will = {"pole": "p-1", "district": DISTRICT, "state": "offline", "ts": hour_ago, "boot": "b", "reason": "will"}
+    birth = {**will, "state": "birth", "ts": hour_ago, "reason": None}
+    t = topics.status(DISTRICT, "p-1")
+    assert failing(judge("p-1", DISTRICT, [Seen(_now_ms(), t, json.dumps(will).encode(), 1, True)], None)) == set()
+    assert failing(judge("p-1", DISTRICT, [Seen(_now_ms(), t, json.dumps(birth).encode(), 1, True)], None)) \
+        == {"timestamps"}
