@@ -134,7 +134,15 @@ def test_the_doc_limits_are_the_code_limits(payload: str) -> None:
     from gateway.decode import MAX_PAYLOAD_BYTES
 
     text = DOC.read_text(encoding="utf-8")
+    from contract import export
+    from edge import conform
+    from gateway.decode import Limits
+
     assert MAX_PAYLOAD_BYTES == 256 * 1024 and "**at most 256 KiB** (262,144 bytes)" in text
+    # the copies that cannot import the gateway (contract and edge stand below it) agree with it
+    assert export.MAX_PAYLOAD_BYTES == conform.MAX_PAYLOAD_BYTES == MAX_PAYLOAD_BYTES
+    assert (conform.MAX_FUTURE_MS, conform.MAX_PAST_MS) == (Limits().max_future_ms, Limits().max_past_ms)
+    assert "`now - 30 days <= ts <= now + 300 s`" in text
     assert models.MAX_SAMPLES_PER_MESSAGE == 1000 and "| 1 .. 1,000 items |" in text
     assert models.MAX_METRICS_PER_SAMPLE == 64 and "| 1 .. 64 entries |" in text
     assert f"`lampwatch/v1/{{district}}/{{pole}}/{payload}`" in text
