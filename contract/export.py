@@ -61,7 +61,7 @@ CHANNELS: dict[str, tuple[str, str, Literal["send", "receive"], int, bool, str]]
     "cmd": (f"{_P}/cmd", "command", "receive", 1, False, "operator -> edge: one command per message"),
     "cmd-ack": (f"{_P}/cmd/ack", "command-ack", "send", 1, False, "edge -> operator: the result of a command"),
     "alert": (f"{_P}/alert/{{key}}", "alert", "receive", 1, True,
-              "gateway -> all: alarm state per pole and rule; an empty retained message removes it"),
+              "gateway -> all: alarm state per pole and rule (raised or cleared)"),
     "deadletter": (f"{topics.DEADLETTER_PREFIX}/{{reason}}", "dead-letter", "receive", 1, False,
                    "gateway -> all: refused input with its reason"),
     "gateway-status": (f"{topics.SYS}/gateway/{{gateway}}/status", "gateway-status", "receive", 1, True,
