@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: install demo test lint bench eval nightly clean
+.PHONY: install demo test lint servers bench eval nightly clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -23,7 +23,11 @@ lint: $(STAMP)
 	$(BIN)/lint-imports
 	$(BIN)/mypy
 
-test: lint
+# the real servers the tests start (.ci/packages.txt): installed now if root with apt, else one command to run
+servers:
+	bash .ci/ensure-servers
+
+test: lint servers
 	$(BIN)/pytest -q $(ARGS)
 
 # nightly-size run: the decoder fuzzed with 100k hostile payloads (make test uses 1,500)

@@ -35,7 +35,7 @@ from edge import __version__
 from edge.clock import Clock, SystemClock
 from edge.commands import Result, handle
 from edge.config import CommandSource, EdgeConfig, FileSource, SimulatedSource
-from edge.drivers import CommandDriver, Driver, FileDriver, Model, SimulatedDriver, ValueSource
+from edge.drivers import CommandDriver, Driver, FileDriver, Model, SimulatedDriver, ValueSource, other_driver
 from edge.link import LinkSettings, MqttLink
 from edge.outbox import Outbox
 from edge.safety import SafetyMonitor
@@ -64,6 +64,8 @@ def build_drivers(cfg: EdgeConfig, model: Model | None = None) -> dict[str, Driv
             made.append(CommandDriver(spec.argv, mp, timeout_s=spec.timeout_s))
         elif isinstance(spec, FileSource):
             made.append(FileDriver({n: ValueSource(s.path, s.scale, s.offset) for n, s in spec.metrics.items()}))
+        else:  # modbus and plugins (edge.drivers, edge.modbus): imported only when a pole uses them
+            made.append(other_driver(spec))
     return {n: made[i] for n, i in cfg.assignment().items()}
 
 

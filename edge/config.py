@@ -13,7 +13,8 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, InitSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
 from contract.catalog import BY_NAME, CRITICAL, NAMES
@@ -25,6 +26,7 @@ ENV_PREFIX = "LAMPWATCH_EDGE_"
 _FILE_DATA: ContextVar[dict[str, Any] | None] = ContextVar("edge_config_file", default=None)
 
 PositiveS = Annotated[float, Field(gt=0)]
+CONFIG_PROBLEMS = "edge_config_problems"  # the error type that carries every cross-field mistake
 
 
 class _Strict(BaseModel):
@@ -58,7 +60,56 @@ class FileSource(_Strict):
     metrics: Annotated[dict[MetricName, SourceMap], Field(min_length=1)]
 
 
-DriverSpec = Annotated[SimulatedSource | CommandSource | FileSource, Field(discriminator="kind")]
+RegisterType = Literal["int16", "uint16", "int32", "uint32", "float32"]
+
+
+class ModbusRegister(_Strict):
+    """One metric's register(s): 32-bit types span two registers, ``word_order`` says which comes first."""
+
+    address: Annotated[int, Field(ge=0, le=65535)]
+    type: RegisterType = "uint16"
+    table: Literal["holding", "input"] = "holding"
+    scale: float = 1.0
+    offset: float = 0.0
+    word_order: Literal["big", "little"] = "big"
+
+
+class ModbusSource(_Strict):
+    """A Modbus device (energy meter, lamp controller, RCD monitor): TCP, or RTU on a serial line."""
+
+    kind: Literal["modbus"]
+    transport: Literal["tcp", "rtu"] = "tcp"
+    host: str | None = None  # tcp
+    port: Annotated[int, Field(ge=1, le=65535)] = 502  # tcp
+    device: str | None = None  # rtu: the serial port, e.g. /dev/ttyUSB0
+    baudrate: Annotated[int, Field(ge=300, le=921_600)] = 9600
+    parity: Literal["N", "E", "O"] = "N"
+    stopbits: Literal[1, 2] = 1
+    bytesize: Literal[7, 8] = 8
+    unit: Annotated[int, Field(ge=0, le=247)] = 1  # the Modbus device (slave) id
+    timeout_s: Annotated[float, Field(gt=0, le=60)] = 1.0
+    metrics: Annotated[dict[MetricName, ModbusRegister], Field(min_length=1)]
+
+    @model_validator(mode="after")
+    def _where(self) -> ModbusSource:
+        if self.transport == "tcp" and not self.host:
+            raise ValueError("a modbus tcp driver needs host")
+        if self.transport == "rtu" and not self.device:
+            raise ValueError("a modbus rtu driver needs device (the serial port)")
+        return self
+
+
+class PluginSource(_Strict):
+    """A driver from another package, found through the ``lampwatch.drivers`` entry-point group."""
+
+    kind: Literal["plugin"]
+    name: Annotated[str, Field(min_length=1, max_length=100)]
+    metrics: Annotated[list[MetricName], Field(min_length=1)]
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+DriverSpec = Annotated[SimulatedSource | CommandSource | FileSource | ModbusSource | PluginSource,
+                       Field(discriminator="kind")]
 
 
 def _unknown(names: object) -> list[str]:
@@ -126,33 +177,63 @@ class EdgeConfig(BaseSettings):
 
     @model_validator(mode="after")
     def _check(self) -> EdgeConfig:
-        for d in self.drivers:
-            if d.metrics is not None and (bad := _unknown(d.metrics)):
-                raise ValueError(f"drivers: unknown metric(s) {', '.join(bad)}")
-        if bad := _unknown(self.intervals):
-            raise ValueError(f"intervals: unknown metric(s) {', '.join(bad)}")
-        if not self.sensors:
-            raise ValueError("drivers provide no metric at all")
-        if missing := [n for n in self.intervals if n not in self.sensors]:
-            raise ValueError(f"intervals: no driver provides {', '.join(missing)}")
-        for name, value in self.thresholds.items():
-            if name not in CRITICAL:
-                raise ValueError(f"thresholds: {name} is not checked on the edge (critical metrics: "
-                                 f"{', '.join(CRITICAL)})")
-            m = BY_NAME[name]
-            if not m.lo <= value <= m.hi:
-                raise ValueError(f"thresholds: {name}={value} outside [{m.lo}, {m.hi}]")
-        if self.backoff_min_s > self.backoff_max_s:
-            raise ValueError("backoff_min_s must be <= backoff_max_s")
-        if (self.password is not None) and not self.username:
-            raise ValueError("password given without username")
-        for label in ("tls_ca", "tls_cert", "tls_key"):
-            p = getattr(self, label)
-            if p is not None and not Path(p).is_file():
-                raise ValueError(f"{label}: file {p} not found")
-        if self.tls_key is not None and self.tls_cert is None:
-            raise ValueError("tls_key given without tls_cert")
+        bad = self.problems()
+        if bad:  # every mistake at once: load_config expands the list (see ``CONFIG_PROBLEMS``)
+            raise PydanticCustomError(CONFIG_PROBLEMS, "{first}", {"first": bad[0], "problems": bad})
         return self
+
+    # single-field checks are field validators, so pydantic reports them together with every other
+    # field's mistakes; only what needs two fields waits for the model validator below
+    @field_validator("drivers")
+    @classmethod
+    def _driver_metrics(cls, drivers: list[DriverSpec]) -> list[DriverSpec]:
+        bad = [f"drivers.{i}: unknown metric(s) {', '.join(u)}" for i, d in enumerate(drivers)
+               if d.metrics is not None and (u := _unknown(d.metrics))]
+        if bad:
+            raise ValueError("; ".join(bad))
+        return drivers
+
+    @field_validator("intervals")
+    @classmethod
+    def _interval_metrics(cls, intervals: dict[str, float]) -> dict[str, float]:
+        if unknown := _unknown(intervals):
+            raise ValueError(f"unknown metric(s) {', '.join(unknown)}")
+        return intervals
+
+    @field_validator("thresholds")
+    @classmethod
+    def _threshold_values(cls, thresholds: dict[str, float]) -> dict[str, float]:
+        bad = []
+        for name, value in thresholds.items():
+            if name not in CRITICAL:
+                bad.append(f"{name} is not checked on the edge (critical metrics: {', '.join(CRITICAL)})")
+            elif not BY_NAME[name].lo <= value <= BY_NAME[name].hi:
+                bad.append(f"{name}={value} outside [{BY_NAME[name].lo}, {BY_NAME[name].hi}]")
+        if bad:
+            raise ValueError("; ".join(bad))
+        return thresholds
+
+    @field_validator("tls_ca", "tls_cert", "tls_key")
+    @classmethod
+    def _file_exists(cls, p: Path | None) -> Path | None:
+        if p is not None and not Path(p).is_file():
+            raise ValueError(f"file {p} not found")
+        return p
+
+    def problems(self) -> list[str]:
+        """Every mistake that involves more than one field."""
+        bad: list[str] = []
+        if not self.sensors:
+            bad.append("drivers provide no metric at all")
+        elif missing := [n for n in self.intervals if n not in self.sensors]:
+            bad.append(f"intervals: no driver provides {', '.join(missing)}")
+        if self.backoff_min_s > self.backoff_max_s:
+            bad.append("backoff_min_s must be <= backoff_max_s")
+        if (self.password is not None) and not self.username:
+            bad.append("password given without username")
+        if self.tls_key is not None and self.tls_cert is None:
+            bad.append("tls_key given without tls_cert")
+        return bad
 
     # --- derived ---------------------------------------------------------------------------------
     @property
@@ -182,13 +263,39 @@ class EdgeConfig(BaseSettings):
         return self.outbox_path or Path(".lampwatch") / f"edge-{self.pole}.sqlite"
 
 
+class ConfigProblems(ConfigError):
+    """Every mistake of one configuration; ``str()`` is one line (the first, +N more)."""
+
+    def __init__(self, problems: list[str], source: Path | None = None) -> None:
+        self.problems = problems or ["invalid configuration"]
+        self.source = source
+        more = f" (+{len(self.problems) - 1} more)" if len(self.problems) > 1 else ""
+        super().__init__(f"invalid configuration: {self.problems[0]}{more}")
+
+    def lines(self) -> list[str]:
+        """One line per mistake, prefixed with the file: what ``lampwatch-edge check`` prints."""
+        prefix = f"{self.source}: " if self.source is not None else ""
+        return [prefix + " ".join(p.split()) for p in self.problems]
+
+
+def problems_of(exc: ValidationError) -> list[str]:
+    """Every error of a validation, each as ``location: message``."""
+    out: list[str] = []
+    for e in exc.errors(include_url=False, include_input=False):
+        if e["type"] == CONFIG_PROBLEMS:
+            out += list(e.get("ctx", {}).get("problems", [e["msg"]]))
+            continue
+        loc = ".".join(str(x) for x in e["loc"])
+        msg = e["msg"].removeprefix("Value error, ")
+        out.append(f"{loc}: {msg}" if loc else msg)
+    return out
+
+
 def describe(exc: ValidationError) -> str:
     """One line for a user: the first error with its location (+N more)."""
-    e = exc.errors(include_url=False, include_input=False)[0]
-    loc = ".".join(str(x) for x in e["loc"])
-    msg = e["msg"].removeprefix("Value error, ")
-    more = f" (+{exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-    return f"{loc}: {msg}{more}" if loc else f"{msg}{more}"
+    problems = problems_of(exc)
+    more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
+    return f"{problems[0]}{more}"
 
 
 def load_config(path: str | Path | None = None, **overrides: Any) -> EdgeConfig:
@@ -208,6 +315,6 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> EdgeConfig:
     try:
         return EdgeConfig(**overrides)
     except ValidationError as exc:
-        raise ConfigError(f"invalid configuration: {describe(exc)}") from exc
+        raise ConfigProblems(problems_of(exc), Path(path) if path is not None else None) from exc
     finally:
         _FILE_DATA.reset(token)

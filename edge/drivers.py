@@ -17,18 +17,24 @@ Three kinds, all selectable from configuration (see :mod:`edge.config`):
 * ``FileDriver`` reads one number per file, sysfs-style (``/sys/bus/iio/devices/.../in_voltage0_raw``),
   with ``scale`` and ``offset``.
 
-So a real board is wired in by configuration, without code. A failing read raises ``DriverError``;
-the sampler counts it and carries on with the other drivers.
+So a real board is wired in by configuration, without code. Two more kinds: ``modbus`` (Modbus TCP or
+RTU registers, :mod:`edge.modbus`) and ``plugin``: any driver another package registers in the
+``lampwatch.drivers`` entry-point group (see docs/edge.md). A failing read raises ``DriverError``; the
+sampler counts it and carries on with the other drivers. A driver may also have ``check() ->
+list[str]``: what is wrong before any read (``lampwatch-edge check`` reports it).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import random
+import shutil
 import subprocess
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -176,6 +182,13 @@ class CommandDriver:
         except ValueError as exc:
             raise DriverError(f"sensor command {self.argv[0]!r} printed invalid JSON: {exc}") from exc
 
+    def check(self) -> list[str]:
+        exe = self.argv[0]
+        if shutil.which(exe) is None:
+            return [f"sensor command {exe!r} not found" + ("" if "/" in exe else " on PATH")
+                    + ("" if not Path(exe).exists() else " or not executable")]
+        return []
+
     def read(self, names: Sequence[str], t_ms: int) -> dict[str, float]:
         wanted = [n for n in names if n in self.mapping]
         if not wanted:
@@ -207,6 +220,10 @@ class FileDriver:
         self.mapping = dict(mapping)
         self.metrics = tuple(self.mapping)
 
+    def check(self) -> list[str]:
+        return [f"cannot read {mp.source}: {'no such file' if not Path(mp.source).exists() else 'permission denied'}"
+                for mp in self.mapping.values() if not os.access(mp.source, os.R_OK)]
+
     def read(self, names: Sequence[str], t_ms: int) -> dict[str, float]:
         def one(n: str) -> float:
             mp = self.mapping[n]
@@ -220,3 +237,48 @@ class FileDriver:
 
     def close(self) -> None:
         pass
+
+
+# --- preflight, plugins and the drivers built from other modules ------------------------------------
+ENTRY_POINT_GROUP = "lampwatch.drivers"
+
+
+def preflight(driver: Driver) -> list[str]:
+    """What is wrong with a driver before any read (a missing command, an unreadable file)."""
+    check = getattr(driver, "check", None)
+    return list(check()) if callable(check) else []
+
+
+def plugin_names() -> list[str]:
+    return sorted({ep.name for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)})
+
+
+def load_plugin(name: str, metrics: Sequence[str], options: Mapping[str, Any]) -> Driver:
+    """Build a driver from the ``lampwatch.drivers`` entry point ``name``: a callable
+    ``factory(metrics: tuple[str, ...], options: dict) -> Driver``. Raises ``ValueError`` with a clear
+    message (unknown plugin, failing factory, or an object that is not a driver)."""
+    eps = [ep for ep in metadata.entry_points(group=ENTRY_POINT_GROUP) if ep.name == name]
+    if not eps:
+        known = ", ".join(plugin_names()) or "none installed"
+        raise ValueError(f"no driver plugin {name!r} in entry-point group {ENTRY_POINT_GROUP} (installed: {known})")
+    try:
+        factory = eps[0].load()
+        driver = factory(tuple(metrics), dict(options))
+    except Exception as exc:  # a third party's code: say whose it was
+        raise ValueError(f"driver plugin {name!r} failed to load: {type(exc).__name__}: {exc}") from exc
+    for attr in ("metrics", "read", "close"):
+        if not hasattr(driver, attr):
+            raise ValueError(f"driver plugin {name!r} returned {type(driver).__name__}, which has no {attr}")
+    return driver  # type: ignore[no-any-return]
+
+
+def other_driver(spec: Any) -> Driver:
+    """The driver of a ``modbus`` or ``plugin`` config entry (edge.config.ModbusSource / PluginSource)."""
+    kind = getattr(spec, "kind", None)
+    if kind == "modbus":
+        from edge.modbus import ModbusDriver  # pymodbus is imported only by poles that use it
+
+        return ModbusDriver(spec)
+    if kind == "plugin":
+        return load_plugin(spec.name, spec.metrics, spec.options)
+    raise ValueError(f"unknown driver kind {kind!r}")

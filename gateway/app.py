@@ -55,6 +55,15 @@ class App:
             self.gateway = build_with_store(self.settings, self.store)
         return self.gateway
 
+    def ready(self) -> tuple[bool, str]:
+        """Readiness for /readyz: a standby waiting for the lease is alive but not ready."""
+        if self.gateway is None:
+            return False, "standby: waiting for the lease" if not self.lease.held else "starting"
+        return self.gateway.ready()
+
+    def metrics(self) -> dict[str, float]:
+        return self.gateway.counters() if self.gateway is not None else {}
+
     def close(self) -> None:
         try:
             if self.gateway is not None:

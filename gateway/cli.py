@@ -17,18 +17,24 @@ from rich.console import Console
 from rich.table import Table
 
 from contract import topics
-from contract.cli import fail
+from contract.cli import LogFormatOpt, LogLevelOpt, VersionOpt, entry_point, fail, root_options
 from contract.errors import LampwatchError
 from gateway.app import build
 from gateway.settings import load
 from ingest.stores import StoreConfig, describe
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="lampwatch gateway: MQTT telemetry in, validated points out to the store.")
 err = Console(stderr=True, soft_wrap=True)  # soft_wrap: never break a line at the terminal width
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="TOML settings file "
                                                 "(env LAMPWATCH_GATEWAY_* overrides it)")]
+
+
+@app.callback()
+def _root(_version: VersionOpt = False, log_level: LogLevelOpt = None, log_format: LogFormatOpt = "text") -> None:
+    """lampwatch gateway: MQTT telemetry in, validated points out to the store."""
+    root_options(log_level, log_format)
 
 
 def _fail(exc: object, code: int = 2) -> typer.Exit:
@@ -56,6 +62,7 @@ def run(config: ConfigOpt = None, duration: Annotated[float, typer.Option(
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     t_end = time.monotonic() + duration if duration else None
     failed: str | None = None
+    health = _health_server(settings, gw_app)
     try:
         gw = gw_app.acquire(stop)
         if gw is not None:
@@ -70,6 +77,8 @@ def run(config: ConfigOpt = None, duration: Annotated[float, typer.Option(
         pass
     finally:
         gw_app.close()
+        if health is not None:
+            health.close()
     if gw_app.gateway is not None:
         c = gw_app.gateway.counters()
         print(f"gateway: messages={int(c.get('messages', 0))} accepted={int(c.get('samples_accepted', 0))} "
@@ -79,6 +88,22 @@ def run(config: ConfigOpt = None, duration: Annotated[float, typer.Option(
               f"acked={int(c.get('acked', 0))}")
     if failed:
         raise _fail(failed, code=1)
+
+
+def _health_server(settings: Any, gw_app: Any) -> Any:
+    """/healthz, /readyz and /metrics (gateway.health), or None when turned off or the port is taken."""
+    if not settings.health_port:
+        return None
+    from gateway.health import HealthServer, all_ready, writable
+
+    try:
+        return HealthServer(ready=all_ready(gw_app.ready, writable(settings.state_dir)), metrics=gw_app.metrics,
+                            host=settings.health_host, port=settings.health_port).start()
+    except (OSError, LampwatchError) as exc:
+        logging.getLogger("lampwatch.gateway").error(
+            "no health server on %s:%d (%s): running without /readyz and /metrics", settings.health_host,
+            settings.health_port, exc)
+        return None
 
 
 @app.command()
@@ -264,5 +289,4 @@ def detect(
     err.print(f"detect: rows={len(ts)} anomalies={int((scores >= threshold).sum())}", highlight=False)
 
 
-def main() -> None:
-    app()
+main = entry_point(app, "lampwatch-gateway")

@@ -60,6 +60,10 @@ class GatewaySettings(BaseSettings):
     max_future_s: float = Field(300, ge=0)
     max_past_days: float = Field(30, gt=0)
     selfmetrics_interval_s: float = Field(5.0, gt=0)
+    # /healthz, /readyz, /metrics (gateway.health); port 0 turns the server off. A second process on the
+    # same host (a standby) cannot bind the same port: give it its own, or it runs without one (logged)
+    health_host: str = "127.0.0.1"
+    health_port: int = Field(9464, ge=0, le=65535)
     # operators (docs/operators.md)
     alertmanager_url: str | None = None  # e.g. http://127.0.0.1:9093; none: no notifications
     grafana_url: str | None = None  # links to the pole dashboard in notifications

@@ -19,7 +19,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-from contract.cli import fail
+from contract.cli import LogFormatOpt, LogLevelOpt, VersionOpt, fail, root_options
 from contract.errors import ConfigError, LampwatchError
 from contract.ids import PoleId
 from ingest import credentials as creds
@@ -33,6 +33,12 @@ grafana_app = typer.Typer(no_args_is_help=True, help="Generate Grafana dashboard
 app.add_typer(grafana_app, name="grafana")
 out = Console(highlight=False, markup=False, soft_wrap=True)  # soft_wrap: a line is never broken at 80 columns
 err = Console(stderr=True, highlight=False, markup=False, soft_wrap=True)
+
+
+@app.callback()
+def _root(_version: VersionOpt = False, log_level: LogLevelOpt = None, log_format: LogFormatOpt = "text") -> None:
+    """lampwatch stores: InfluxDB setup, rollups, credentials, Grafana provisioning."""
+    root_options(log_level, log_format)
 
 Url = Annotated[str, typer.Option(help="InfluxDB base URL (1.x, or 2.x's v1-compatible API)",
                                   envvar="LAMPWATCH_INFLUX_URL")]

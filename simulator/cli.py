@@ -8,10 +8,10 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from contract.cli import fail
+from contract.cli import LogFormatOpt, LogLevelOpt, VersionOpt, entry_point, fail, root_options
 from contract.errors import LampwatchError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="lampwatch fleet simulator: a city of poles, faults with ground truth, drills.")
 err = Console(stderr=True, soft_wrap=True)  # soft_wrap: never break a line at the terminal width
 
@@ -33,9 +33,11 @@ def _sigterm_as_interrupt(_sig: int, _frame: object) -> None:
 
 
 @app.callback()
-def _root() -> None:
+def _root(_version: VersionOpt = False, log_level: LogLevelOpt = None, log_format: LogFormatOpt = "text") -> None:
     """lampwatch fleet simulator: a city of poles, faults with ground truth, drills and scoring."""
     import signal
+
+    root_options(log_level, log_format)
 
     signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
 
@@ -464,5 +466,4 @@ def report(
     print(f"report: out={out} bytes={out.stat().st_size} labels={len(lbs)}")
 
 
-def main() -> None:
-    app()
+main = entry_point(app, "lampwatch-sim")
