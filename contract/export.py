@@ -16,9 +16,9 @@ import sys
 from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import TypeAdapter
 
 from contract import models, topics
 from contract.catalog import METRICS
@@ -26,18 +26,6 @@ from contract.ids import DISTRICT_RE, POLE_RE
 
 #: bytes; the gateway dead-letters a larger payload as ``too_large`` (gateway.decode.MAX_PAYLOAD_BYTES)
 MAX_PAYLOAD_BYTES = 256 * 1024
-
-
-class GatewayStatus(BaseModel):
-    """``lampwatch/v1/_sys/gateway/{gateway}/status`` (retained). The gateway builds it as a dict; this
-    model is its written shape. Its Last Will is ``{"state":"offline"}`` alone."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-    state: Literal["online", "offline"]
-    ts: Annotated[int, Field(ge=0)] | None = None
-    gateway: str | None = None
-    districts: list[str] | None = None
-    counters: dict[str, float] | None = None
 
 
 # name -> (JSON Schema source, title); the order of the doc's payload table
@@ -48,7 +36,7 @@ PAYLOADS: dict[str, tuple[Any, str]] = {
     "command-ack": (models.CommandAck, "CommandAck: a pole's answer to a command"),
     "alert": (models.Alert, "Alert: alarm state for one pole and rule"),
     "dead-letter": (models.DeadLetter, "DeadLetter: input the gateway refused, with the reason"),
-    "gateway-status": (GatewayStatus, "GatewayStatus: a gateway's presence and self-metrics"),
+    "gateway-status": (models.GatewayStatus, "GatewayStatus: a gateway's presence and self-metrics"),
 }
 
 # channel name -> (address, payload, direction from the pole's side, qos, retain, description)

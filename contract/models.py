@@ -211,3 +211,23 @@ class DeadLetter(_Model):
     quarantine: int | None = None
     pole: PoleIdStr | None = None
     seq: int | None = None
+
+
+class GatewayStatus(BaseModel):
+    """``lampwatch/v1/_sys/gateway/{gateway}/status`` (retained): a gateway's presence, readiness and
+    self-metrics, published on every change and every ``selfmetrics_interval_s``.
+
+    ``state``: ``online`` (ready: connected, subscribed, able to make data durable), ``degraded``
+    (connected but not ready: ``health`` says why, e.g. its disk is full and acknowledgements are held),
+    ``failed`` (a thread died; the process is exiting to be restarted), ``offline`` (a clean stop,
+    ``reason`` ``shutdown``, or its Last Will, ``reason`` ``will``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    state: Literal["online", "degraded", "failed", "offline"]
+    ready: bool | None = None
+    ts: Annotated[int, Field(ge=0)] | None = None
+    gateway: str | None = None
+    reason: ShortText | None = None
+    districts: list[str] | None = None
+    health: dict[str, ShortText] | None = None  # problem -> why (empty when healthy)
+    counters: dict[str, float] | None = None

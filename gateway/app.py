@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -94,15 +95,18 @@ def build_with_store(settings: GatewaySettings, store: Any) -> Gateway:
 
     stage = DetectionStage(state_path=str(Path(settings.state_dir) / f"alarms-{cfg.client_id}.json"),
                            publish=publish)
-    ops = _operators(settings, cfg, stage)
+    ops = _operators(settings, cfg, stage, publish=lambda t, p: holder[0].publish(t, p))
     gw = Gateway(cfg, store, on_outcome=ops)
     holder.append(gw)
+    if ops.listener is not None:  # ops requests come in on the gateway's own connection
+        gw.ops_handler = (OpsListener.TOPICS, ops.listener.offer)
     if stage.inventory is not None:
         gw.pipeline.inventory = stage.inventory  # wrong_district / unregistered are refused at decode
     return gw
 
 
-def _operators(settings: GatewaySettings, cfg: Any, stage: DetectionStage) -> OperatorStage:
+def _operators(settings: GatewaySettings, cfg: Any, stage: DetectionStage, *,
+               publish: Callable[[str, bytes], None]) -> OperatorStage:
     """The operators' side around the detection stage: inventory, Alertmanager notifier, ops listener
     (docs/operators.md)."""
     if settings.inventory_path:
@@ -116,5 +120,5 @@ def _operators(settings: GatewaySettings, cfg: Any, stage: DetectionStage) -> Op
         stage.on_alert = notifier.offer
         notifier.resync(stage.active())
         notifier.start()
-    listener = OpsListener(cfg, stage).start() if settings.ops_listen else None
+    listener = OpsListener(cfg, stage, publish=publish).start() if settings.ops_listen else None
     return OperatorStage(stage, notifier, listener)

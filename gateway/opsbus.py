@@ -4,12 +4,13 @@
     lampwatch/v1/_sys/ops/maintenance   contract.models.MaintenanceRequest  (QoS 1)
     lampwatch/v1/_sys/ops/result/<id>   contract.models.OpsResult           the gateway's answer
 
-Its own MQTT connection (client id ``<gateway client id>-ops``, a persistent session, so a request
-sent while the gateway restarts is delivered when it is back), kept apart from the ingestion session
-on purpose: ingestion acknowledges only what is durable, while these are small, validated, applied and
-answered here. The network callback only validates and hands over (``put_nowait`` into a bounded
-queue); a worker thread applies the request to the detection stage and publishes the answer. A
-request for a district this gateway does not own is left to the gateway that owns it.
+They arrive on the gateway's own connection and persistent session (a request sent while the gateway
+restarts is delivered when it is back). Never a second connection: the broker makes every client id its
+username (``use_username_as_clientid``), so a second login as the gateway's user would take the
+gateway's session over — it did, and the ops connection swallowed telemetry. The pipeline thread hands
+each request over with :meth:`OpsListener.offer` (``put_nowait`` into a bounded queue); a worker
+thread applies it to the detection stage and publishes the answer through the gateway. A request for
+a district this gateway does not own is left to the gateway that owns it.
 """
 
 from __future__ import annotations
@@ -21,10 +22,6 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 from pydantic import ValidationError
 
 from contract import topics
@@ -59,39 +56,28 @@ def apply(target: OpsTarget, req: Request) -> str | None:
 
 
 class OpsListener:
-    """Subscribes to the ops request topics and applies them to ``target`` (the detection stage)."""
+    """Applies ops requests handed over by the gateway to ``target`` (the detection stage); answers
+    through ``publish`` (the gateway's connection)."""
 
-    def __init__(self, cfg: GatewayConfig, target: OpsTarget, *, clock: Callable[[], float] = time.time,
-                 queue_max: int = 1000) -> None:
+    def __init__(self, cfg: GatewayConfig, target: OpsTarget, *, publish: Callable[[str, bytes], None],
+                 clock: Callable[[], float] = time.time, queue_max: int = 1000) -> None:
         self.cfg, self.target, self.clock = cfg, target, clock
         self.gateway_id = cfg.client_id
+        self._publish = publish
         self._q: queue.Queue[Request] = queue.Queue(maxsize=queue_max)
         self._stop = threading.Event()
         self.counts = {"ops_applied": 0, "ops_refused": 0, "ops_malformed": 0, "ops_dropped": 0}
-        v5 = cfg.mqtt_version == 5
-        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"{cfg.client_id}-ops",
-                        protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311, clean_session=None if v5 else False)
-        if cfg.username:
-            c.username_pw_set(cfg.username, cfg.password)
-        if cfg.tls_ca:
-            c.tls_set(ca_certs=cfg.tls_ca, certfile=cfg.tls_cert, keyfile=cfg.tls_key)
-        c.reconnect_delay_set(min_delay=1, max_delay=30)
-        c.on_connect = self._on_connect
-        c.on_message = self._on_message
-        self._client = c
         self._worker: threading.Thread | None = None
+
+    #: the topics the gateway subscribes to for this listener
+    TOPICS = (topics.OPS_ACK, topics.OPS_MAINTENANCE)
 
     def _owns(self, district: str) -> bool:
         return "+" in self.cfg.districts or district in self.cfg.districts
 
-    def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
-        if rc.is_failure:
-            log.error("broker refused the gateway's ops connection: %s", rc)
-            return
-        client.subscribe([(topics.OPS_ACK, 1), (topics.OPS_MAINTENANCE, 1)])
-
-    def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
-        req = decode(msg.topic, bytes(msg.payload))
+    def offer(self, topic: str, payload: bytes) -> None:
+        """Validate and queue one request (never blocks)."""
+        req = decode(topic, payload)
         if isinstance(req, str):
             self.counts["ops_malformed"] += 1
             log.warning("ops request refused: %s", req)
@@ -105,14 +91,6 @@ class OpsListener:
             log.error("ops request queue full: dropped %s", req.id)
 
     def start(self) -> OpsListener:
-        if self.cfg.mqtt_version == 5:
-            props = Properties(PacketTypes.CONNECT)
-            props.SessionExpiryInterval = self.cfg.session_expiry_s
-            self._client.connect_async(self.cfg.host, self.cfg.port, self.cfg.keepalive_s, clean_start=False,
-                                       properties=props)
-        else:
-            self._client.connect_async(self.cfg.host, self.cfg.port, self.cfg.keepalive_s)
-        self._client.loop_start()
         self._worker = threading.Thread(target=self._run, name="gateway-ops", daemon=True)
         self._worker.start()
         return self
@@ -134,7 +112,7 @@ class OpsListener:
                             req.pole, req.by, why)
             res = OpsResult(id=req.id, ok=why is None, gateway=self.gateway_id, ts=int(self.clock() * 1000),
                             reason=why)
-            self._client.publish(topics.ops_result(req.id), res.model_dump_json(), qos=1)
+            self._publish(topics.ops_result(req.id), res.model_dump_json().encode())
 
     def counters(self) -> dict[str, float]:
         return {k: float(v) for k, v in self.counts.items()}
@@ -143,8 +121,6 @@ class OpsListener:
         self._stop.set()
         if self._worker is not None:
             self._worker.join(5.0)
-        self._client.disconnect()
-        self._client.loop_stop()
 
 
 class OperatorStage:

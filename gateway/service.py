@@ -42,6 +42,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from contract import schema, topics
+from contract.models import GatewayStatus
 from contract.readings import Point
 from gateway import deadletter
 from gateway.acks import AckTracker
@@ -131,6 +132,8 @@ class Gateway:
         self._health_lock = threading.Lock()
         self._alarmed: dict[str, str] = {}  # alarm kind -> severity currently raised
         self.failed: str | None = None
+        # operators' requests (gateway.opsbus): topics to subscribe to, and where to hand each message
+        self.ops_handler: tuple[tuple[str, ...], Callable[[str, bytes], None]] | None = None
         self.stats: dict[str, float] = {"lag_ms": 0.0, "deadletters": 0.0, "session_lost": 0.0,
                                         "inbox_high": 0.0, "disconnects": 0.0}
         self._client = self._make_client()
@@ -153,8 +156,8 @@ class Gateway:
         c.max_queued_messages_set(0)
         c.reconnect_delay_set(min_delay=1, max_delay=30)
         c.will_set(topics.gateway_status(self.cfg.client_id),
-                   json.dumps({"state": "offline", "gateway": self.cfg.client_id, "reason": "will"}),
-                   qos=1, retain=True)
+                   GatewayStatus(state="offline", gateway=self.cfg.client_id, reason="will")
+                   .model_dump_json(exclude_none=True), qos=1, retain=True)
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
         c.on_message = self._on_message
@@ -174,6 +177,8 @@ class Gateway:
         for d in self.cfg.districts:
             subs.append((topics.filter_for("telemetry", d), 1))
             subs.append((topics.filter_for("status", d), 1))
+        if self.ops_handler is not None:
+            subs += [(t, 1) for t in self.ops_handler[0]]
         client.subscribe(subs)  # idempotent: the persistent session may already hold them
         log.info("gateway %s connected, owning districts %s", self.cfg.client_id, ",".join(self.cfg.districts))
 
@@ -401,6 +406,9 @@ class Gateway:
     def _handle(self, item: _Item, now: float) -> tuple[list[Point], Outcome | None, QEntry | None]:
         topic, payload, _mid, _qos = item
         now_ms = int(now * 1000)
+        if self.ops_handler is not None and topic.startswith(topics.SYS):  # an operator's request
+            self.ops_handler[1](topic, payload)  # validated and queued, never blocks; acked with the batch
+            return [], None, None
         # the gateway subscribes to telemetry and status only; both handlers parse and check the topic
         # fully (a malformed one is dead-lettered there), so the suffix is enough to route
         handler = self.pipeline.status if topic.endswith("/status") else self.pipeline.telemetry
@@ -496,10 +504,11 @@ class Gateway:
         ok, _why = self.ready()
         if state is None:
             state = "failed" if self.failed else "online" if ok else "degraded"
-        body = json.dumps({"state": state, "ready": ok and state == "online", "ts": int(now * 1000),
-                           "gateway": self.cfg.client_id, "districts": list(self.cfg.districts),
-                           "health": self.health(), "counters": self.counters()})
-        return self._client.publish(topics.gateway_status(self.cfg.client_id), body, qos=1, retain=True)
+        body = GatewayStatus(state=state, ready=ok and state == "online", ts=int(now * 1000),  # type: ignore[arg-type]
+                             gateway=self.cfg.client_id, districts=list(self.cfg.districts), health=self.health(),
+                             reason="shutdown" if state == "offline" else None, counters=self.counters())
+        return self._client.publish(topics.gateway_status(self.cfg.client_id), body.model_dump_json(exclude_none=True),
+                                    qos=1, retain=True)
 
     def _selfmetrics_point(self, now: float) -> Point:
         fields: dict[str, float | int | str | bool] = {k: float(v) for k, v in self.counters().items()}
