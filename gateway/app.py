@@ -88,16 +88,11 @@ def build(settings: GatewaySettings, store: Any | None = None) -> App:
 def build_with_store(settings: GatewaySettings, store: Any) -> Gateway:
     """A wired gateway on an open store, without a lease (embedded uses: the demo, tests)."""
     cfg = settings.gateway_config()
-    holder: list[Gateway] = []
-
-    def publish(topic: str, payload: bytes, retain: bool) -> None:
-        holder[0].publish(topic, payload, retain)  # the stage exists before the gateway it publishes through
-
-    stage = DetectionStage(state_path=str(Path(settings.state_dir) / f"alarms-{cfg.client_id}.json"),
-                           publish=publish)
-    ops = _operators(settings, cfg, stage, publish=lambda t, p: holder[0].publish(t, p))
-    gw = Gateway(cfg, store, on_outcome=ops)
-    holder.append(gw)
+    stage = DetectionStage(state_path=str(Path(settings.state_dir) / f"alarms-{cfg.client_id}.json"))
+    gw = Gateway(cfg, store)
+    stage.publish = gw.publish  # alerts and ops answers go out through the gateway's one connection
+    ops = _operators(settings, cfg, stage, publish=gw.publish)
+    gw.on_outcome = ops
     if ops.listener is not None:  # ops requests come in on the gateway's own connection
         gw.ops_handler = (OpsListener.TOPICS, ops.listener.offer)
     if stage.inventory is not None:
