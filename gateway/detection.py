@@ -40,6 +40,7 @@ from contract.catalog import INDEX, METRICS, Metric
 from contract.models import Alert
 from contract.readings import FieldValue, Point
 from gateway.alarms import ActiveAlarm, AlarmPolicy, Transition
+from gateway.detect.clock import CLOCK_REASONS, ClockRule
 from gateway.detect.rules import AlarmSpec, Conditions, RuleParams, Rules, Tier, levels
 from gateway.detect.spatial import DISTRICT_POLE, Spatial, SpatialParams
 from gateway.detect.state import N_METRICS, NO_TS, Batch, FleetState
@@ -117,6 +118,10 @@ class DetectionStage:
         self._anomaly_cols = np.array([INDEX[n] for n in STREAM_METRICS], np.int64)
         if self.stream is not None:
             specs.extend(_anomaly_spec(int(c)) for c in self._anomaly_cols)
+        # rule families added later go last, so saved alarm states keep their spec indices
+        self.clock_rule = ClockRule()
+        self._clock_off = len(specs)
+        specs.extend(self.clock_rule.specs)
         self.poles = AlarmPolicy(specs)
         self.districts = AlarmPolicy(self.spatial.district_specs) if self.spatial is not None else None
         self._next_spatial_ms = NO_TS
@@ -148,12 +153,17 @@ class DetectionStage:
                     self.rules.set_pole(st.pole, st.district, **attrs)
                 pole_c.append(self.rules.presence(st.pole, st.district, st.state, st.ts, now_ms,
                                                   st.interval_s))
+            if outcome.rejects:
+                pole_c.append(self._refused(outcome, now_ms))
             if outcome.readings:
                 batch = Batch.from_readings(self.state, outcome.readings)
                 rule_c = self.rules.evaluate(batch, arrival_ms=now_ms)
                 pole_c.append(rule_c)
+                pole_c.append(_shift(self.clock_rule.accepted(batch.rows, batch.ts), self._clock_off))
                 if self.stream is not None:
-                    pole_c.append(self._anomalies(batch))
+                    # an anomaly on a pole a rule already explains (the radio idling while the backhaul
+                    # is down, the impact of a knock-down) is that fault's effect: it raises nothing new
+                    pole_c.append(self._anomalies(batch, self._busy(rule_c)))
                 if self.spatial is not None:
                     sp, dist_c = self._spatial(int(batch.ts.max()), rule_c)
                     pole_c.append(sp)
@@ -181,7 +191,21 @@ class DetectionStage:
         busy[rule_c.rows[rule_c.hold > 0]] = True
         return busy
 
-    def _anomalies(self, batch: Batch) -> Conditions:
+    def _refused(self, outcome: Outcome, now_ms: int) -> Conditions:
+        """Samples refused for their device time: proof of life, and a clock_skew condition."""
+        rows, reasons = [], []
+        for rj in outcome.rejects:
+            if rj.reason in CLOCK_REASONS and rj.pole is not None:
+                r = self.state.find(rj.pole)
+                if r is not None:
+                    rows.append(r)
+                    reasons.append(rj.reason)
+        if rows:
+            self.state.a["arrival_ms"][rows] = now_ms
+            self.state.a["said_offline"][rows] = False
+        return _shift(self.clock_rule.refused(rows, reasons, now_ms), self._clock_off)
+
+    def _anomalies(self, batch: Batch, explained: np.ndarray | None = None) -> Conditions:
         assert self.stream is not None
         order = np.argsort(batch.ts, kind="stable")
         vals = batch.values[order][:, self._anomaly_cols]
@@ -195,6 +219,8 @@ class DetectionStage:
                            np.float64)
         ok = ~np.isnan(score)
         trig, hold = levels(score[ok], ">=", (self.anomaly_on,), (self.anomaly_off,))
+        if explained is not None:
+            trig[explained[rows[ok]]] = 0
         return Conditions(rows[ok], self._anomaly_off + jj[ok].astype(np.int64), trig, hold,
                           vals[ii, jj][ok], np.full(int(ok.sum()), np.nan), score[ok], ts[ok])
 

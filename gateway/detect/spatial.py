@@ -5,7 +5,9 @@ For every spatial metric, at one evaluation time ``now``:
 * take the latest value of each pole whose reading is fresh (device time within ``window_ms``);
 * per district (vectorised over all districts at once): the median and the MAD of those values;
 * **sensor_suspect** (per pole): ``z = |x - median| / max(1.4826 MAD, floor)``. One pole far from
-  its peers while they agree with each other is a broken or fouled sensor, not the air;
+  its peers while they agree with each other is a broken or fouled sensor, not the air. For a metric
+  that drift also follows, ``z`` is taken relative to the pole's own usual place (below) and only once
+  that is learned: a pole that always stands apart (a busy road) is not suspect for being itself;
 * **sensor_drift** (per pole, ``drift_metrics``): the same signed ``z`` is the pole's place among its
   peers. A healthy sensor keeps its place (its microclimate, its traffic, its installation); a drifting
   one walks away from it. Per pole x metric: a short EW mean of ``z`` (``drift_tau_ms``) against the
@@ -91,6 +93,7 @@ class SpatialParams:
     drift_k: float = 6.0  # ... and this many times its usual wander
     drift_clear: float = 0.6  # clears below this share of the trigger
     drift_persist_ms: int = 30 * 60_000
+    suspect_own_place: bool = True  # sensor_suspect relative to the pole's learned usual place
 
 
 def floor_of(m: Metric) -> float:
@@ -136,6 +139,11 @@ class Spatial:
         self.floors = np.array([floor_of(m) for m in self.metrics])
         self.drift_cols = np.array([INDEX[m.name] for m in self.drift], np.int64)
         self.drift_floors = np.array([floor_of(m) for m in self.drift])
+        # sensor_suspect of a metric that drift also follows: a pole that always stands apart (a
+        # busy road, a shaded corner) is judged against its own usual place, not the district median
+        dnames = [m.name for m in self.drift]
+        self._suspect_drift = [dnames.index(m.name) if params.suspect_own_place and m.name in dnames else -1
+                               for m in self.metrics]
         p = params
         suspect = tuple(
             AlarmSpec(f"sensor_suspect.{m.name}", "sensor_suspect", m.name,
@@ -210,6 +218,13 @@ class Spatial:
         for j, col in enumerate(self.cols):
             rows, x, med, cnt, z = self._peers(int(col), float(self.floors[j]), district, n_d, now_ms)
             ok = cnt[district[rows]] >= p.min_poles
+            jd = self._suspect_drift[j]
+            if jd >= 0:  # judged against the pole's own usual place among its peers, once it is learned
+                a = self.state.a
+                ok &= a["sp_dlearn"][rows, jd] >= p.drift_learn_ms
+                # ... and its usual wander: the trigger is at least drift_k wanders away
+                wide = np.maximum(1.0, p.drift_k * 1.2533 * a["sp_dw"][rows, jd] / p.z_suspect)
+                z = (z - np.nan_to_num(a["sp_du"][rows, jd])) / wide
             za = np.abs(z[ok])
             trig, hold = levels(za, ">=", (p.z_suspect,), (p.z_suspect_clear,))
             m = int(ok.sum())
