@@ -40,7 +40,9 @@ def nab_line(nab_dir: Path, out_dir: Path | None = None) -> str:
         results = out_dir or Path(tmp)
         layouts, _ = replay_nab(nab_dir, results, name="lampwatch")
         scores = nab.score_results(nab_dir, "lampwatch", results_dir=results, layouts=layouts)
-    return nab.summary_line(scores)
+        raw = nab.read_result_scores(results, "lampwatch", [x.key for x in layouts])  # what was scored
+    half = nab.half_corpus(layouts, raw, "standard")
+    return f"{nab.summary_line(scores)} half_standard={half.normalized:.2f}"
 
 
 # ---------------------------------------------------------------- simulator ground truth

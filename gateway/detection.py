@@ -44,6 +44,7 @@ from gateway.detect.clock import CLOCK_REASONS, ClockRule
 from gateway.detect.rules import AlarmSpec, Conditions, RuleParams, Rules, Tier, levels
 from gateway.detect.spatial import DISTRICT_POLE, Spatial, SpatialParams
 from gateway.detect.state import N_METRICS, NO_TS, Batch, FleetState
+from gateway.detect.trend import TrendRule
 from gateway.pipeline import Outcome
 
 log = logging.getLogger("lampwatch.detect")
@@ -122,6 +123,17 @@ class DetectionStage:
         self.clock_rule = ClockRule()
         self._clock_off = len(specs)
         specs.extend(self.clock_rule.specs)
+        self.trend = TrendRule(self.state)
+        self._trend_off = len(specs)
+        specs.extend(self.trend.specs)
+        # lamp_failure / voltage conditions a suspect sensor of the same metric explains (see _sensor_fault)
+        keys = {x.key for x in specs}
+        judged = [i for i, x in enumerate(self.rules.specs)
+                  if x.kind in ("lamp_failure", "voltage_high", "voltage_low")]
+        self._sensor_judged = np.array(judged, np.int64)
+        self._sensor_keys = {str(self.rules.specs[i].metric): [
+            k for k in (f"sensor_stuck.{self.rules.specs[i].metric}", f"sensor_drift.{self.rules.specs[i].metric}",
+                        f"sensor_suspect.{self.rules.specs[i].metric}") if k in keys] for i in judged}
         self.poles = AlarmPolicy(specs)
         self.districts = AlarmPolicy(self.spatial.district_specs) if self.spatial is not None else None
         self._next_spatial_ms = NO_TS
@@ -157,9 +169,11 @@ class DetectionStage:
                 pole_c.append(self._refused(outcome, now_ms))
             if outcome.readings:
                 batch = Batch.from_readings(self.state, outcome.readings)
-                rule_c = self.rules.evaluate(batch, arrival_ms=now_ms)
+                rule_c = self._sensor_fault(self.rules.evaluate(batch, arrival_ms=now_ms))
                 pole_c.append(rule_c)
                 pole_c.append(_shift(self.clock_rule.accepted(batch.rows, batch.ts), self._clock_off))
+                pole_c.append(_shift(self.trend.evaluate(batch, self.rules.baselines_of("tilt_deg")),
+                                     self._trend_off))
                 if self.stream is not None:
                     # an anomaly on a pole a rule already explains (the radio idling while the backhaul
                     # is down, the impact of a knock-down) is that fault's effect: it raises nothing new
@@ -190,6 +204,20 @@ class DetectionStage:
         busy = self.poles.engaged(self.state.n, len(self.rules.specs))
         busy[rule_c.rows[rule_c.hold > 0]] = True
         return busy
+
+    def _sensor_fault(self, c: Conditions) -> Conditions:
+        """A lamp_failure / voltage condition on a pole whose own sensor of that metric is already an
+        active sensor alarm (stuck, drifting, far from its peers) is that sensor's fault, reported as
+        such: the rule raises nothing new (an alarm already raised keeps its hold)."""
+        sel = np.flatnonzero((c.trig > 0) & np.isin(c.spec, self._sensor_judged))
+        if len(sel) == 0:
+            return c
+        trig = c.trig.copy()
+        for i in sel.tolist():
+            keys = self._sensor_keys.get(str(self.rules.specs[int(c.spec[i])].metric), [])
+            if any(self.poles.level(int(c.rows[i]), k) > 0 for k in keys):
+                trig[i] = 0
+        return Conditions(c.rows, c.spec, trig, c.hold, c.value, c.ref, c.score, c.ts)
 
     def _refused(self, outcome: Outcome, now_ms: int) -> Conditions:
         """Samples refused for their device time: proof of life, and a clock_skew condition."""

@@ -52,8 +52,8 @@ GRACE_STEPS = 6
 #: Alarm kinds are the catalog's threshold kinds plus detector kinds ("anomaly", "stuck", ...).
 COMPATIBLE: Mapping[str, frozenset[str]] = {
     "leakage": frozenset({"leakage", "anomaly"}),
-    "tilt_lean": frozenset({"tilt", "anomaly"}),
-    "knockdown": frozenset({"tilt", "anomaly"}),
+    "tilt_lean": frozenset({"tilt", "tilt_trend", "anomaly"}),
+    "knockdown": frozenset({"tilt", "tilt_trend", "anomaly"}),
     "flood": frozenset({"flood", "anomaly"}),
     "overheat": frozenset({"overheat", "anomaly"}),
     "smoke": frozenset({"smoke"}),

@@ -3,8 +3,9 @@
 The decoder refuses a sample stamped too far ahead of the gateway clock (``ts_future``) or too far
 back (``ts_past``). Such a pole is not silent: calling it ``pole_offline`` would send a crew to a
 working pole with the wrong question. Instead every refused sample is proof of life (the silence
-check counts it as heard) and raises ``clock_skew`` (warning) on the pole, with the reason as the
-alarm kind's detail; the first sample the gateway accepts from the pole clears it.
+check counts it as heard) and, after three refused samples in a row (or ten minutes of them) with none
+accepted in between, raises a ``ts_future`` / ``ts_past`` warning on the pole (key
+``clock_skew.<reason>``); the first sample the gateway accepts from the pole clears it.
 
 Pure: :meth:`ClockRule.refused` takes (row, reason, arrival) triples and returns conditions;
 :meth:`ClockRule.accepted` the rows of accepted readings.
@@ -19,6 +20,7 @@ import numpy as np
 from gateway.detect.rules import AlarmSpec, Conditions, Tier
 
 CLOCK_REASONS = ("ts_future", "ts_past")
+RAISE_MS = 10 * 60_000  # ... or refused for this long without an accepted sample
 
 
 def clock_specs() -> tuple[AlarmSpec, ...]:
@@ -26,8 +28,10 @@ def clock_specs() -> tuple[AlarmSpec, ...]:
         AlarmSpec(f"clock_skew.{reason}", reason, None,
                   (Tier("warning", "pole's clock is off: its readings arrive but are refused for their device "
                                    f"time ({'ahead of' if reason == 'ts_future' else 'far behind'} the gateway)",
-                        fast=True),),
-                  raise_n=1, raise_ms=0, clear_n=1, unit="", decimals=0)
+                        ),),
+                  # refused samples in a row (an accepted one in between starts again): one stray
+                  # message with a wild time (a hostile payload) is the decoder's business, not the clock's
+                  raise_n=3, raise_ms=RAISE_MS, clear_n=1, unit="", decimals=0)
         for reason in CLOCK_REASONS)
 
 

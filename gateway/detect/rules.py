@@ -393,6 +393,13 @@ class Rules:
         v = float(self.state.a["base"][r, slot])
         return None if np.isnan(v) else v
 
+    def baselines_of(self, metric: str) -> np.ndarray:
+        """The baseline of ``metric`` for every pole row (NaN while unknown); a view, do not write."""
+        slot = self._base_slot.get(INDEX.get(metric, -1))
+        if slot is None:
+            raise ValueError(f"no baseline-relative rule on {metric!r}")
+        return self.state.a["base"][:, slot]
+
     def set_maintenance(self, pole: str, district: str, start_ms: int, end_ms: int) -> None:
         """Add a maintenance window [start, end) in device time: an open door is expected then."""
         if end_ms <= start_ms:

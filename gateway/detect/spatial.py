@@ -50,11 +50,13 @@ from gateway.detect.state import NO_TS, FleetState
 
 DISTRICT_POLE = "district"  # the entity (pole segment of the alert topic) of a district-level alarm
 SPATIAL_METRICS = ("pm25_ugm3", "pm10_ugm3", "no2_ugm3", "ambient_temp_c", "humidity_pct")
+#: Safety channels judged for drift too: a cabinet-temperature sensor reading low would hide an overheat.
+#: Their judgement pauses while a layer-1 rule holds on the pole (``frozen``): a reading past a safety
+#: tier is the hazard first, never explained away as a drifting sensor.
+SAFETY_DRIFT_METRICS = ("cabinet_temp_c", "leakage_current_ma", "water_level_cm", "tilt_deg")
 #: Metrics whose pole-to-pole differences are stable enough to see one sensor drift away from its peers.
-#: Not the safety sensors with thresholds (leakage, tilt, water, cabinet temperature): a safety reading
-#: moving away is treated as the hazard (layer 1), never explained away as a drifting sensor.
 DRIFT_METRICS = (*SPATIAL_METRICS, "supply_voltage_v", "power_factor", "vibration_g", "noise_db",
-                 "radio_tx_power_dbm")
+                 "radio_tx_power_dbm", *SAFETY_DRIFT_METRICS)
 HOUR_MS = 3_600_000
 
 
@@ -155,7 +157,9 @@ class Spatial:
         drift = tuple(
             AlarmSpec(f"sensor_drift.{m.name}", "sensor_drift", m.name,
                       (Tier("warning", f"{m.description} drifting away from its usual place among the "
-                                       "district's poles: sensor drift"),),
+                                       "district's poles: sensor drift"
+                                       + (" (or the hazard itself building up: check both)"
+                                          if m.name in SAFETY_DRIFT_METRICS else "")),),
                       raise_n=p.event_raise_n, raise_ms=p.drift_persist_ms, clear_n=p.clear_n, unit="z",
                       ref_label="usual", ref_unit="z", decimals=1)
             for m in self.drift)
