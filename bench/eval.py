@@ -290,8 +290,14 @@ def sensor_line(run: FaultRun) -> str:
         ks = [h for lb, h in zip(labels, hits, strict=True) if lb.kind == k]
         per.append(f"{k}={sum(h is not None for h in ks)}/{len(ks)}")
     rec = len(lat) / len(labels) if labels else math.nan
+    # drifts that blind a safety rule: a reading drifting low (magnitude < 0) on cabinet or leakage
+    mags = {(f.pole, f.metric, f.kind, f.start_ms): f.mag for f in run.faults}
+    low = [h for lb, h in zip(labels, hits, strict=True) if lb.kind == "drift"
+           and lb.metric in ("cabinet_temp_c", "leakage_current_ma") and mags[(lb.pole, lb.metric, lb.kind,
+                                                                                lb.start_ms)] < 0]
     return (f"sensor_faults: recall={_f(rec, '.3f')} latency_p50_min={_f(_median(lat), '.0f')} "
-            f"({' '.join(per)} on {', '.join(SAFETY_CHANNELS)})")
+            f"({' '.join(per)} drift_low_cabinet_leakage={sum(h is not None for h in low)}/{len(low)} "
+            f"on {', '.join(SAFETY_CHANNELS)})")
 
 
 def tier_time(f: Fault) -> int | None:

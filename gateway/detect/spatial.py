@@ -50,10 +50,12 @@ from gateway.detect.state import NO_TS, FleetState
 
 DISTRICT_POLE = "district"  # the entity (pole segment of the alert topic) of a district-level alarm
 SPATIAL_METRICS = ("pm25_ugm3", "pm10_ugm3", "no2_ugm3", "ambient_temp_c", "humidity_pct")
-#: Safety channels judged for drift too: a cabinet-temperature sensor reading low would hide an overheat.
-#: Their judgement pauses while a layer-1 rule holds on the pole (``frozen``): a reading past a safety
-#: tier is the hazard first, never explained away as a drifting sensor.
-SAFETY_DRIFT_METRICS = ("cabinet_temp_c", "leakage_current_ma", "water_level_cm", "tilt_deg")
+#: Safety channels judged for drift too, downwards only: a cabinet-temperature or leakage sensor reading
+#: low would hide an overheat or a leak; one reading high hides nothing and a real rise is the hazard
+#: (layer 1), never explained away as a drifting sensor. Their judgement also pauses while a layer-1 rule
+#: holds on the pole (``frozen``). Tilt drift looks like a lean either way (``tilt_trend`` says so); a
+#: water-level sensor cannot drift below its resting 0 (stuck at the edge is the stuck rule's).
+SAFETY_DRIFT_METRICS = ("cabinet_temp_c", "leakage_current_ma")
 #: Metrics whose pole-to-pole differences are stable enough to see one sensor drift away from its peers.
 DRIFT_METRICS = (*SPATIAL_METRICS, "supply_voltage_v", "power_factor", "vibration_g", "noise_db",
                  "radio_tx_power_dbm", *SAFETY_DRIFT_METRICS)
@@ -141,6 +143,7 @@ class Spatial:
         self.floors = np.array([floor_of(m) for m in self.metrics])
         self.drift_cols = np.array([INDEX[m.name] for m in self.drift], np.int64)
         self.drift_floors = np.array([floor_of(m) for m in self.drift])
+        self._drift_down = [m.name in SAFETY_DRIFT_METRICS for m in self.drift]
         # sensor_suspect of a metric that drift also follows: a pole that always stands apart (a
         # busy road, a shaded corner) is judged against its own usual place, not the district median
         dnames = [m.name for m in self.drift]
@@ -158,7 +161,7 @@ class Spatial:
             AlarmSpec(f"sensor_drift.{m.name}", "sensor_drift", m.name,
                       (Tier("warning", f"{m.description} drifting away from its usual place among the "
                                        "district's poles: sensor drift"
-                                       + (" (or the hazard itself building up: check both)"
+                                       + (" reading low: it would hide the hazard its safety rule watches"
                                           if m.name in SAFETY_DRIFT_METRICS else "")),),
                       raise_n=p.event_raise_n, raise_ms=p.drift_persist_ms, clear_n=p.clear_n, unit="z",
                       ref_label="usual", ref_unit="z", decimals=1)
@@ -281,7 +284,9 @@ class Spatial:
         a["sp_dlearn"][rows, j] = np.minimum(w_new, p.drift_learn_ms)
         a["sp_dt"][rows, j] = now_ms
         r = rows[ready]
-        uu = u[ready]
+        # a safety channel is called drifting only downwards: a reading drifting low hides the hazard
+        # (an overheat, a leak); one drifting high cannot, and a real rise is the hazard rules' to judge
+        uu = (np.maximum(-dev, 0.0) / thr if self._drift_down[j] else u)[ready]
         trig, hold = levels(uu, ">=", (1.0,), (p.drift_clear,))
         k = len(r)
         return Conditions(r, np.full(k, self.DRIFT + j, np.int64), trig, hold, zs[ready], zu[ready],
