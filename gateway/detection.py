@@ -124,6 +124,7 @@ class DetectionStage:
         self._clock_off = len(specs)
         specs.extend(self.clock_rule.specs)
         self.trend = TrendRule(self.state)
+        self._tilt_spec = next(i for i, r in enumerate(self.rules.rules) if r.spec.key == "tilt")
         self._trend_off = len(specs)
         specs.extend(self.trend.specs)
         # lamp_failure / voltage conditions a suspect sensor of the same metric explains (see _sensor_fault)
@@ -172,8 +173,9 @@ class DetectionStage:
                 rule_c = self._sensor_fault(self.rules.evaluate(batch, arrival_ms=now_ms))
                 pole_c.append(rule_c)
                 pole_c.append(_shift(self.clock_rule.accepted(batch.rows, batch.ts), self._clock_off))
-                pole_c.append(_shift(self.trend.evaluate(batch, self.rules.baselines_of("tilt_deg")),
-                                     self._trend_off))
+                tilt = rule_c.spec == self._tilt_spec
+                pole_c.append(_shift(self.trend.evaluate(rule_c.rows[tilt], rule_c.ts[tilt], rule_c.value[tilt],
+                                                         rule_c.ref[tilt], rule_c.hold[tilt]), self._trend_off))
                 if self.stream is not None:
                     # an anomaly on a pole a rule already explains (the radio idling while the backhaul
                     # is down, the impact of a knock-down) is that fault's effect: it raises nothing new

@@ -317,7 +317,8 @@ class Rules:
         self.stuck_hi = np.array([m.hi for m in sm], np.float64)
         # a safety channel reading its range edge is judged too (a dead water sensor reads 0): its own
         # learned repeat rate says whether resting at that value is normal for it
-        self._current_slot = next((j for j, m in enumerate(sm) if m.name == "lamp_current_a"), -1)
+        self._lamp_slots = np.array([j for j, m in enumerate(sm) if m.name in ("lamp_current_a", "lamp_power_w")],
+                                    np.int64)
         self.stuck_safety = np.array([safety_channel(m) for m in sm], np.bool_)
         self.stuck_warm = np.where(self.stuck_safety, p.stuck_warm_safety, p.stuck_warm).astype(np.int64)
         ns = max(len(sm), 1)
@@ -392,13 +393,6 @@ class Rules:
             return None
         v = float(self.state.a["base"][r, slot])
         return None if np.isnan(v) else v
-
-    def baselines_of(self, metric: str) -> np.ndarray:
-        """The baseline of ``metric`` for every pole row (NaN while unknown); a view, do not write."""
-        slot = self._base_slot.get(INDEX.get(metric, -1))
-        if slot is None:
-            raise ValueError(f"no baseline-relative rule on {metric!r}")
-        return self.state.a["base"][:, slot]
 
     def set_maintenance(self, pole: str, district: str, start_ms: int, end_ms: int) -> None:
         """Add a maintenance window [start, end) in device time: an open door is expected then."""
@@ -500,9 +494,10 @@ class Rules:
         parts.append(self._flicker(rows, ts, vals[:, _POWER], rated))
         # a reading a safety rule already holds at alarm level is explained: not also called stuck
         explained = (hold > 0).astype(np.float64) @ self._stuck_of_rule > 0
-        if self._current_slot >= 0:  # a lamp drawing (almost) nothing: a current of zero is no evidence
+        if len(self._lamp_slots):  # a lamp that is off or dimmed reads steadier than the catalog's noise
             with np.errstate(invalid="ignore"):
-                explained[:, self._current_slot] |= vals[:, _POWER] < p.lamp_on_frac * rated
+                quiet = (vals[:, _POWER] < p.lamp_on_frac * rated) | (dim < 100.0)
+            explained[:, self._lamp_slots] |= quiet[:, None]
         parts.append(self._stuck(rows, ts, vals, explained))
         zero = np.zeros(n, np.int8)  # a reading is proof of life: it clears pole_offline at once
         parts.append(Conditions(rows, np.full(n, self.OFFLINE, np.int64), zero, zero, np.full(n, np.nan),

@@ -98,6 +98,7 @@ class SpatialParams:
     drift_clear: float = 0.6  # clears below this share of the trigger
     drift_persist_ms: int = 30 * 60_000
     suspect_own_place: bool = True  # sensor_suspect relative to the pole's learned usual place
+    drift_lag_ms: int = 60_000  # drift judges a pole whose reading is at most this much older than its peers'
 
 
 def floor_of(m: Metric) -> float:
@@ -242,6 +243,12 @@ class Spatial:
         for j, col in enumerate(self.drift_cols):
             rows, _x, _med, cnt, z = self._peers(int(col), float(self.drift_floors[j]), district, n_d, now_ms)
             ok = cnt[district[rows]] >= p.min_poles
+            # judged only when the pole's reading is as recent as its district's newest: a pole that missed
+            # its last reports (lost messages) would otherwise be compared, at dusk, with lamps already lit
+            ts = st.a["value_ts"][rows, int(col)]
+            newest = np.full(n_d, NO_TS, np.int64)
+            np.maximum.at(newest, district[rows], ts)
+            ok &= ts >= newest[district[rows]] - p.drift_lag_ms
             if frozen is not None:
                 ok &= ~frozen[rows]
             pole_parts.append(self._drift(j, rows[ok], z[ok], now_ms))

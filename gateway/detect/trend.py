@@ -15,7 +15,8 @@ samples. ``tilt_trend`` is a ``warning``: "this pole is leaning beyond its insta
 is growing or holding". A baseline that is wrong by more than ``k`` says the same, truthfully: the
 pole does not stand as recorded.
 
-State: one float per pole (``S``). Pure numpy; samples of one pole are taken in device-time order.
+State: one float per pole (``S``). Pure numpy; it reads the tilt rule's own conditions (reading and the
+baseline at that moment, in processing order), so a batch gives what one reading at a time gives.
 """
 
 from __future__ import annotations
@@ -24,11 +25,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from contract.catalog import BY_NAME, INDEX
+from contract.catalog import BY_NAME
 from gateway.detect.rules import AlarmSpec, Conditions, Tier, levels
-from gateway.detect.state import Batch, FleetState, occurrence_rank
-
-_TILT = INDEX["tilt_deg"]
+from gateway.detect.state import FleetState, occurrence_rank
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,32 +56,31 @@ class TrendRule:
         self.specs = trend_specs()
         state.alloc("trend_s", np.float64, 0.0)
 
-    def evaluate(self, batch: Batch, baseline: np.ndarray) -> Conditions:
-        """``baseline``: the tilt baseline of every pole row (NaN while unknown)."""
-        x = batch.values[:, _TILT]
-        has = ~np.isnan(x)
-        if not has.any():
+    def evaluate(self, rows: np.ndarray, ts: np.ndarray, x: np.ndarray, baseline: np.ndarray,
+                 tier: np.ndarray | None = None) -> Conditions:
+        """One entry per tilt reading in processing order (device-time order per pole), each with the
+        baseline the tilt rule judged it against at that moment (the rule's own conditions carry both)
+        and ``tier``, the rule's hold level then: while a tier already speaks, the trend raises nothing
+        new (a knock-down is the tilt rule's, not also a trend)."""
+        ok = ~np.isnan(x) & ~np.isnan(baseline)
+        tier = np.zeros(len(rows), np.int8) if tier is None else tier
+        rows, ts, x, baseline, tier = rows[ok], ts[ok], x[ok], baseline[ok], tier[ok]
+        if len(rows) == 0:
             return Conditions.empty()
-        b = batch.take(np.flatnonzero(has))
-        order = np.argsort(b.ts, kind="stable")
-        b = b.take(order)
-        rank = occurrence_rank(b.rows)
+        rank = occurrence_rank(rows)
         parts = []
         for r in range(int(rank.max()) + 1):
             sel = np.flatnonzero(rank == r)
-            parts.append(self._round(b.rows[sel], b.ts[sel], b.values[sel, _TILT], baseline))
+            parts.append(self._round(rows[sel], ts[sel], x[sel], baseline[sel], tier[sel]))
         return Conditions.concat(parts)
 
-    def _round(self, rows: np.ndarray, ts: np.ndarray, x: np.ndarray, baseline: np.ndarray) -> Conditions:
-        base = baseline[rows]
-        ok = ~np.isnan(base)
-        rows, ts, x, base = rows[ok], ts[ok], x[ok], base[ok]
-        if len(rows) == 0:
-            return Conditions.empty()
+    def _round(self, rows: np.ndarray, ts: np.ndarray, x: np.ndarray, base: np.ndarray, tier: np.ndarray
+               ) -> Conditions:
         s = self.state.a["trend_s"]
         new = np.clip(s[rows] + np.abs(x - base) - self.k, 0.0, self.params.cap_h * self.h)
         s[rows] = new
         trig, hold = levels(new, ">=", (self.h,), (0.5 * self.h,))
+        trig[tier > 0] = 0
         return Conditions(rows, np.zeros(len(rows), np.int64), trig, hold, new, np.full(len(rows), self.h),
                           np.minimum(new / self.h, 1.0), ts)
 
