@@ -315,14 +315,19 @@ def trend_line(run: FaultRun) -> str:
     slow = [f for f in run.faults if f.kind in TREND_TIERS]
     hits = _first_hits(run, [f.label for f in slow])
     early, lat = 0, []
+    by: dict[str, list[int]] = {k: [0, 0] for k in TREND_TIERS}
     for f, h in zip(slow, hits, strict=True):
+        by[f.kind][1] += 1
         if h is None:
             continue
         lat.append((h - f.start_ms) / 60_000)
         t = tier_time(f)
-        early += t is None or h < t
+        ok = t is None or h < t
+        early += ok
+        by[f.kind][0] += ok
     frac = early / len(slow) if slow else math.nan
-    return f"trend: early={_f(frac, '.3f')} latency_p50_min={_f(_median(lat), '.0f')} ({early}/{len(slow)})"
+    split = " ".join(f"{k}={a}/{n}" for k, (a, n) in by.items())
+    return f"trend: early={_f(frac, '.3f')} latency_p50_min={_f(_median(lat), '.0f')} ({split})"
 
 
 def seeds_line(run: FaultRun) -> str:
