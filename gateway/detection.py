@@ -41,6 +41,7 @@ from contract.models import Alert
 from contract.readings import FieldValue, Point
 from gateway.alarms import ActiveAlarm, AlarmPolicy, Transition
 from gateway.detect.clock import CLOCK_REASONS, ClockRule
+from gateway.detect.dropout import DropoutRule
 from gateway.detect.rules import AlarmSpec, Conditions, RuleParams, Rules, Tier, levels
 from gateway.detect.spatial import DISTRICT_POLE, Spatial, SpatialParams
 from gateway.detect.state import N_METRICS, NO_TS, Batch, FleetState
@@ -125,6 +126,9 @@ class DetectionStage:
         specs.extend(self.clock_rule.specs)
         self.trend = TrendRule(self.state)
         self._tilt_spec = next(i for i, r in enumerate(self.rules.rules) if r.spec.key == "tilt")
+        self.dropout = DropoutRule(self.state)
+        self._dropout_off = len(specs)
+        specs.extend(self.dropout.specs)
         self._trend_off = len(specs)
         specs.extend(self.trend.specs)
         # lamp_failure / voltage conditions a suspect sensor of the same metric explains (see _sensor_fault)
@@ -176,6 +180,7 @@ class DetectionStage:
                 tilt = rule_c.spec == self._tilt_spec
                 pole_c.append(_shift(self.trend.evaluate(rule_c.rows[tilt], rule_c.ts[tilt], rule_c.value[tilt],
                                                          rule_c.ref[tilt], rule_c.hold[tilt]), self._trend_off))
+                pole_c.append(_shift(self.dropout.evaluate(batch), self._dropout_off))
                 if self.stream is not None:
                     # an anomaly on a pole a rule already explains (the radio idling while the backhaul
                     # is down, the impact of a knock-down) is that fault's effect: it raises nothing new

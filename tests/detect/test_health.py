@@ -108,3 +108,22 @@ def test_a_voltage_alarm_a_drifting_voltage_sensor_explains_is_reported_as_the_s
     assert ("sensor_drift", "p-0") in kinds  # the sensor, named
     assert ("voltage_low", "p-0") not in kinds  # not a mains fault: the reading is the sensor's
     assert all(p == "p-0" for _, p in kinds)
+
+
+def test_one_safety_sensor_gone_quiet_while_the_pole_reports_is_named() -> None:
+    p = Pole()
+    for _ in range(20):
+        assert [a for a in p.send(leakage_current_ma=2.0, ambient_temp_c=10.0) if a["kind"] == "sensor_dropout"] == []
+    got: list[dict[str, Any]] = []
+    for _ in range(5):  # the pole still reports its air, not its leakage current
+        got += [a for a in p.send(ambient_temp_c=10.0) if a["kind"] == "sensor_dropout"]
+    assert [(a["state"], a["metric"], a["severity"]) for a in got] == [("raised", "leakage_current_ma", "warning")]
+    (c,) = [a for a in p.send(leakage_current_ma=2.0, ambient_temp_c=10.0) if a["kind"] == "sensor_dropout"]
+    assert c["state"] == "cleared"
+
+
+def test_a_sensor_sampled_slower_than_its_pole_is_judged_by_its_own_pace() -> None:
+    p = Pole()
+    for k in range(120):  # cabinet temperature every 6th sample only: never a dropout
+        v = {"ambient_temp_c": 10.0} | ({"cabinet_temp_c": 20.0} if k % 6 == 0 else {})
+        assert [a for a in p.send(**v) if a["kind"] == "sensor_dropout"] == []
