@@ -70,7 +70,8 @@ def test_duplicate_json_keys_are_refused() -> None:
     body = _msg(1, NOW, tilt_deg=1.0).replace(b'"tilt_deg"', b'"leakage_current_ma": 25, "leakage_current_ma"')
     d = decode_telemetry(TOPIC, body.replace(b"1.0", b"0.0"), now_ms=NOW)
     assert [r.reason for r in d.rejects] == ["duplicate_key"] and not d.readings
-    spaced = b'{ "v" : 1 , "pole" : "p-1", "boot": "b", "samples": [ {"seq": 1, "ts": %d, "m": {"tilt_deg": 1}} ] }' % NOW
+    spaced = (b'{ "v" : 1 , "pole" : "p-1", "boot": "b", "samples": [ {"seq": 1, "ts": %d, '
+              b'"m": {"tilt_deg": 1}} ] }' % NOW)
     assert decode_telemetry(TOPIC, spaced, now_ms=NOW).readings  # whitespace is not a duplicate
     status = b'{"v":1,"pole":"p-1","district":"north","state":"online","ts":%d,"state":"offline"}' % NOW
     out = Pipeline().status("lampwatch/v1/north/p-1/status", status, NOW)
