@@ -63,8 +63,10 @@ COMPATIBLE: Mapping[str, frozenset[str]] = {
     "voltage_sag": frozenset({"voltage_low", "anomaly"}),
     "voltage_surge": frozenset({"voltage_high", "anomaly"}),
     "backhaul_down": frozenset({"backhaul_down"}),
-    "stuck": frozenset({"anomaly", "flatline"}),
-    "drift": frozenset({"anomaly"}),
+    # a sensor named broken is found whichever way it is named: a sensor drifting to the end of its
+    # range reads a constant there (stuck), a stuck one walks away from its peers (drift)
+    "stuck": frozenset({"anomaly", "flatline", "drift"}),
+    "drift": frozenset({"anomaly", "stuck"}),
     # a pole whose messages are lost for longer than its silence limit *is* offline to the gateway
     "dropout": frozenset({"gap", "stale", "offline"}),
     "offline": frozenset({"offline", "stale", "gap"}),

@@ -143,7 +143,10 @@ class Spatial:
         self.cols = np.array([INDEX[m.name] for m in self.metrics], np.int64)
         self.floors = np.array([floor_of(m) for m in self.metrics])
         self.drift_cols = np.array([INDEX[m.name] for m in self.drift], np.int64)
-        self.drift_floors = np.array([floor_of(m) for m in self.drift])
+        # a safety channel's scale floor is its sensor noise, not 0.1 % of a range built for faults (the
+        # leakage sensor's 0..5000 mA would make a 5 mA floor, larger than the whole healthy spread)
+        self.drift_floors = np.array([m.signal.noise if m.name in SAFETY_DRIFT_METRICS else floor_of(m)
+                                      for m in self.drift])
         self._drift_down = [m.name in SAFETY_DRIFT_METRICS for m in self.drift]
         # sensor_suspect of a metric that drift also follows: a pole that always stands apart (a
         # busy road, a shaded corner) is judged against its own usual place, not the district median
