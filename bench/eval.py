@@ -14,14 +14,15 @@ import math
 import os
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from contract import schema
+from contract.catalog import METRICS
 from contract.readings import Point
 from gateway.detect import nab
 from gateway.detect.replay import replay_nab
-from simulator.faults import Label
+from simulator.faults import Fault, Label
 from simulator.score import Alarm, Score, alarm_kind, score
 from simulator.score import pole_days as sc_pole_days
 
@@ -39,16 +40,29 @@ def nab_line(nab_dir: Path, out_dir: Path | None = None) -> str:
         results = out_dir or Path(tmp)
         layouts, _ = replay_nab(nab_dir, results, name="lampwatch")
         scores = nab.score_results(nab_dir, "lampwatch", results_dir=results, layouts=layouts)
-    return nab.summary_line(scores)
+        raw = nab.read_result_scores(results, "lampwatch", [x.key for x in layouts])  # what was scored
+    half = nab.half_corpus(layouts, raw, "standard")
+    return f"{nab.summary_line(scores)} half_standard={half.normalized:.2f}"
 
 
 # ---------------------------------------------------------------- simulator ground truth
 
 #: Fault kinds whose point is a safety alarm (the catalog's "safety" group).
 SAFETY_KINDS = ("leakage", "tilt_lean", "knockdown", "flood", "overheat", "smoke", "door_forced")
-#: Air-quality alarms on the pole's own 24-hour mean (WHO guideline, ``info``): a statement about the
-#: air, not a fault; counted apart, neither true nor false for the fault score.
-ENVIRONMENT_KINDS = ("pm25_high", "pm10_high", "no2_high")
+#: Air-quality alarms on the pole's own 24-hour mean (WHO guideline, ``info``) and district events (a
+#: whole district's air or weather far from its usual hour): statements about the air, not faults;
+#: counted apart (and printed), neither true nor false for the fault score.
+ENVIRONMENT_KINDS = ("pm25_high", "pm10_high", "no2_high", "district_event")
+
+
+#: Safety channels for the sensor-health score: the catalog's safety sensors that a threshold judges.
+SAFETY_CHANNELS = tuple(m.name for m in METRICS if m.group == "safety" and m.dtype == "float" and m.thresholds)
+SENSOR_KINDS = ("stuck", "drift")
+#: Slow faults and the tier a trend warning must come before (tilt: the 2-deg warning; leakage: 30 mA).
+TREND_TIERS = {"tilt_lean": 2.0, "leakage": 30.0}
+#: Evaluation seeds: no parameter of the detector was chosen on them (11 is the development seed).
+EVAL_SEEDS = tuple(range(101, 121))
+START_MS = 1_705_334_400_000  # 2024-01-15 16:00 UTC
 
 
 @dataclass(frozen=True)
@@ -56,11 +70,13 @@ class FaultRun:
     score: Score
     alarms: list[Alarm]
     labels: list[Label]
+    faults: list[Fault]
     step_ms: int
     pole_days: float
-    side_effects: list[Alarm]  # unmatched, but on a pole while another injected fault was on it
+    explained: list[Alarm]  # unmatched, but naming the sensor of a fault that was on that pole then
     environment: list[Alarm]  # ENVIRONMENT_KINDS alarms
     false: list[Alarm]  # everything else that matched no label
+    per_seed: tuple[tuple[int, float, int], ...] = ()  # (seed, pole-days, false alarms)
 
     @property
     def precision(self) -> float:
@@ -71,34 +87,34 @@ class FaultRun:
     def false_per_1000_pole_days(self) -> float:
         return len(self.false) / self.pole_days * 1000.0
 
+    def false_per_seed(self) -> list[float]:
+        return [n / pd * 1000.0 for _, pd, n in self.per_seed]
 
-def run_faults(poles: int = 200, days: float = 3.0, step_s: int = 300, seed: int = 11,
-               rate: float = 0.3) -> FaultRun:
-    """A simulated city with seeded faults -> the gateway's pure pipeline -> DetectionStage -> scored.
+
+def simulate(poles: int, days: float, step_s: int, seed: int, rate: float
+             ) -> tuple[list[Alarm], list[Fault], int, int]:
+    """A simulated city with seeded faults -> the gateway's pure pipeline -> DetectionStage.
 
     Everything runs in process on the simulated clock: every pole's birth (with its installation
     attributes) first, then per tick the messages are decoded and de-duplicated by the gateway's
     :class:`~gateway.pipeline.Pipeline` (``decode_telemetry`` + sequence tracking), their readings go
     to the stage as one batch, and ``stage.tick(now)`` checks silence. Raised/cleared alert points
-    become alarm intervals. Labels are the faults the stage is meant to find: every signal fault and
-    ``offline``; the other delivery faults (dropout, duplicates, malformed, hostile, clock skew) belong
-    to the decoder and the dedup and are scored by the gateway drills.
+    become alarm intervals. Returns (alarms, faults, start_ms, end_ms).
     """
     from gateway.detection import DetectionStage
     from gateway.pipeline import Outcome, Pipeline
     from simulator.city import City, CityConfig
-    from simulator.faults import SIGNAL_KINDS, random_faults
+    from simulator.faults import random_faults
     from simulator.signals import SignalModel
     from simulator.stream import TelemetryStream, birth_messages
 
     step_ms = step_s * 1000
-    start_ms = 1_705_334_400_000  # 2024-01-15 16:00 UTC
     n_ticks = int(days * 86_400_000 // step_ms)
-    end_ms = start_ms + n_ticks * step_ms
+    end_ms = START_MS + n_ticks * step_ms
     city = City(CityConfig(seed=seed, poles=poles))
-    faults = random_faults(city, seed, start_ms, end_ms, rate=rate)
-    stream = TelemetryStream(city, SignalModel(city, seed), faults, start_ms, step_ms, seed)
-    clock_ms = [start_ms]
+    faults = random_faults(city, seed, START_MS, end_ms, rate=rate)
+    stream = TelemetryStream(city, SignalModel(city, seed), faults, START_MS, step_ms, seed)
+    clock_ms = [START_MS]
     stage = DetectionStage(clock=lambda: clock_ms[0] / 1000.0)
     pipe = Pipeline()
     open_: dict[tuple[str, str, str], Alarm] = {}
@@ -117,7 +133,7 @@ def run_faults(poles: int = 200, days: float = 3.0, step_s: int = 300, seed: int
             elif f["state"] == "cleared" and ident in open_:
                 done.append(open_.pop(ident)._replace(cleared_ms=t_ms))
 
-    birth_ms = start_ms - step_ms
+    birth_ms = START_MS - step_ms
     for topic, payload in birth_messages(stream, birth_ms):
         collect(stage(pipe.status(topic, payload, birth_ms)))
     for _ in range(n_ticks):
@@ -127,26 +143,81 @@ def run_faults(poles: int = 200, days: float = 3.0, step_s: int = 300, seed: int
             if topic.endswith("/status"):
                 collect(stage(pipe.status(topic, payload, clock_ms[0])))
             else:
-                batch.readings.extend(pipe.telemetry(topic, payload, clock_ms[0]).readings)
+                out = pipe.telemetry(topic, payload, clock_ms[0])
+                batch.readings.extend(out.readings)
+                batch.rejects.extend(out.rejects)  # the gateway hands the stage the whole outcome
         collect(stage(batch))
         collect(stage.tick(clock_ms[0]))
     alarms = sorted(done + list(open_.values()), key=lambda a: (a.raised_ms, a.pole, a.kind))
+    return alarms, faults, START_MS, end_ms
+
+
+def judge(alarms: list[Alarm], faults: list[Fault], *, step_ms: int, pole_days: float, end_ms: int
+          ) -> tuple[Score, list[Alarm], list[Alarm], list[Alarm], list[Label]]:
+    """Honest scoring: (score, explained, environment, false, target labels).
+
+    Labels scored for recall are the faults the stage is meant to find: every signal fault and
+    ``offline``; the other delivery faults belong to the decoder and the dedup (the gateway drills).
+    An alarm that matches no label is **false**, whatever else happens on the pole, unless (a) it is
+    compatible with another labelled fault there (:func:`simulator.score.compatible`: an ``offline``
+    alarm while a dropout loses the pole's messages), or (b) it names the sensor of a fault on that
+    pole at that time (a knocked-down pole's tilt read by a rule of another kind). Air-quality
+    24-hour means are statements about the air, counted apart. The end of the run is not an event.
+    """
+    from simulator.faults import SIGNAL_KINDS
+    from simulator.score import compatible
+
     targets = (*SIGNAL_KINDS, "offline")
     labels = [f.label for f in faults if f.kind in targets]
-    pd = sc_pole_days(poles, start_ms, end_ms)
-    sc = score(labels, alarms, step_ms=step_ms, pole_days=pd)
-    # An unmatched alarm during another injected fault on the same pole is that fault's consequence
-    # with a kind the score does not pair with it (a pole whose messages are all dropped or rejected
-    # for a skewed clock *is* silent; an idle radio during a backhaul outage *is* unusual): reported
-    # as a side effect, not as a false alarm. Only alarms with no fault anywhere near are false.
-    spans: dict[str, list[tuple[int, int]]] = {}
+    sc = score(labels, alarms, step_ms=step_ms, pole_days=pole_days, end_ms=end_ms)
+    others = [f.label for f in faults if f.kind not in targets]
+    grace = sc.grace_ms
+    by_pole: dict[str, list[Fault]] = {}
     for f in faults:
-        spans.setdefault(f.pole, []).append((f.start_ms, f.end_ms + sc.grace_ms))
+        by_pole.setdefault(f.pole, []).append(f)
     env = [a for a in sc.unmatched if a.kind in ENVIRONMENT_KINDS]
-    side = [a for a in sc.unmatched if a.kind not in ENVIRONMENT_KINDS
-            and any(s0 <= a.raised_ms <= s1 for s0, s1 in spans.get(a.pole, ()))]
-    false = [a for a in sc.unmatched if a not in env and a not in side]
-    return FaultRun(sc, alarms, labels, step_ms, pd, side, env, false)
+    explained: list[Alarm] = []
+    false: list[Alarm] = []
+    for a in sc.unmatched:
+        if a.kind in ENVIRONMENT_KINDS:
+            continue
+        near = [f for f in by_pole.get(a.pole, ()) if f.start_ms <= a.raised_ms <= f.end_ms + grace]
+        if any(compatible(lb, a) for lb in others if lb.start_ms <= a.raised_ms <= lb.end_ms + grace) or any(
+                f.metric is not None and a.metric == f.metric for f in near):
+            explained.append(a)
+        else:
+            false.append(a)
+    return sc, explained, env, false, labels
+
+
+def run_faults(poles: int = 200, days: float = 3.0, step_s: int = 300, seed: int = 11,
+               rate: float = 0.3) -> FaultRun:
+    """One seeded city, simulated and scored honestly (see :func:`judge`)."""
+    return run_seeds((seed,), poles=poles, days=days, step_s=step_s, rate=rate)
+
+
+def run_seeds(seeds: tuple[int, ...] = EVAL_SEEDS, *, poles: int = 100, days: float = 2.0, step_s: int = 300,
+              rate: float = 0.3, progress: bool = False) -> FaultRun:
+    """Every seed simulated and judged on its own; the result pools them (pole ids prefixed by seed)."""
+    alarms: list[Alarm] = []
+    faults: list[Fault] = []
+    step_ms = step_s * 1000
+    per_seed: list[tuple[int, float, int]] = []
+    pd_all = 0.0
+    for seed in seeds:
+        al, fs, start_ms, end_ms = simulate(poles, days, step_s, seed, rate)
+        pd = sc_pole_days(poles, start_ms, end_ms)
+        _, _, _, false, _ = judge(al, fs, step_ms=step_ms, pole_days=pd, end_ms=end_ms)
+        per_seed.append((seed, pd, len(false)))
+        pd_all += pd
+        tag = f"s{seed}/" if len(seeds) > 1 else ""
+        alarms += [a._replace(pole=tag + a.pole) for a in al]
+        faults += [replace(f, pole=tag + f.pole) for f in fs]
+        if progress:
+            print(f"seed {seed}: {len(false)} false alarms in {pd:.0f} pole-days", file=sys.stderr, flush=True)
+    end = START_MS + int(days * 86_400_000 // step_ms) * step_ms
+    sc, explained, env, false, labels = judge(alarms, faults, step_ms=step_ms, pole_days=pd_all, end_ms=end)
+    return FaultRun(sc, alarms, labels, faults, step_ms, pd_all, explained, env, false, tuple(per_seed))
 
 
 def _f(x: float, spec: str) -> str:
@@ -155,27 +226,33 @@ def _f(x: float, spec: str) -> str:
 
 def faults_table(run: FaultRun) -> str:
     rows = [f"{'kind':<14}{'labels':>7}{'found':>6}{'recall':>8}{'tp':>5}{'fp':>5}{'prec':>7}"
-            f"{'lat_p50':>8}{'lat_p95':>8}  (latency in samples)"]
+            f"{'lat_p50':>8}{'lat_p95':>8}{'p50_min':>8}{'p95_min':>8}  (latency in samples, then minutes)"]
     for k in (*run.score.per_kind.values(), run.score.overall):
         rows.append(f"{k.kind:<14}{k.labels:>7}{k.detected:>6}{_f(k.recall, '.3f'):>8}{k.tp:>5}{k.fp:>5}"
                     f"{_f(k.precision, '.3f'):>7}{_f(k.latency_median_samples, '.1f'):>8}"
-                    f"{_f(k.latency_p95_samples, '.1f'):>8}")
+                    f"{_f(k.latency_p95_samples, '.1f'):>8}{_f(k.latency_median_min, '.0f'):>8}"
+                    f"{_f(k.latency_p95_min, '.0f'):>8}")
     safety = [k for k in run.score.per_kind.values() if k.kind in SAFETY_KINDS]
     n_lab, n_det = sum(k.labels for k in safety), sum(k.detected for k in safety)
     rows.append(f"safety faults: recall {_f(n_det / n_lab if n_lab else math.nan, '.3f')} ({n_det}/{n_lab}), "
                 f"latency p50 {_f(_median([k.latency_median_samples for k in safety]), '.1f')} samples "
                 "(median of the per-kind medians)")
     rows.append(f"unmatched alarms: {len(run.false)} false {_count(run.false)}; "
-                f"{len(run.side_effects)} side effects of other faults {_count(run.side_effects)}; "
+                f"{len(run.explained)} naming the sensor of a fault on that pole {_count(run.explained)}; "
                 f"{len(run.environment)} air-quality 24 h means {_count(run.environment)} "
                 f"on {len({a.pole for a in run.environment})} poles")
+    if len(run.per_seed) > 1:
+        per = run.false_per_seed()
+        rows.append(f"false alarms per 1,000 pole-days per seed ({run.per_seed[0][1]:.0f} pole-days each): "
+                    + " ".join(f"{s}:{x:.1f}" for (s, _, _), x in zip(run.per_seed, per, strict=True))
+                    + f"; min {min(per):.2f} median {_median(per):.2f} max {max(per):.2f}")
     return "\n".join(rows)
 
 
 def _count(alarms: list[Alarm]) -> str:
     by: dict[str, int] = {}
     for a in alarms:
-        k = f"{a.kind}:{a.metric}" if a.kind == "anomaly" else a.kind
+        k = f"{a.kind}:{a.metric}" if a.kind in ("anomaly", "stuck", "drift") else a.kind
         by[k] = by.get(k, 0) + 1
     return str(dict(sorted(by.items()))) if by else "{}"
 
@@ -187,6 +264,77 @@ def _median(xs: list[float]) -> float:
     return v[len(v) // 2] if len(v) % 2 else (v[len(v) // 2 - 1] + v[len(v) // 2]) / 2
 
 
+def _first_hits(run: FaultRun, labels: list[Label]) -> list[int | None]:
+    """Earliest matching alarm time of each label (the score's matching rules), None if missed."""
+    from simulator.score import compatible
+
+    grace = run.score.grace_ms
+    by_pole: dict[str, list[Alarm]] = {}
+    for a in run.alarms:
+        by_pole.setdefault(a.pole, []).append(a)
+    out: list[int | None] = []
+    for lb in labels:
+        ts = [a.raised_ms for a in by_pole.get(lb.pole, ())
+              if lb.start_ms <= a.raised_ms <= lb.end_ms + grace and compatible(lb, a)]
+        out.append(min(ts) if ts else None)
+    return out
+
+
+def sensor_line(run: FaultRun) -> str:
+    """Stuck and drifting sensors on the safety channels: recall and median latency (device minutes)."""
+    labels = [lb for lb in run.labels if lb.kind in SENSOR_KINDS and lb.metric in SAFETY_CHANNELS]
+    hits = _first_hits(run, labels)
+    lat = [(h - lb.start_ms) / 60_000 for lb, h in zip(labels, hits, strict=True) if h is not None]
+    per = []
+    for k in SENSOR_KINDS:
+        ks = [h for lb, h in zip(labels, hits, strict=True) if lb.kind == k]
+        per.append(f"{k}={sum(h is not None for h in ks)}/{len(ks)}")
+    rec = len(lat) / len(labels) if labels else math.nan
+    # drifts that blind a safety rule: a reading drifting low (magnitude < 0) on cabinet or leakage
+    mags = {(f.pole, f.metric, f.kind, f.start_ms): f.mag for f in run.faults}
+    low = [h for lb, h in zip(labels, hits, strict=True) if lb.kind == "drift"
+           and lb.metric in ("cabinet_temp_c", "leakage_current_ma") and mags[(lb.pole, lb.metric, lb.kind,
+                                                                                lb.start_ms)] < 0]
+    return (f"sensor_faults: recall={_f(rec, '.3f')} latency_p50_min={_f(_median(lat), '.0f')} "
+            f"({' '.join(per)} drift_low_cabinet_leakage={sum(h is not None for h in low)}/{len(low)} "
+            f"on {', '.join(SAFETY_CHANNELS)})")
+
+
+def tier_time(f: Fault) -> int | None:
+    """Device time a slow fault reaches its :data:`TREND_TIERS` level (None: never), from its shape."""
+    tier, span = TREND_TIERS[f.kind], f.end_ms - f.start_ms
+    if f.kind == "tilt_lean":
+        p = tier / f.mag if f.mag > 0 else math.inf
+    else:  # leakage ramps from ~2 mA to its magnitude over the first quarter of the fault
+        p = 0.25 * (tier - 2.0) / (f.mag - 2.0) if f.mag > tier else math.inf
+    return f.start_ms + int(p * span) if p < 1.0 else None
+
+
+def trend_line(run: FaultRun) -> str:
+    """Slow faults: share warned before their tier, median latency of the first warning (minutes)."""
+    slow = [f for f in run.faults if f.kind in TREND_TIERS]
+    hits = _first_hits(run, [f.label for f in slow])
+    early, lat = 0, []
+    by: dict[str, list[int]] = {k: [0, 0] for k in TREND_TIERS}
+    for f, h in zip(slow, hits, strict=True):
+        by[f.kind][1] += 1
+        if h is None:
+            continue
+        lat.append((h - f.start_ms) / 60_000)
+        t = tier_time(f)
+        ok = t is None or h < t
+        early += ok
+        by[f.kind][0] += ok
+    frac = early / len(slow) if slow else math.nan
+    split = " ".join(f"{k}={a}/{n}" for k, (a, n) in by.items())
+    return f"trend: early={_f(frac, '.3f')} latency_p50_min={_f(_median(lat), '.0f')} ({split})"
+
+
+def seeds_line(run: FaultRun) -> str:
+    per = run.false_per_seed()
+    return f"false_per_1000_pole_days_max={_f(max(per) if per else math.nan, '.2f')} seeds={len(per)}"
+
+
 def summary(run: FaultRun) -> str:
     o = run.score.overall
     return (f"faults: precision={_f(run.precision, '.3f')} recall={_f(o.recall, '.3f')} "
@@ -194,10 +342,12 @@ def summary(run: FaultRun) -> str:
             f"false_per_1000_pole_days={run.false_per_1000_pole_days:.2f}")
 
 
-def faults_line(table: bool = True) -> str | None:
-    """Simulator fault-injection scoring: the per-kind table (if ``table``) and the summary line."""
-    run = run_faults()
-    return f"{faults_table(run)}\n{summary(run)}" if table else summary(run)
+def faults_line(table: bool = True, *, seeds: tuple[int, ...] = EVAL_SEEDS, poles: int = 100,
+                days: float = 2.0, progress: bool = False) -> str:
+    """Simulator fault-injection scoring over ``seeds``: the table (if ``table``) and the summary lines."""
+    run = run_seeds(seeds, poles=poles, days=days, progress=progress)
+    lines = [summary(run), sensor_line(run), trend_line(run), seeds_line(run)]
+    return "\n".join([faults_table(run), *lines] if table else lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -206,14 +356,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=None, help="keep NAB result files here")
     ap.add_argument("--no-faults", action="store_true", help="skip the simulator ground-truth run")
     ap.add_argument("--no-nab", action="store_true", help="skip the NAB corpus")
+    ap.add_argument("--seeds", type=int, default=len(EVAL_SEEDS), help="evaluation seeds (from 101)")
+    ap.add_argument("--poles", type=int, default=100, help="poles per simulated city")
+    ap.add_argument("--days", type=float, default=2.0, help="simulated days per seed")
+    ap.add_argument("--full", action="store_true", help="the issue's full size: 200 poles x 3 days per seed")
     args = ap.parse_args(argv)
+    if args.full:
+        args.poles, args.days = 200, 3.0
+    if args.seeds < 1 or args.poles < 1 or args.days <= 0:
+        print("error: --seeds and --poles must be >= 1 and --days > 0", file=sys.stderr)
+        return 2
     if not args.no_nab:
         nab_dir = args.nab or default_nab_dir()
         if not (nab_dir / "labels" / "combined_windows.json").is_file():
             print(f"error: no NAB corpus at {nab_dir} (use --nab DIR or LAMPWATCH_NAB_DIR)", file=sys.stderr)
             return 2
         print(nab_line(nab_dir, args.out), flush=True)
-    extra = None if args.no_faults else faults_line()
+    seeds = tuple(range(101, 101 + args.seeds))
+    extra = None if args.no_faults else faults_line(seeds=seeds, poles=args.poles, days=args.days, progress=True)
     if extra is not None:
         print(extra)
     return 0

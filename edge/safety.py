@@ -1,11 +1,12 @@
 """The safety fast path's decision (pure): has a critical metric crossed one of its thresholds?
 
-Rules come from the catalog (``absolute`` thresholds as they are; ``baseline`` ones — tilt — relative
-to the pole's installed baseline, configured or else the first reading). A local override
-(``set_thresholds``) replaces a metric's rules by one trigger level, keeping the catalog's hysteresis
-gap and first severity. Each metric has a level: 0 = normal, k = its k-th rule (ascending) raised.
-A rule clears only past its ``clear`` level (hysteresis), so a value hovering at the trigger does not
-flap. Any level change is a crossing, which the agent publishes at once.
+Rules come from the catalog (``absolute`` thresholds as they are; ``baseline`` ones — tilt — as the
+absolute deviation from the pole's installed baseline, configured or else learned as the median of its
+first readings). A local override (``set_thresholds``) replaces a metric's rules by one trigger level,
+keeping the catalog's hysteresis gap and first severity. Each metric has a level: 0 = normal, k = its
+k-th rule (ascending) raised. When a tier triggers and when it clears is :mod:`contract.levels`, the same
+definition the gateway's rules use, so a pole and its gateway agree on every crossing. Any level change
+is a crossing, which the agent publishes at once.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from contract.catalog import BY_NAME, CRITICAL, Op, Threshold
+from contract.levels import BASELINE_LEARN_N, comparable, learned_baseline, next_level, tier_levels
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +62,7 @@ class SafetyMonitor:
         self.rules: dict[str, tuple[Rule, ...]] = dict(self._catalog)
         self.levels: dict[str, int] = {n: 0 for n in self.rules}
         self.baselines: dict[str, float] = {}
+        self._first: dict[str, list[float]] = {}  # readings a baseline is being learned from
         self._lock = threading.Lock()  # commands (network thread) vs checks (sampler thread)
         if tilt_baseline is not None and "tilt_deg" in self.rules:
             self.baselines["tilt_deg"] = tilt_baseline
@@ -85,11 +88,21 @@ class SafetyMonitor:
             self.levels[name] = min(self.levels[name], 1)
 
     def effective(self, name: str, value: float) -> float:
-        """The value the rules see: relative to the baseline for baseline-relative metrics."""
+        """The value the rules see: the deviation from the baseline for baseline-relative metrics (NaN
+        while the baseline is still being learned from the first readings)."""
         if not self._relative.get(name):
             return value
-        base = self.baselines.setdefault(name, value)
-        return value - base
+        base = self.baselines.get(name)
+        if base is None:
+            first = self._first.setdefault(name, [])
+            if len(first) < BASELINE_LEARN_N:
+                first.append(value)
+            learned = learned_baseline(first)
+            if learned is None:
+                return float("nan")
+            base = self.baselines[name] = learned
+            del self._first[name]
+        return float(comparable(value, "baseline", base))
 
     def check(self, values: Mapping[str, float]) -> list[Crossing]:
         with self._lock:
@@ -103,15 +116,8 @@ class SafetyMonitor:
                 continue
             x = self.effective(name, v)
             cur = self.levels[name]
-            new = 0
-            for i, r in enumerate(rules, 1):
-                if r.hit(x):
-                    new = i
-            if new < cur:  # hysteresis: step down only past each raised rule's clear level
-                level = cur
-                while level > new and rules[level - 1].cleared(x):
-                    level -= 1
-                new = level
+            trig, hold = tier_levels(x, rules[0].op, [r.trigger for r in rules], [r.clear for r in rules])
+            new = int(next_level(cur, trig, hold))
             if new != cur:
                 self.levels[name] = new
                 out.append(Crossing(name, v, cur, new))

@@ -52,9 +52,12 @@ from contract.catalog import INDEX, METRICS, Metric
 from contract.models import AckRequest, Alert, MaintenanceRequest
 from contract.readings import FieldValue, Point
 from gateway.alarms import ActiveAlarm, AlarmPolicy, Transition
+from gateway.detect.clock import CLOCK_REASONS, ClockRule
+from gateway.detect.dropout import DropoutRule
 from gateway.detect.rules import AlarmSpec, Conditions, RuleParams, Rules, Tier, levels
 from gateway.detect.spatial import DISTRICT_POLE, Spatial, SpatialParams
 from gateway.detect.state import N_METRICS, NO_TS, Batch, FleetState
+from gateway.detect.trend import TrendRule
 from gateway.inventory import Inventory
 from gateway.pipeline import Outcome
 
@@ -139,6 +142,25 @@ class DetectionStage:
             specs.extend(_anomaly_spec(int(c)) for c in self._anomaly_cols)
         self._notice_off = len(specs)
         specs.extend(NOTICE_SPECS)
+        # rule families added later go last, so saved alarm states keep their spec indices
+        self.clock_rule = ClockRule()
+        self._clock_off = len(specs)
+        specs.extend(self.clock_rule.specs)
+        self.trend = TrendRule(self.state)
+        self._tilt_spec = next(i for i, r in enumerate(self.rules.rules) if r.spec.key == "tilt")
+        self.dropout = DropoutRule(self.state)
+        self._dropout_off = len(specs)
+        specs.extend(self.dropout.specs)
+        self._trend_off = len(specs)
+        specs.extend(self.trend.specs)
+        # lamp_failure / voltage conditions a suspect sensor of the same metric explains (see _sensor_fault)
+        keys = {x.key for x in specs}
+        judged = [i for i, x in enumerate(self.rules.specs)
+                  if x.kind in ("lamp_failure", "voltage_high", "voltage_low")]
+        self._sensor_judged = np.array(judged, np.int64)
+        self._sensor_keys = {str(self.rules.specs[i].metric): [
+            k for k in (f"sensor_stuck.{self.rules.specs[i].metric}", f"sensor_drift.{self.rules.specs[i].metric}",
+                        f"sensor_suspect.{self.rules.specs[i].metric}") if k in keys] for i in judged}
         self.poles = AlarmPolicy(specs)
         self.districts = AlarmPolicy(self.spatial.district_specs) if self.spatial is not None else None
         self._next_spatial_ms = NO_TS
@@ -173,12 +195,21 @@ class DetectionStage:
                         pole_c.append(self._inventory_notices(st.pole, st.district, attrs, st.ts))
                 pole_c.append(self.rules.presence(st.pole, st.district, st.state, st.ts, now_ms,
                                                   st.interval_s))
+            if outcome.rejects:
+                pole_c.append(self._refused(outcome, now_ms))
             if outcome.readings:
                 batch = Batch.from_readings(self.state, outcome.readings)
-                rule_c = self.rules.evaluate(batch, arrival_ms=now_ms)
+                rule_c = self._sensor_fault(self.rules.evaluate(batch, arrival_ms=now_ms))
                 pole_c.append(rule_c)
+                pole_c.append(_shift(self.clock_rule.accepted(batch.rows, batch.ts), self._clock_off))
+                tilt = rule_c.spec == self._tilt_spec
+                pole_c.append(_shift(self.trend.evaluate(rule_c.rows[tilt], rule_c.ts[tilt], rule_c.value[tilt],
+                                                         rule_c.ref[tilt], rule_c.hold[tilt]), self._trend_off))
+                pole_c.append(_shift(self.dropout.evaluate(batch), self._dropout_off))
                 if self.stream is not None:
-                    pole_c.append(self._anomalies(batch))
+                    # an anomaly on a pole a rule already explains (the radio idling while the backhaul
+                    # is down, the impact of a knock-down) is that fault's effect: it raises nothing new
+                    pole_c.append(self._anomalies(batch, self._busy(rule_c)))
                 if self.spatial is not None:
                     sp, dist_c = self._spatial(int(batch.ts.max()), rule_c)
                     pole_c.append(sp)
@@ -311,7 +342,35 @@ class DetectionStage:
         busy[rule_c.rows[rule_c.hold > 0]] = True
         return busy
 
-    def _anomalies(self, batch: Batch) -> Conditions:
+    def _sensor_fault(self, c: Conditions) -> Conditions:
+        """A lamp_failure / voltage condition on a pole whose own sensor of that metric is already an
+        active sensor alarm (stuck, drifting, far from its peers) is that sensor's fault, reported as
+        such: the rule raises nothing new (an alarm already raised keeps its hold)."""
+        sel = np.flatnonzero((c.trig > 0) & np.isin(c.spec, self._sensor_judged))
+        if len(sel) == 0:
+            return c
+        trig = c.trig.copy()
+        for i in sel.tolist():
+            keys = self._sensor_keys.get(str(self.rules.specs[int(c.spec[i])].metric), [])
+            if any(self.poles.level(int(c.rows[i]), k) > 0 for k in keys):
+                trig[i] = 0
+        return Conditions(c.rows, c.spec, trig, c.hold, c.value, c.ref, c.score, c.ts)
+
+    def _refused(self, outcome: Outcome, now_ms: int) -> Conditions:
+        """Samples refused for their device time: proof of life, and a clock_skew condition."""
+        rows, reasons = [], []
+        for rj in outcome.rejects:
+            if rj.reason in CLOCK_REASONS and rj.pole is not None:
+                r = self.state.find(rj.pole)
+                if r is not None:
+                    rows.append(r)
+                    reasons.append(rj.reason)
+        if rows:
+            self.state.a["arrival_ms"][rows] = now_ms
+            self.state.a["said_offline"][rows] = False
+        return _shift(self.clock_rule.refused(rows, reasons, now_ms), self._clock_off)
+
+    def _anomalies(self, batch: Batch, explained: np.ndarray | None = None) -> Conditions:
         assert self.stream is not None
         order = np.argsort(batch.ts, kind="stable")
         vals = batch.values[order][:, self._anomaly_cols]
@@ -325,6 +384,8 @@ class DetectionStage:
                            np.float64)
         ok = ~np.isnan(score)
         trig, hold = levels(score[ok], ">=", (self.anomaly_on,), (self.anomaly_off,))
+        if explained is not None:
+            trig[explained[rows[ok]]] = 0
         return Conditions(rows[ok], self._anomaly_off + jj[ok].astype(np.int64), trig, hold,
                           vals[ii, jj][ok], np.full(int(ok.sum()), np.nan), score[ok], ts[ok])
 

@@ -416,7 +416,7 @@ class Gateway:
         if out.readings:
             self.stats["lag_ms"] = now_ms - max(r.ts_ms for r in out.readings)
         qentry = self._deadletter(out.rejects, now_ms) if out.rejects else None
-        return out.points, (out if out.readings or out.status is not None else None), qentry
+        return out.points, (out if out.readings or out.status is not None or out.rejects else None), qentry
 
     def _deadletter(self, rejects: list[Reject], now_ms: int) -> QEntry:
         """One small dead letter per message, whatever it held; the whole payload to the quarantine."""
@@ -466,17 +466,19 @@ class Gateway:
             return []
         out: list[Point] = []
         readings: list[Any] = []
+        rejects: list[Any] = []  # refused samples still say a pole is alive (e.g. a clock-skewed one)
         for _p, _t, o, _q in batch:
             if o is None:
                 continue
             if o.status is not None:
-                if readings:
-                    out += self.on_outcome(Outcome(readings=readings))
-                    readings = []
+                if readings or rejects:
+                    out += self.on_outcome(Outcome(readings=readings, rejects=rejects))
+                    readings, rejects = [], []
                 out += self.on_outcome(Outcome(status=o.status))
             readings += o.readings
-        if readings:
-            out += self.on_outcome(Outcome(readings=readings))
+            rejects += o.rejects
+        if readings or rejects:
+            out += self.on_outcome(Outcome(readings=readings, rejects=rejects))
         return out
 
     def _watch_spool(self, now: float) -> None:

@@ -284,5 +284,5 @@ def score_store(reader: StoreReader, labels: Sequence[Label] | str | Path, *, st
     if pole_days <= 0:
         raise StoreError("the store holds no telemetry: cannot measure pole-days (give --pole-days)")
     alarms = alarms_from_rows(reader.alerts())
-    sc = score(keep, alarms, step_ms=step_ms, pole_days=pole_days)
+    sc = score(keep, alarms, step_ms=step_ms, pole_days=pole_days, end_ms=hi if n else None)
     return StoreScore(sc, len(keep), unscored, len(alarms), n_poles, step_ms, pole_days)

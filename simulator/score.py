@@ -29,6 +29,9 @@ Per fault kind K
       (the ``ceil(0.95 n)``-th smallest), in ms and in samples (ms / ``step_ms``); NaN if none detected;
     * ``false_alarms_per_1000_pole_days = fp / pole_days * 1000``.
 
+The end of a run is not an event: with ``end_ms`` (the last sample's device time) an ``offline`` alarm
+raised after it (every pole falls silent when the simulator stops) is not scored at all.
+
 The ``overall`` row counts every label and every alarm once: tp = all matched alarms, fp = all
 unmatched alarms.
 """
@@ -49,8 +52,8 @@ GRACE_STEPS = 6
 #: Alarm kinds are the catalog's threshold kinds plus detector kinds ("anomaly", "stuck", ...).
 COMPATIBLE: Mapping[str, frozenset[str]] = {
     "leakage": frozenset({"leakage", "anomaly"}),
-    "tilt_lean": frozenset({"tilt", "anomaly"}),
-    "knockdown": frozenset({"tilt", "anomaly"}),
+    "tilt_lean": frozenset({"tilt", "tilt_trend", "anomaly"}),
+    "knockdown": frozenset({"tilt", "tilt_trend", "anomaly"}),
     "flood": frozenset({"flood", "anomaly"}),
     "overheat": frozenset({"overheat", "anomaly"}),
     "smoke": frozenset({"smoke"}),
@@ -60,9 +63,12 @@ COMPATIBLE: Mapping[str, frozenset[str]] = {
     "voltage_sag": frozenset({"voltage_low", "anomaly"}),
     "voltage_surge": frozenset({"voltage_high", "anomaly"}),
     "backhaul_down": frozenset({"backhaul_down"}),
-    "stuck": frozenset({"anomaly", "flatline"}),
-    "drift": frozenset({"anomaly"}),
-    "dropout": frozenset({"gap", "stale"}),
+    # a sensor named broken is found whichever way it is named: a sensor drifting to the end of its
+    # range reads a constant there (stuck), a stuck one walks away from its peers (drift)
+    "stuck": frozenset({"anomaly", "flatline", "drift"}),
+    "drift": frozenset({"anomaly", "stuck"}),
+    # a pole whose messages are lost for longer than its silence limit *is* offline to the gateway
+    "dropout": frozenset({"gap", "stale", "offline"}),
     "offline": frozenset({"offline", "stale", "gap"}),
     "clock_skew": frozenset({"ts_future", "ts_past"}),
     "duplicate": frozenset(),
@@ -112,6 +118,15 @@ class KindScore:
     latency_p95_samples: float
     false_alarms_per_1000_pole_days: float
 
+    @property
+    def latency_median_min(self) -> float:
+        """Median latency in minutes of device time."""
+        return self.latency_median_ms / 60_000.0
+
+    @property
+    def latency_p95_min(self) -> float:
+        return self.latency_p95_ms / 60_000.0
+
 
 @dataclass(frozen=True, slots=True)
 class Score:
@@ -157,17 +172,21 @@ def _ratio(a: int, b: int) -> float:
 
 def score(labels: Iterable[Label | Sequence[object]], alarms: Iterable[Alarm | Sequence[object]], *,
           step_ms: int, pole_days: float, grace_ms: int | None = None,
-          kinds: Sequence[str] | None = None) -> Score:
+          kinds: Sequence[str] | None = None, end_ms: int | None = None) -> Score:
     """Score ``alarms`` against ``labels`` (see the module docstring for the exact rules).
 
     ``pole_days`` is the observed exposure (poles x days of the run), for the false-alarm rate.
     ``kinds`` lists the rows to report (default: every kind that has a label or a compatible alarm).
+    ``end_ms``: device time of the run's last sample. An ``offline`` alarm raised after it is the run
+    stopping, not an event of the city: it is left out (neither true nor false).
     """
     if step_ms <= 0 or pole_days <= 0:
         raise ValueError("step_ms and pole_days must be > 0")
     grace = GRACE_STEPS * step_ms if grace_ms is None else grace_ms
     lbs = sorted((Label(*x) for x in labels), key=lambda lb: (lb.start_ms, lb.pole, lb.kind, lb.metric or ""))
     als = [Alarm(*x) for x in alarms]
+    if end_ms is not None:
+        als = [a for a in als if not (a.kind == "offline" and a.raised_ms > end_ms)]
     by_pole: dict[str, list[int]] = {}
     for j, lb in enumerate(lbs):
         by_pole.setdefault(lb.pole, []).append(j)

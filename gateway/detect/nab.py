@@ -270,3 +270,29 @@ def summary_line(scores: Mapping[str, CorpusScore]) -> str:
         scores["reward_low_FP_rate"].normalized,
         scores["reward_low_FN_rate"].normalized,
     )
+
+
+def score_at(layouts: Sequence[FileLayout], scores: Sequence[np.ndarray], profile: Profile | str,
+             threshold: float) -> CorpusScore:
+    """The corpus score at a threshold chosen elsewhere (no optimisation on these files)."""
+    prof = PROFILES[profile] if isinstance(profile, str) else profile
+    thresholds, raws = sweep(layouts, scores, prof)
+    # candidates are +inf then distinct scores descending: "score >= t" detects what the smallest
+    # candidate >= t detects
+    i = int(np.flatnonzero(thresholds >= threshold)[-1])
+    n_windows = sum(len(x.windows) for x in layouts)
+    return CorpusScore(prof.name, float(threshold), float(raws[i]), -prof.a_fn * n_windows, prof.a_tp * n_windows)
+
+
+def half_split(layouts: Sequence[FileLayout]) -> tuple[list[int], list[int]]:
+    """Indices of the files in odd (1st, 3rd, ...) and even (2nd, 4th, ...) positions of the sorted keys."""
+    order = sorted(range(len(layouts)), key=lambda i: layouts[i].key)
+    return order[0::2], order[1::2]
+
+
+def half_corpus(layouts: Sequence[FileLayout], scores: Sequence[np.ndarray],
+                profile: Profile | str = "standard") -> CorpusScore:
+    """Out-of-sample figure: the threshold chosen on the files in odd positions, scored on the even ones."""
+    odd, even = half_split(layouts)
+    chosen = score_corpus([layouts[i] for i in odd], [scores[i] for i in odd], profile)
+    return score_at([layouts[i] for i in even], [scores[i] for i in even], profile, chosen.threshold)

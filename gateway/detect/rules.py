@@ -45,11 +45,13 @@ from contract.catalog import (
     Severity,
     Threshold,
 )
+from contract.levels import BASELINE_LEARN_N, tier_levels
 from gateway.detect.state import NO_TS, Batch, FleetState, occurrence_rank
 
 _DIM = INDEX["dimming_pct"]
 _LUX = INDEX["illuminance_lux"]
 _POWER = INDEX["lamp_power_w"]
+_CURRENT = INDEX["lamp_current_a"]
 _DOOR = INDEX["door_open"]
 
 
@@ -123,18 +125,10 @@ class Conditions:
 
 def levels(x: np.ndarray, op: str, trig_at: Sequence[float], clear_at: Sequence[float]
            ) -> tuple[np.ndarray, np.ndarray]:
-    """(trig, hold) levels of ``x`` against tiers in ascending order (NaN x gives 0, 0)."""
-    trig = np.zeros(len(x), np.int8)
-    hold = np.zeros(len(x), np.int8)
-    with np.errstate(invalid="ignore"):
-        for i, (v, c) in enumerate(zip(trig_at, clear_at, strict=True)):
-            if op == ">=":
-                t, h = x >= v, x > c
-            else:
-                t, h = x <= v, x < c
-            trig[t] = i + 1
-            hold[h] = i + 1
-    return trig, np.maximum(trig, hold)
+    """(trig, hold) levels of ``x`` against tiers in ascending order (NaN x gives 0, 0): the shared
+    definition of :func:`contract.levels.tier_levels`, which the pole's safety path uses too."""
+    trig, hold = tier_levels(np.asarray(x), op, trig_at, clear_at)
+    return np.asarray(trig, np.int8), np.asarray(hold, np.int8)
 
 
 # --- the rule table ----------------------------------------------------------------------------------
@@ -145,7 +139,7 @@ class RuleParams:
     raise_n_safety: int = 2  # warning tiers of the catalog's critical (fast-path) metrics
     raise_ms: int = 60_000
     clear_n: int = 3
-    tilt_learn_n: int = 10  # readings whose median becomes the installed tilt baseline
+    tilt_learn_n: int = BASELINE_LEARN_N  # readings whose median becomes the installed tilt baseline
     lamp_on_frac: float = 0.05  # lamp counts as "on" (flicker) above this share of rated power
     flicker_window_ms: int = 10 * 60_000
     flicker_on: int = 4  # toggles within the window that raise lamp_flicker ...
@@ -164,6 +158,7 @@ class RuleParams:
     stuck_p_max: float = 0.5  # a series repeating its previous value more often than this is not judged
     stuck_a_eq: float = 0.002  # EW rate of the repeat rate (slow: it spans day and night regimes)
     stuck_warm: int = 144  # transitions seen before a series is judged
+    stuck_warm_safety: int = 12  # ... on a safety channel (its catalog prior is trusted sooner)
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,9 +216,18 @@ def derive_rules(metrics: Sequence[Metric] = METRICS, params: RuleParams = RuleP
     return tuple(out)
 
 
+def safety_channel(m: Metric) -> bool:
+    """A float safety sensor a threshold judges (leakage, tilt, water level, cabinet temperature): a
+    failed one blinds a safety rule, so its health is judged even where other sensors' is not."""
+    return m.group == "safety" and m.dtype == "float" and bool(m.thresholds)
+
+
 def stuck_metrics(metrics: Sequence[Metric] = METRICS) -> tuple[Metric, ...]:
-    """Metrics whose catalog signal implies they vary: float, sensor noise > 0, not constant-shaped."""
-    return tuple(m for m in metrics if m.dtype == "float" and m.signal.noise > 0 and m.signal.shape != "constant")
+    """Metrics whose catalog signal implies they vary: float, sensor noise > 0, not constant-shaped
+    (a safety channel with sensor noise is judged even when its signal is constant: a live water-level
+    sensor still wavers around its resting value)."""
+    return tuple(m for m in metrics if m.dtype == "float" and m.signal.noise > 0
+                 and (m.signal.shape != "constant" or safety_channel(m)))
 
 
 def repeat_prior(m: Metric) -> float:
@@ -311,8 +315,17 @@ class Rules:
         self.stuck_prior = np.array([repeat_prior(m) for m in sm], np.float64)
         self.stuck_lo = np.array([m.lo for m in sm], np.float64)
         self.stuck_hi = np.array([m.hi for m in sm], np.float64)
+        # a safety channel reading its range edge is judged too (a dead water sensor reads 0): its own
+        # learned repeat rate says whether resting at that value is normal for it
+        self._lamp_slots = np.array([j for j, m in enumerate(sm) if m.name in ("lamp_current_a", "lamp_power_w")],
+                                    np.int64)
+        self.stuck_safety = np.array([safety_channel(m) for m in sm], np.bool_)
+        self.stuck_warm = np.where(self.stuck_safety, p.stuck_warm_safety, p.stuck_warm).astype(np.int64)
         ns = max(len(sm), 1)
-        self._stuck_of_rule = np.array([[float(r.col == c) for c in self.stuck_cols] for r in self.rules],
+        # a rule on a metric explains a constant reading of it (and the lamp's current follows its power:
+        # a dead driver's current sits at 0.00 A while lamp_failure holds)
+        self._stuck_of_rule = np.array([[float(r.col == c or (r.col == _POWER and c == _CURRENT))
+                                         for c in self.stuck_cols] for r in self.rules],
                                        np.float64).reshape(len(self.rules), len(self.stuck_cols))
         s.alloc("stk_last", np.float64, np.nan, (ns,))  # previous reading
         s.alloc("stk_run", np.int32, 0, (ns,))  # identical readings in a row, the last one included
@@ -481,6 +494,10 @@ class Rules:
         parts.append(self._flicker(rows, ts, vals[:, _POWER], rated))
         # a reading a safety rule already holds at alarm level is explained: not also called stuck
         explained = (hold > 0).astype(np.float64) @ self._stuck_of_rule > 0
+        if len(self._lamp_slots):  # a lamp that is off or dimmed reads steadier than the catalog's noise
+            with np.errstate(invalid="ignore"):
+                quiet = (vals[:, _POWER] < p.lamp_on_frac * rated) | (dim < 100.0)
+            explained[:, self._lamp_slots] |= quiet[:, None]
         parts.append(self._stuck(rows, ts, vals, explained))
         zero = np.zeros(n, np.int8)  # a reading is proof of life: it clears pole_offline at once
         parts.append(Conditions(rows, np.full(n, self.OFFLINE, np.int64), zero, zero, np.full(n, np.nan),
@@ -573,10 +590,11 @@ class Rules:
         a["stk_last"][rows] = np.where(has, x, last)
         a["stk_run"][rows], a["stk_p"][rows], a["stk_n"][rows] = run, pe, nn
         limit = self.stuck_limit(pe)
-        judged = has & (nn >= p.stuck_warm) & (pe <= p.stuck_p_max) & ~explained
+        judged = has & (nn >= self.stuck_warm) & (pe <= p.stuck_p_max) & ~explained
         ii, jj = np.nonzero(judged)
         xv = x[ii, jj]
-        stuck = (run[ii, jj] >= limit[ii, jj]) & (xv > self.stuck_lo[jj]) & (xv < self.stuck_hi[jj])
+        inside = self.stuck_safety[jj] | ((xv > self.stuck_lo[jj]) & (xv < self.stuck_hi[jj]))
+        stuck = (run[ii, jj] >= limit[ii, jj]) & inside
         lvl = stuck.astype(np.int8)
         return Conditions(rows[ii], self.STUCK + jj.astype(np.int64), lvl, lvl.copy(),
                           run[ii, jj].astype(np.float64), limit[ii, jj].astype(np.float64),

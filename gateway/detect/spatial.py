@@ -5,7 +5,9 @@ For every spatial metric, at one evaluation time ``now``:
 * take the latest value of each pole whose reading is fresh (device time within ``window_ms``);
 * per district (vectorised over all districts at once): the median and the MAD of those values;
 * **sensor_suspect** (per pole): ``z = |x - median| / max(1.4826 MAD, floor)``. One pole far from
-  its peers while they agree with each other is a broken or fouled sensor, not the air;
+  its peers while they agree with each other is a broken or fouled sensor, not the air. For a metric
+  that drift also follows, ``z`` is taken relative to the pole's own usual place (below) and only once
+  that is learned: a pole that always stands apart (a busy road) is not suspect for being itself;
 * **sensor_drift** (per pole, ``drift_metrics``): the same signed ``z`` is the pole's place among its
   peers. A healthy sensor keeps its place (its microclimate, its traffic, its installation); a drifting
   one walks away from it. Per pole x metric: a short EW mean of ``z`` (``drift_tau_ms``) against the
@@ -48,11 +50,15 @@ from gateway.detect.state import NO_TS, FleetState
 
 DISTRICT_POLE = "district"  # the entity (pole segment of the alert topic) of a district-level alarm
 SPATIAL_METRICS = ("pm25_ugm3", "pm10_ugm3", "no2_ugm3", "ambient_temp_c", "humidity_pct")
+#: Safety channels judged for drift too, downwards only: a cabinet-temperature or leakage sensor reading
+#: low would hide an overheat or a leak; one reading high hides nothing and a real rise is the hazard
+#: (layer 1), never explained away as a drifting sensor. Their judgement also pauses while a layer-1 rule
+#: holds on the pole (``frozen``). Tilt drift looks like a lean either way (``tilt_trend`` says so); a
+#: water-level sensor cannot drift below its resting 0 (stuck at the edge is the stuck rule's).
+SAFETY_DRIFT_METRICS = ("cabinet_temp_c", "leakage_current_ma")
 #: Metrics whose pole-to-pole differences are stable enough to see one sensor drift away from its peers.
-#: Not the safety sensors with thresholds (leakage, tilt, water, cabinet temperature): a safety reading
-#: moving away is treated as the hazard (layer 1), never explained away as a drifting sensor.
 DRIFT_METRICS = (*SPATIAL_METRICS, "supply_voltage_v", "power_factor", "vibration_g", "noise_db",
-                 "radio_tx_power_dbm")
+                 "radio_tx_power_dbm", *SAFETY_DRIFT_METRICS)
 HOUR_MS = 3_600_000
 
 
@@ -91,6 +97,8 @@ class SpatialParams:
     drift_k: float = 6.0  # ... and this many times its usual wander
     drift_clear: float = 0.6  # clears below this share of the trigger
     drift_persist_ms: int = 30 * 60_000
+    suspect_own_place: bool = True  # sensor_suspect relative to the pole's learned usual place
+    drift_lag_ms: int = 60_000  # drift judges a pole whose reading is at most this much older than its peers'
 
 
 def floor_of(m: Metric) -> float:
@@ -135,7 +143,16 @@ class Spatial:
         self.cols = np.array([INDEX[m.name] for m in self.metrics], np.int64)
         self.floors = np.array([floor_of(m) for m in self.metrics])
         self.drift_cols = np.array([INDEX[m.name] for m in self.drift], np.int64)
-        self.drift_floors = np.array([floor_of(m) for m in self.drift])
+        # a safety channel's scale floor is its sensor noise, not 0.1 % of a range built for faults (the
+        # leakage sensor's 0..5000 mA would make a 5 mA floor, larger than the whole healthy spread)
+        self.drift_floors = np.array([m.signal.noise if m.name in SAFETY_DRIFT_METRICS else floor_of(m)
+                                      for m in self.drift])
+        self._drift_down = [m.name in SAFETY_DRIFT_METRICS for m in self.drift]
+        # sensor_suspect of a metric that drift also follows: a pole that always stands apart (a
+        # busy road, a shaded corner) is judged against its own usual place, not the district median
+        dnames = [m.name for m in self.drift]
+        self._suspect_drift = [dnames.index(m.name) if params.suspect_own_place and m.name in dnames else -1
+                               for m in self.metrics]
         p = params
         suspect = tuple(
             AlarmSpec(f"sensor_suspect.{m.name}", "sensor_suspect", m.name,
@@ -147,7 +164,9 @@ class Spatial:
         drift = tuple(
             AlarmSpec(f"sensor_drift.{m.name}", "sensor_drift", m.name,
                       (Tier("warning", f"{m.description} drifting away from its usual place among the "
-                                       "district's poles: sensor drift"),),
+                                       "district's poles: sensor drift"
+                                       + (" reading low: it would hide the hazard its safety rule watches"
+                                          if m.name in SAFETY_DRIFT_METRICS else "")),),
                       raise_n=p.event_raise_n, raise_ms=p.drift_persist_ms, clear_n=p.clear_n, unit="z",
                       ref_label="usual", ref_unit="z", decimals=1)
             for m in self.drift)
@@ -210,6 +229,13 @@ class Spatial:
         for j, col in enumerate(self.cols):
             rows, x, med, cnt, z = self._peers(int(col), float(self.floors[j]), district, n_d, now_ms)
             ok = cnt[district[rows]] >= p.min_poles
+            jd = self._suspect_drift[j]
+            if jd >= 0:  # judged against the pole's own usual place among its peers, once it is learned
+                a = self.state.a
+                ok &= a["sp_dlearn"][rows, jd] >= p.drift_learn_ms
+                # ... and its usual wander: the trigger is at least drift_k wanders away
+                wide = np.maximum(1.0, p.drift_k * 1.2533 * a["sp_dw"][rows, jd] / p.z_suspect)
+                z = (z - np.nan_to_num(a["sp_du"][rows, jd])) / wide
             za = np.abs(z[ok])
             trig, hold = levels(za, ">=", (p.z_suspect,), (p.z_suspect_clear,))
             m = int(ok.sum())
@@ -220,6 +246,12 @@ class Spatial:
         for j, col in enumerate(self.drift_cols):
             rows, _x, _med, cnt, z = self._peers(int(col), float(self.drift_floors[j]), district, n_d, now_ms)
             ok = cnt[district[rows]] >= p.min_poles
+            # judged only when the pole's reading is as recent as its district's newest: a pole that missed
+            # its last reports (lost messages) would otherwise be compared, at dusk, with lamps already lit
+            ts = st.a["value_ts"][rows, int(col)]
+            newest = np.full(n_d, NO_TS, np.int64)
+            np.maximum.at(newest, district[rows], ts)
+            ok &= ts >= newest[district[rows]] - p.drift_lag_ms
             if frozen is not None:
                 ok &= ~frozen[rows]
             pole_parts.append(self._drift(j, rows[ok], z[ok], now_ms))
@@ -262,7 +294,9 @@ class Spatial:
         a["sp_dlearn"][rows, j] = np.minimum(w_new, p.drift_learn_ms)
         a["sp_dt"][rows, j] = now_ms
         r = rows[ready]
-        uu = u[ready]
+        # a safety channel is called drifting only downwards: a reading drifting low hides the hazard
+        # (an overheat, a leak); one drifting high cannot, and a real rise is the hazard rules' to judge
+        uu = (np.maximum(-dev, 0.0) / thr if self._drift_down[j] else u)[ready]
         trig, hold = levels(uu, ">=", (1.0,), (p.drift_clear,))
         k = len(r)
         return Conditions(r, np.full(k, self.DRIFT + j, np.int64), trig, hold, zs[ready], zu[ready],

@@ -81,3 +81,24 @@ def test_threshold_is_optimised_over_the_corpus() -> None:
     thresholds, raws = nab.sweep([lay], [sc], nab.PROFILES["standard"])
     assert thresholds[0] == np.inf and raws[0] == -1.0
     assert raws.argmax() == 1
+
+
+def test_half_corpus_threshold_is_chosen_on_the_odd_files_only() -> None:
+    # sorted keys a, b, c, d: odd positions a, c (choose), even positions b, d (score)
+    lays = [nab.FileLayout(f"cat/{k}.csv", 1000, np.array([[500, 599]])) for k in "dbca"]
+    scores = []
+    for k in "dbca":
+        s = np.zeros(1000)
+        if k in "ac":
+            s[520] = 0.9  # the chosen files detect at 0.9
+        else:
+            s[520] = 0.5  # the held-out files only reach 0.5: missed at the chosen threshold
+        scores.append(s)
+    odd, even = nab.half_split(lays)
+    assert [lays[i].key for i in odd] == ["cat/a.csv", "cat/c.csv"]
+    half = nab.half_corpus(lays, scores)
+    assert half.threshold == 0.9 and half.raw == -2.0 and half.normalized == 0.0
+    # at its own optimum the held-out half would have scored: the figure is not in-sample
+    own = nab.score_corpus([lays[i] for i in even], [scores[i] for i in even], "standard")
+    assert own.normalized > 50.0
+    assert nab.score_at([lays[i] for i in even], [scores[i] for i in even], "standard", 0.5).raw == own.raw

@@ -47,8 +47,12 @@ class Fleet:
         return got
 
 
+#: sensor_suspect against the district median itself (the default waits 6 h to learn each pole's place)
+MEDIAN_ONLY = SpatialParams(suspect_own_place=False)
+
+
 def test_one_pole_far_from_20_peers_is_a_suspect_sensor_on_that_pole_only() -> None:
-    f = Fleet()
+    f = Fleet(MEDIAN_ONLY)
     for _ in range(40):
         f.minute()
     assert f.alerts == []
@@ -155,7 +159,7 @@ def test_districts_too_small_give_no_spatial_condition() -> None:
 
 
 def test_stale_values_are_not_compared() -> None:
-    p = SpatialParams(window_ms=5 * MIN)
+    p = SpatialParams(window_ms=5 * MIN, suspect_own_place=False)
     f = Fleet(p)
     stage = f.stage
     stage(Outcome(readings=[Reading("n-07", "north", "b", 1, f.t, {"pm25_ugm3": 500.0})]))  # then silent
@@ -189,3 +193,14 @@ def test_group_median_matches_numpy(pairs: list[tuple[int, float]]) -> None:
             assert med[k] == np.median(sel)
         else:
             assert np.isnan(med[k])
+
+
+def test_a_pole_that_always_stands_apart_is_not_suspect_but_a_jump_from_its_place_is() -> None:
+    f = Fleet()
+    busy_road = {"n-07": 30.0}  # always three times its peers' PM2.5: its place, not a fault
+    for _ in range(7 * 60):  # 7 h: its usual place is learned after 6 h
+        f.minute(pm25=busy_road)
+    assert [a for a in f.alerts if a["kind"] == "sensor_suspect"] == []
+    for _ in range(10):
+        f.minute(pm25={"n-07": 400.0})
+    assert [(a["pole"], a["state"]) for a in f.alerts if a["kind"] == "sensor_suspect"] == [("n-07", "raised")]

@@ -120,3 +120,37 @@ def test_counts_are_consistent(lbs: list[tuple[str, int, int]], als: list[tuple[
     if labels:
         assert 0.0 <= r.overall.recall <= 1.0
         assert r.per_kind["leakage"].labels == len(labels)
+
+
+def test_the_end_of_a_run_is_not_an_offline_event() -> None:
+    alarms = [Alarm("p-1", None, "offline", 1_000_000), Alarm("p-2", None, "offline", 500_000)]
+    r = score([], alarms, step_ms=S, pole_days=1.0, end_ms=900_000)
+    assert [a.pole for a in r.unmatched] == ["p-2"]  # only the one raised while the run was on
+    assert score([], alarms, step_ms=S, pole_days=1.0).overall.fp == 2
+
+
+def test_latency_in_device_minutes() -> None:
+    lb = [Label("p-1", None, "flood", 0, 10_000_000)]
+    r = score(lb, [Alarm("p-1", None, "flood", 1_800_000)], step_ms=300_000, pole_days=1.0)
+    k = r.per_kind["flood"]
+    assert k.latency_median_min == 30.0 and k.latency_median_samples == 6.0
+
+
+def test_honest_judge_counts_side_effects_as_false_unless_they_name_the_sensor() -> None:
+    from bench.eval import judge
+    from simulator.faults import Fault
+
+    faults = [Fault.make("knockdown", "p-1", 0, 3_000_000), Fault.make("dropout", "p-2", 0, 3_000_000)]
+    alarms = [
+        Alarm("p-1", "tilt_deg", "tilt", 0),                 # the fault: found
+        Alarm("p-1", "vibration_g", "anomaly", 0),          # the impact on another sensor: false
+        Alarm("p-1", "tilt_deg", "sensor_stuck", 60_000),   # names the fault's sensor: explained
+        Alarm("p-2", None, "offline", 900_000),             # messages lost: a labelled dropout explains it
+        Alarm("p-2", None, "lamp_failure", 900_000),        # nothing explains it: false
+        Alarm("p-3", "pm25_ugm3", "pm25_high", 0),          # a statement about the air
+    ]
+    sc, explained, env, false, labels = judge(alarms, faults, step_ms=S, pole_days=1.0, end_ms=10**9)
+    assert [lb.kind for lb in labels] == ["knockdown"] and sc.overall.detected == 1
+    assert {(a.pole, a.kind) for a in false} == {("p-1", "anomaly"), ("p-2", "lamp_failure")}
+    assert {(a.pole, a.kind) for a in explained} == {("p-1", "sensor_stuck"), ("p-2", "offline")}
+    assert [a.kind for a in env] == ["pm25_high"]

@@ -1,0 +1,129 @@
+"""Sensor health and slow faults: a dead safety sensor, a skewed clock, a pole starting to lean."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from contract.readings import Reading
+from gateway.decode import Reject
+from gateway.detect.trend import TrendParams
+from gateway.detection import DetectionStage, alerts_of
+from gateway.pipeline import Outcome
+
+T0 = 1_700_000_000_000
+STEP = 300_000  # 5-minute samples, as in the evaluation
+
+
+class Pole:
+    def __init__(self, **stage_kw: Any) -> None:
+        self.t = T0
+        self.stage = DetectionStage(clock=lambda: self.t / 1000, spatial=None, stream=False, **stage_kw)
+        self.rng = np.random.default_rng(5)
+        self.seq = 0
+
+    def send(self, **values: float) -> list[dict[str, Any]]:
+        self.t += STEP
+        self.seq += 1
+        r = Reading("p-1", "north", "b", self.seq, self.t, values)
+        return alerts_of(self.stage(Outcome(readings=[r])))
+
+    def water(self) -> float:  # a live sensor resting at the bottom of its range: 0.05 cm noise, clipped
+        return round(0.05 * abs(float(self.rng.normal())), 2)
+
+
+def test_a_dead_water_sensor_reading_the_range_edge_is_stuck() -> None:
+    p = Pole()
+    for _ in range(60):
+        assert [a for a in p.send(water_level_cm=p.water()) if a["kind"] == "sensor_stuck"] == []
+    got: list[dict[str, Any]] = []
+    n = 0
+    while not got and n < 40:
+        got = [a for a in p.send(water_level_cm=0.0) if a["kind"] == "sensor_stuck"]
+        n += 1
+    assert got and got[0]["metric"] == "water_level_cm" and got[0]["severity"] == "warning"
+    assert n <= 24  # within two hours of 5-minute samples
+
+
+def test_a_live_water_sensor_at_rest_is_never_stuck() -> None:
+    p = Pole()
+    for _ in range(2000):  # a week of readings
+        assert [a for a in p.send(water_level_cm=p.water()) if a["kind"] == "sensor_stuck"] == []
+
+
+def test_a_skewed_clock_is_not_offline_and_says_so() -> None:
+    p = Pole()
+    p.send(tilt_deg=1.0)
+    kinds: list[str] = []
+    for _ in range(10):  # only refused samples for 50 minutes: silence limit is 3 x 5 min
+        p.t += STEP
+        rj = Reject("ts_future", "ahead", "lampwatch/v1/north/p-1/telemetry", b"", pole="p-1")
+        kinds += [str(a["kind"]) for a in alerts_of(p.stage(Outcome(rejects=[rj])))]
+        kinds += [str(a["kind"]) for a in alerts_of(p.stage.tick(p.t + 500))]
+    assert kinds == ["ts_future"]
+    (c,) = [a for a in p.send(tilt_deg=1.0) if a["kind"] == "ts_future"]
+    assert c["state"] == "cleared"
+
+
+def test_a_slow_lean_warns_before_the_two_degree_tier() -> None:
+    p = Pole()
+    p.stage.set_pole("p-1", "north", tilt_baseline_deg=1.0)
+    rate = 2.3 / 576  # the slowest lean of the evaluation: 2.3 deg over two days
+    first: dict[str, float] = {}
+    for k in range(700):
+        lean = rate * k
+        for a in p.send(tilt_deg=round(1.0 + lean + 0.02 * float(p.rng.normal()), 2)):
+            if a["state"] == "raised":
+                first.setdefault(str(a["kind"]), lean)
+    assert first["tilt_trend"] < 1.0  # half the tier or less
+    assert first["tilt"] > 1.9  # the 2-degree tier itself (sensor noise aside) comes much later
+
+
+def test_a_standing_pole_never_trends() -> None:
+    p = Pole()
+    p.stage.set_pole("p-1", "north", tilt_baseline_deg=1.0)
+    for _ in range(3000):
+        assert [a for a in p.send(tilt_deg=round(1.0 + 0.02 * float(p.rng.normal()), 2))
+                if a["kind"] == "tilt_trend"] == []
+    s = p.stage.trend.cusum("p-1")
+    assert s is not None and s < 0.1 * TrendParams().h_noise * 0.02  # noise never adds up
+
+
+def test_a_voltage_alarm_a_drifting_voltage_sensor_explains_is_reported_as_the_sensor() -> None:
+    t = [T0]
+    stage = DetectionStage(clock=lambda: t[0] / 1000, stream=False)
+    rng = np.random.default_rng(9)
+    kinds: list[tuple[str, str]] = []
+    for k in range(400):
+        t[0] += STEP
+        readings = []
+        for i in range(8):
+            v = 230.0 + 1.5 * float(rng.normal())
+            if i == 0 and k >= 150:
+                v -= 0.5 * (k - 150)  # the sensor walks away from its peers, half a volt per sample
+            readings.append(Reading(f"p-{i}", "north", "b", k + 1, t[0], {"supply_voltage_v": round(v, 1)}))
+        kinds += [(str(a["kind"]), str(a["pole"])) for a in alerts_of(stage(Outcome(readings=readings)))
+                  if a["state"] == "raised"]
+    assert ("sensor_drift", "p-0") in kinds  # the sensor, named
+    assert ("voltage_low", "p-0") not in kinds  # not a mains fault: the reading is the sensor's
+    assert all(p == "p-0" for _, p in kinds)
+
+
+def test_one_safety_sensor_gone_quiet_while_the_pole_reports_is_named() -> None:
+    p = Pole()
+    for _ in range(20):
+        assert [a for a in p.send(leakage_current_ma=2.0, ambient_temp_c=10.0) if a["kind"] == "sensor_dropout"] == []
+    got: list[dict[str, Any]] = []
+    for _ in range(5):  # the pole still reports its air, not its leakage current
+        got += [a for a in p.send(ambient_temp_c=10.0) if a["kind"] == "sensor_dropout"]
+    assert [(a["state"], a["metric"], a["severity"]) for a in got] == [("raised", "leakage_current_ma", "warning")]
+    (c,) = [a for a in p.send(leakage_current_ma=2.0, ambient_temp_c=10.0) if a["kind"] == "sensor_dropout"]
+    assert c["state"] == "cleared"
+
+
+def test_a_sensor_sampled_slower_than_its_pole_is_judged_by_its_own_pace() -> None:
+    p = Pole()
+    for k in range(120):  # cabinet temperature every 6th sample only: never a dropout
+        v = {"ambient_temp_c": 10.0} | ({"cabinet_temp_c": 20.0} if k % 6 == 0 else {})
+        assert [a for a in p.send(**v) if a["kind"] == "sensor_dropout"] == []
