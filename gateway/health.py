@@ -52,9 +52,15 @@ KINDS: Mapping[str, Kind] = {
     "stored_points": "counter", "stored_batches": "counter", "spooled_batches": "counter",
     "store_errors": "counter", "store_rejected_points": "counter", "acked": "counter", "gaps": "counter",
     "evicted": "counter", "alerts_raised": "counter", "alerts_cleared": "counter",
+    # the delivery core's (docs/delivery.md)
+    "conflicts": "counter", "deadletters": "counter", "stored_samples": "counter", "spooled_points": "counter",
+    "replayed_batches": "counter", "store_auth_errors": "counter", "store_bisect_writes": "counter",
+    "disk_errors": "counter", "session_lost": "counter", "disconnects": "counter",
+    "device_evictions_reported": "counter", "quarantine_evicted": "counter",
     # gauges: levels right now
     "spool_batches": "gauge", "spool_points": "gauge", "spool_bytes": "gauge", "spool_alarm_level": "gauge",
-    "inbox": "gauge", "lag_ms": "gauge", "last_write_ms": "gauge", "ready": "gauge",
+    "inbox": "gauge", "lag_ms": "gauge", "last_write_ms": "gauge", "ready": "gauge", "unacked": "gauge",
+    "output_queued": "gauge", "quarantine_bytes": "gauge", "inbox_high": "gauge",
 }
 _BAD = re.compile(r"[^a-zA-Z0-9_]")
 

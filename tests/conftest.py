@@ -19,6 +19,10 @@ from tests.servers import missing
 
 S = TypeVar("S", bound=AbstractContextManager[Any])
 
+# every gateway process a test starts would bind the health server's default port 9464; two at once
+# (a standby, a drill) log "port in use". Off unless a test asks for it with a free port.
+os.environ.setdefault("LAMPWATCH_GATEWAY_HEALTH_PORT", "0")
+
 
 def _running(server_cls: Callable[[], S]) -> Iterator[S]:
     """Start a harness server for a fixture, stop it after; a missing binary fails (CI) or skips."""

@@ -227,3 +227,38 @@ def test_readiness_follows_the_spool_disk(tmp_path: Path) -> None:
         assert get(server.url + "/readyz")[0] == 200
         broker["up"] = False
         assert json.loads(get(server.url + "/readyz")[1]) == {"ready": False, "reason": "broker gone"}
+
+
+def test_lampwatch_gateway_run_serves_readyz_and_metrics(mosquitto: Mosquitto, tmp_path: Path) -> None:
+    """The CLI wiring: `lampwatch-gateway run` starts the health server on its configured port."""
+    import os
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    from simulator.harness import free_port
+
+    port = free_port()
+    env = {**os.environ, "LAMPWATCH_GATEWAY_MQTT_HOST": mosquitto.host,
+           "LAMPWATCH_GATEWAY_MQTT_PORT": str(mosquitto.port), "LAMPWATCH_GATEWAY_STATE_DIR": str(tmp_path / "st"),
+           "LAMPWATCH_GATEWAY_SQLITE_PATH": str(tmp_path / "lw.sqlite"), "LAMPWATCH_GATEWAY_HEALTH_PORT": str(port)}
+    proc = subprocess.Popen([sys.executable, "-m", "gateway", "run", "--duration", "20"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        ready = None
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as r:
+                    ready = json.loads(r.read())
+                    break
+            except OSError:
+                time.sleep(0.2)
+        assert ready is not None and ready["ready"] is True, ready
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+            text = r.read().decode()
+        assert "lampwatch_gateway_acked_total" in text and "lampwatch_gateway_ready 1.0" in text
+    finally:
+        proc.terminate()
+        proc.wait(30)
