@@ -42,7 +42,7 @@ from contract import topics
 from ingest.influx1 import Influx1Store
 from simulator.city import City, CityConfig
 from simulator.drills import DrillResult
-from simulator.drills.gateway_drills import DRILL_DB, DrillSpec, rig
+from simulator.drills.gateway_drills import DRILL_DB, DrillSpec, _wait_store, rig
 from simulator.harness import InfluxDB1, Mosquitto
 from simulator.publisher import Publisher
 from simulator.signals import SignalModel
@@ -164,6 +164,15 @@ def _wait_online(watch: Watch, since: float, timeout_s: float = 60.0) -> bool:
                              for s in watch.json_on(_status_topic())), timeout_s)
 
 
+def _start_online(gw: GatewayProc, watch: Watch) -> float:
+    """Start the gateway process and wait until it reports online; returns when it was started."""
+    t = time.time()
+    gw.start()
+    if not _wait_online(watch, t):
+        raise RuntimeError(f"gateway did not come online:\n{gw.log_text()[-2000:]}")
+    return t
+
+
 def _last_counters(watch: Watch) -> dict[str, float]:
     st = [s for s in watch.json_on(_status_topic()) if "counters" in s]
     return st[-1]["counters"] if st else {}
@@ -176,22 +185,8 @@ def _distinct(store: Influx1Store, measurement: str = "telemetry") -> tuple[int,
 
 
 def _settle(store: Influx1Store, target: int, settle_s: float, log: Log) -> tuple[int, int]:
-    last = (-1, -1)
-    deadline = time.monotonic() + settle_s
-    while time.monotonic() < deadline:
-        try:
-            got = _distinct(store)
-        except Exception:
-            time.sleep(1)
-            continue
-        if got != last:
-            log(f"store holds {got[0]} distinct samples ({got[1]} points), want {target}")
-            last = got
-        if got[0] >= target:
-            time.sleep(1.0)
-            return _distinct(store)
-        time.sleep(0.5)
-    return last
+    """Wait until ``target`` distinct (pole, device time) samples are stored (or ``settle_s`` passed)."""
+    return _wait_store(store, target, settle_s, log, count=_distinct)
 
 
 @dataclass
@@ -256,10 +251,7 @@ def gateway_restart(spec: DrillSpec | None = None, *, log: Log = print) -> Drill
     with rig() as (tmp, broker, influx, store):
         watch = Watch(broker, _status_topic())
         gw = GatewayProc(broker, influx.url, tmp, tmp / "gateway.log")
-        t = time.time()
-        gw.start()
-        if not _wait_online(watch, t):
-            raise RuntimeError(f"gateway did not come online:\n{gw.log_text()[-2000:]}")
+        _start_online(gw, watch)
         state: dict[str, Any] = {"down": False, "up": False, "rc": None}
 
         def on_tick(k: int, n: int) -> None:
@@ -302,10 +294,7 @@ def poison_pill(spec: DrillSpec | None = None, *, log: Log = print) -> DrillResu
     with rig_with_packet_limit() as (tmp, broker, influx, store):
         watch = Watch(broker, _status_topic(), topics.DEADLETTER_PREFIX + "/#")
         gw = GatewayProc(broker, influx.url, tmp, tmp / "gateway.log")
-        t = time.time()
-        gw.start()
-        if not _wait_online(watch, t):
-            raise RuntimeError(f"gateway did not come online:\n{gw.log_text()[-2000:]}")
+        _start_online(gw, watch)
         ticks = max(1, int(spec.seconds * spec.rate_hz))
         start_ms = int(time.time() * 1000) - ticks * spec.step_ms
         c = _City(spec, start_ms)
@@ -380,10 +369,7 @@ def store_reject(spec: DrillSpec | None = None, *, auth_fix_after_s: float = 5.0
                            f"{(h0 + 1) * 1_000_000}")
         watch = Watch(broker, _status_topic(), topics.DEADLETTER_PREFIX + "/store_rejected")
         gw = GatewayProc(broker, influx.url, tmp, tmp / "gateway.log")
-        t = time.time()
-        gw.start()
-        if not _wait_online(watch, t):
-            raise RuntimeError(f"gateway did not come online:\n{gw.log_text()[-2000:]}")
+        t = _start_online(gw, watch)
         critical = {"pole": p.pole_id, "seq": 99_999_999, "ts": h0 + 60_000}
 
         def extra(k: int) -> list[tuple[str, bytes]]:
@@ -425,10 +411,7 @@ def store_reject(spec: DrillSpec | None = None, *, auth_fix_after_s: float = 5.0
         store2 = Influx1Store(influx.url, DRILL_DB, username="admin", password="admin-pw", create=False)
         watch = Watch(broker, _status_topic())
         gw = GatewayProc(broker, influx.url, tmp, tmp / "gateway.log", influx_username="gw", influx_password="gw-pw")
-        t = time.time()
-        gw.start()
-        if not _wait_online(watch, t):
-            raise RuntimeError(f"gateway did not come online:\n{gw.log_text()[-2000:]}")
+        t = _start_online(gw, watch)
         fixed: list[float] = []
 
         def on_tick(k: int, n: int) -> None:
@@ -504,10 +487,7 @@ def spool_disk_full(spec: DrillSpec | None = None, *, disk: str = "1m", log: Log
     with rig() as (tmp, broker, influx, store), small_disk(tmp / "state", disk) as state:
         watch = Watch(broker, _status_topic(), _alarm_prefix() + "/#")
         gw = GatewayProc(broker, influx.url, state, tmp / "gateway.log", spool_max_mb="512")
-        t = time.time()
-        gw.start()
-        if not _wait_online(watch, t):
-            raise RuntimeError(f"gateway did not come online:\n{gw.log_text()[-2000:]}")
+        _start_online(gw, watch)
         influx.stop()
         log("InfluxDB stopped: the gateway spools to its 1 MB state disk")
         sent = _publish(broker, spec, log=log)
@@ -548,10 +528,7 @@ def device_reboot(poles: int = 20, samples: int = 10, *, settle_s: float = 60.0,
     with rig() as (tmp, broker, influx, store):
         watch = Watch(broker, _status_topic(), topics.DEADLETTER_PREFIX + "/#")
         gw = GatewayProc(broker, influx.url, tmp, tmp / "gateway.log")
-        t = time.time()
-        gw.start()
-        if not _wait_online(watch, t):
-            raise RuntimeError(f"gateway did not come online:\n{gw.log_text()[-2000:]}")
+        _start_online(gw, watch)
         pub = Publisher(broker.host, broker.port, "drill-devices").connect()
         t0 = int(time.time() * 1000) - 3_600_000
         published = conflicts = 0
@@ -600,10 +577,7 @@ def broker_crash(messages: int = 2000, *, claim_s: float = BROKER_CRASH_CLAIM_S,
         store = Influx1Store(influx.url, DRILL_DB)
         watch = Watch(broker, _status_topic())
         gw = GatewayProc(broker, influx.url, tmp, tmp / "gateway.log")
-        t = time.time()
-        gw.start()
-        if not _wait_online(watch, t):
-            raise RuntimeError(f"gateway did not come online:\n{gw.log_text()[-2000:]}")
+        _start_online(gw, watch)
         watch.close()
         time.sleep(interval + 1.0)  # the gateway's session (and its subscriptions) is on disk
         gw.kill()
@@ -653,10 +627,7 @@ def standby_takeover(spec: DrillSpec | None = None, *, max_takeover_s: float = 1
         watch = Watch(broker, _status_topic())
         a = GatewayProc(broker, influx.url, tmp, tmp / "gateway-a.log")
         b = GatewayProc(broker, influx.url, tmp, tmp / "gateway-b.log")
-        t = time.time()
-        a.start()
-        if not _wait_online(watch, t):
-            raise RuntimeError(f"gateway did not come online:\n{a.log_text()[-2000:]}")
+        _start_online(a, watch)
         b.start()
         time.sleep(3.0)  # the standby is up and waiting
         takeover: dict[str, float] = {}

@@ -76,12 +76,14 @@ def _stored(store: Influx1Store) -> tuple[int, int]:
     return len({(r["pole"], r["seq"]) for r in rows}), len(rows)
 
 
-def _wait_store(store: Influx1Store, target: int, settle_s: float, log: Log) -> tuple[int, int]:
+def _wait_store(store: Influx1Store, target: int, settle_s: float, log: Log,
+                count: Callable[[Influx1Store], tuple[int, int]] = _stored) -> tuple[int, int]:
+    """Poll ``count`` (distinct samples, points) until ``target`` samples are stored or ``settle_s`` passed."""
     deadline = time.monotonic() + settle_s
     last = (-1, -1)
     while time.monotonic() < deadline:
         try:
-            got = _stored(store)
+            got = count(store)
         except Exception:
             time.sleep(1)
             continue
@@ -90,7 +92,7 @@ def _wait_store(store: Influx1Store, target: int, settle_s: float, log: Log) -> 
             last = got
         if got[0] >= target:
             time.sleep(1.0)  # let anything still in flight land, then count once more
-            return _stored(store)
+            return count(store)
         time.sleep(0.5)
     return last
 
