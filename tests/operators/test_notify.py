@@ -55,6 +55,8 @@ def test_raise_then_clear_reaches_alertmanager(alertmanager: Any, tmp_path: Path
         assert a["status"]["state"] == "active"
         n.offer(_alert(state="cleared"))
         _wait(lambda: not alertmanager.alerts(active="true"))
+        # Alertmanager may apply the POST before the notifier's thread has counted its answer
+        _wait(lambda: n.counters()["notify_sent"] >= 2)
         c = n.counters()
         assert c["notify_sent"] == 2 and c["notify_queued"] == 0 and c["notify_dropped"] == 0
     finally:
