@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from contract.cli import LogFormatOpt, LogLevelOpt, VersionOpt, entry_point, fail, root_options
+from contract.cli import LogFormatOpt, LogLevelOpt, VersionOpt, apply_default_level, entry_point, fail, root_options
 from contract.errors import LampwatchError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -38,6 +38,9 @@ def _root(_version: VersionOpt = False, log_level: LogLevelOpt = None, log_forma
     import signal
 
     root_options(log_level, log_format)
+    # the simulator's own output is its live view and summary lines; the embedded gateways and agents
+    # say only what went wrong unless --log-level asks for more
+    apply_default_level("WARNING")
 
     signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
 
