@@ -1,7 +1,9 @@
 """Acceptance: the mosquitto_pub examples of docs/contract.md, run exactly as written (only the port is
-the test broker's) with the C client, through a real Mosquitto and a real gateway into InfluxDB 1.6.7;
-every value they carry is read back unchanged. The examples are parsed from the doc, so this fails
-when the doc drifts from what the system accepts."""
+the test broker's; the passwords come from the environment, as the doc says) with the C client, through
+a real Mosquitto running the README's broker config (rendered from mosquitto.conf: passwords, ACL, a
+client id that is the username) and a real gateway logged in as the README's gateway command does, into
+InfluxDB 1.6.7; every value they carry is read back unchanged. The examples are parsed from the doc, so
+this fails when the doc drifts from what the system accepts."""
 
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from contract import topics
 from contract.models import COMMAND, Status, Telemetry
 from gateway.service import Gateway, GatewayConfig
 from ingest.influx1 import Influx1Store
-from simulator.harness import InfluxDB1, Mosquitto
+from simulator.harness import InfluxDB1
 from tests.gateway.helpers import wait_until
 from tests.servers import need
 
@@ -32,13 +34,15 @@ def example_blocks() -> list[str]:
     return [b for b in _BLOCK.findall(DOC.read_text(encoding="utf-8")) if "mosquitto_pub" in b]
 
 
-def run_block(block: str, port: int) -> list[list[str]]:
+def run_block(block: str, port: int, env: dict[str, str] | None = None) -> list[list[str]]:
     """Run one block with bash exactly as written except the port; return the argv of every
     mosquitto_pub it ran, as bash expanded it (from its xtrace)."""
+    import os
+
     assert " -p 1883 " in block
     script = block.replace(" -p 1883 ", f" -p {port} ")
     res = subprocess.run(["bash", "-e", "-u", "-x", "-c", script], capture_output=True, text=True, timeout=30,
-                         check=False)
+                         check=False, env={**os.environ, **(env or {})})
     assert res.returncode == 0, res.stderr
     runs = [shlex.split(line[2:]) for line in res.stderr.splitlines() if line.startswith("+ mosquitto_pub ")]
     assert len(runs) == block.count("mosquitto_pub "), res.stderr
@@ -70,19 +74,39 @@ def test_every_example_block_is_only_assignments_comments_and_mosquitto_pub() ->
 
 
 def test_doc_examples_through_mosquitto_and_gateway_into_influxdb(
-        mosquitto: Mosquitto, influx_db: tuple[InfluxDB1, str], tmp_path: Path) -> None:
-    need("mosquitto_pub", "bash")
+        influx_db: tuple[InfluxDB1, str], tmp_path: Path) -> None:
+    need("mosquitto", "mosquitto_pub", "bash", "openssl")
+    from ingest import broker as brokerfiles
+    from ingest import credentials
+    from simulator.drills.identity_drills import ProductionBroker
+
     server, db = influx_db
+    bdir = tmp_path / "broker"
+    credentials.write_credentials(bdir, ["p-000001", "p-000002"])
+    brokerfiles.make_certs(bdir / "certs")
+    (bdir / "data").mkdir()
+    pw = dict(line.split(",", 1) for line in (bdir / "secrets.csv").read_text().splitlines()[1:])
     store = Influx1Store(server.url, db)
-    gw = Gateway(GatewayConfig(host=mosquitto.host, port=mosquitto.port, spool_path=str(tmp_path / "spool.sqlite")),
-                 store)
+    with ProductionBroker(bdir) as mosquitto:
+        _through_the_readme_broker(mosquitto, store, pw, tmp_path)
+
+
+def _through_the_readme_broker(mosquitto: Any, store: Influx1Store, pw: dict[str, str], tmp_path: Path) -> None:
+    from ingest import credentials
+
+    gw = Gateway(GatewayConfig(host=mosquitto.host, port=mosquitto.plain_port, client_id=credentials.GATEWAY_USER,
+                               username=credentials.GATEWAY_USER, password=pw[credentials.GATEWAY_USER],
+                               spool_path=str(tmp_path / "spool.sqlite")), store)
     gw.start()
     published: list[tuple[str, dict[str, Any], list[str]]] = []
     try:
         wait_until(lambda: gw.connected, 20, "gateway subscribed")  # nothing published from now on is missed
         t0 = int(time.time() * 1000)
         for block in example_blocks():
-            for argv in run_block(block, mosquitto.port):
+            user = re.search(r" -u (\S+) ", block)
+            assert user is not None, "an example that does not log in would be refused by the broker"
+            env = {"PASSWORD": pw.get(user.group(1), ""), "OPS_PASSWORD": pw[credentials.OPS_USER]}
+            for argv in run_block(block, mosquitto.plain_port, env):
                 assert argv[:3] in (["mosquitto_pub", "-V", "mqttv5"], ["mosquitto_pub", "-V", "mqttv311"])
                 assert _opt(argv, "-q") == "1"
                 published.append((_opt(argv, "-t"), json.loads(_opt(argv, "-m")), argv))
