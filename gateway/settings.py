@@ -78,7 +78,7 @@ class GatewaySettings(BaseSettings):
         env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return init_settings, env_settings, _DictSource(settings_cls, cls._toml)
+        return init_settings, env_settings, DictSource(settings_cls, cls._toml)
 
     @model_validator(mode="before")
     @classmethod
@@ -127,7 +127,9 @@ class GatewaySettings(BaseSettings):
         return {k: getattr(self, k) for k in keys}
 
 
-class _DictSource(PydanticBaseSettingsSource):
+class DictSource(PydanticBaseSettingsSource):
+    """A settings source over an already parsed TOML table (shared with the operators' CLI)."""
+
     def __init__(self, settings_cls: type[BaseSettings], data: dict[str, Any]) -> None:
         super().__init__(settings_cls)
         self._data = data

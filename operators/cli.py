@@ -34,6 +34,7 @@ from contract.cli import fail
 from contract.errors import ConfigError, LampwatchError
 from contract.ids import is_pole_id
 from contract.models import COMMAND, AckRequest, Alert, CommandAck, MaintenanceRequest, OpsResult, Status
+from gateway.settings import DictSource
 from operators.bus import Bus
 
 PROG = "lampwatch-ops"
@@ -88,25 +89,13 @@ class OpsSettings(BaseSettings):
         env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return init_settings, env_settings, _DictSource(settings_cls, cls._toml)
+        return init_settings, env_settings, DictSource(settings_cls, cls._toml)
 
     def bus(self) -> Bus:
         return Bus(self.mqtt_host, self.mqtt_port, username=self.mqtt_username,
                    password=self.mqtt_password.get_secret_value() if self.mqtt_password else None,
                    mqtt_version=self.mqtt_version, tls_ca=self.mqtt_tls_ca, tls_cert=self.mqtt_tls_cert,
                    tls_key=self.mqtt_tls_key)
-
-
-class _DictSource(PydanticBaseSettingsSource):
-    def __init__(self, settings_cls: type[BaseSettings], data: dict[str, Any]) -> None:
-        super().__init__(settings_cls)
-        self._data = data
-
-    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
-        return self._data.get(field_name), field_name, False
-
-    def __call__(self) -> dict[str, Any]:
-        return dict(self._data)
 
 
 def load(config: Path | None) -> OpsSettings:

@@ -51,7 +51,8 @@ def test_dedup_keys_on_boot_and_tells_conflicts_from_duplicates() -> None:
     assert t.check("p", 5, boot="b", fp=fb) == "new"  # a reboot restarted the sequence
     assert t.check("p", 0, boot="b", fp=fa) == "new" and t.missing("p") == 0
     assert t.check("p", 5, boot="a", fp=fa) == "duplicate"  # the old boot is still remembered
-    assert fingerprint(1, {"x": 1.0, "y": 2.0}) == fingerprint(1, {"y": 2.0, "x": 1.0})
+    assert fingerprint(1, {"x": 1.0, "y": 2.0}) != fingerprint(1, {"x": 2.0, "y": 1.0})  # names count
+    assert fingerprint(1, {"x": 1.0}) == fingerprint(1, {"x": 1.0}) != fingerprint(2, {"x": 1.0})
 
 
 def test_pipeline_stores_a_rebooted_devices_samples_and_refuses_conflicts_loudly() -> None:
