@@ -135,9 +135,8 @@ class Output:
             if batch.quarantine and self._qput is not None:
                 self._qput(batch.quarantine)
                 batch.quarantine = []
-            if not self.spool.depth and self.clock() >= self._store_down_until and self._write(batch.points):
-                pass
-            else:
+            direct = not self.spool.depth and self.clock() >= self._store_down_until  # order: spool first
+            if not (direct and self._write(batch.points)):
                 self._spool(batch.points)
         except (OSError, sqlite3.Error) as exc:
             self._disk_error(exc)

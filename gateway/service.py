@@ -132,6 +132,8 @@ class Gateway:
         self._health_lock = threading.Lock()
         self._alarmed: dict[str, str] = {}  # alarm kind -> severity currently raised
         self.failed: str | None = None
+        self._next_tick = 0.0  # when the pipeline thread next publishes status and self-metrics
+        self._last_status = 0.0  # when the last status went out (from any thread)
         # operators' requests (gateway.opsbus): topics to subscribe to, and where to hand each message
         self.ops_handler: tuple[tuple[str, ...], Callable[[str, bytes], None]] | None = None
         self.stats: dict[str, float] = {"lag_ms": 0.0, "deadletters": 0.0, "session_lost": 0.0,
@@ -400,7 +402,7 @@ class Gateway:
             self._tick_status_only(self.clock())
 
     def _tick_status_only(self, now: float) -> None:
-        if now - getattr(self, "_last_status", 0.0) >= self.cfg.selfmetrics_interval_s:
+        if now - self._last_status >= self.cfg.selfmetrics_interval_s:
             self._publish_status(now)
 
     def _handle(self, item: _Item, now: float) -> tuple[list[Point], Outcome | None, QEntry | None]:
