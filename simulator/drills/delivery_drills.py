@@ -42,7 +42,7 @@ from contract import topics
 from ingest.influx1 import Influx1Store
 from simulator.city import City, CityConfig
 from simulator.drills import DrillResult
-from simulator.drills.gateway_drills import DRILL_DB, DrillSpec, _wait_store, rig
+from simulator.drills.gateway_drills import DRILL_DB, DrillSpec, _wait_store, paced, rig
 from simulator.harness import InfluxDB1, Mosquitto
 from simulator.publisher import Publisher
 from simulator.signals import SignalModel
@@ -214,22 +214,15 @@ def _publish(broker: Mosquitto, spec: DrillSpec, *, start_ms: int | None = None,
         start_ms = int(time.time() * 1000) - ticks * spec.step_ms
     c = _City(spec, start_ms)
     sent: list[tuple[str, bytes]] = []
-    pub = Publisher(broker.host, broker.port, client_id).connect()
-    t0 = time.monotonic()
-    try:
-        for k in range(ticks):
-            msgs = c.stream.tick() + (extra(k) if extra else [])
-            for topic, payload in msgs:
-                pub.publish(topic, payload)
-            sent += msgs
-            if on_tick is not None:
-                on_tick(k, ticks)
-            pub.wait_below(20_000)
-            time.sleep(max(0.0, t0 + (k + 1) / spec.rate_hz - time.monotonic()))
-        pub.flush(timeout_s=spec.settle_s)
-    finally:
-        pub.close()
-    log(f"published {len(sent)} messages in {time.monotonic() - t0:.1f} s")
+
+    def tick(pub: Publisher, k: int) -> None:
+        msgs = c.stream.tick() + (extra(k) if extra else [])
+        for topic, payload in msgs:
+            pub.publish(topic, payload)
+        sent.extend(msgs)
+
+    took = paced(broker, client_id, ticks, spec, tick, on_tick)
+    log(f"published {len(sent)} messages in {took:.1f} s")
     return sent
 
 

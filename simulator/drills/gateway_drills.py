@@ -163,26 +163,40 @@ def _publish_city(broker: Mosquitto, spec: DrillSpec, *, hostile_frac: float = 0
     stream = TelemetryStream(city, SignalModel(city, spec.seed), (), start_ms=start_ms, step_ms=spec.step_ms,
                              seed=spec.seed)
     rng = np.random.default_rng(spec.seed)
-    pub = Publisher(broker.host, broker.port, "drill-sim").connect()
     refusable = extra = 0
+
+    def tick(pub: Publisher, k: int) -> None:
+        nonlocal refusable, extra
+        t_sim = start_ms + k * spec.step_ms
+        msgs = stream.tick()
+        if shuffle:  # out-of-order delivery inside each tick: valid, must all be stored
+            msgs = [msgs[int(i)] for i in rng.permutation(len(msgs))]
+        for topic, payload in msgs:
+            pub.publish(topic, payload)
+        n_h = int(rng.binomial(len(msgs), hostile_frac)) if hostile_frac else 0
+        for topic, payload, _kind in hostile_messages(rng, n_h, city, now_ms=t_sim, kinds=REFUSED_KINDS):
+            pub.publish(topic, payload)
+            # a topic outside lampwatch/v1/+/+/telemetry is never routed to the gateway at all
+            refusable += mqtt.topic_matches_sub(TELEMETRY_FILTER, topic)
+        n_r = int(rng.binomial(len(msgs), replay_frac)) if replay_frac else 0
+        for i in rng.choice(len(msgs), size=min(n_r, len(msgs)), replace=False):
+            pub.publish(*msgs[int(i)])
+            extra += 1
+
+    took = paced(broker, "drill-sim", ticks, spec, tick, on_tick)
+    log(f"published {stream.published_samples} samples, {refusable} hostile, {extra} replays in {took:.1f} s")
+    return stream.published_samples, refusable, extra
+
+
+def paced(broker: Mosquitto, client_id: str, ticks: int, spec: DrillSpec, tick: Callable[[Publisher, int], None],
+          on_tick: Callable[[int, int], None] | None = None) -> float:
+    """Run ``tick(pub, k)`` for k in range(ticks) at ``spec.rate_hz`` on one QoS 1 publisher, then wait
+    for every PUBACK; ``on_tick(k, ticks)`` after each (where drills disrupt things). Returns seconds."""
+    pub = Publisher(broker.host, broker.port, client_id).connect()
     t0 = time.monotonic()
     try:
         for k in range(ticks):
-            t_sim = start_ms + k * spec.step_ms
-            msgs = stream.tick()
-            if shuffle:  # out-of-order delivery inside each tick: valid, must all be stored
-                msgs = [msgs[int(i)] for i in rng.permutation(len(msgs))]
-            for topic, payload in msgs:
-                pub.publish(topic, payload)
-            n_h = int(rng.binomial(len(msgs), hostile_frac)) if hostile_frac else 0
-            for topic, payload, _kind in hostile_messages(rng, n_h, city, now_ms=t_sim, kinds=REFUSED_KINDS):
-                pub.publish(topic, payload)
-                # a topic outside lampwatch/v1/+/+/telemetry is never routed to the gateway at all
-                refusable += mqtt.topic_matches_sub(TELEMETRY_FILTER, topic)
-            n_r = int(rng.binomial(len(msgs), replay_frac)) if replay_frac else 0
-            for i in rng.choice(len(msgs), size=min(n_r, len(msgs)), replace=False):
-                pub.publish(*msgs[int(i)])
-                extra += 1
+            tick(pub, k)
             if on_tick is not None:
                 on_tick(k, ticks)
             pub.wait_below(20_000)
@@ -190,9 +204,7 @@ def _publish_city(broker: Mosquitto, spec: DrillSpec, *, hostile_frac: float = 0
         pub.flush(timeout_s=spec.settle_s)
     finally:
         pub.close()
-    log(f"published {stream.published_samples} samples, {refusable} hostile, {extra} replays "
-        f"in {time.monotonic() - t0:.1f} s")
-    return stream.published_samples, refusable, extra
+    return time.monotonic() - t0
 
 
 def gateway_kill(spec: DrillSpec | None = None, *, kill_at: float = 0.5, down_s: float = 2.0,
