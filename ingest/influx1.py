@@ -10,14 +10,16 @@ connection problems and 5xx are :class:`StoreError` (transient: the gateway retr
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import urlencode
 
 import urllib3
 
+from contract import schema
 from contract.errors import StoreAuthError, StoreError, StoreRejected
 from contract.readings import Point
+from ingest.influxql import ident, literal
 from ingest.lineprotocol import encode_many
 
 
@@ -39,7 +41,7 @@ class Influx1Store:
             maxsize=4, timeout=urllib3.Timeout(connect=3.0, read=timeout_s), retries=False)
         if create:
             try:
-                self.query(f'CREATE DATABASE "{database}"')
+                self.query(f"CREATE DATABASE {ident(database)}")
             except StoreError:
                 pass  # the server may be down at start: the gateway spools until it returns
 
@@ -106,5 +108,43 @@ class Influx1Store:
 
     def count(self, measurement: str = "telemetry") -> int:
         field = "seq" if measurement == "telemetry" else "count"
-        rows = self.rows(f'SELECT count("{field}") FROM "{measurement}"')
+        rows = self.rows(f'SELECT count("{field}") FROM {ident(measurement)}')
         return int(rows[0]["count"]) if rows else 0
+
+    def select(self, measurement: str, where_tags: Mapping[str, str] | None = None, limit: int | None = None,
+               *, start_ns: int | None = None, end_ns: int | None = None) -> list[dict[str, Any]]:
+        """Rows as dicts, tags and fields merged (absent fields left out, as in SqliteStore.select), plus
+        ``time`` (ns), in time order. ``start_ns`` is inclusive, ``end_ns`` exclusive."""
+        cond = [f"{ident(k)} = {literal(v)}" for k, v in (where_tags or {}).items()]
+        if start_ns is not None:
+            cond.append(f"time >= {int(start_ns)}")
+        if end_ns is not None:
+            cond.append(f"time < {int(end_ns)}")
+        q = f"SELECT * FROM {ident(measurement)}" + (" WHERE " + " AND ".join(cond) if cond else "")
+        if limit is not None:
+            q += f" LIMIT {int(limit)}"
+        return [{k: v for k, v in r.items() if v is not None} for r in self.rows(q)]
+
+    def exposure(self) -> tuple[int, int, int, int]:
+        """(poles that reported telemetry, telemetry samples, first and last device time in ms)."""
+        t = ident(schema.TELEMETRY)
+        per_pole = self.rows(f'SELECT count("seq") FROM {t} GROUP BY "pole"')
+        first = self.rows(f'SELECT first("seq") FROM {t}')
+        last = self.rows(f'SELECT last("seq") FROM {t}')
+        if not per_pole or not first or not last:
+            return 0, 0, 0, 0
+        n = sum(int(r["count"]) for r in per_pole)
+        return len(per_pole), n, int(first[0]["time"]) // 1_000_000, int(last[0]["time"]) // 1_000_000
+
+    def per_bucket(self, bucket_ms: int) -> list[tuple[int, int]]:
+        """(bucket start ms, telemetry samples with device time in it), time order."""
+        _, n, lo, hi = self.exposure()
+        if not n:
+            return []
+        rows = self.rows(f'SELECT count("seq") FROM {ident(schema.TELEMETRY)} WHERE time >= {lo}ms '
+                         f'AND time <= {hi}ms GROUP BY time({int(bucket_ms)}ms)')
+        return [(int(r["time"]) // 1_000_000, int(r["count"] or 0)) for r in rows]
+
+    def describe(self) -> str:
+        return f"influxdb1 {self.url} db={self.database}"
+

@@ -4,27 +4,25 @@ of :mod:`ingest.opendata` (per-pole hourly aggregates, alarm state changes, pole
 * InfluxDB 1.x: the server aggregates raw ``telemetry`` per pole and hour (``source="raw"``, InfluxQL
   ``GROUP BY time(1h)``), or the stored ``"rollup_1h"."telemetry_1h"`` rollup is read as it is
   (``source="rollup"``; raw data older than its retention is only there).
-* SQLite (the embedded store): its ``points`` table, opened read-only, raw telemetry aggregated per
-  hour in Python by :func:`ingest.rollup.rollup_points`.
+* SQLite (the embedded store): opened read-only (``SqliteStore(readonly=True)``), raw telemetry
+  aggregated per hour in Python by :func:`ingest.rollup.rollup_points`.
 
 Both read one UTC day at a time (:meth:`hours` takes any range; the caller chunks it for progress).
 """
 
 from __future__ import annotations
 
-import json
-import sqlite3
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from contract import schema
-from contract.errors import StoreError
 from contract.readings import Point
 from ingest import opendata as od
 from ingest import rollup as roll
 from ingest.influx1 import Influx1Store
 from ingest.rollup import Agg
+from ingest.sqlite import SqliteStore
 
 Source = Literal["raw", "rollup"]
 
@@ -123,26 +121,10 @@ class SqliteReader:
     name = "sqlite"
 
     def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise StoreError(f"no sqlite store at {self.path}")
-        try:
-            self._db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True)
-            self._db.execute("SELECT 1 FROM points LIMIT 1").fetchall()
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot read sqlite store {self.path}: {exc}") from exc
+        self.store = SqliteStore(path, readonly=True)
 
     def _rows(self, measurement: str, lo_ns: int | None, hi_ns: int) -> list[dict[str, Any]]:
-        sql = "SELECT tags, ts_ns, fields FROM points WHERE measurement = ? AND ts_ns < ?"
-        args: list[Any] = [measurement, hi_ns]
-        if lo_ns is not None:
-            sql += " AND ts_ns >= ?"
-            args.append(lo_ns)
-        try:
-            got = self._db.execute(sql + " ORDER BY ts_ns, tags", args).fetchall()
-        except sqlite3.Error as exc:
-            raise StoreError(f"sqlite read failed: {exc}") from exc
-        return [{**json.loads(f), **json.loads(t), "time": ts} for t, ts, f in got]
+        return self.store.select(measurement, start_ns=lo_ns, end_ns=hi_ns)
 
     def hours(self, lo_ns: int, hi_ns: int) -> list[od.PoleHour]:
         points = [Point(schema.TELEMETRY, tuple(sorted((k, str(r[k])) for k in ("district", "pole") if k in r)),
@@ -157,4 +139,4 @@ class SqliteReader:
         return _latest_info(self._rows(schema.STATUS, None, until_ns))
 
     def close(self) -> None:
-        self._db.close()
+        self.store.close()

@@ -30,6 +30,7 @@ from typing import Any, Protocol
 
 from contract import catalog, schema
 from contract.readings import FieldValue, Point
+from ingest.influxql import ident, literal
 
 NS = 1_000_000_000
 #: window name -> length in seconds
@@ -192,14 +193,6 @@ def point_rows(points: Iterable[Point]) -> list[dict[str, Any]]:
     return [{"time": p.ts_ns, **dict(p.tags), **p.fields} for p in points]
 
 
-def _ident(name: str) -> str:
-    return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def _literal(value: str) -> str:
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
 def aggregate_query(start_ns: int, end_ns: int, window: str = "1m", *,
                     metrics: Sequence[str] = catalog.NAMES, measurement: str = schema.TELEMETRY,
                     district: str | None = None) -> str:
@@ -216,13 +209,13 @@ def aggregate_query(start_ns: int, end_ns: int, window: str = "1m", *,
     for m in metrics:
         catalog.metric(m)  # unknown names raise here, never reach the query
         fmin, fmean, fmax, fcount = field_names(m)
-        exprs += [f"min({_ident(m)}) AS {_ident(fmin)}", f"mean({_ident(m)}) AS {_ident(fmean)}",
-                  f"max({_ident(m)}) AS {_ident(fmax)}", f"count({_ident(m)}) AS {_ident(fcount)}"]
+        exprs += [f"min({ident(m)}) AS {ident(fmin)}", f"mean({ident(m)}) AS {ident(fmean)}",
+                  f"max({ident(m)}) AS {ident(fmax)}", f"count({ident(m)}) AS {ident(fcount)}"]
     where = f"time >= {int(start_ns)} AND time < {int(end_ns)}"
     if district is not None:
-        where = f"{_ident('district')} = {_literal(district)} AND {where}"
-    return (f"SELECT {', '.join(exprs)} FROM {_ident(measurement)} WHERE {where} "
-            f"GROUP BY time({w}s), {_ident('district')}, {_ident('pole')} fill(none)")
+        where = f"{ident('district')} = {literal(district)} AND {where}"
+    return (f"SELECT {', '.join(exprs)} FROM {ident(measurement)} WHERE {where} "
+            f"GROUP BY time({w}s), {ident('district')}, {ident('pole')} fill(none)")
 
 
 # --- the job: query -> compute -> write (I/O injected) ---------------------------------------------

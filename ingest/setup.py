@@ -24,6 +24,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from ingest.influxql import ident
+
 _DURATION = re.compile(r"^(?:INF|0|(\d+)([smhdw]))$")
 _GO_PART = re.compile(r"(\d+(?:\.\d+)?)(h|m|s|ms|us|µs|ns)")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -74,10 +76,6 @@ def policies(raw: str = "30d", rollup_1m: str = "730d", rollup_1h: str = "INF") 
             Policy("rollup_1h", rollup_1h, "30d"))
 
 
-def _q(name: str) -> str:
-    return '"' + name.replace('"', '\\"') + '"'
-
-
 def plan(database: str, existing: Sequence[Mapping[str, Any]], wanted: Sequence[Policy]) -> list[str]:
     """Statements that turn ``existing`` (rows of SHOW RETENTION POLICIES) into ``wanted``."""
     if sum(p.default for p in wanted) > 1:
@@ -87,13 +85,13 @@ def plan(database: str, existing: Sequence[Mapping[str, Any]], wanted: Sequence[
     for p in wanted:
         row = have.get(p.name)
         if row is None:
-            out.append(f"CREATE RETENTION POLICY {_q(p.name)} ON {_q(database)} {p.clause()}")
+            out.append(f"CREATE RETENTION POLICY {ident(p.name)} ON {ident(database)} {p.clause()}")
             continue
         same = (go_duration_seconds(str(row["duration"])) == duration_seconds(p.duration)
                 and go_duration_seconds(str(row["shardGroupDuration"])) == duration_seconds(p.shard)
                 and (bool(row["default"]) or not p.default))
         if not same:
-            out.append(f"ALTER RETENTION POLICY {_q(p.name)} ON {_q(database)} {p.clause()}")
+            out.append(f"ALTER RETENTION POLICY {ident(p.name)} ON {ident(database)} {p.clause()}")
     return out
 
 
@@ -117,10 +115,10 @@ def setup(store: Querier, database: str, wanted: Sequence[Policy] | None = None)
     done: list[str] = []
     names = {str(r.get("name")) for r in _rows(store, "SHOW DATABASES")}
     if database not in names:
-        stmt = f"CREATE DATABASE {_q(database)}"
+        stmt = f"CREATE DATABASE {ident(database)}"
         store.query(stmt)
         done.append(stmt)
-    existing = _rows(store, f"SHOW RETENTION POLICIES ON {_q(database)}")
+    existing = _rows(store, f"SHOW RETENTION POLICIES ON {ident(database)}")
     for stmt in plan(database, existing, wanted):
         store.query(stmt)
         done.append(stmt)

@@ -8,10 +8,7 @@ de-escalation of the same alarm and keeps the first time), ``cleared`` closes it
 at the end has ``cleared_ms = None``. District-level alarms (pole ``district``) are not pole alarms
 and are left out.
 
-Stores are named like this::
-
-    sqlite:PATH                       the embedded SQLite store (read-only)
-    influx1 URL DB                    InfluxDB 1.x (open_store_reader(url=..., db=...))
+The store is read through :class:`ingest.stores.StoreReader` (``ingest.stores.open_reader`` opens one).
 
 :func:`exposure` measures what the false-alarm rate is normalised by: the poles that reported
 telemetry and the span of device time they covered; :func:`score_store` puts it all together.
@@ -20,7 +17,6 @@ telemetry and the span of device time they covered; :func:`score_store` puts it 
 from __future__ import annotations
 
 import math
-import sqlite3
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +25,7 @@ from typing import Any
 from contract import schema
 from contract.errors import StoreError
 from gateway.detect.spatial import DISTRICT_POLE
+from ingest.stores import StoreReader
 from simulator.faults import Label, read_labels
 from simulator.score import COMPATIBLE, DAY_MS, Alarm, Score, alarm_kind, score
 
@@ -92,152 +89,6 @@ def alarms_from_rows(rows: Iterable[Mapping[str, Any]]) -> list[Alarm]:
     return [a.alarm for a in alarm_rows(rows)]
 
 
-# --- stores ---------------------------------------------------------------------------------------
-class StoreReader:
-    """Read side of a store, just what scoring and the report need. ``parse(spec)`` or the constructors."""
-
-    def alerts(self) -> list[dict[str, Any]]:
-        raise NotImplementedError
-
-    def telemetry(self, pole: str, fields: Sequence[str], start_ns: int, end_ns: int) -> list[dict[str, Any]]:
-        raise NotImplementedError
-
-    def exposure(self) -> tuple[int, int, int, int]:
-        """(poles that reported telemetry, samples, first device time ms, last device time ms)."""
-        raise NotImplementedError
-
-    def per_bucket(self, bucket_ms: int) -> list[tuple[int, int]]:
-        """(bucket start ms, telemetry samples stored with device time in it), time order."""
-        raise NotImplementedError
-
-    def describe(self) -> str:
-        raise NotImplementedError
-
-    def close(self) -> None:
-        pass
-
-
-class SqliteReader(StoreReader):
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise StoreError(f"no SQLite store at {self.path}")
-        try:
-            self._db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False)
-            self._db.execute("SELECT count(*) FROM points WHERE measurement = 'alerts'").fetchone()
-        except sqlite3.Error as exc:
-            raise StoreError(f"{self.path} is not a lampwatch SQLite store: {exc}") from exc
-
-    def _rows(self, sql: str, args: Sequence[Any]) -> list[tuple[Any, ...]]:
-        try:
-            return self._db.execute(sql, args).fetchall()
-        except sqlite3.Error as exc:
-            raise StoreError(f"sqlite query failed on {self.path}: {exc}") from exc
-
-    def alerts(self) -> list[dict[str, Any]]:
-        import json
-
-        rows = self._rows("SELECT tags, ts_ns, fields FROM points WHERE measurement = ? ORDER BY ts_ns",
-                          (schema.ALERTS,))
-        return [{**json.loads(t), **json.loads(f), "time": ts} for t, ts, f in rows]
-
-    def telemetry(self, pole: str, fields: Sequence[str], start_ns: int, end_ns: int) -> list[dict[str, Any]]:
-        cols = ", ".join("json_extract(fields, ?)" for _ in fields)
-        rows = self._rows(f"SELECT ts_ns{', ' + cols if cols else ''} FROM points WHERE measurement = ? "
-                          "AND json_extract(tags, '$.pole') = ? AND ts_ns >= ? AND ts_ns <= ? ORDER BY ts_ns",
-                          [*(f"$.{f}" for f in fields), schema.TELEMETRY, pole, start_ns, end_ns])
-        return [{"time": r[0], **dict(zip(fields, r[1:], strict=True))} for r in rows]
-
-    def exposure(self) -> tuple[int, int, int, int]:
-        ((poles, n, lo, hi),) = self._rows(
-            "SELECT count(DISTINCT json_extract(tags, '$.pole')), count(*), min(ts_ns), max(ts_ns) "
-            "FROM points WHERE measurement = ?", (schema.TELEMETRY,))
-        return int(poles), int(n), int(lo or 0) // 1_000_000, int(hi or 0) // 1_000_000
-
-    def per_bucket(self, bucket_ms: int) -> list[tuple[int, int]]:
-        b = bucket_ms * 1_000_000
-        rows = self._rows("SELECT (ts_ns / ?) * ?, count(*) FROM points WHERE measurement = ? GROUP BY 1 ORDER BY 1",
-                          (b, b, schema.TELEMETRY))
-        return [(int(t) // 1_000_000, int(c)) for t, c in rows]
-
-    def describe(self) -> str:
-        return f"sqlite {self.path}"
-
-    def close(self) -> None:
-        self._db.close()
-
-
-class Influx1Reader(StoreReader):
-    def __init__(self, url: str, db: str) -> None:
-        from ingest.influx1 import Influx1Store
-
-        self.url, self.db = url, db
-        self._s = Influx1Store(url, db, create=False)
-        names = {r.get("name") for r in self._s.rows("SHOW DATABASES")}
-        if db not in names:
-            raise StoreError(f"influxdb {url} has no database {db!r}")
-
-    @staticmethod
-    def _ident(name: str) -> str:
-        return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-    @staticmethod
-    def _lit(value: str) -> str:
-        return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-    def alerts(self) -> list[dict[str, Any]]:
-        return self._s.rows(f"SELECT * FROM {self._ident(schema.ALERTS)}")
-
-    def telemetry(self, pole: str, fields: Sequence[str], start_ns: int, end_ns: int) -> list[dict[str, Any]]:
-        if not fields:
-            return []
-        cols = ", ".join(self._ident(f) for f in fields)
-        return self._s.rows(f"SELECT {cols} FROM {self._ident(schema.TELEMETRY)} WHERE \"pole\" = {self._lit(pole)} "
-                            f"AND time >= {int(start_ns)} AND time <= {int(end_ns)}")
-
-    def exposure(self) -> tuple[int, int, int, int]:
-        t = self._ident(schema.TELEMETRY)
-        per_pole = self._s.rows(f'SELECT count("seq") FROM {t} GROUP BY "pole"')
-        first = self._s.rows(f'SELECT first("seq") FROM {t}')
-        last = self._s.rows(f'SELECT last("seq") FROM {t}')
-        if not per_pole or not first or not last:
-            return 0, 0, 0, 0
-        n = sum(int(r["count"]) for r in per_pole)
-        return len(per_pole), n, int(first[0]["time"]) // 1_000_000, int(last[0]["time"]) // 1_000_000
-
-    def per_bucket(self, bucket_ms: int) -> list[tuple[int, int]]:
-        _, n, lo, hi = self.exposure()
-        if not n:
-            return []
-        rows = self._s.rows(f'SELECT count("seq") FROM {self._ident(schema.TELEMETRY)} WHERE time >= {lo}ms '
-                            f'AND time <= {hi}ms GROUP BY time({int(bucket_ms)}ms)')
-        return [(int(r["time"]) // 1_000_000, int(r["count"] or 0)) for r in rows]
-
-    def describe(self) -> str:
-        return f"influxdb1 {self.url} db={self.db}"
-
-    def close(self) -> None:
-        self._s.close()
-
-
-def open_reader(store: str | None = None, *, influx_url: str | None = None, db: str | None = None) -> StoreReader:
-    """``store="sqlite:PATH"`` (or a bare path to a ``.sqlite`` file), or ``influx_url`` + ``db``."""
-    if influx_url:
-        if store:
-            raise ValueError("give either --store or --influx-url, not both")
-        if not db:
-            raise ValueError("--influx-url needs --db")
-        return Influx1Reader(influx_url, db)
-    if not store:
-        raise ValueError("give --store sqlite:PATH or --influx-url URL --db DB")
-    kind, sep, rest = store.partition(":")
-    if sep and kind == "sqlite":
-        return SqliteReader(rest)
-    if not sep or len(kind) == 1:  # a bare path (or a Windows drive letter)
-        return SqliteReader(store)
-    raise ValueError(f"unknown store {store!r}: use sqlite:PATH (or --influx-url URL --db DB)")
-
-
 # --- scoring ------------------------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class StoreScore:
@@ -283,6 +134,6 @@ def score_store(reader: StoreReader, labels: Sequence[Label] | str | Path, *, st
         pole_days = n_poles * (hi - lo + step_ms) / DAY_MS if n else 0.0
     if pole_days <= 0:
         raise StoreError("the store holds no telemetry: cannot measure pole-days (give --pole-days)")
-    alarms = alarms_from_rows(reader.alerts())
+    alarms = alarms_from_rows(reader.select(schema.ALERTS))
     sc = score(keep, alarms, step_ms=step_ms, pole_days=pole_days, end_ms=hi if n else None)
     return StoreScore(sc, len(keep), unscored, len(alarms), n_poles, step_ms, pole_days)

@@ -345,9 +345,10 @@ def scenario(
         raise _fail(f"--out {out_dir} is a file, not a folder")
     try:
         res = run_scenario(name, out_dir, broker=broker, speed=speed, until_ms=until_ms, console=err)
-        from simulator.alarms_io import SqliteReader, score_store
+        from ingest.sqlite import SqliteStore
+        from simulator.alarms_io import score_store
 
-        reader = SqliteReader(out_dir / "lampwatch.sqlite")
+        reader = SqliteStore(out_dir / "lampwatch.sqlite", readonly=True)
         try:
             ss = score_store(reader, out_dir / "labels.csv", step_ms=res.step_ms, pole_days=res.pole_days)
         finally:
@@ -380,7 +381,7 @@ def _score_table(ss: Any) -> None:
 
 
 def _open_reader(store: str | None, influx_url: str | None, db: str | None) -> Any:
-    from simulator.alarms_io import open_reader
+    from ingest.stores import open_reader
 
     try:
         return open_reader(store, influx_url=influx_url, db=db)

@@ -54,6 +54,8 @@ class DemoResult:
     duplicates: int
     broker: str
     store: str
+    hostile: int = 0  # hostile messages sent (counted in published: each must come back as one rejection)
+    replayed: int = 0  # true replays sent (not counted in published: each must come back as one duplicate)
 
     @property
     def lost(self) -> int:
@@ -255,4 +257,4 @@ def run_demo(*, poles: int = 200, duration: float | None = None, seed: int = 42,
     # replays are not new samples: they are not counted as published, and must not be stored again
     rejected = int(c.get("samples_rejected", 0))
     return DemoResult(published + hostile_sent, stored, rejected, alerts, int(c.get("duplicates", 0)),
-                      broker_desc, describe(store_cfg))
+                      broker_desc, describe(store_cfg), hostile_sent, replayed)

@@ -24,8 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from contract import schema
 from contract.catalog import BY_NAME
-from simulator.alarms_io import AlarmRow, StoreReader, alarm_rows, score_store, severity_rank
+from ingest.stores import StoreReader
+from simulator.alarms_io import AlarmRow, alarm_rows, score_store, severity_rank
 from simulator.faults import Label
 from simulator.score import Alarm, compatible
 
@@ -213,7 +215,7 @@ def timeline(reader: StoreReader, lb: Label, alarms: Sequence[AlarmRow], step_ms
     pad = max(dur // 2, 20 * step_ms)
     t0, t1 = lb.start_ms - pad, lb.end_ms + pad
     metric = lb.metric
-    rows = reader.telemetry(lb.pole, [metric] if metric else ["seq"], t0 * 1_000_000, t1 * 1_000_000)
+    rows = reader.select(schema.TELEMETRY, {"pole": lb.pole}, start_ns=t0 * 1_000_000, end_ns=t1 * 1_000_000 + 1)
     xs: list[float] = []
     ys: list[float] = []
     if metric:
@@ -338,7 +340,7 @@ def build_report(reader: StoreReader, labels: Sequence[Label], *, run_meta: dict
         pole_days = len(meta["poles"]) * (int(meta["end_ms"]) - int(meta["start_ms"])) / 86_400_000
     ss = score_store(reader, labels, step_ms=step, pole_days=pole_days)
     step = ss.step_ms
-    rows = alarm_rows(reader.alerts())
+    rows = alarm_rows(reader.select(schema.ALERTS))
     worst: dict[str, str] = {}
     for a in rows:
         if severity_rank(a.severity) > severity_rank(worst.get(a.alarm.pole, "none")):

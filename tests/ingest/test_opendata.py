@@ -510,7 +510,7 @@ def test_bad_arguments_are_one_line_and_nonzero(tmp_path: Path, capsys: pytest.C
         (["--since", "2026-03-02", "--until", "2026-03-09", "--source", "cq"], 2, "--source must be"),
         (["--since", "2026-03-02", "--until", "2026-03-09", "--min-poles", "0"], 2, "min_poles"),
         (["--since", "2026-03-02", "--until", "2026-03-09", "--sqlite", str(tmp_path / "none.sqlite")], 2,
-         "no sqlite store"),
+         "no SQLite store"),
         (["--since", "2026-03-02", "--until", "2026-03-09", "--url", "ftp://x"], 2, "--url must start"),
     ]
     for args, code, text in cases:

@@ -8,11 +8,12 @@ from collections import Counter
 from html.parser import HTMLParser
 from pathlib import Path
 
+from contract import schema
 from contract.readings import Point
 from gateway.detect.spatial import DISTRICT_POLE
 from gateway.detection import alert_point
 from ingest.sqlite import SqliteStore
-from simulator.alarms_io import SqliteReader, alarm_rows, alarms_from_rows
+from simulator.alarms_io import alarm_rows, alarms_from_rows
 from simulator.faults import Label, write_labels
 from simulator.report import build_report
 
@@ -98,11 +99,11 @@ def _parse(text: str) -> _Tags:
 
 def test_alarm_pairing_escalation_clearing_and_district_alarms(tmp_path: Path) -> None:
     db, _labels, _ = build_known_store(tmp_path)
-    reader = SqliteReader(db)
-    rows = alarm_rows(reader.alerts())
+    reader = SqliteStore(db, readonly=True)
+    rows = alarm_rows(reader.select(schema.ALERTS))
     assert [(a.alarm.pole, a.alarm.kind, a.severity) for a in rows] == [
         ("p-000001", "leakage", "critical"), ("p-000003", "tilt", "warning")]
-    leak, tilt = alarms_from_rows(reader.alerts())
+    leak, tilt = alarms_from_rows(reader.select(schema.ALERTS))
     assert leak.raised_ms == T0 + 10 * 60_000 + 3 * STEP and leak.cleared_ms == T0 + 41 * 60_000
     assert tilt.cleared_ms is None and leak.metric == "leakage_current_ma"
     assert reader.exposure() == (3, 3 * 360, T0, T0 + HOUR - STEP)
@@ -120,7 +121,7 @@ def test_report_is_self_contained_and_draws_every_series(tmp_path: Path) -> None
     db, labels_path, meta = build_known_store(tmp_path)
     from simulator.faults import read_labels
 
-    reader = SqliteReader(db)
+    reader = SqliteStore(db, readonly=True)
     text = build_report(reader, read_labels(labels_path), run_meta=meta)
     reader.close()
     assert "<script" not in text and "http://" not in text and "https://" not in text and "<link" not in text
