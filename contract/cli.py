@@ -24,6 +24,7 @@ import logging
 import sys
 import time
 from collections.abc import Callable
+from contextlib import ContextDecorator
 from importlib import metadata
 from typing import Annotated, Any, Literal, TextIO
 
@@ -99,6 +100,26 @@ def configure_logging(level: str | None = None, fmt: str = "text") -> None:
     root.setLevel(level or "INFO")
     _configured["explicit_level"] = level is not None
     logging.Formatter.converter = time.gmtime  # log times in UTC, like every timestamp here
+
+
+class quiet_logs(ContextDecorator):
+    """Raise the named loggers to ``level`` for the duration of a block or a decorated call, then restore
+    them: a live view (demo, sim run) keeps its screen clean without silencing the process for good."""
+
+    def __init__(self, *names: str, level: int = logging.ERROR) -> None:
+        self.names, self.level = names, level
+        self._saved: list[list[int]] = []
+
+    def __enter__(self) -> quiet_logs:
+        loggers = [logging.getLogger(n) for n in self.names]
+        self._saved.append([lg.level for lg in loggers])  # a stack: the same object may nest
+        for lg in loggers:
+            lg.setLevel(max(self.level, lg.level))
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        for n, lvl in zip(self.names, self._saved.pop(), strict=True):
+            logging.getLogger(n).setLevel(lvl)
 
 
 def apply_default_level(level: str) -> None:

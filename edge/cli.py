@@ -93,7 +93,8 @@ def _label(spec: object) -> str:
 
 def _config_or_exit(config: Path | None) -> Any:
     """The config, or every mistake in it on its own stderr line (prefixed with the file) and exit 2."""
-    from edge.config import ConfigProblems, load_config
+    from contract.settings import ConfigProblems
+    from edge.config import load_config
 
     try:
         return load_config(config)

@@ -1,32 +1,29 @@
 """The edge agent's configuration: one pydantic-settings model, loaded only by the CLI.
 
-Sources, highest priority first: constructor arguments, ``LAMPWATCH_EDGE_*`` environment variables
-(nested fields with ``__``: ``LAMPWATCH_EDGE_LOCATION__LAT=52.1``; lists and tables as JSON), then the
-TOML file given to :func:`load_config`. Secrets (``password``) are ``SecretStr``: never logged. See
-docs/edge.md for a full example, including wiring a real board through command and file drivers.
+Loaded like every component's settings (:mod:`contract.settings`): constructor arguments, then
+``LAMPWATCH_EDGE_*`` environment variables (nested fields with ``__``: ``LAMPWATCH_EDGE_LOCATION__LAT=52.1``;
+lists and tables as JSON), then the TOML file given to :func:`load_config`. Secrets (``password``) are
+``SecretStr``: never logged. See docs/edge.md for a full example, including wiring a real board through
+command and file drivers.
 """
 
 from __future__ import annotations
 
-import tomllib
-from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_core import PydanticCustomError
-from pydantic_settings import BaseSettings, InitSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
 from contract.catalog import BY_NAME, CRITICAL, NAMES
-from contract.errors import ConfigError
 from contract.ids import DistrictStr, PoleIdStr
 from contract.models import Location, MetricName
+from contract.settings import CONFIG_PROBLEMS, FileSettings, load_settings
 
 ENV_PREFIX = "LAMPWATCH_EDGE_"
-_FILE_DATA: ContextVar[dict[str, Any] | None] = ContextVar("edge_config_file", default=None)
 
 PositiveS = Annotated[float, Field(gt=0)]
-CONFIG_PROBLEMS = "edge_config_problems"  # the error type that carries every cross-field mistake
 
 
 class _Strict(BaseModel):
@@ -116,7 +113,7 @@ def _unknown(names: object) -> list[str]:
     return [n for n in names if n not in BY_NAME]  # type: ignore[attr-defined]
 
 
-class EdgeConfig(BaseSettings):
+class EdgeConfig(FileSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid",
                                       frozen=True)
 
@@ -162,18 +159,6 @@ class EdgeConfig(BaseSettings):
     drivers: list[DriverSpec] = Field(default_factory=lambda: list[DriverSpec]([SimulatedSource()]))
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-
-    @classmethod
-    def settings_customise_sources(cls, settings_cls: type[BaseSettings],
-                                   init_settings: PydanticBaseSettingsSource,
-                                   env_settings: PydanticBaseSettingsSource,
-                                   dotenv_settings: PydanticBaseSettingsSource,
-                                   file_secret_settings: PydanticBaseSettingsSource,
-                                   ) -> tuple[PydanticBaseSettingsSource, ...]:
-        data = _FILE_DATA.get()
-        if data is None:
-            return init_settings, env_settings
-        return init_settings, env_settings, InitSettingsSource(settings_cls, init_kwargs=data)
 
     @model_validator(mode="after")
     def _check(self) -> EdgeConfig:
@@ -263,58 +248,6 @@ class EdgeConfig(BaseSettings):
         return self.outbox_path or Path(".lampwatch") / f"edge-{self.pole}.sqlite"
 
 
-class ConfigProblems(ConfigError):
-    """Every mistake of one configuration; ``str()`` is one line (the first, +N more)."""
-
-    def __init__(self, problems: list[str], source: Path | None = None) -> None:
-        self.problems = problems or ["invalid configuration"]
-        self.source = source
-        more = f" (+{len(self.problems) - 1} more)" if len(self.problems) > 1 else ""
-        super().__init__(f"invalid configuration: {self.problems[0]}{more}")
-
-    def lines(self) -> list[str]:
-        """One line per mistake, prefixed with the file: what ``lampwatch-edge check`` prints."""
-        prefix = f"{self.source}: " if self.source is not None else ""
-        return [prefix + " ".join(p.split()) for p in self.problems]
-
-
-def problems_of(exc: ValidationError) -> list[str]:
-    """Every error of a validation, each as ``location: message``."""
-    out: list[str] = []
-    for e in exc.errors(include_url=False, include_input=False):
-        if e["type"] == CONFIG_PROBLEMS:
-            out += list(e.get("ctx", {}).get("problems", [e["msg"]]))
-            continue
-        loc = ".".join(str(x) for x in e["loc"])
-        msg = e["msg"].removeprefix("Value error, ")
-        out.append(f"{loc}: {msg}" if loc else msg)
-    return out
-
-
-def describe(exc: ValidationError) -> str:
-    """One line for a user: the first error with its location (+N more)."""
-    problems = problems_of(exc)
-    more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
-    return f"{problems[0]}{more}"
-
-
 def load_config(path: str | Path | None = None, **overrides: Any) -> EdgeConfig:
-    """Read the TOML file (if any) and the environment; raise ConfigError with one clear line."""
-    data: dict[str, Any] | None = None
-    if path is not None:
-        p = Path(path)
-        try:
-            data = tomllib.loads(p.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError(f"config file {p} not found") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"cannot read config file {p}: {exc}") from exc
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"config file {p} is not valid TOML: {exc}") from exc
-    token = _FILE_DATA.set(data)
-    try:
-        return EdgeConfig(**overrides)
-    except ValidationError as exc:
-        raise ConfigProblems(problems_of(exc), Path(path) if path is not None else None) from exc
-    finally:
-        _FILE_DATA.reset(token)
+    """Read the TOML file (if any) and the environment; raise ConfigProblems (every mistake, one line)."""
+    return load_settings(EdgeConfig, path, **overrides)

@@ -1,29 +1,29 @@
 """Gateway configuration: a pydantic-settings model, loaded only by the CLI (the composition root).
 
-Sources, highest priority first: environment variables ``LAMPWATCH_GATEWAY_<FIELD>`` (e.g.
-``LAMPWATCH_GATEWAY_MQTT_HOST``, ``LAMPWATCH_GATEWAY_INFLUX_URL``), then the optional TOML file
-given with ``--config``, then the defaults below. Secrets are ``SecretStr`` and never printed.
+Loaded like every component's settings (:mod:`contract.settings`): environment variables
+``LAMPWATCH_GATEWAY_<FIELD>`` (e.g. ``LAMPWATCH_GATEWAY_MQTT_HOST``, ``LAMPWATCH_GATEWAY_INFLUX_URL``),
+then the optional TOML file given with ``--config`` (its ``[gateway]`` table, or the whole file), then the
+defaults below. Secrets are ``SecretStr`` and never printed.
 """
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import SettingsConfigDict
 
 from contract.errors import ConfigError
 from contract.ids import DISTRICT_RE, GATEWAY_ID_RE
+from contract.settings import FileSettings, load_settings
 from gateway.decode import Limits
 from gateway.partition import districts_for, parse_partition
 from gateway.service import GatewayConfig
 
 
-class GatewaySettings(BaseSettings):
+class GatewaySettings(FileSettings):
     model_config = SettingsConfigDict(env_prefix="LAMPWATCH_GATEWAY_", extra="forbid", frozen=True)
-    _toml: ClassVar[dict[str, Any]] = {}
 
     # broker
     mqtt_host: str = "127.0.0.1"
@@ -72,14 +72,6 @@ class GatewaySettings(BaseSettings):
     inventory_unknown: Literal["refuse", "flag"] = "refuse"  # poles the inventory does not list
     ops_listen: bool = True  # apply acknowledgements / maintenance from lampwatch/v1/_sys/ops/#
 
-    @classmethod
-    def settings_customise_sources(
-        cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return init_settings, env_settings, DictSource(settings_cls, cls._toml)
-
     @model_validator(mode="before")
     @classmethod
     def _client_id_from_username(cls, data: Any) -> Any:
@@ -127,36 +119,6 @@ class GatewaySettings(BaseSettings):
         return {k: getattr(self, k) for k in keys}
 
 
-class DictSource(PydanticBaseSettingsSource):
-    """A settings source over an already parsed TOML table (shared with the operators' CLI)."""
-
-    def __init__(self, settings_cls: type[BaseSettings], data: dict[str, Any]) -> None:
-        super().__init__(settings_cls)
-        self._data = data
-
-    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
-        return self._data.get(field_name), field_name, False
-
-    def __call__(self) -> dict[str, Any]:
-        return dict(self._data)
-
-
 def load(config: Path | None = None) -> GatewaySettings:
     """Load settings from env and an optional TOML file; raise ConfigError with one clear line."""
-    data: dict[str, Any] = {}
-    if config is not None:
-        try:
-            data = tomllib.loads(config.read_text())
-        except OSError as exc:
-            raise ConfigError(f"cannot read config {config}: {exc.strerror}") from exc
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"config {config} is not valid TOML: {exc}") from exc
-        data = data.get("gateway", data)
-    try:
-        GatewaySettings._toml = data
-        return GatewaySettings()
-    except ValidationError as exc:
-        e = exc.errors(include_url=False)[0]
-        raise ConfigError(f"invalid gateway setting {'.'.join(map(str, e['loc']))}: {e['msg']}") from exc
-    finally:
-        GatewaySettings._toml = {}
+    return load_settings(GatewaySettings, config, section="gateway", what="gateway setting")

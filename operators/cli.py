@@ -7,7 +7,8 @@
     lampwatch-ops cmd send p-000017 ping | sample-now | set-interval --interval-s 30
     lampwatch-ops maintenance start p-000017 --for 2h | maintenance end p-000017
 
-Settings: env ``LAMPWATCH_OPS_*`` over an optional TOML file (``--config``, section ``[ops]``).
+Settings: env ``LAMPWATCH_OPS_*`` over an optional TOML file (``--config``, its ``[ops]`` table or the
+whole file), loaded like every component's (:mod:`contract.settings`).
 Every request waits (bounded) for its answer and ends with one result line; a mistake or a timeout
 is one line on stderr and a non-zero exit code.
 """
@@ -18,23 +19,22 @@ import json
 import re
 import secrets
 import time
-import tomllib
 import urllib.error
 import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, Literal
 
 import typer
 from pydantic import Field, SecretStr, ValidationError
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
 from contract import topics
 from contract.cli import fail
 from contract.errors import ConfigError, LampwatchError
 from contract.ids import is_pole_id
 from contract.models import COMMAND, AckRequest, Alert, CommandAck, MaintenanceRequest, OpsResult, Status
-from gateway.settings import DictSource
+from contract.settings import FileSettings, load_settings
 from operators.bus import Bus
 
 PROG = "lampwatch-ops"
@@ -60,9 +60,8 @@ class NoAnswer(LampwatchError):
     """Nobody answered a request in time (exit code 1, not 2: the command itself was fine)."""
 
 
-class OpsSettings(BaseSettings):
+class OpsSettings(FileSettings):
     model_config = SettingsConfigDict(env_prefix="LAMPWATCH_OPS_", extra="forbid", frozen=True)
-    _toml: ClassVar[dict[str, Any]] = {}
 
     mqtt_host: str = "127.0.0.1"
     mqtt_port: int = Field(1883, ge=1, le=65535)
@@ -83,14 +82,6 @@ class OpsSettings(BaseSettings):
     inventory_path: str | None = None  # poles show: the inventory record beside what the pole declares
     retained_wait_s: float = Field(1.5, gt=0)  # how long to collect retained state
 
-    @classmethod
-    def settings_customise_sources(
-        cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return init_settings, env_settings, DictSource(settings_cls, cls._toml)
-
     def bus(self) -> Bus:
         return Bus(self.mqtt_host, self.mqtt_port, username=self.mqtt_username,
                    password=self.mqtt_password.get_secret_value() if self.mqtt_password else None,
@@ -99,22 +90,7 @@ class OpsSettings(BaseSettings):
 
 
 def load(config: Path | None) -> OpsSettings:
-    data: dict[str, Any] = {}
-    if config is not None:
-        try:
-            data = tomllib.loads(config.read_text()).get("ops", {})
-        except OSError as exc:
-            raise ConfigError(f"cannot read config {config}: {exc.strerror}") from exc
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"config {config} is not valid TOML: {exc}") from exc
-    try:
-        OpsSettings._toml = data
-        s = OpsSettings()
-    except ValidationError as exc:
-        e = exc.errors(include_url=False)[0]
-        raise ConfigError(f"invalid ops setting {'.'.join(map(str, e['loc']))}: {e['msg']}") from exc
-    finally:
-        OpsSettings._toml = {}
+    s = load_settings(OpsSettings, config, section="ops", what="ops setting")
     if not _IDENT.fullmatch(s.operator):
         raise ConfigError(f"operator {s.operator!r} must match {_IDENT.pattern}")
     return s

@@ -14,7 +14,6 @@ validates, stores, dead-letters and raises alarms; a live view shows it all. The
 from __future__ import annotations
 
 import contextlib
-import logging
 import tempfile
 import time
 from collections.abc import Iterator
@@ -28,6 +27,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from contract.cli import quiet_logs
 from contract.errors import BrokerError
 from gateway.service import Gateway
 from gateway.settings import GatewaySettings
@@ -155,14 +155,13 @@ def operator_view(gw: Gateway, c: dict[str, float], am_url: str | None, rows: in
     return Group(Text(notes, no_wrap=True, overflow="ignore"), t)
 
 
+@quiet_logs("lampwatch", "amqtt", "transitions")
 def run_demo(*, poles: int = 200, duration: float | None = None, seed: int = 42, speed: float = 60.0,
              hostile_pct: float = 1.0, fault_rate: float = 3.0, broker: str = "auto",
              workdir: Path | None = None, console: Console | None = None) -> DemoResult:
     """Run the demo; ``duration`` None runs until Ctrl-C. One tick per real second = ``speed`` s of
     simulated time, starting one simulated day ago so device times stay in the gateway's window."""
     console = console or Console()
-    for name in ("lampwatch", "amqtt", "transitions"):
-        logging.getLogger(name).setLevel(logging.ERROR)
     workdir = workdir or Path(tempfile.mkdtemp(prefix="lampwatch-demo-"))
     step_ms = int(1000 * speed)
     now_ms = int(time.time() * 1000)

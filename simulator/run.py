@@ -43,6 +43,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from contract.catalog import INDEX
+from contract.cli import quiet_logs
 from contract.errors import BrokerError, ConfigError
 from simulator.city import City, CityConfig
 from simulator.faults import SIGNAL_KINDS, Fault, Label, random_faults, write_labels
@@ -163,12 +164,12 @@ def _progress(console: Console, total: float | None) -> Progress:
     return Progress(*cols, console=console, transient=False, refresh_per_second=4)
 
 
-def _quiet_logs() -> None:
-    for name in ("amqtt", "transitions", "lampwatch", "lampwatch.edge", "lampwatch.detect"):
-        logging.getLogger(name).setLevel(logging.ERROR)
+#: a live progress view keeps the screen clean: these loggers are raised to ERROR while a run lasts
+_quiet_logs = quiet_logs("amqtt", "transitions", "lampwatch")
 
 
 # --- multiplexed -------------------------------------------------------------------------------------------
+@_quiet_logs
 def run_multiplexed(host: str, port: int, plan: CityPlan, *, mqtt_version: int = 5, speed: float = 1.0,
                     rate: float | None = None, duration_s: float | None = None, hostile_pct: float = 0.0,
                     labels_out: Path | None = None, console: Console | None = None,
@@ -180,7 +181,6 @@ def run_multiplexed(host: str, port: int, plan: CityPlan, *, mqtt_version: int =
     from simulator.demo import REFUSED_KINDS
 
     console = console or Console(stderr=True)
-    _quiet_logs()
     stream = stream or plan.stream()
     n = len(plan.city)
     interval = tick_interval_s(plan.step_ms, n, speed, rate)
@@ -308,6 +308,7 @@ class PoleDriver:
         pass
 
 
+@_quiet_logs
 def run_per_device(host: str, port: int, plan: CityPlan, *, workdir: Path, speed: float = 1.0,
                    duration_s: float | None = None, hostile_pct: float = 0.0, labels_out: Path | None = None,
                    console: Console | None = None, stop: threading.Event | None = None,
@@ -326,7 +327,6 @@ def run_per_device(host: str, port: int, plan: CityPlan, *, workdir: Path, speed
     from simulator.demo import REFUSED_KINDS
 
     console = console or Console(stderr=True)
-    _quiet_logs()
     if speed <= 0:
         raise ConfigError("per-device mode needs a --speed > 0 (agents sample on a clock)")
     n = len(plan.city)
@@ -485,13 +485,13 @@ class ScenarioResult:
                 f"rejected={self.rejected} alerts={self.alerts} faults={self.faults} seconds={self.seconds:.1f}")
 
 
+@_quiet_logs
 def run_scenario(scenario: str, out: Path, *, broker: str = "auto", speed: float = 0.0,
                  until_ms: int | None = None, console: Console | None = None) -> ScenarioResult:
     """Run a scenario end to end on embedded defaults; write labels.csv, lampwatch.sqlite, run.json."""
     from simulator.demo import embedded_gateway, start_broker
 
     console = console or Console(stderr=True)
-    _quiet_logs()
     out.mkdir(parents=True, exist_ok=True)
     for stale in ("lampwatch.sqlite", "lampwatch.sqlite-wal", "lampwatch.sqlite-shm"):
         (out / stale).unlink(missing_ok=True)
