@@ -1,6 +1,6 @@
 """Footprint of one edge agent at 1 sample/s, and the cost of the outbox's fsync policy.
 
-``python -m bench.bench_edge`` starts a real Mosquitto (simulator.harness), runs ``python -m edge run``
+``python -m bench.bench_edge`` starts a real Mosquitto (testbed.servers), runs ``python -m edge run``
 as a subprocess at one sample per second (every catalog metric, the critical ones also checked every
 second), lets it warm up, then measures its resident memory and CPU over a window. Then it times
 outbox appends under each ``outbox_sync`` policy on the same disk, against ``off`` as the baseline.
@@ -23,7 +23,7 @@ from pathlib import Path
 import psutil
 
 from edge.outbox import Outbox
-from simulator.harness import Mosquitto
+from testbed.servers import Mosquitto
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = {m: 1.0 for m in ("leakage_current_ma", "tilt_deg", "water_level_cm", "smoke", "door_open",

@@ -1,6 +1,6 @@
 """Sustained zero-loss ingest rate, real servers: ``python -m bench.bench_gateway [--quick]``.
 
-Every system consumes the same load on the same real Mosquitto (simulator.harness: queue limits
+Every system consumes the same load on the same real Mosquitto (testbed.servers: queue limits
 lifted) and writes to the same real InfluxDB 1.6.7:
 
 * ``raw``            a bare paho subscriber (MQTT 5, QoS 1, persistent session) that only counts;
@@ -56,8 +56,8 @@ from bench.loadgen import probe_poles
 from contract.catalog import NAMES
 from ingest.influx1 import Influx1Store
 from simulator.city import KITS, City, CityConfig
-from simulator.drills.gateway_drills import _GatewayProcess, wait_gateway_online
-from simulator.harness import InfluxDB1, Mosquitto
+from testbed.gateway import GatewayProcess, wait_gateway_online
+from testbed.servers import InfluxDB1, Mosquitto
 
 LADDER = (250, 500, 1000, 1500, 2000, 3000, 4000, 6000, 8000, 10_000, 12_000, 14_000, 16_000, 20_000, 24_000,
           28_000, 32_000)
@@ -397,10 +397,8 @@ class Bench:
             try:
                 for i, part in enumerate(parts):
                     cid = f"bench-gw{i}-{tag}"
-                    gw = _GatewayProcess(broker, url, db, tmp, tmp / f"{cid}.log")
-                    gw.env.update({"LAMPWATCH_GATEWAY_CLIENT_ID": cid, "LAMPWATCH_GATEWAY_DISTRICTS": part,
-                                   "LAMPWATCH_GATEWAY_SELFMETRICS_INTERVAL_S": "5",
-                                   "LAMPWATCH_GATEWAY_STATE_DIR": str(tmp / cid)})
+                    gw = GatewayProcess(broker, tmp / cid, tmp / f"{cid}.log", influx_url=url, influx_db=db,
+                                        client_id=cid, districts=part, selfmetrics_interval_s=5)
                     since = int(time.time() * 1000)
                     gw.start()
                     gws.append(gw)

@@ -35,11 +35,11 @@ from ingest.stores import StoreConfig, describe, open_store
 from simulator.city import City, CityConfig
 from simulator.embedded import EmbeddedBroker
 from simulator.faults import Fault, random_faults
-from simulator.harness import Alertmanager, Mosquitto, ServerMissing
 from simulator.hostile import ACCEPTED_KINDS, HOSTILE_KINDS, hostile_messages
 from simulator.publisher import Publisher
 from simulator.signals import SignalModel
 from simulator.stream import TelemetryStream, birth_messages
+from testbed.servers import Alertmanager, Mosquitto, ServerMissing
 
 DAY_MS = 86_400_000
 REFUSED_KINDS = tuple(k for k in HOSTILE_KINDS if k not in ACCEPTED_KINDS)

@@ -1,7 +1,7 @@
 """The embedded demo broker (amqtt) run in its own thread and event loop.
 
 amqtt speaks MQTT 3.1.1 only and tops out around 2-3k msg/s here: fine for ``make demo`` on a bare
-machine, never for load or drills (those use the real Mosquitto through :mod:`simulator.harness`).
+machine, never for load or drills (those use the real Mosquitto through :mod:`testbed.servers`).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import logging
 import threading
 from typing import Any
 
-from simulator.harness import free_port
+from testbed.servers import free_port
 
 
 class EmbeddedBroker:

@@ -1,4 +1,4 @@
-"""Root fixtures: real servers from simulator.harness.
+"""Root fixtures: real servers from testbed.servers.
 
 A missing server binary skips the test with the apt-get line to install it, except under CI=true,
 where it fails: CI must never go green by skipping the real-server tests.
@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from simulator.harness import InfluxDB1, Mosquitto, ServerMissing, VictoriaMetrics
+from testbed.servers import InfluxDB1, Mosquitto, ServerMissing, VictoriaMetrics
 from tests.servers import missing
 
 S = TypeVar("S", bound=AbstractContextManager[Any])
@@ -93,6 +93,6 @@ def victoria() -> Iterator[VictoriaMetrics]:
 @pytest.fixture
 def alertmanager() -> Iterator[Any]:
     """A fresh Alertmanager (v2 API, minimal config) for this test; stop()/start() it freely."""
-    from simulator.harness import Alertmanager
+    from testbed.servers import Alertmanager
 
     yield from _running(Alertmanager)

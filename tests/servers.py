@@ -7,7 +7,7 @@ from typing import NoReturn
 
 import pytest
 
-from simulator.harness import ServerMissing, require
+from testbed.servers import ServerMissing, require
 
 
 def missing(reason: object) -> NoReturn:

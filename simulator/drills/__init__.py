@@ -1,4 +1,4 @@
-"""Fault drills: real servers (simulator.harness), real edge agents and gateway, one verdict line.
+"""Fault drills: real servers (testbed.servers), real edge agents and gateway, one verdict line.
 
 Every drill ends with exactly one line a script can parse:
 

@@ -41,7 +41,7 @@ from contract.models import Status
 from gateway.app import build_with_store
 from gateway.settings import GatewaySettings
 from ingest.influx1 import Influx1Store
-from simulator.harness import Alertmanager, InfluxDB1, Mosquitto, free_port
+from testbed.servers import Alertmanager, InfluxDB1, Mosquitto, free_port
 
 REPO = Path(__file__).resolve().parents[2]
 KINDS = ("leakage", "flood", "offline")

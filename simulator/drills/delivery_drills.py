@@ -22,11 +22,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
-import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -43,10 +40,11 @@ from ingest.influx1 import Influx1Store
 from simulator.city import City, CityConfig
 from simulator.drills import DrillResult
 from simulator.drills.gateway_drills import DRILL_DB, DrillSpec, _wait_store, paced, rig
-from simulator.harness import InfluxDB1, Mosquitto
 from simulator.publisher import Publisher
 from simulator.signals import SignalModel
 from simulator.stream import TelemetryStream
+from testbed.gateway import GatewayProcess
+from testbed.servers import InfluxDB1, Mosquitto
 
 Log = Callable[[str], None]
 GW_ID = "drill-gw"
@@ -61,49 +59,11 @@ BROKER_CRASH_CLAIM_S = 5.0
 
 
 # --- rig pieces --------------------------------------------------------------------------------------------
-class GatewayProc:
-    """`python -m gateway run` as a real process; SIGTERM = a deploy, SIGKILL = a crash."""
-
-    def __init__(self, broker: Mosquitto, influx_url: str, state_dir: Path, log_path: Path,
-                 **env: str) -> None:
-        self.env = {**os.environ, "LAMPWATCH_GATEWAY_MQTT_HOST": broker.host,
-                    "LAMPWATCH_GATEWAY_MQTT_PORT": str(broker.port), "LAMPWATCH_GATEWAY_INFLUX_URL": influx_url,
-                    "LAMPWATCH_GATEWAY_INFLUX_DB": DRILL_DB, "LAMPWATCH_GATEWAY_STATE_DIR": str(state_dir),
-                    "LAMPWATCH_GATEWAY_CLIENT_ID": GW_ID, "LAMPWATCH_GATEWAY_SELFMETRICS_INTERVAL_S": "1",
-                    **{f"LAMPWATCH_GATEWAY_{k.upper()}": v for k, v in env.items()}}
-        self.log_path = log_path
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with open(self.log_path, "ab") as logf:
-            self.proc = subprocess.Popen([sys.executable, "-m", "gateway", "run"], env=self.env, stdout=logf,
-                                         stderr=subprocess.STDOUT, start_new_session=True)
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def kill(self) -> None:
-        if self.alive():
-            assert self.proc is not None
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
-
-    def terminate(self, timeout_s: float = 60.0) -> int | None:
-        if not self.alive():
-            return self.proc.returncode if self.proc else None
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            return None
-
-    def log_text(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
+def _gateway(broker: Mosquitto, influx: InfluxDB1, state_dir: Path, log_path: Path,
+             **settings: str) -> GatewayProcess:
+    """The drills' gateway process: this rig's broker and InfluxDB, client id GW_ID."""
+    return GatewayProcess(broker, state_dir, log_path, influx_url=influx.url, influx_db=DRILL_DB, client_id=GW_ID,
+                          **settings)
 
 
 class Watch:
@@ -164,7 +124,7 @@ def _wait_online(watch: Watch, since: float, timeout_s: float = 60.0) -> bool:
                              for s in watch.json_on(_status_topic())), timeout_s)
 
 
-def _start_online(gw: GatewayProc, watch: Watch) -> float:
+def _start_online(gw: GatewayProcess, watch: Watch) -> float:
     """Start the gateway process and wait until it reports online; returns when it was started."""
     t = time.time()
     gw.start()
@@ -243,13 +203,13 @@ def gateway_restart(spec: DrillSpec | None = None, *, log: Log = print) -> Drill
     spec = spec or DrillSpec()
     with rig() as (tmp, broker, influx, store):
         watch = Watch(broker, _status_topic())
-        gw = GatewayProc(broker, influx.url, tmp, tmp / "gateway.log")
+        gw = _gateway(broker, influx, tmp, tmp / "gateway.log")
         _start_online(gw, watch)
         state: dict[str, Any] = {"down": False, "up": False, "rc": None}
 
         def on_tick(k: int, n: int) -> None:
             if not state["down"] and k >= n // 3:
-                state["rc"] = gw.terminate()
+                state["rc"] = gw.stop()
                 state["down"] = True
                 log(f"gateway stopped with SIGTERM at tick {k}/{n} (exit {state['rc']})")
             elif state["down"] and not state["up"] and k >= 2 * n // 3:
@@ -260,7 +220,7 @@ def gateway_restart(spec: DrillSpec | None = None, *, log: Log = print) -> Drill
         sent = _publish(broker, spec, on_tick=on_tick, log=log)
         published = len(_samples(sent))
         distinct, points = _settle(store, published, spec.settle_s, log)
-        gw.terminate()
+        gw.stop()
         watch.close()
     checks = [] if state["up"] else ["the gateway was never restarted"]
     if state["rc"] not in (0,):
@@ -286,7 +246,7 @@ def poison_pill(spec: DrillSpec | None = None, *, log: Log = print) -> DrillResu
     spec = spec or DrillSpec()
     with rig_with_packet_limit() as (tmp, broker, influx, store):
         watch = Watch(broker, _status_topic(), topics.DEADLETTER_PREFIX + "/#")
-        gw = GatewayProc(broker, influx.url, tmp, tmp / "gateway.log")
+        gw = _gateway(broker, influx, tmp, tmp / "gateway.log")
         _start_online(gw, watch)
         ticks = max(1, int(spec.seconds * spec.rate_hz))
         start_ms = int(time.time() * 1000) - ticks * spec.step_ms
@@ -304,7 +264,7 @@ def poison_pill(spec: DrillSpec | None = None, *, log: Log = print) -> DrillResu
         dls = watch.on(topics.DEADLETTER_PREFIX)
         counters = _last_counters(watch)
         disconnects = broker.log_text().count(f"Client {GW_ID} disconnected")  # before our own stop
-        gw.terminate()
+        gw.stop()
         watch.close()
     checks = []
     if len(dls) != len(pills):
@@ -361,7 +321,7 @@ def store_reject(spec: DrillSpec | None = None, *, auth_fix_after_s: float = 5.0
         influx.write_lines(DRILL_DB, f"telemetry,district={p.district},pole=zz-poison leakage_current_ma=1i "
                            f"{(h0 + 1) * 1_000_000}")
         watch = Watch(broker, _status_topic(), topics.DEADLETTER_PREFIX + "/store_rejected")
-        gw = GatewayProc(broker, influx.url, tmp, tmp / "gateway.log")
+        gw = _gateway(broker, influx, tmp, tmp / "gateway.log")
         t = _start_online(gw, watch)
         critical = {"pole": p.pole_id, "seq": 99_999_999, "ts": h0 + 60_000}
 
@@ -382,7 +342,7 @@ def store_reject(spec: DrillSpec | None = None, *, auth_fix_after_s: float = 5.0
         time.sleep(1.5)
         counters = _last_counters(watch)
         dls = watch.json_on(topics.DEADLETTER_PREFIX)
-        gw.terminate()
+        gw.stop()
         watch.close()
     checks = []
     if counters.get("store_rejected_points", -1) != len(refused):
@@ -403,7 +363,7 @@ def store_reject(spec: DrillSpec | None = None, *, auth_fix_after_s: float = 5.0
         _q(influx, f'CREATE DATABASE "{DRILL_DB}"', admin)
         store2 = Influx1Store(influx.url, DRILL_DB, username="admin", password="admin-pw", create=False)
         watch = Watch(broker, _status_topic())
-        gw = GatewayProc(broker, influx.url, tmp, tmp / "gateway.log", influx_username="gw", influx_password="gw-pw")
+        gw = _gateway(broker, influx, tmp, tmp / "gateway.log", influx_username="gw", influx_password="gw-pw")
         t = _start_online(gw, watch)
         fixed: list[float] = []
 
@@ -422,7 +382,7 @@ def store_reject(spec: DrillSpec | None = None, *, auth_fix_after_s: float = 5.0
         pub2 = len(_samples(sent2))
         distinct2, points2 = _settle(store2, pub2, spec.settle_s, log)
         counters2 = _last_counters(watch)
-        gw.terminate()
+        gw.stop()
         watch.close()
         store2.close()
     checks2 = list(r1.failed_checks)
@@ -479,7 +439,7 @@ def spool_disk_full(spec: DrillSpec | None = None, *, disk: str = "1m", log: Log
     spec = spec or DrillSpec()
     with rig() as (tmp, broker, influx, store), small_disk(tmp / "state", disk) as state:
         watch = Watch(broker, _status_topic(), _alarm_prefix() + "/#")
-        gw = GatewayProc(broker, influx.url, state, tmp / "gateway.log", spool_max_mb="512")
+        gw = _gateway(broker, influx, state, tmp / "gateway.log", spool_max_mb="512")
         _start_online(gw, watch)
         influx.stop()
         log("InfluxDB stopped: the gateway spools to its 1 MB state disk")
@@ -498,7 +458,7 @@ def spool_disk_full(spec: DrillSpec | None = None, *, disk: str = "1m", log: Log
         ready_again = _wait(lambda: (watch.json_on(_status_topic()) or [{}])[-1].get("ready") is True, 20)
         alive = gw.alive()
         tail = " | ".join(gw.log_text().strip().splitlines()[-3:])
-        gw.terminate()
+        gw.stop()
         watch.close()
     checks = []
     if not saw_full:
@@ -520,7 +480,7 @@ def device_reboot(poles: int = 20, samples: int = 10, *, settle_s: float = 60.0,
     dead-lettered with reason seq_conflict, none dropped silently)."""
     with rig() as (tmp, broker, influx, store):
         watch = Watch(broker, _status_topic(), topics.DEADLETTER_PREFIX + "/#")
-        gw = GatewayProc(broker, influx.url, tmp, tmp / "gateway.log")
+        gw = _gateway(broker, influx, tmp, tmp / "gateway.log")
         _start_online(gw, watch)
         pub = Publisher(broker.host, broker.port, "drill-devices").connect()
         t0 = int(time.time() * 1000) - 3_600_000
@@ -541,7 +501,7 @@ def device_reboot(poles: int = 20, samples: int = 10, *, settle_s: float = 60.0,
         _wait(lambda: len(watch.on(f"{topics.DEADLETTER_PREFIX}/seq_conflict")) >= conflicts, 20)
         time.sleep(1.0)
         seen = len(watch.on(f"{topics.DEADLETTER_PREFIX}/seq_conflict"))
-        gw.terminate()
+        gw.stop()
         watch.close()
     checks = [] if seen == conflicts else [f"{seen} seq_conflict dead letters for {conflicts} conflicts"]
     return DrillResult("device-reboot", published, distinct, points - distinct, conflicts,
@@ -569,7 +529,7 @@ def broker_crash(messages: int = 2000, *, claim_s: float = BROKER_CRASH_CLAIM_S,
         tmp = Path(tmpd)
         store = Influx1Store(influx.url, DRILL_DB)
         watch = Watch(broker, _status_topic())
-        gw = GatewayProc(broker, influx.url, tmp, tmp / "gateway.log")
+        gw = _gateway(broker, influx, tmp, tmp / "gateway.log")
         _start_online(gw, watch)
         watch.close()
         time.sleep(interval + 1.0)  # the gateway's session (and its subscriptions) is on disk
@@ -587,13 +547,13 @@ def broker_crash(messages: int = 2000, *, claim_s: float = BROKER_CRASH_CLAIM_S,
         # the window, measured: the gateway offline again, a steady stream, the broker killed the moment
         # the last PUBACK is in; what is missing afterwards, at the offered rate, is the loss window
         window = _crash_window(broker, gw, store, interval, distinct, settle_s, log) if measure_window else {}
-        gw.terminate()
+        gw.stop()
         store.close()
     return DrillResult("broker-crash", published, distinct, points - distinct, 0,
                        extra={"autosave_interval_s": float(interval), "claim_s": claim_s, **window})
 
 
-def _crash_window(broker: Mosquitto, gw: GatewayProc, store: Influx1Store, interval: int, before: int,
+def _crash_window(broker: Mosquitto, gw: GatewayProcess, store: Influx1Store, interval: int, before: int,
                   settle_s: float, log: Log) -> dict[str, float]:
     time.sleep(interval + 1.0)
     gw.kill()
@@ -618,8 +578,8 @@ def standby_takeover(spec: DrillSpec | None = None, *, max_takeover_s: float = 1
     spec = spec or DrillSpec()
     with rig() as (tmp, broker, influx, store):
         watch = Watch(broker, _status_topic())
-        a = GatewayProc(broker, influx.url, tmp, tmp / "gateway-a.log")
-        b = GatewayProc(broker, influx.url, tmp, tmp / "gateway-b.log")
+        a = _gateway(broker, influx, tmp, tmp / "gateway-a.log")
+        b = _gateway(broker, influx, tmp, tmp / "gateway-b.log")
         _start_online(a, watch)
         b.start()
         time.sleep(3.0)  # the standby is up and waiting
@@ -639,7 +599,7 @@ def standby_takeover(spec: DrillSpec | None = None, *, max_takeover_s: float = 1
                   and s["_at"] >= killed]
         took = (min(online) - killed) if online else float("inf")
         distinct, points = _settle(store, published, spec.settle_s, log)
-        b.terminate()
+        b.stop()
         watch.close()
         swaps = broker.log_text().count("already connected, closing old connection")
     log(f"standby online {took:.1f} s after the kill; session takeovers in the broker log: {swaps}")

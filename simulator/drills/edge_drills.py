@@ -28,7 +28,7 @@ from edge.config import EdgeConfig
 from gateway.service import Gateway, GatewayConfig
 from ingest.sqlite import SqliteStore
 from simulator.drills import DrillResult
-from simulator.harness import LOOPBACK, Mosquitto, free_port
+from testbed.servers import LOOPBACK, Mosquitto, free_port
 
 DISTRICT = "drill"
 

@@ -1,6 +1,6 @@
 """Gateway fault drills on real servers: gateway-kill, store-outage, hostile-traffic.
 
-Each starts a real Mosquitto and a real InfluxDB 1.6.7 through :mod:`simulator.harness`, runs a real
+Each starts a real Mosquitto and a real InfluxDB 1.6.7 through :mod:`testbed.servers`, runs a real
 gateway (a subprocess for gateway-kill, so kill -9 is the real thing), publishes a simulated city at
 QoS 1 through the multiplexed publisher, disrupts something mid-stream, waits for the system to
 settle and then counts from the store itself:
@@ -15,13 +15,7 @@ settle and then counts from the store itself:
 from __future__ import annotations
 
 import contextlib
-import json
-import os
-import signal
-import subprocess
-import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -29,18 +23,18 @@ from pathlib import Path
 
 import numpy as np
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 
 from contract import topics
 from gateway.service import Gateway, GatewayConfig
 from ingest.influx1 import Influx1Store
 from simulator.city import City, CityConfig
 from simulator.drills import DrillResult
-from simulator.harness import InfluxDB1, Mosquitto
 from simulator.hostile import ACCEPTED_KINDS, HOSTILE_KINDS, hostile_messages
 from simulator.publisher import Publisher
 from simulator.signals import SignalModel
 from simulator.stream import TelemetryStream
+from testbed.gateway import GatewayProcess, wait_gateway_online
+from testbed.servers import InfluxDB1, Mosquitto
 
 DRILL_DB = "drill"
 REFUSED_KINDS = tuple(k for k in HOSTILE_KINDS if k not in ACCEPTED_KINDS)
@@ -95,61 +89,6 @@ def _wait_store(store: Influx1Store, target: int, settle_s: float, log: Log,
             return count(store)
         time.sleep(0.5)
     return last
-
-
-class _GatewayProcess:
-    """`python -m gateway run` as a real process, configured through LAMPWATCH_GATEWAY_* env vars."""
-
-    def __init__(self, broker: Mosquitto, influx_url: str, db: str, state_dir: Path, log_path: Path) -> None:
-        self.env = {**os.environ, "LAMPWATCH_GATEWAY_MQTT_HOST": broker.host,
-                    "LAMPWATCH_GATEWAY_MQTT_PORT": str(broker.port), "LAMPWATCH_GATEWAY_INFLUX_URL": influx_url,
-                    "LAMPWATCH_GATEWAY_INFLUX_DB": db, "LAMPWATCH_GATEWAY_STATE_DIR": str(state_dir),
-                    "LAMPWATCH_GATEWAY_CLIENT_ID": "drill-gw", "LAMPWATCH_GATEWAY_SELFMETRICS_INTERVAL_S": "1"}
-        self.log_path = log_path
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self._log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "gateway", "run"], env=self.env,
-                                     stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait()
-        self._log.close()
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.kill()
-                return
-        self._log.close()
-
-
-def wait_gateway_online(broker: Mosquitto, client_id: str, since_ms: int, timeout_s: float = 30.0) -> None:
-    """Block until the gateway reports itself online (it does so once it is subscribed)."""
-    done = threading.Event()
-    c = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-
-    def on_message(_c: object, _u: object, m: mqtt.MQTTMessage) -> None:
-        with contextlib.suppress(ValueError):
-            st = json.loads(m.payload)
-            if st.get("state") == "online" and st.get("ts", 0) >= since_ms:
-                done.set()
-
-    c.on_message = on_message
-    c.connect(broker.host, broker.port)
-    c.subscribe(topics.gateway_status(client_id), qos=1)
-    c.loop_start()
-    ok = done.wait(timeout_s)
-    c.loop_stop()
-    c.disconnect()
-    if not ok:
-        raise RuntimeError(f"gateway {client_id} did not come online within {timeout_s:.0f} s")
 
 
 def _publish_city(broker: Mosquitto, spec: DrillSpec, *, hostile_frac: float = 0.0, replay_frac: float = 0.0,
@@ -212,7 +151,8 @@ def gateway_kill(spec: DrillSpec | None = None, *, kill_at: float = 0.5, down_s:
     """kill -9 the gateway process mid-stream, restart it: the broker redelivers what it had not acked."""
     spec = spec or DrillSpec()
     with rig() as (tmp, broker, influx, store):
-        gw = _GatewayProcess(broker, influx.url, DRILL_DB, tmp, tmp / "gateway.log")
+        gw = GatewayProcess(broker, tmp, tmp / "gateway.log", influx_url=influx.url, influx_db=DRILL_DB,
+                            client_id="drill-gw")
         since = int(time.time() * 1000)
         gw.start()
         wait_gateway_online(broker, "drill-gw", since)
@@ -220,7 +160,7 @@ def gateway_kill(spec: DrillSpec | None = None, *, kill_at: float = 0.5, down_s:
 
         def on_tick(k: int, n: int) -> None:
             if not killed and k >= int(n * kill_at):
-                log(f"kill -9 gateway (pid {gw.proc.pid if gw.proc else '?'}) at tick {k}/{n}")
+                log(f"kill -9 gateway (pid {gw.pid}) at tick {k}/{n}")
                 gw.kill()
                 killed.append(k)
                 time.sleep(down_s)

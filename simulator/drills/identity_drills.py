@@ -49,10 +49,11 @@ from ingest import credentials
 from ingest.sqlite import SqliteStore
 from simulator.city import City, CityConfig
 from simulator.drills import DrillResult
-from simulator.drills.gateway_drills import Log, _GatewayProcess
-from simulator.harness import Mosquitto, free_port
+from simulator.drills.gateway_drills import Log
 from simulator.signals import SignalModel
 from simulator.stream import TelemetryStream
+from testbed.gateway import GatewayProcess
+from testbed.servers import Mosquitto, free_port
 
 WAIT_S = 30.0
 GATEWAY = credentials.GATEWAY_USER
@@ -207,15 +208,9 @@ def session_hijack(messages: int = 500, *, poles: int = 5, identity: bool = True
             log(f"broker: repository config, use_username_as_clientid {'on' if identity else 'OFF'}, "
                 f"TLS :{server.port}, plain :{server.plain_port}")
             store_path = tmp / "store.sqlite"
-            gw = _GatewayProcess(server, "", "", tmp, tmp / "gateway.log")
-            gw.env = {k: v for k, v in gw.env.items()
-                      if not k.startswith("LAMPWATCH_GATEWAY_") or k == "LAMPWATCH_GATEWAY_SELFMETRICS_INTERVAL_S"}
-            gw.env.update({"LAMPWATCH_GATEWAY_MQTT_HOST": server.host,
-                           "LAMPWATCH_GATEWAY_MQTT_PORT": str(server.plain_port),
-                           "LAMPWATCH_GATEWAY_MQTT_USERNAME": GATEWAY,
-                           "LAMPWATCH_GATEWAY_MQTT_PASSWORD": pw[GATEWAY],
-                           "LAMPWATCH_GATEWAY_STORE": "sqlite", "LAMPWATCH_GATEWAY_SQLITE_PATH": str(store_path),
-                           "LAMPWATCH_GATEWAY_STATE_DIR": str(tmp / "state")})
+            gw = GatewayProcess(server, tmp / "state", tmp / "gateway.log", mqtt_port=server.plain_port,
+                                mqtt_username=GATEWAY, mqtt_password=pw[GATEWAY], store="sqlite",
+                                sqlite_path=str(store_path))
             since = int(time.time() * 1000)
             gw.start()
             try:

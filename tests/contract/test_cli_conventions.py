@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from contract.cli import configure_logging, version
-from simulator.harness import Mosquitto
+from testbed.servers import Mosquitto
 
 BIN = Path(sys.executable).parent
 CLIS = ["lampwatch-edge", "lampwatch-gateway", "lampwatch-ingest", "lampwatch-sim"]

@@ -21,7 +21,7 @@ from contract import topics
 from contract.models import COMMAND, Status, Telemetry
 from gateway.service import Gateway, GatewayConfig
 from ingest.influx1 import Influx1Store
-from simulator.harness import InfluxDB1
+from testbed.servers import InfluxDB1
 from tests.gateway.helpers import wait_until
 from tests.servers import need
 

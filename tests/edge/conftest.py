@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from simulator.harness import Mosquitto
+from testbed.servers import Mosquitto
 from tests.edge.edge_helpers import AgentProcess, Recorder
 
 

@@ -18,7 +18,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from simulator.harness import Mosquitto
+from testbed.servers import Mosquitto
 
 WAIT_S = 60.0  # generous upper bound for waits: a stuck test fails instead of hanging, not a speed check
 ROOT = Path(__file__).resolve().parents[2]

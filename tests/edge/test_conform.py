@@ -23,7 +23,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from contract import topics
 from edge.conform import REQUIREMENTS, Broker, Seen, Verdict, conform, judge, summary
-from simulator.harness import Mosquitto
+from testbed.servers import Mosquitto
 from tests.edge.edge_helpers import AgentProcess, Recorder, wait_until, write_config
 
 BIN = Path(sys.executable).parent
@@ -245,7 +245,7 @@ def test_the_real_edge_agent_passes_through_kill_and_restart(mosquitto: Mosquitt
 
 
 def test_conform_against_no_broker_is_one_line() -> None:
-    from simulator.harness import free_port
+    from testbed.servers import free_port
 
     res = subprocess.run([str(BIN / "lampwatch-edge"), "conform", "--pole", "p-1", "--district", "north",
                           "--duration", "1", "--port", str(free_port())], capture_output=True, text=True,

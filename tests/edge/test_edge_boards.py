@@ -21,7 +21,7 @@ from pymodbus.simulator import DataType, SimData, SimDevice
 from edge.config import ModbusRegister, ModbusSource, load_config
 from edge.drivers import DriverError, preflight
 from edge.modbus import ModbusDriver, decode
-from simulator.harness import Mosquitto, free_port
+from testbed.servers import Mosquitto, free_port
 from tests.edge.edge_helpers import AgentProcess, Recorder, wait_until
 
 BIN = Path(sys.executable).parent
@@ -182,7 +182,7 @@ class ModbusSimulator:
     def start(self) -> ModbusSimulator:
         self.thread.start()
         assert self.ready.wait(10)
-        from simulator.harness import _tcp_open
+        from testbed.servers import _tcp_open
 
         wait_until(lambda: _tcp_open("127.0.0.1", self.port), 10, "modbus simulator listening")
         return self

@@ -15,7 +15,7 @@ from edge.agent import EdgeAgent
 from edge.clock import ScaledClock, SystemClock
 from edge.config import EdgeConfig
 from edge.host import AgentHost
-from simulator.harness import Mosquitto
+from testbed.servers import Mosquitto
 from tests.edge.edge_helpers import Recorder, wait_until
 
 DISTRICT = "north"

@@ -19,7 +19,7 @@ from contract import topics
 from edge.agent import EdgeAgent
 from edge.config import EdgeConfig
 from edge.drivers import SimulatedDriver, catalog_model
-from simulator.harness import Mosquitto
+from testbed.servers import Mosquitto
 from tests.edge.edge_helpers import AgentProcess, Recorder, wait_until, write_config
 
 DISTRICT = "north"

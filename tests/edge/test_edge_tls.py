@@ -12,7 +12,7 @@ import pytest
 
 from edge.agent import EdgeAgent
 from edge.config import EdgeConfig
-from simulator.harness import Mosquitto, free_port
+from testbed.servers import Mosquitto, free_port
 from tests.edge.edge_helpers import Recorder, wait_until
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl CLI not installed")

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from gateway.cli import app
 from gateway.service import Gateway, GatewayConfig
 from ingest.sqlite import SqliteStore
-from simulator.harness import Mosquitto
+from testbed.servers import Mosquitto
 
 runner = CliRunner()
 

@@ -17,8 +17,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from gateway.health import HealthError, HealthServer, kind_of, metric_name
 from gateway.service import Gateway, GatewayConfig
 from ingest.sqlite import SqliteStore
-from simulator import harness
-from simulator.harness import Mosquitto, ServerMissing, free_port
+from testbed import servers as harness
+from testbed.servers import Mosquitto, ServerMissing, free_port
 from tests.gateway.helpers import wait_until
 from tests.servers import missing
 
@@ -237,7 +237,7 @@ def test_lampwatch_gateway_run_serves_readyz_and_metrics(mosquitto: Mosquitto, t
     import time
     import urllib.request
 
-    from simulator.harness import free_port
+    from testbed.servers import free_port
 
     port = free_port()
     env = {**os.environ, "LAMPWATCH_GATEWAY_MQTT_HOST": mosquitto.host,

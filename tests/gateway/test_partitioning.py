@@ -6,8 +6,8 @@ from pathlib import Path
 
 from gateway.service import Gateway, GatewayConfig
 from ingest.sqlite import SqliteStore
-from simulator.harness import Mosquitto
 from simulator.publisher import Publisher
+from testbed.servers import Mosquitto
 from tests.gateway.helpers import make_messages, wait_until
 
 

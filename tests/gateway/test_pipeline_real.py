@@ -16,7 +16,7 @@ from gateway.deadletter import Quarantine
 from ingest.influx1 import Influx1Store
 from ingest.influx2 import Influx2Store
 from ingest.sqlite import SqliteStore
-from simulator.harness import InfluxDB1, Mosquitto, VictoriaMetrics
+from testbed.servers import InfluxDB1, Mosquitto, VictoriaMetrics
 from tests.gateway.helpers import make_messages, run_through_gateway, wait_until
 
 POLES, SAMPLES = 100, 30

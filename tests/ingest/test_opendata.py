@@ -34,7 +34,7 @@ from ingest import rollup as roll
 from ingest.cli import main
 from ingest.influx1 import Influx1Store
 from ingest.sqlite import SqliteStore
-from simulator.harness import InfluxDB1
+from testbed.servers import InfluxDB1
 
 SINCE, UNTIL = date(2026, 3, 2), date(2026, 3, 9)
 OFFSET_H = 1  # local time = UTC + 1 h
@@ -522,7 +522,7 @@ def test_bad_arguments_are_one_line_and_nonzero(tmp_path: Path, capsys: pytest.C
 
 
 def test_unreachable_influxdb_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from simulator.harness import free_port
+    from testbed.servers import free_port
 
     rc = main(["publish", "--since", "2026-03-02", "--until", "2026-03-03", "--out", str(tmp_path),
                "--url", f"http://127.0.0.1:{free_port()}"])

@@ -22,7 +22,7 @@ from gateway.app import build_with_store
 from gateway.settings import GatewaySettings
 from ingest.sqlite import SqliteStore
 from operators.cli import app
-from simulator.harness import Mosquitto
+from testbed.servers import Mosquitto
 
 WAIT_S = 30.0
 

@@ -33,7 +33,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from contract import topics
 from ingest import credentials
-from simulator.harness import InfluxDB1, free_port
+from testbed.servers import InfluxDB1, free_port
 from tests.servers import need
 
 REPO = Path(__file__).resolve().parents[2]

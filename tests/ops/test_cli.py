@@ -16,7 +16,7 @@ import typer
 
 from ingest import credentials, grafana
 from ingest.cli import app, main
-from simulator.harness import InfluxDB1
+from testbed.servers import InfluxDB1
 
 from .conftest import FakeGrafana
 

@@ -17,7 +17,7 @@ from contract.models import Alert
 from ingest import grafana, rollup
 from ingest.influx1 import Influx1Store
 from ingest.setup import setup
-from simulator.harness import InfluxDB1
+from testbed.servers import InfluxDB1
 
 from . import fakedata as fd
 from .conftest import FakeGrafana

@@ -24,7 +24,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from contract import topics
 from ingest import credentials
-from simulator.harness import Mosquitto, ServerMissing, free_port, require
+from testbed.servers import Mosquitto, ServerMissing, free_port, require
 from tests.servers import missing
 
 REPO = Path(__file__).resolve().parents[2]

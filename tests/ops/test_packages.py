@@ -23,7 +23,7 @@ def packages() -> dict[str, str]:
 
 def test_every_binary_the_suite_asks_for_is_in_the_list() -> None:
     wanted: set[str] = set()
-    for path in [*(ROOT / "tests").rglob("*.py"), ROOT / "simulator" / "harness.py"]:
+    for path in [*(ROOT / "tests").rglob("*.py"), *(ROOT / "testbed").rglob("*.py")]:
         text = path.read_text(encoding="utf-8")
         wanted |= set(re.findall(r'^\s+binary = "([a-z_-]+)"', text, re.M))
         for args in re.findall(r"\bneed\(([^)]*)\)", text):

@@ -16,7 +16,7 @@ from contract.readings import Point
 from ingest import rollup
 from ingest.influx1 import Influx1Store
 from ingest.setup import setup
-from simulator.harness import InfluxDB1
+from testbed.servers import InfluxDB1
 
 from .fakedata import readings
 

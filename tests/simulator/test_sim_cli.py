@@ -15,7 +15,7 @@ from typer.main import get_command
 from typer.testing import CliRunner
 
 from simulator.cli import app
-from simulator.harness import Mosquitto
+from testbed.servers import Mosquitto
 from tests.simulator.test_sim_report import build_known_store
 
 RUN_LINE = re.compile(r"run: published=(\d+) hostile=(\d+) msgs_s=[\d.]+ faults=(\d+) seconds=[\d.]+")
@@ -151,7 +151,7 @@ def test_run_bad_arguments_are_one_line_and_exit_2() -> None:
 
 
 def test_scenario_end_to_end_writes_store_and_labels_and_scores(tmp_path: Path) -> None:
-    from simulator.harness import ServerMissing, require
+    from testbed.servers import ServerMissing, require
 
     try:
         require("mosquitto")

@@ -18,8 +18,8 @@ from rich.console import Console
 from gateway.service import Gateway, GatewayConfig
 from ingest.credentials import pole_ids, write_credentials
 from ingest.sqlite import SqliteStore
-from simulator.harness import Mosquitto
 from simulator.run import plan_city, run_per_device
+from testbed.servers import Mosquitto
 
 
 def test_per_device_agents_log_in_as_their_poles(mosquitto_factory: Callable[..., Mosquitto],

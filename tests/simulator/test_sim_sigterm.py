@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 
-from simulator.harness import ServerMissing, require
+from testbed.servers import ServerMissing, require
 
 
 def _children(pid: int) -> list[int]:

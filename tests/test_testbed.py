@@ -15,7 +15,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from simulator.harness import (
+from testbed.servers import (
     HarnessError,
     InfluxDB1,
     Mosquitto,
