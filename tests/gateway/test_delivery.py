@@ -1,6 +1,6 @@
 """The delivery core's pure parts (docs/delivery.md): acks in order once durable, dedup by (pole, boot,
 seq) with conflicts, bounded dead letters, duplicate JSON keys, and the output stage's bisection, spool
-and hold logic against an in-memory sink (the real-server proofs are the drills in tests/drills/)."""
+and hold logic against an in-memory sink (the real-server proofs are the drills in tests/simulator/drills/)."""
 
 from __future__ import annotations
 

@@ -82,7 +82,7 @@ def test_levels_trigger_and_strict_clear() -> None:
 
 # --- boundaries of every catalog rule ------------------------------------------------------------------
 def _cases() -> list[tuple[str, str, int]]:
-    """Every tier of every rule on single readings (averaged rules: tests/detect/test_rules_averaged.py)."""
+    """Every tier of every rule on single readings (averaged rules: tests/gateway/detect/test_rules_averaged.py)."""
     out = []
     for r in derive_rules():
         if r.mean_over_s is not None:

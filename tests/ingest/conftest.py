@@ -1,4 +1,4 @@
-"""Fixtures for the ops tests."""
+"""Fixtures for the ingest tests."""
 
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ import pytest
 
 from contract.catalog import BY_NAME, Threshold
 from gateway.detect.rules import RuleParams, derive_rules
-from tests.detect.test_rules import Pole
+from tests.gateway.detect.test_rules import Pole
 
 HOUR_MS = 3_600_000
 AVERAGED = [(r.spec.metric or "", r.spec.key, i) for r in derive_rules() if r.mean_over_s is not None

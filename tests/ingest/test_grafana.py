@@ -18,8 +18,8 @@ from ingest import grafana, rollup
 from ingest.influx1 import Influx1Store
 from ingest.setup import setup
 from testbed.servers import InfluxDB1
+from tests.ingest import fakedata as fd
 
-from . import fakedata as fd
 from .conftest import FakeGrafana
 
 REPO = Path(__file__).resolve().parents[2]

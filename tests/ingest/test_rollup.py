@@ -17,8 +17,7 @@ from ingest import rollup
 from ingest.influx1 import Influx1Store
 from ingest.setup import setup
 from testbed.servers import InfluxDB1
-
-from .fakedata import readings
+from tests.ingest.fakedata import readings
 
 DAY_S = 86_400
 MIN_NS = 60 * rollup.NS
