@@ -509,7 +509,8 @@ class DetectionStage:
             doc = json.loads(path.read_bytes())
             if not isinstance(doc, dict) or doc.get("v") != STATE_VERSION:
                 raise ValueError("not a detection state file of version 1")
-            self.rules.restore(doc.get("poles", []))
+            saved_at = int(doc.get("saved_at", self.clock() * 1000))
+            self.rules.restore(doc.get("poles", []), heard_ms=saved_at)
             self.poles.restore(doc.get("alarms", []), self._pole_row)
             if self.spatial is not None and self.districts is not None:
                 self.spatial.restore(doc.get("spatial", []))
@@ -536,7 +537,16 @@ class DetectionStage:
                     self.stream.load_state_dict({k: z[k] for k in z.files})
             except (OSError, ValueError, KeyError) as exc:
                 log.error("streaming detector state unreadable (%s): it warms up again", exc)
-        self.rules.grace(int(self.clock() * 1000))
+        # the time the gateway was down is not the poles' silence (a deploy must not raise, or clear,
+        # offline alarms): from the last save, which a crash may leave a save interval behind
+        self.rules.excuse(int(self.clock() * 1000) - saved_at)
+
+    def excuse(self, ms: int) -> None:
+        """The gateway heard nothing for ``ms`` through no fault of the poles (its broker connection was
+        lost): that time does not count towards anyone's silence limit."""
+        with self._lock:
+            self.rules.excuse(ms)
+            self.counts["excused_ms"] += max(0, int(ms))
 
     def _pole_row(self, district: str, pole: str) -> int:
         return self.state.row(pole, district)

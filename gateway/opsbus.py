@@ -136,6 +136,9 @@ class OperatorStage:
     def tick(self, now_ms: int | None = None) -> Any:
         return self.stage.tick(now_ms)
 
+    def excuse(self, ms: int) -> None:
+        self.stage.excuse(ms)
+
     @property
     def state_error(self) -> str | None:
         """Why the alarm state cannot be saved, or None (the gateway raises ``state_save_failed``)."""

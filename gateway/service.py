@@ -106,6 +106,8 @@ class Stage(Protocol):
 
     def tick(self, now_ms: int | None = None) -> list[Point]: ...
 
+    def excuse(self, ms: int) -> None: ...
+
     def counters(self) -> dict[str, float]: ...
 
     def close(self) -> None: ...
@@ -128,6 +130,9 @@ class Gateway:
         self._stop = threading.Event()
         self._worker: threading.Thread | None = None
         self._connected = threading.Event()
+        #: since when the gateway has not been subscribed (None: it is): no pole can be heard meanwhile, so
+        #: the stage is told to excuse that time on (re)connect instead of calling the whole city offline
+        self._deaf_since: float | None = clock()
         self._health: dict[str, str] = {"mqtt": "not connected yet"}
         self._health_lock = threading.Lock()
         self._alarmed: dict[str, str] = {}  # alarm kind -> severity currently raised
@@ -191,6 +196,9 @@ class Gateway:
             log.error("broker refused the gateway's subscriptions: %s", failed)
             return
         self._connected.set()  # "connected" means subscribed: nothing published from now on is missed
+        deaf, self._deaf_since = self._deaf_since, None
+        if deaf is not None and self.on_outcome is not None:  # the poles were not silent: we were deaf
+            self.on_outcome.excuse(int((self.clock() - deaf) * 1000))
         self.set_health("mqtt", None)
         self.set_health("session", None)
         self._client.reconnect_delay_set(min_delay=1, max_delay=30)
@@ -198,6 +206,8 @@ class Gateway:
 
     def _on_disconnect(self, client: mqtt.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
         self._connected.clear()
+        if self._deaf_since is None:
+            self._deaf_since = self.clock()
         if self._stop.is_set():
             return
         self.stats["disconnects"] += 1
@@ -375,7 +385,8 @@ class Gateway:
         extra = [self._selfmetrics_point(now)]
         if self.on_outcome is not None:
             try:
-                extra += self.on_outcome.tick(int(now * 1000))  # silence -> pole offline alarms
+                if self._connected.is_set():  # deaf, we cannot tell a silent pole from a lost broker
+                    extra += self.on_outcome.tick(int(now * 1000))  # silence -> pole offline alarms
             except Exception:  # detection must never stop ingestion
                 log.exception("detection tick failed")
             self.set_health("state", getattr(self.on_outcome, "state_error", None))

@@ -660,11 +660,14 @@ class Rules:
                           np.array([np.nan]), np.array([np.nan]), lvl.astype(np.float64),
                           np.array([ts_ms], np.int64))
 
-    def grace(self, now_ms: int) -> None:
-        """After a restart every known pole gets one silence limit from ``now_ms`` to be heard again."""
-        a = self.state.a
-        n = self.state.n
-        a["arrival_ms"][:n] = now_ms
+    def excuse(self, ms: int) -> None:
+        """Time the gateway could not hear anyone (it was down, or had lost its broker) is not silence:
+        every heard pole's last arrival moves ``ms`` later. A pole already past its limit stays past it
+        (its offline alarm neither clears nor flaps); one within it keeps what it had left."""
+        if ms <= 0:
+            return
+        arr = self.state.a["arrival_ms"][: self.state.n]
+        arr[arr != NO_TS] += int(ms)
 
     # --- persistence -----------------------------------------------------------------------------------
     def export(self) -> list[dict[str, object]]:
@@ -688,17 +691,24 @@ class Rules:
                 d["last_ts"] = int(a["last_ts"][r])
             if a["said_offline"][r]:
                 d["said_offline"] = True
+            if a["arrival_ms"][r] != NO_TS:
+                d["arrival_ms"] = int(a["arrival_ms"][r])  # gateway clock: silence resumes where it was
             maint = self.maintenance(pole)
             if maint:
                 d["maintenance"] = [list(w) for w in maint]
             out.append(d)
         return out
 
-    def restore(self, poles: Sequence[dict[str, object]]) -> None:
-        """Rows are re-created in the saved order, so every pole gets back the row it had."""
+    def restore(self, poles: Sequence[dict[str, object]], heard_ms: int | None = None) -> None:
+        """Rows are re-created in the saved order, so every pole gets back the row it had. A pole saved
+        without its arrival time (an older file) counts as heard at ``heard_ms`` (the save time)."""
         a = self.state.a
         for d in poles:
             r = self.state.row(str(d["pole"]), str(d["district"]))
+            if "arrival_ms" in d:
+                a["arrival_ms"][r] = int(d["arrival_ms"])  # type: ignore[call-overload]
+            elif heard_ms is not None:
+                a["arrival_ms"][r] = heard_ms
             for name in ("rated_w", "nominal_v", "interval_ms", "interval_ew"):
                 if name in d:
                     a[name][r] = float(d[name])  # type: ignore[arg-type]
