@@ -393,7 +393,8 @@ class Gateway:
         b = self._batcher.add((extra, -1, None, None), now)
         if b:
             self._hand_over(b)
-        self._publish_status(now)
+        if self._connected.is_set():  # disconnected, paho would queue every status without bound; the
+            self._publish_status(now)  # reconnect publishes a fresh one (_on_subscribe)
 
     def _hand_over(self, batch: list[_Batched]) -> None:
         points = [p for pts, _t, _o, _q in batch for p in pts]
@@ -413,7 +414,7 @@ class Gateway:
             self._tick_status_only(self.clock())
 
     def _tick_status_only(self, now: float) -> None:
-        if now - self._last_status >= self.cfg.selfmetrics_interval_s:
+        if self._connected.is_set() and now - self._last_status >= self.cfg.selfmetrics_interval_s:
             self._publish_status(now)
 
     def _handle(self, item: _Item, now: float) -> tuple[list[Point], Outcome | None, QEntry | None]:
