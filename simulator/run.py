@@ -9,8 +9,9 @@ Two ways to publish a city:
   MQTT client id, retained birth, Last Will, on-disk outbox, persisted seq), sampling the city's
   signal model through a shared cache on an accelerated :class:`edge.clock.ScaledClock`. Only signal
   faults apply here (the agents do their own delivery). All agents share one
-  :class:`edge.host.AgentHost` (one network thread driving every agent's paho client through a selector,
-  one sampler thread), so thousands run in one process; connections are paced by the host.
+  :class:`edge.loop.EdgeLoop` (the loop a real pole runs with one agent: one network thread driving
+  every agent's link through a selector, one sampler thread), so thousands run in one process on the
+  code a pole runs; connections are paced by the loop.
 
 Pacing: a tick (one sample per pole) is ``step`` of simulated time. ``speed`` simulated seconds per
 real second gives a tick every ``step / speed`` real seconds; ``rate`` messages per second instead
@@ -322,7 +323,7 @@ def run_per_device(host: str, port: int, plan: CityPlan, *, workdir: Path, speed
     from edge.agent import EdgeAgent
     from edge.clock import ScaledClock
     from edge.config import EdgeConfig, SimulatedSource
-    from edge.host import AgentHost
+    from edge.loop import EdgeLoop
     from simulator.demo import REFUSED_KINDS
 
     console = console or Console(stderr=True)
@@ -351,7 +352,7 @@ def run_per_device(host: str, port: int, plan: CityPlan, *, workdir: Path, speed
             st.births += 1
     clock = ScaledClock(speed, origin=plan.start_ms / 1000.0)
     raise_fd_limit(4 * n + 256)  # per agent: its socket, the outbox file, its WAL and shared-memory index
-    agent_host = AgentHost(clock, name="sim-agents").start()
+    agent_loop = EdgeLoop(clock, name="sim-agents").start()
     agents: list[EdgeAgent] = []
     t0 = time.monotonic()
     try:
@@ -372,7 +373,7 @@ def run_per_device(host: str, port: int, plan: CityPlan, *, workdir: Path, speed
             else:  # ... the others validated from it (4x cheaper than re-reading the environment)
                 cfg = EdgeConfig.model_validate({**template, **fields})
             drv = PoleDriver(cache, p.index)
-            agents.append(EdgeAgent(cfg, drivers=dict.fromkeys(p.sensors, drv), host=agent_host))
+            agents.append(EdgeAgent(cfg, drivers=dict.fromkeys(p.sensors, drv), loop=agent_loop))
         rng = np.random.default_rng([plan.seed, 0x4057])
         with _progress(console, duration_s) as prog:
             task = prog.add_task(f"{plan.name}: {n} edge agents", total=duration_s, stats="starting agents")
@@ -411,7 +412,7 @@ def run_per_device(host: str, port: int, plan: CityPlan, *, workdir: Path, speed
             st.sim_end_ms = int(clock.time() * 1000)
     finally:
         stop_agents(agents, flush_timeout_s=3.0)
-        agent_host.stop()
+        agent_loop.stop()
         if inv is not None:
             with contextlib.suppress(BrokerError):
                 inv.flush(timeout_s=10)
