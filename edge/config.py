@@ -112,6 +112,15 @@ DriverSpec = Annotated[SimulatedSource | CommandSource | FileSource | ModbusSour
                        Field(discriminator="kind")]
 
 
+def parse_broker(address: str) -> tuple[str, int]:
+    """``host:port`` (``[v6]:port`` for IPv6) -> (host, port); ValueError with the reason."""
+    host, sep, port = address.strip().rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"broker {address!r} is not host:port (port 1-65535)")
+    return host, int(port)
+
+
 def _unknown(names: object) -> list[str]:
     return [n for n in names if n not in BY_NAME]  # type: ignore[attr-defined]
 
@@ -126,9 +135,12 @@ class EdgeConfig(BaseSettings):
     firmware: Annotated[str, Field(max_length=100)] = "unknown"
     location: Location | None = None
 
-    # broker
+    # broker: ``host``/``port``, or ``brokers`` (an ordered failover list of host:port, e.g. a cluster's
+    # nodes; comma-separated in LAMPWATCH_EDGE_BROKERS, a list in TOML) which then replaces them
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=1, le=65535)] = 1883
+    brokers: str | list[str] = Field(default_factory=list)
+    mqtt_version: Literal[5, 311] = 5  # 311 for brokers without MQTT 5 (NATS): no reason codes
     keepalive_s: Annotated[int, Field(ge=2, le=3600)] = 30
     session_expiry_s: Annotated[int, Field(ge=0, le=2**32 - 1)] = 7 * 86_400
     username: str | None = None
@@ -213,6 +225,20 @@ class EdgeConfig(BaseSettings):
             raise ValueError("; ".join(bad))
         return thresholds
 
+    @field_validator("mqtt_version", mode="before")
+    @classmethod
+    def _version_from_env(cls, v: object) -> object:
+        return int(v) if isinstance(v, str) and v.strip().isdigit() else v  # the environment gives "311"
+
+    @field_validator("brokers")
+    @classmethod
+    def _broker_list(cls, brokers: str | list[str]) -> list[str]:
+        items = brokers.split(",") if isinstance(brokers, str) else brokers
+        out = [b.strip() for b in items if b.strip()]
+        for b in out:
+            parse_broker(b)
+        return out
+
     @field_validator("tls_ca", "tls_cert", "tls_key")
     @classmethod
     def _file_exists(cls, p: Path | None) -> Path | None:
@@ -236,6 +262,13 @@ class EdgeConfig(BaseSettings):
         return bad
 
     # --- derived ---------------------------------------------------------------------------------
+    @property
+    def broker_list(self) -> tuple[tuple[str, int], ...]:
+        """The brokers in failover order: ``brokers`` if given, else the one ``host``/``port``."""
+        if self.brokers:
+            return tuple(parse_broker(b) for b in self.brokers)
+        return ((self.host, self.port),)
+
     @property
     def use_tls(self) -> bool:
         return self.tls or self.tls_ca is not None
