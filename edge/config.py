@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, InitSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
+from contract.address import parse_broker
 from contract.catalog import BY_NAME, CRITICAL, NAMES
 from contract.errors import ConfigError
 from contract.ids import DistrictStr, PoleIdStr
@@ -110,15 +111,6 @@ class PluginSource(_Strict):
 
 DriverSpec = Annotated[SimulatedSource | CommandSource | FileSource | ModbusSource | PluginSource,
                        Field(discriminator="kind")]
-
-
-def parse_broker(address: str) -> tuple[str, int]:
-    """``host:port`` (``[v6]:port`` for IPv6) -> (host, port); ValueError with the reason."""
-    host, sep, port = address.strip().rpartition(":")
-    host = host.removeprefix("[").removesuffix("]")
-    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
-        raise ValueError(f"broker {address!r} is not host:port (port 1-65535)")
-    return host, int(port)
 
 
 def _unknown(names: object) -> list[str]:

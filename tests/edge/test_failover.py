@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 
 from contract import topics
+from contract.address import parse_broker
 from contract.errors import ConfigError
 from edge.agent import EdgeAgent
-from edge.config import EdgeConfig, load_config, parse_broker
+from edge.config import EdgeConfig, load_config
 from edge.link import LinkSettings
 from simulator.harness import Mosquitto, free_port
 from tests.edge.edge_helpers import Recorder, wait_until
