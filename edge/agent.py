@@ -125,7 +125,7 @@ class EdgeAgent:
             tls_ca=str(cfg.tls_ca) if cfg.tls_ca else None, tls_cert=str(cfg.tls_cert) if cfg.tls_cert else None,
             tls_key=str(cfg.tls_key) if cfg.tls_key else None, connect_timeout_s=cfg.connect_timeout_s,
             backoff_min_s=cfg.backoff_min_s, backoff_max_s=cfg.backoff_max_s,
-            max_inflight=cfg.inflight_window + 16)
+            max_inflight=cfg.inflight_window + 16, brokers=cfg.broker_list, mqtt_version=cfg.mqtt_version)
         self.link = MqttLink(settings, self, rng=self._rng)
         self.forwarder = Forwarder(self.outbox, self.link.publish, pole=self.pole, boot_id=self.boot_id,
                                    topic=self.t_telemetry, window=cfg.inflight_window,

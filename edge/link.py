@@ -24,6 +24,16 @@ Session: client id = pole id, ``clean_start=False`` and a Session Expiry Interva
 flight at a disconnect are re-sent by paho after the reconnect (same packet ids, DUP set) and the
 broker keeps queued commands for us while we are away.
 
+Brokers: ``LinkSettings.brokers`` is an ordered address list (a cluster's nodes). Every failed attempt
+and every lost connection moves to the next address (wrapping), each attempt after the usual backoff; a
+one-element list (the default: ``host``/``port``) behaves exactly as before. paho re-sends the in-flight
+QoS 1 messages on whichever node accepts us, whether that node has our session or not.
+
+``mqtt_version=311`` (brokers without MQTT 5, e.g. NATS): clean session off instead of clean start +
+Session Expiry Interval (the broker keeps the session until it is cleaned), and no reason codes: every
+PUBACK reads as success, so a PUBLISH the broker's ACL refuses is lost silently (docs/scaling.md says
+how the agent and the gateway live with that).
+
 Threads: everything but :meth:`request_close` and the read-only properties runs on the driving
 thread; the handler's callbacks run there too, so neither needs locks against paho.
 """
@@ -96,6 +106,13 @@ class LinkSettings:
     backoff_max_s: float = 60.0
     max_inflight: int = 32
     clean_start: bool = False
+    #: failover order, tried in turn; empty: just (host, port)
+    brokers: tuple[tuple[str, int], ...] = ()
+    mqtt_version: int = 5  # 5, or 311 (no reason codes, no session expiry)
+
+    @property
+    def addresses(self) -> tuple[tuple[str, int], ...]:
+        return self.brokers or ((self.host, self.port),)
 
 
 def backoff_delay(attempt: int, lo: float, hi: float, rng: random.Random) -> float:
@@ -105,7 +122,9 @@ def backoff_delay(attempt: int, lo: float, hi: float, rng: random.Random) -> flo
 
 
 def make_client(s: LinkSettings) -> mqtt.Client:
-    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=s.client_id, protocol=mqtt.MQTTv5)
+    v5 = s.mqtt_version == 5
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=s.client_id,
+                    protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311, clean_session=None if v5 else s.clean_start)
     if s.username:
         c.username_pw_set(s.username, s.password)
     if s.tls or s.tls_ca:
@@ -113,10 +132,19 @@ def make_client(s: LinkSettings) -> mqtt.Client:
     c.max_inflight_messages_set(s.max_inflight)
     c.max_queued_messages_set(0)
     c.connect_timeout = s.connect_timeout_s
+    aim(c, s, 0)
+    return c
+
+
+def aim(c: mqtt.Client, s: LinkSettings, index: int) -> None:
+    """Point a closed client at ``s.addresses[index]`` for its next ``reconnect()``."""
+    host, port = s.addresses[index]
+    if s.mqtt_version != 5:
+        c.connect_async(host, port, s.keepalive_s)
+        return
     props = Properties(PacketTypes.CONNECT)
     props.SessionExpiryInterval = s.session_expiry_s
-    c.connect_async(s.host, s.port, s.keepalive_s, clean_start=s.clean_start, properties=props)
-    return c
+    c.connect_async(host, port, s.keepalive_s, clean_start=s.clean_start, properties=props)
 
 
 class MqttLink:
@@ -137,6 +165,7 @@ class MqttLink:
         self.misc_s = min(1.0, settings.keepalive_s / 4)
         self.closed = threading.Event()  # set once step() finished the clean shutdown
         self._attempt = 0
+        self._broker = 0  # index into settings.addresses of the broker tried or used now
         self._next_attempt = 0.0
         self._next_misc = 0.0
         self._connack = False
@@ -150,6 +179,12 @@ class MqttLink:
         self._disconnect_deadline: float | None = None  # DISCONNECT queued, socket not yet closed
 
     # --- observation (any thread) ----------------------------------------------------------------
+    @property
+    def where(self) -> str:
+        """host:port of the broker this link uses (or tries next)."""
+        host, port = self.s.addresses[self._broker]
+        return f"{host}:{port}"
+
     @property
     def connected(self) -> bool:
         return self._connack and self.client.socket() is not None
@@ -233,7 +268,7 @@ class MqttLink:
         self.client.loop_misc()
         if self._connecting_since is not None and self.client.socket() is not None:
             if now - self._connecting_since > self.s.connect_timeout_s + self.s.keepalive_s:
-                log.warning("no CONNACK from %s:%d; dropping the connection", self.s.host, self.s.port)
+                log.warning("no CONNACK from %s; dropping the connection", self.where)
                 self._abort_socket()
 
     def _deadline(self, now: float) -> float:
@@ -247,6 +282,8 @@ class MqttLink:
     def _connect(self, now: float) -> None:
         topic, payload = self.handler.will()
         self.client.will_set(topic, payload, qos=1, retain=True)
+        if len(self.s.addresses) > 1:
+            aim(self.client, self.s, self._broker)
         self._connack = False
         try:
             self.client.reconnect()
@@ -260,8 +297,10 @@ class MqttLink:
         self.counts["connect_failures"] += 1
         delay = backoff_delay(self._attempt, self.s.backoff_min_s, self.s.backoff_max_s, self.rng)
         self._attempt += 1
+        where = self.where
+        self._broker = (self._broker + 1) % len(self.s.addresses)  # failover: the next address next time
         if why != self.last_error:
-            log.warning("cannot reach broker %s:%d (%s); retrying with backoff", self.s.host, self.s.port, why)
+            log.warning("cannot reach broker %s (%s); retrying with backoff (next: %s)", where, why, self.where)
         else:
             log.debug("broker still unreachable (%s); next try in %.1f s", why, delay)
         self.last_error = why
@@ -303,14 +342,14 @@ class MqttLink:
     def _on_connect(self, _c: mqtt.Client, _u: Any, flags: Any, rc: Any, _p: Any) -> None:
         self._connecting_since = None
         if rc.is_failure:
+            log.error("broker %s refused pole %s: %s", self.where, self.s.client_id, rc)
             self._failed(f"broker refused the connection: {rc}")
-            log.error("broker %s:%d refused pole %s: %s", self.s.host, self.s.port, self.s.client_id, rc)
             return
         self._connack = True
         self._connected_at = time.monotonic()
         self.last_error = ""
         self.counts["connects"] += 1
-        log.info("connected to %s:%d (session present: %s)", self.s.host, self.s.port, flags.session_present)
+        log.info("connected to %s (session present: %s)", self.where, flags.session_present)
         self.handler.on_connected(bool(flags.session_present))
 
     def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
@@ -323,7 +362,7 @@ class MqttLink:
             if time.monotonic() - self._connected_at >= STABLE_S:
                 self._attempt = 0  # it was a good connection: start the backoff over
             self.counts["disconnects"] += 1
-            log.warning("disconnected from broker (%s); reconnecting with backoff", rc)
+            log.warning("disconnected from broker %s (%s); reconnecting with backoff", self.where, rc)
             self.last_error = why = f"connection lost: {rc}"
             self._failed(why)
             self.handler.on_disconnected(str(rc))
@@ -356,7 +395,7 @@ def probe(s: LinkSettings, cmd_topic: str, timeout_s: float = 10.0) -> str:
     state: dict[str, Any] = {}
     c.on_connect = lambda _c, _u, _f, rc, _p: state.__setitem__("connack", rc)
     c.on_subscribe = lambda _c, _u, _m, rcs, _p: state.__setitem__("suback", rcs)
-    where = f"{s.host}:{s.port}"
+    where = "{}:{}".format(*s.addresses[0])
     try:
         c.reconnect()
     except (OSError, ssl.SSLError, ValueError) as exc:
@@ -386,7 +425,9 @@ def probe(s: LinkSettings, cmd_topic: str, timeout_s: float = 10.0) -> str:
                 if sub.is_failure:
                     raise BrokerError(f"broker {where} accepted the connection but refused the "
                                       f"subscription to {cmd_topic}: {sub}")
-                return (f"broker {where} accepted {s.client_id} (MQTT 5, TLS {'on' if s.tls or s.tls_ca else 'off'}"
+                version = "5" if s.mqtt_version == 5 else "3.1.1"
+                tls = "on" if s.tls or s.tls_ca else "off"
+                return (f"broker {where} accepted {s.client_id} (MQTT {version}, TLS {tls}"
                         f"{', user ' + s.username if s.username else ''}); {cmd_topic} granted QoS {int(sub.value)}")
         raise BrokerError(f"no answer from broker {where} within {timeout_s:.0f} s")
     finally:

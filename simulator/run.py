@@ -309,11 +309,21 @@ class PoleDriver:
         pass
 
 
+def spread(brokers: Sequence[tuple[str, int]], i: int) -> list[tuple[str, int]]:
+    """Agent ``i``'s broker order: the list rotated by ``i`` (first choice ``i mod n``, then the rest)."""
+    k = i % len(brokers) if brokers else 0
+    return [*brokers[k:], *brokers[:k]]
+
+
 def run_per_device(host: str, port: int, plan: CityPlan, *, workdir: Path, speed: float = 1.0,
                    duration_s: float | None = None, hostile_pct: float = 0.0, labels_out: Path | None = None,
                    console: Console | None = None, stop: threading.Event | None = None,
-                   credentials: dict[str, str] | None = None) -> RunStats:
+                   credentials: dict[str, str] | None = None, brokers: Sequence[tuple[str, int]] = (),
+                   mqtt_version: int = 5) -> RunStats:
     """Every pole a real edge agent (own client id, birth, Last Will, outbox) on a scaled clock.
+
+    With ``brokers`` (a cluster's nodes) pole ``i`` gets the list rotated by ``i`` (:func:`spread`): the
+    fleet spreads evenly over the nodes, and each agent fails over along its own order.
 
     With ``credentials`` (pole id -> password, as ``lampwatch-ingest credentials`` writes them) every
     agent logs in as its own pole, so this runs against a production broker with per-pole ACLs; the
@@ -346,7 +356,7 @@ def run_per_device(host: str, port: int, plan: CityPlan, *, workdir: Path, speed
                               "--credentials")
     inv = None
     if credentials is None:
-        inv = Publisher(host, port, "lampwatch-sim-inventory").connect()
+        inv = Publisher(host, port, "lampwatch-sim-inventory", mqtt_version=mqtt_version).connect()
         for topic, payload in birth_messages(plan.stream(), plan.start_ms):
             inv.publish(topic, payload, retain=True)
             st.births += 1
@@ -364,7 +374,8 @@ def run_per_device(host: str, port: int, plan: CityPlan, *, workdir: Path, speed
                 rated_power_w=p.rated_power_w, nominal_voltage_v=p.nominal_voltage_v,
                 username=p.pole_id if credentials else None,
                 password=credentials[p.pole_id] if credentials else None,
-                drivers=[SimulatedSource(metrics=list(p.sensors))])
+                drivers=[SimulatedSource(metrics=list(p.sensors))], mqtt_version=mqtt_version,
+                brokers=[f"{h}:{port_}" for h, port_ in spread(brokers, p.index)])
             if template is None:  # the first one through the settings sources (LAMPWATCH_EDGE_* apply) ...
                 cfg = EdgeConfig(host=host, port=port, report_interval_s=step_s,
                                  safety_interval_s=min(3600.0, step_s), outbox_sync="off", firmware="lampwatch-sim",
