@@ -106,3 +106,21 @@ def test_an_agent_on_a_shared_loop_uses_the_loops_clock(tmp_path: Path) -> None:
             EdgeAgent(cfg, loop=loop, clock=SystemClock())
     finally:
         loop.stop()
+
+
+def test_a_pole_is_the_same_loop_with_one_agent(mosquitto: Mosquitto, recorder_factory: Callable[..., Recorder],
+                                                tmp_path: Path) -> None:
+    rec = recorder_factory(mosquitto)
+    before = {t.name for t in threading.enumerate()}
+    agent = EdgeAgent(_cfg(mosquitto, tmp_path, "p-solo", report_interval_s=0.2))
+    assert isinstance(agent.loop, EdgeLoop) and not agent.loop.running
+    agent.start()
+    try:
+        assert agent.loop.running
+        assert {t.name for t in threading.enumerate()} - before == {"edge-p-solo-net", "edge-p-solo-sampler"}
+        wait_until(lambda: agent.loop.members == 1 and len(rec.samples("p-solo")) >= 3, what="samples")
+    finally:
+        agent.stop()
+    assert not agent.loop.running and agent.loop.members == 0  # stopping the pole stops its loop
+    assert {t.name for t in threading.enumerate()} - before == set()
+    wait_until(lambda: _states(rec, "p-solo")[-1:] == ["offline/shutdown"], what="offline status")
