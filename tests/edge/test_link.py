@@ -63,7 +63,7 @@ def drive(link: MqttLink, watch: Watch, until: Callable[[], bool], timeout_s: fl
         if nxt is None:
             return
         wait = max(0.0, min(0.2, nxt - now))
-        for key, mask in watch.sel.select(wait) if watch.sel.get_map() else []:
+        for _key, mask in watch.sel.select(wait) if watch.sel.get_map() else []:
             if mask & selectors.EVENT_READ:
                 link.read()
             if mask & selectors.EVENT_WRITE and link.wants_write():
