@@ -51,6 +51,8 @@ class ClusterSpec:
     rate_hz: float = 2.0  # samples per agent per second
     seconds: float = 40.0  # sampling time
     kill_at: float = 0.25  # fraction of ``seconds`` at which node 1 is killed
+    #: 1: node 1 only (the drill); 2: nodes 1 and 2 as well, which takes JetStream's quorum away
+    kill_nodes: int = 1
     down_s: float = 10.0  # how long the node stays dead
     ack_wait_s: float = 10.0  # NATS redelivers a QoS 1 message not acked for this long
     settle_s: float = 120.0
@@ -200,19 +202,25 @@ def _cluster_node_kill(spec: ClusterSpec, log: Log) -> DrillResult:
             if not _wait(lambda: all(a.connected for a in agents), 60):
                 checks.append("not every agent connected at the start")
             t0 = time.monotonic()
-            victim = cluster.nodes[0]
+            victims = cluster.nodes[:spec.kill_nodes]  # node 1 first: gateway 0's; node 2: gateway 1's
+            names = ", ".join(v.name for v in victims)
             _wait(lambda: False, spec.seconds * spec.kill_at, 0.5)
-            victim.kill()
+            for v in victims:
+                v.kill()
             killed = time.monotonic()
-            on_victim = sum(1 for i in range(spec.agents) if i % 3 == 0)
-            log(f"kill -9 node {victim.name} at {killed - t0:.1f} s (gateway 0 and {on_victim} agents on it)")
+            on_victims = sum(1 for i in range(spec.agents) if i % 3 < spec.kill_nodes)
+            log(f"kill -9 node(s) {names} at {killed - t0:.1f} s ({spec.kill_nodes} gateway(s) and {on_victims} "
+                f"agents on them)")
             _wait(lambda: False, spec.down_s, 0.5)
-            victim.start()
+            backlog = sum(a.backlog() for a in agents)
+            extra["outbox_backlog_at_restart"] = float(backlog)
+            for v in victims:
+                v.start()
             t = time.monotonic()
             cluster.wait_ready(health=False)
             extra["node_ready_s"] = time.monotonic() - t
-            log(f"node {victim.name} restarted on the same ports and store; serving MQTT again after "
-                f"{extra['node_ready_s']:.1f} s (meta leader {cluster.leader()})")
+            log(f"node(s) {names} restarted on the same ports and stores (agents' outboxes held {backlog} samples); "
+                f"serving MQTT again after {extra['node_ready_s']:.1f} s (meta leader {cluster.leader()})")
             _wait(lambda: False, max(0.0, t0 + spec.seconds - time.monotonic()), 0.5)
             for a in agents:
                 if not a.wait_drained(spec.settle_s):
@@ -262,6 +270,8 @@ def _cluster_node_kill(spec: ClusterSpec, log: Log) -> DrillResult:
 def main() -> None:  # pragma: no cover - convenience: python -m simulator.drills.cluster_drills [--short]
     short = "--short" in sys.argv
     spec = ClusterSpec(agents=6, seconds=15, down_s=4) if short else ClusterSpec()
+    if "--kill-two" in sys.argv:  # a measured limit: two of three nodes down at once (no quorum)
+        spec.kill_nodes = 2
     r = cluster_node_kill(spec)
     print(json.dumps(r.extra), r.notes, r.failed_checks)
     print(r.line())
