@@ -5,12 +5,17 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+from rich.console import Console
 
+from gateway.service import Gateway, GatewayConfig
+from ingest.sqlite import SqliteStore
 from simulator.nats_cluster import PACKET_IDS, NatsCluster, ack_pending_for, mqtt_connect_ok
+from simulator.run import plan_city, run_per_device
 
 WAIT_S = 60.0
 
@@ -81,3 +86,41 @@ def test_a_subscription_beyond_the_packet_id_budget_is_refused() -> None:
         _stop(c)
         assert [rc.is_failure for rc in rcs] == [False, False, False, False, True]
         assert mqtt_connect_ok(*cluster.addresses[0], "t-probe")
+
+
+def test_the_per_device_fleet_spreads_over_the_nodes_and_is_stored(nats_cluster: NatsCluster, tmp_path: Path) -> None:
+    addrs = nats_cluster.addresses
+    store = SqliteStore(tmp_path / "store.sqlite")
+    gw = Gateway(GatewayConfig(brokers=tuple(addrs), mqtt_version=311, client_id="gw-fleet",
+                               spool_path=str(tmp_path / "spool.sqlite")), store)
+    gw.start(wait_connected_s=60)
+    plan = plan_city(poles=6, seed=1, step_ms=10_000, fault_rate=0, sim_span_ms=None,
+                     now_ms=int(time.time() * 1000), scenario=None, signal_only=True, back_ms=0)
+    seen: dict[str, set[str]] = {n.name: set() for n in nats_cluster.nodes}
+    done = threading.Event()
+
+    def watch() -> None:  # which pole is connected to which node (the nodes' own /connz)
+        while not done.is_set():
+            for n in nats_cluster.nodes:
+                for c in n.monitor("/connz?limit=1000").get("connections") or []:
+                    if str(c.get("mqtt_client", "")).startswith("p-"):
+                        seen[n.name].add(c["mqtt_client"])
+            time.sleep(0.3)
+
+    t = threading.Thread(target=watch, daemon=True)
+    t.start()
+    try:
+        with open(tmp_path / "progress.txt", "w") as out:
+            st = run_per_device(*addrs[0], plan, workdir=tmp_path / "agents", speed=20.0, duration_s=5,
+                                console=Console(file=out), brokers=addrs, mqtt_version=311)
+        deadline = time.monotonic() + 60
+        while store.count("telemetry") < st.published and time.monotonic() < deadline:
+            time.sleep(0.2)
+    finally:
+        done.set()
+        t.join(5)
+        gw.stop()
+    assert st.published > 0
+    assert store.count("telemetry") == st.published
+    assert all(len(poles) >= 2 for poles in seen.values()), seen  # 6 poles: 2 have each node first
+    store.close()
