@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 import pytest
 
 from simulator.harness import InfluxDB1, Mosquitto, ServerMissing, VictoriaMetrics
+from simulator.nats_cluster import NatsCluster
 from tests.servers import missing
 
 S = TypeVar("S", bound=AbstractContextManager[Any])
@@ -57,6 +58,12 @@ def mosquitto_factory() -> Iterator[Callable[..., Mosquitto]]:
 def mosquitto(mosquitto_factory: Callable[..., Mosquitto]) -> Mosquitto:
     """A fresh, started broker for this test (anonymous, persistent, no queue limits)."""
     return mosquitto_factory()
+
+
+@pytest.fixture
+def nats_cluster() -> Iterator[NatsCluster]:
+    """A started 3-node NATS cluster (JetStream R3, MQTT 3.1.1 listeners); see simulator.nats_cluster."""
+    yield from _running(NatsCluster)
 
 
 @pytest.fixture(scope="session")
