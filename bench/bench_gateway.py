@@ -564,7 +564,7 @@ def sim_capability(seconds: float) -> dict[str, float]:
 
 def agents_capability(ladder: tuple[int, ...], connect_s: float = 60.0, steady_s: float = 20.0) -> tuple[int, str]:
     """Per-device mode: how many of ``n`` real edge agents (edge.agent.EdgeAgent: own MQTT client id, birth,
-    Last Will and SQLite outbox each, all on one edge.host.AgentHost, as ``lampwatch-sim run --mode
+    Last Will and SQLite outbox each, all on one edge.loop.EdgeLoop, as ``lampwatch-sim run --mode
     per-device`` runs them) one process connects within ``connect_s`` and keeps publishing at 1 sample/s
     each (report interval 10 s at clock speed 10) for ``steady_s``. An agent counts when it is connected
     at the end and the broker acknowledged samples of it during the steady window. The ladder stops at
@@ -594,19 +594,19 @@ def agents_capability(ladder: tuple[int, ...], connect_s: float = 60.0, steady_s
 
 
 def run_agents(port: int, n: int, connect_s: float, steady_s: float, workdir: str) -> None:
-    """In a process of its own: ``n`` agents on one AgentHost (report interval 10 s on a clock 10x real
+    """In a process of its own: ``n`` agents on one EdgeLoop (report interval 10 s on a clock 10x real
     time: 1 sample/s per agent), wait until all are connected (at most ``connect_s``), then measure
     ``steady_s``; print one JSON line and exit at once (stopping is not what is measured)."""
     from edge.agent import EdgeAgent
     from edge.clock import ScaledClock
-    from edge.host import AgentHost
+    from edge.loop import EdgeLoop
     from simulator.drills.edge_drills import _agent_cfg
     from simulator.run import raise_fd_limit
 
     raise_fd_limit(4 * n + 256)
     t0 = time.monotonic()
-    host = AgentHost(ScaledClock(10.0)).start()
-    agents = [EdgeAgent(_agent_cfg(f"a-{i:05d}", port, Path(workdir), 10.0, outbox_sync="off"), host=host)
+    loop = EdgeLoop(ScaledClock(10.0)).start()
+    agents = [EdgeAgent(_agent_cfg(f"a-{i:05d}", port, Path(workdir), 10.0, outbox_sync="off"), loop=loop)
               for i in range(n)]
     for a in agents:
         a.start()

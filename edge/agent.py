@@ -1,16 +1,17 @@
-"""The edge agent: sampler thread -> outbox (disk) -> network thread -> broker, acked back into the outbox.
+"""The edge agent: wiring, command handling and status. One reading's way out::
 
-    sampler thread   clock-driven schedule: read drivers, safety check, Outbox.append (durable),
-                     then wake the network thread (a crossing is published at once)
-    network thread   MqttLink: reconnect with jittered backoff; on every turn pump the outbox:
-                     publish the oldest unsent samples (several per message while a backlog exists,
-                     capped by count and bytes) within a window of in-flight messages; on PUBACK
-                     success delete them from the outbox; on a refusal (e.g. 135 not authorised)
-                     count and log them as denied
-    commands         cmd topic -> edge.commands.handle -> CommandAck on cmd/ack
+    sampler thread   (edge.loop) EdgeAgent.tick -> Sampler.step (drivers, safety check) ->
+                     Outbox.append (durable), then EdgeLoop.wake (a crossing is published at once)
+    network thread   (edge.loop) MqttLink.step (connect, keepalive, backoff) -> Forwarder.pump
+                     (outbox -> publish window) -> MqttLink.publish; PUBACK -> EdgeAgent.on_published
+                     -> Forwarder.settle (outbox ack)
+    commands         cmd topic -> EdgeAgent.on_message -> edge.commands.handle -> CommandAck on cmd/ack
+    status           retained birth / online on connect, Last Will "offline/will", "offline/shutdown"
+                     published by the clean stop
 
-With ``host=`` (an :class:`edge.host.AgentHost`, the simulator's per-device mode) the agent runs on
-the host's shared network and sampler threads instead of two of its own; nothing else changes.
+Without ``loop=`` the agent makes an :class:`edge.loop.EdgeLoop` of its own (a real pole: the loop
+with one agent); with one (the simulator's per-device mode) it runs on that shared loop. The code
+that runs is the same.
 
 Sequence numbers come from the outbox (persisted, monotonic across restarts); the boot id is new for
 every process start and travels with the samples it produced.
@@ -26,29 +27,23 @@ import uuid
 import zlib
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from contract import topics
 from contract.catalog import BY_NAME, CRITICAL
 from edge import __version__
 from edge.clock import Clock, SystemClock
 from edge.commands import Result, handle
-from edge.config import CommandSource, EdgeConfig, FileSource, SimulatedSource
-from edge.drivers import CommandDriver, Driver, FileDriver, Model, SimulatedDriver, ValueSource, other_driver
+from edge.config import CommandSource, EdgeConfig, FileSource, ModbusSource, SimulatedSource
+from edge.drivers import CommandDriver, Driver, FileDriver, Model, SimulatedDriver, ValueSource, plugin_driver
+from edge.forwarder import Forwarder
 from edge.link import LinkSettings, MqttLink
+from edge.loop import EdgeLoop, Member
 from edge.outbox import Outbox
 from edge.safety import SafetyMonitor
 from edge.sampler import Sampler
-from edge.wire import ENVELOPE_BYTES, status_payload, telemetry_payload
-
-if TYPE_CHECKING:
-    from edge.host import AgentHost
+from edge.wire import status_payload
 
 log = logging.getLogger("lampwatch.edge")
-
-#: MQTT 5 reason codes on PUBACK after which re-sending the same message can succeed later
-RETRYABLE = {0x83, 0x97}  # implementation specific error, quota exceeded
 
 
 def build_drivers(cfg: EdgeConfig, model: Model | None = None) -> dict[str, Driver]:
@@ -64,31 +59,30 @@ def build_drivers(cfg: EdgeConfig, model: Model | None = None) -> dict[str, Driv
             made.append(CommandDriver(spec.argv, mp, timeout_s=spec.timeout_s))
         elif isinstance(spec, FileSource):
             made.append(FileDriver({n: ValueSource(s.path, s.scale, s.offset) for n, s in spec.metrics.items()}))
-        else:  # modbus and plugins (edge.drivers, edge.modbus): imported only when a pole uses them
-            made.append(other_driver(spec))
+        elif isinstance(spec, ModbusSource):
+            from edge.modbus import ModbusDriver  # pymodbus is imported only by poles that use it
+
+            made.append(ModbusDriver(spec))
+        else:  # plugins (edge.drivers.load_plugin): imported only when a pole uses them
+            made.append(plugin_driver(spec))
     return {n: made[i] for n, i in cfg.assignment().items()}
-
-
-@dataclass(slots=True)
-class _Batch:
-    seqs: list[int]
-    boot: str
 
 
 class EdgeAgent:
     """One pole's agent. ``start()`` returns at once (the broker may be down: samples queue on disk).
 
-    ``host``: run on an :class:`edge.host.AgentHost`'s shared threads (the agent then samples on the
-    host's clock) instead of a network and a sampler thread of its own."""
+    ``loop``: run on a shared :class:`edge.loop.EdgeLoop` (the agent then samples on the loop's clock)
+    instead of a loop of its own."""
 
     def __init__(self, cfg: EdgeConfig, *, clock: Clock | None = None,
                  drivers: Mapping[str, Driver] | None = None, model: Model | None = None,
-                 rng: random.Random | None = None, host: AgentHost | None = None) -> None:
-        if host is not None and clock is not None and clock is not host.clock:
-            raise ValueError("an agent on an AgentHost samples on the host's clock: pass no clock")
+                 rng: random.Random | None = None, loop: EdgeLoop | None = None) -> None:
+        if loop is not None and clock is not None and clock is not loop.clock:
+            raise ValueError("an agent on a shared EdgeLoop samples on the loop's clock: pass no clock")
         self.cfg = cfg
-        self.host = host
-        self.clock: Clock = host.clock if host is not None else (clock or SystemClock())
+        self._own_loop = loop is None
+        self.loop = loop if loop is not None else EdgeLoop(clock or SystemClock(), name=f"edge-{cfg.pole}")
+        self.clock: Clock = self.loop.clock
         self.boot_id = uuid.uuid4().hex
         self.pole, self.district = cfg.pole, cfg.district
         self.t_telemetry = topics.telemetry(cfg.district, cfg.pole)
@@ -103,15 +97,13 @@ class EdgeAgent:
         self.outbox: Outbox | None = None
         self.sampler: Sampler | None = None
         self.link: MqttLink | None = None
-        self._inflight: dict[int, _Batch] = {}
+        self.forwarder: Forwarder | None = None
+        self._member: Member | None = None
         self._other_mids: dict[int, str] = {}  # status / acks: mid -> what, for refusal logs
-        self._cursor = -1  # highest seq handed to paho in this process
         self._born = False
         self._stop = threading.Event()
         self._stopped = False
-        self._wake = threading.Event()
-        self._sampler_thread: threading.Thread | None = None
-        self._tick_lock = threading.Lock()  # host mode: held while the host's sampler ticks this agent
+        self._tick_lock = threading.Lock()  # held while the loop's sampler ticks this agent
         self._next_evict = 0.0
         self._started_mono = 0.0
         self._rng = rng or random.Random()
@@ -133,16 +125,15 @@ class EdgeAgent:
             tls_ca=str(cfg.tls_ca) if cfg.tls_ca else None, tls_cert=str(cfg.tls_cert) if cfg.tls_cert else None,
             tls_key=str(cfg.tls_key) if cfg.tls_key else None, connect_timeout_s=cfg.connect_timeout_s,
             backoff_min_s=cfg.backoff_min_s, backoff_max_s=cfg.backoff_max_s,
-            max_inflight=cfg.inflight_window + 16)
-        self.link = MqttLink(settings, self, rng=self._rng, host=self.host)
+            max_inflight=cfg.inflight_window + 16, brokers=cfg.broker_list, mqtt_version=cfg.mqtt_version)
+        self.link = MqttLink(settings, self, rng=self._rng)
+        self.forwarder = Forwarder(self.outbox, self.link.publish, pole=self.pole, boot_id=self.boot_id,
+                                   topic=self.t_telemetry, window=cfg.inflight_window,
+                                   max_samples=cfg.max_message_samples, max_message_bytes=cfg.max_message_bytes)
         self._started_mono = time.monotonic()
-        if self.host is not None:
-            self.host._add_agent(self)
-        else:
-            self._sampler_thread = threading.Thread(target=self._sample_loop, name=f"edge-sampler-{self.pole}",
-                                                    daemon=True)
-            self._sampler_thread.start()
-        self.link.start()
+        if self._own_loop:
+            self.loop.start()
+        self._member = self.loop.add(self.pole, self.link, pump=self.forwarder.pump, tick=self.tick)
         log.info("edge agent %s started (boot %s, %d sensors, outbox %s)", self.pole, self.boot_id,
                  len(self.sensors), cfg.outbox_file)
 
@@ -154,18 +145,17 @@ class EdgeAgent:
             return
         self._stopped = True
         self._stop.set()
-        self._wake.set()
-        if self._sampler_thread is not None:
-            self._sampler_thread.join(30.0)
-        with self._tick_lock:  # host mode: the host's sampler is done with us once we hold it
+        with self._tick_lock:  # the loop's sampler is done with us once we hold it
             pass
-        if self.link is not None:
+        if self.link is not None and self._member is not None:
             deadline = time.monotonic() + flush_timeout_s
             while time.monotonic() < deadline and self.link.connected and self.backlog() > 0:
-                self.link.wake()
+                self.loop.wake(self._member)
                 time.sleep(0.02)
             final = (self.t_status, self._status("offline", reason="shutdown"))
-            self.link.close(final=final, timeout_s=max(1.0, deadline - time.monotonic()))
+            self.loop.close(self._member, final, timeout_s=max(1.0, deadline - time.monotonic()))
+        if self._own_loop:
+            self.loop.stop()
         for d in {id(d): d for d in self.drivers.values()}.values():
             d.close()
         if self.outbox is not None:
@@ -201,8 +191,8 @@ class EdgeAgent:
         while time.monotonic() < deadline:
             if self.backlog() == 0:
                 return True
-            if self.link is not None:
-                self.link.wake()
+            if self._member is not None:
+                self.loop.wake(self._member)
             time.sleep(0.02)
         return self.backlog() == 0
 
@@ -216,7 +206,9 @@ class EdgeAgent:
             out.update(backlog=self.outbox.depth, outbox_bytes=self.outbox.bytes,
                        evicted=self.outbox.evicted_session, evicted_total=self.outbox.evicted_total,
                        next_seq=self.outbox.next_seq)
-        out["inflight"] = len(self._inflight)
+        if self.forwarder is not None:
+            out.update(self.forwarder.counts)
+        out["inflight"] = self.forwarder.inflight if self.forwarder is not None else 0
         out["connected"] = int(self.connected)
         return out
 
@@ -227,14 +219,15 @@ class EdgeAgent:
         return " ".join(f"{k}={int(c.get(k, 0))}" for k in keys)
 
     # --- sampler thread --------------------------------------------------------------------------
-    def _sample_loop(self) -> None:
-        assert self.sampler is not None
-        while not self._stop.is_set():
-            if not self._sample_once(self.clock.time()):
-                self._stop.wait(1.0)
+    def tick(self, now: float) -> float | None:
+        """One sampling tick at device time ``now`` (the loop's sampler thread): the next due device
+        time, None once stopped. A failed tick (said and counted) is retried a second later."""
+        with self._tick_lock:
+            if self._stop.is_set() or self.sampler is None:
+                return None
+            ok = self._sample_once(now)
             due = self.sampler.next_due()
-            self.clock.wait(self._wake, due - self.clock.time())
-            self._wake.clear()
+            return due if ok else max(due, now + 1.0)
 
     def _sample_once(self, now: float) -> bool:
         """One tick: sample what is due, store it, wake the link; False if it failed (said and counted)."""
@@ -246,8 +239,8 @@ class EdgeAgent:
                 self.counts["produced"] += 1
                 if tick.crossings:
                     self.counts["fast_path"] += 1
-                if self.link is not None:
-                    self.link.wake()
+                if self._member is not None:
+                    self.loop.wake(self._member)
             if now >= self._next_evict:
                 self._next_evict = now + 60.0
                 if n := self.outbox.evict_expired(int(now * 1000)):
@@ -258,20 +251,9 @@ class EdgeAgent:
             return False
         return True
 
-    def _host_tick(self, now: float) -> float | None:
-        """Host mode (the host's sampler thread): one tick; the next due device time, None once stopped."""
-        with self._tick_lock:
-            if self._stop.is_set() or self.sampler is None:
-                return None
-            ok = self._sample_once(now)
-            due = self.sampler.next_due()
-            return due if ok else max(due, now + 1.0)
-
     def _wake_sampler(self) -> None:
-        if self.host is not None:
-            self.host._wake_sampler(self)
-        else:
-            self._wake.set()
+        if self._member is not None:
+            self.loop.resample(self._member)
 
     # --- network thread (LinkHandler) -----------------------------------------------------------------
     def will(self) -> tuple[str, bytes]:
@@ -289,38 +271,16 @@ class EdgeAgent:
     def on_disconnected(self, reason: str) -> None:
         pass  # in-flight messages stay with paho, which re-sends them after the reconnect
 
-    def on_idle(self) -> None:
-        self._pump()
-
     def on_published(self, mid: int, reason_code: int, reason: str) -> None:
-        assert self.outbox is not None
-        batch = self._inflight.pop(mid, None)
+        assert self.forwarder is not None
         if reason_code >= 0x80:
             self.counts["refused_publishes"] += 1
             self.counts[f"refused_rc_{reason_code}"] += 1
-        if batch is None:
-            what = self._other_mids.pop(mid, None)
-            if what is not None and reason_code >= 0x80:
-                log.error("broker refused %s on pole %s: %s (reason code %d)", what, self.pole, reason,
-                          reason_code)
+        if self.forwarder.settle(mid, reason_code, reason):
             return
-        n = len(batch.seqs)
-        self.counts["messages_acked"] += 1
-        if reason_code < 0x80:
-            self.outbox.ack(batch.seqs)
-            self.counts["acked"] += n
-            return
-        if reason_code in RETRYABLE:
-            # keep them in the outbox; resend from the oldest unacked sample after a pause
-            self.counts["retry"] += n
-            log.warning("broker deferred %d samples (%s, reason code %d); will resend", n, reason, reason_code)
-            self._cursor = min(self._cursor, batch.seqs[0] - 1)
-            return
-        self.outbox.ack(batch.seqs)  # refused for good: drop, count and say so
-        self.counts["denied"] += n
-        log.error("broker refused telemetry of pole %s on %s: %s (reason code %d); %d samples dropped "
-                  "(seq %d..%d)", self.pole, self.t_telemetry, reason, reason_code, n, batch.seqs[0],
-                  batch.seqs[-1])
+        what = self._other_mids.pop(mid, None)
+        if what is not None and reason_code >= 0x80:
+            log.error("broker refused %s on pole %s: %s (reason code %d)", what, self.pole, reason, reason_code)
 
     def on_message(self, topic: str, payload: bytes) -> None:
         assert self.link is not None
@@ -333,26 +293,6 @@ class EdgeAgent:
         mid = self.link.publish(self.t_ack, ack.model_dump_json(exclude_none=True).encode(), qos=1)
         if mid is not None:
             self._other_mids[mid] = "command ack"
-
-    def _pump(self) -> None:
-        """Publish the oldest unsent samples, in sequence order, within the in-flight window."""
-        assert self.outbox is not None and self.link is not None
-        cfg = self.cfg
-        budget = cfg.max_message_bytes - ENVELOPE_BYTES - len(self.pole) - len(self.boot_id)
-        while len(self._inflight) < cfg.inflight_window and self._cursor < self.outbox.last_seq:
-            batch = self.outbox.peek(self._cursor, cfg.max_message_samples, budget)
-            if not batch:
-                self._cursor = self.outbox.last_seq  # everything after the cursor was evicted/acked
-                break
-            payload = telemetry_payload(self.pole, batch[0].boot, [p.body for p in batch],
-                                        self.outbox.evicted_session)
-            mid = self.link.publish(self.t_telemetry, payload, qos=1)
-            if mid is None:
-                break
-            self._inflight[mid] = _Batch([p.seq for p in batch], batch[0].boot)
-            self._cursor = batch[-1].seq
-            self.counts["messages_sent"] += 1
-            self.counts["samples_sent"] += len(batch)
 
     def _status(self, state: str, reason: str | None = None) -> bytes:
         interval = self.sampler.interval() if self.sampler is not None else self.cfg.report_interval_s

@@ -188,7 +188,8 @@ def check(config: ConfigOpt = None,
             host=cfg.host, port=cfg.port, client_id=cfg.pole, keepalive_s=cfg.keepalive_s,
             username=cfg.username, password=pw, tls=cfg.use_tls,
             tls_ca=str(cfg.tls_ca) if cfg.tls_ca else None, tls_cert=str(cfg.tls_cert) if cfg.tls_cert else None,
-            tls_key=str(cfg.tls_key) if cfg.tls_key else None, connect_timeout_s=min(cfg.connect_timeout_s, timeout))
+            tls_key=str(cfg.tls_key) if cfg.tls_key else None, connect_timeout_s=min(cfg.connect_timeout_s, timeout),
+            brokers=cfg.broker_list, mqtt_version=cfg.mqtt_version)
         verdict = probe(settings, topics.cmd(cfg.district, cfg.pole), timeout)
     except LampwatchError as exc:
         _fail(exc)

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 from pydantic_core import PydanticCustomError
 from pydantic_settings import SettingsConfigDict
 
+from contract.address import parse_broker
 from contract.catalog import BY_NAME, CRITICAL, NAMES
 from contract.ids import DistrictStr, PoleIdStr
 from contract.models import Location, MetricName
@@ -123,9 +124,12 @@ class EdgeConfig(FileSettings):
     firmware: Annotated[str, Field(max_length=100)] = "unknown"
     location: Location | None = None
 
-    # broker
+    # broker: ``host``/``port``, or ``brokers`` (an ordered failover list of host:port, e.g. a cluster's
+    # nodes; comma-separated in LAMPWATCH_EDGE_BROKERS, a list in TOML) which then replaces them
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=1, le=65535)] = 1883
+    brokers: str | list[str] = Field(default_factory=list)
+    mqtt_version: Literal[5, 311] = 5  # 311 for brokers without MQTT 5 (NATS): no reason codes
     keepalive_s: Annotated[int, Field(ge=2, le=3600)] = 30
     session_expiry_s: Annotated[int, Field(ge=0, le=2**32 - 1)] = 7 * 86_400
     username: str | None = None
@@ -198,6 +202,20 @@ class EdgeConfig(FileSettings):
             raise ValueError("; ".join(bad))
         return thresholds
 
+    @field_validator("mqtt_version", mode="before")
+    @classmethod
+    def _version_from_env(cls, v: object) -> object:
+        return int(v) if isinstance(v, str) and v.strip().isdigit() else v  # the environment gives "311"
+
+    @field_validator("brokers")
+    @classmethod
+    def _broker_list(cls, brokers: str | list[str]) -> list[str]:
+        items = brokers.split(",") if isinstance(brokers, str) else brokers
+        out = [b.strip() for b in items if b.strip()]
+        for b in out:
+            parse_broker(b)
+        return out
+
     @field_validator("tls_ca", "tls_cert", "tls_key")
     @classmethod
     def _file_exists(cls, p: Path | None) -> Path | None:
@@ -221,6 +239,13 @@ class EdgeConfig(FileSettings):
         return bad
 
     # --- derived ---------------------------------------------------------------------------------
+    @property
+    def broker_list(self) -> tuple[tuple[str, int], ...]:
+        """The brokers in failover order: ``brokers`` if given, else the one ``host``/``port``."""
+        if self.brokers:
+            return tuple(parse_broker(b) for b in self.brokers)
+        return ((self.host, self.port),)
+
     @property
     def use_tls(self) -> bool:
         return self.tls or self.tls_ca is not None

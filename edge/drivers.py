@@ -272,13 +272,10 @@ def load_plugin(name: str, metrics: Sequence[str], options: Mapping[str, Any]) -
     return driver  # type: ignore[no-any-return]
 
 
-def other_driver(spec: Any) -> Driver:
-    """The driver of a ``modbus`` or ``plugin`` config entry (edge.config.ModbusSource / PluginSource)."""
+def plugin_driver(spec: Any) -> Driver:
+    """The driver of a ``plugin`` config entry (edge.config.PluginSource). ``modbus`` entries are built
+    by edge.agent.build_drivers (edge.modbus stands on this module, not the other way round)."""
     kind = getattr(spec, "kind", None)
-    if kind == "modbus":
-        from edge.modbus import ModbusDriver  # pymodbus is imported only by poles that use it
-
-        return ModbusDriver(spec)
     if kind == "plugin":
         return load_plugin(spec.name, spec.metrics, spec.options)
     raise ValueError(f"unknown driver kind {kind!r}")

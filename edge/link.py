@@ -1,20 +1,41 @@
-"""The MQTT adapter: one paho 2.x client (MQTT 5), driven by our own network thread.
+"""The MQTT adapter: one paho 2.x client (MQTT 5) as ONE non-blocking state machine.
 
-We do not use paho's ``loop_start``/``loop_forever``: the application owns reconnecting, with jittered
-exponential backoff (equal jitter: ``d = min(max, min * 2**n)``, wait ``d/2 + U(0, d/2)``; ``n``
-resets only after a connection that lasted ``STABLE_S``), so a fleet that lost its broker does not
-come back in lock-step. The thread selects on paho's socket and on a
-wake-up socketpair, and calls paho's ``loop_read``/``loop_write``/``loop_misc`` (paho's documented
-external-loop API). Every paho call and every callback happens on this one thread, so the handler
-needs no locking against paho.
+paho's own threads (``loop_start``/``loop_forever``) are not used. :class:`MqttLink` never blocks
+and never sleeps (one exception: paho opens a connection with a blocking ``connect()``, bounded by
+``connect_timeout_s``); whoever drives it (:class:`edge.loop.EdgeLoop`, for one pole or for a
+simulated fleet alike) selects on :meth:`MqttLink.socket`, calls :meth:`read` / :meth:`write` when
+the socket is ready (paho's documented external-loop API: ``loop_read`` / ``loop_write``, with
+``want_write``), and calls :meth:`step` at the deadline it returned last or whenever something
+changed. :meth:`step` is the whole state machine::
 
-Many links in one process (the simulator's per-device mode) can share an :class:`edge.host.AgentHost`
-instead: one selector thread then drives every link's paho client through the same external-loop API
-(``MqttLink(..., host=host)``); reconnecting, backoff, the will and the clean shutdown are the same.
+    no socket, not closing   wait for the backoff deadline, then (if the driver's connect gate lets it)
+                             register the Last Will and open a connection
+    socket                   paho's ``loop_misc`` (keepalive) every ``misc_s``; drop a connection
+                             that got no CONNACK in time
+    closing                  publish the final status (retained, QoS 1) while connected and wait for
+                             its ack (bounded), then DISCONNECT (no Last Will) and wait for paho to
+                             write it (bounded); then closed: ``step`` returns None
+
+The application owns reconnecting, with jittered exponential backoff (equal jitter:
+``d = min(max, min * 2**n)``, wait ``d/2 + U(0, d/2)``; ``n`` resets only after a connection that
+lasted ``STABLE_S``), so a fleet that lost its broker does not come back in lock-step.
 
 Session: client id = pole id, ``clean_start=False`` and a Session Expiry Interval, so QoS 1 messages in
 flight at a disconnect are re-sent by paho after the reconnect (same packet ids, DUP set) and the
 broker keeps queued commands for us while we are away.
+
+Brokers: ``LinkSettings.brokers`` is an ordered address list (a cluster's nodes). Every failed attempt
+and every lost connection moves to the next address (wrapping), each attempt after the usual backoff; a
+one-element list (the default: ``host``/``port``) behaves exactly as before. paho re-sends the in-flight
+QoS 1 messages on whichever node accepts us, whether that node has our session or not.
+
+``mqtt_version=311`` (brokers without MQTT 5, e.g. NATS): clean session off instead of clean start +
+Session Expiry Interval (the broker keeps the session until it is cleaned), and no reason codes: every
+PUBACK reads as success, so a PUBLISH the broker's ACL refuses is lost silently (docs/scaling.md says
+how the agent and the gateway live with that).
+
+Threads: everything but :meth:`request_close` and the read-only properties runs on the driving
+thread; the handler's callbacks run there too, so neither needs locks against paho.
 """
 
 from __future__ import annotations
@@ -27,22 +48,22 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-if TYPE_CHECKING:
-    from edge.host import AgentHost
-
 log = logging.getLogger("lampwatch.edge.link")
 
 #: a connection that lived this long resets the backoff; one the broker drops sooner (bad ACL, a
 #: client id taken over by a twin) keeps growing it, so a misconfigured pole cannot hammer the broker
 STABLE_S = 10.0
+#: once DISCONNECT is queued, how long paho may take to write it before the socket is cut
+DISCONNECT_WAIT_S = 2.0
 
 
 class LinkHandler(Protocol):
@@ -58,9 +79,13 @@ class LinkHandler(Protocol):
 
     def on_message(self, topic: str, payload: bytes) -> None: ...
 
-    def on_idle(self) -> None:
-        """Called at every loop turn while connected: the place to publish more."""
-        ...
+
+class SocketWatcher(Protocol):
+    """Told (on the driving thread) when paho opens or is about to close a link's socket."""
+
+    def socket_opened(self, link: MqttLink, sock: Any) -> None: ...
+
+    def socket_closed(self, link: MqttLink, sock: Any) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +106,13 @@ class LinkSettings:
     backoff_max_s: float = 60.0
     max_inflight: int = 32
     clean_start: bool = False
+    #: failover order, tried in turn; empty: just (host, port)
+    brokers: tuple[tuple[str, int], ...] = ()
+    mqtt_version: int = 5  # 5, or 311 (no reason codes, no session expiry)
+
+    @property
+    def addresses(self) -> tuple[tuple[str, int], ...]:
+        return self.brokers or ((self.host, self.port),)
 
 
 def backoff_delay(attempt: int, lo: float, hi: float, rng: random.Random) -> float:
@@ -90,7 +122,9 @@ def backoff_delay(attempt: int, lo: float, hi: float, rng: random.Random) -> flo
 
 
 def make_client(s: LinkSettings) -> mqtt.Client:
-    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=s.client_id, protocol=mqtt.MQTTv5)
+    v5 = s.mqtt_version == 5
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=s.client_id,
+                    protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311, clean_session=None if v5 else s.clean_start)
     if s.username:
         c.username_pw_set(s.username, s.password)
     if s.tls or s.tls_ca:
@@ -98,15 +132,25 @@ def make_client(s: LinkSettings) -> mqtt.Client:
     c.max_inflight_messages_set(s.max_inflight)
     c.max_queued_messages_set(0)
     c.connect_timeout = s.connect_timeout_s
-    props = Properties(PacketTypes.CONNECT)
-    props.SessionExpiryInterval = s.session_expiry_s
-    c.connect_async(s.host, s.port, s.keepalive_s, clean_start=s.clean_start, properties=props)
+    aim(c, s, 0)
     return c
 
 
+def aim(c: mqtt.Client, s: LinkSettings, index: int) -> None:
+    """Point a closed client at ``s.addresses[index]`` for its next ``reconnect()``."""
+    host, port = s.addresses[index]
+    if s.mqtt_version != 5:
+        c.connect_async(host, port, s.keepalive_s)
+        return
+    props = Properties(PacketTypes.CONNECT)
+    props.SessionExpiryInterval = s.session_expiry_s
+    c.connect_async(host, port, s.keepalive_s, clean_start=s.clean_start, properties=props)
+
+
 class MqttLink:
-    def __init__(self, settings: LinkSettings, handler: LinkHandler, *, rng: random.Random | None = None,
-                 host: AgentHost | None = None) -> None:
+    """One pole's MQTT connection as a non-blocking state machine (see the module docstring)."""
+
+    def __init__(self, settings: LinkSettings, handler: LinkHandler, *, rng: random.Random | None = None) -> None:
         self.s = settings
         self.handler = handler
         self.rng = rng or random.Random()
@@ -117,69 +161,87 @@ class MqttLink:
         self.client.on_message = self._on_message
         self.counts: dict[str, int] = {"connects": 0, "disconnects": 0, "connect_failures": 0}
         self.last_error = ""
-        self.host = host
-        self._wake_r: socket.socket | None = None
-        self._wake_w: socket.socket | None = None
-        if host is None:
-            self._wake_r, self._wake_w = socket.socketpair()
-            self._wake_r.setblocking(False)
-            self._wake_w.setblocking(False)
-        else:  # the host's selector follows paho's socket as it opens and closes
-            self.client.on_socket_open = lambda _c, _u, sock: host._sock_opened(self, sock)
-            self.client.on_socket_close = lambda _c, _u, sock: host._sock_closed(self, sock)
+        #: keepalive and CONNACK-timeout checks this often (paho's loop_misc)
+        self.misc_s = min(1.0, settings.keepalive_s / 4)
+        self.closed = threading.Event()  # set once step() finished the clean shutdown
         self._attempt = 0
+        self._broker = 0  # index into settings.addresses of the broker tried or used now
         self._next_attempt = 0.0
+        self._next_misc = 0.0
         self._connack = False
         self._connecting_since: float | None = None
         self._connected_at = 0.0
-        self._closing = threading.Event()
+        self._closing = False
         self._final: tuple[str, bytes] | None = None
         self._final_deadline = 0.0
         self._final_mid: int | None = None
         self._final_done = False
-        self._thread: threading.Thread | None = None
-        self._closed = threading.Event()  # host mode: set by the host thread once the link is shut down
-        self._disconnect_deadline: float | None = None  # host mode: DISCONNECT queued, socket not yet closed
-        self.ever_connected = threading.Event()
+        self._disconnect_deadline: float | None = None  # DISCONNECT queued, socket not yet closed
 
-    # --- any thread ------------------------------------------------------------------------------
+    # --- observation (any thread) ----------------------------------------------------------------
+    @property
+    def where(self) -> str:
+        """host:port of the broker this link uses (or tries next)."""
+        host, port = self.s.addresses[self._broker]
+        return f"{host}:{port}"
+
     @property
     def connected(self) -> bool:
         return self._connack and self.client.socket() is not None
 
-    def start(self) -> None:
-        if self.host is not None:
-            self.host._add_link(self)
-            return
-        self._thread = threading.Thread(target=self._run, name=f"edge-link-{self.s.client_id}", daemon=True)
-        self._thread.start()
+    @property
+    def closing(self) -> bool:
+        return self._closing
 
-    def wake(self) -> None:
-        if self.host is not None:
-            self.host._wake_link(self)
-            return
-        assert self._wake_w is not None
-        with contextlib.suppress(BlockingIOError, OSError):
-            self._wake_w.send(b"\0")
-
-    def close(self, final: tuple[str, bytes] | None = None, timeout_s: float = 5.0) -> None:
-        """Publish ``final`` (retained, QoS 1) if connected and wait for its ack, then disconnect cleanly
-        (no Last Will) and stop the thread."""
+    def request_close(self, final: tuple[str, bytes] | None = None, timeout_s: float = 5.0) -> None:
+        """Ask for a clean shutdown (any thread; the driver then steps the link to :attr:`closed`):
+        publish ``final`` (retained, QoS 1) if connected and wait up to ``timeout_s`` for its ack, then
+        disconnect without the Last Will."""
         self._final = final
         self._final_deadline = time.monotonic() + timeout_s
-        self._closing.set()
-        self.wake()
-        if self.host is not None:
-            if self.host.running:
-                self._closed.wait(timeout_s + 5.0)
-            return
-        if self._thread is not None:
-            self._thread.join(timeout_s + 5.0)
-        assert self._wake_r is not None and self._wake_w is not None
-        self._wake_r.close()
-        self._wake_w.close()
+        self._closing = True
 
-    # --- link thread only --------------------------------------------------------------------------
+    # --- the driver's surface (driving thread) ---------------------------------------------------
+    def watch(self, watcher: SocketWatcher) -> None:
+        """Have ``watcher`` told when the socket opens and before it closes (to keep a selector true)."""
+        self.client.on_socket_open = lambda _c, _u, sock: watcher.socket_opened(self, sock)
+        self.client.on_socket_close = lambda _c, _u, sock: watcher.socket_closed(self, sock)
+
+    def socket(self) -> Any | None:
+        return self.client.socket()
+
+    def wants_write(self) -> bool:
+        return self.client.socket() is not None and self.client.want_write()
+
+    def read(self) -> None:
+        """The socket is readable: let paho read (callbacks fire here)."""
+        self.client.loop_read()
+
+    def write(self) -> None:
+        """The socket is writable: let paho write what it has queued."""
+        if self.client.socket() is not None:
+            self.client.loop_write()
+
+    def step(self, now: float, may_connect: Callable[[float], bool] | None = None) -> float | None:
+        """Advance the state machine at monotonic time ``now``; return when to step again at the
+        latest (sooner if the socket becomes ready or the link is woken), or None once closed.
+        ``may_connect(now)`` is asked only when a connection attempt is due (the driver's pacing)."""
+        if self.closed.is_set():
+            return None
+        if self._closing:
+            nxt = self._close_step(now)
+            if nxt is None:
+                self.closed.set()
+            return nxt
+        if self.client.socket() is None:
+            if now < self._next_attempt:
+                return self._next_attempt
+            if may_connect is not None and not may_connect(now):
+                return now + 0.02
+            self._connect(now)
+        self._turn(now)
+        return self._deadline(now)
+
     def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> int | None:
         """Queue a publish; return its packet id, or None when paho refused it (not connected, full)."""
         info = self.client.publish(topic, payload, qos=qos, retain=retain)
@@ -191,52 +253,58 @@ class MqttLink:
     def subscribe(self, topic: str, qos: int = 1) -> None:
         self.client.subscribe(topic, options=mqtt.SubscribeOptions(qos=qos))
 
-    def _run(self) -> None:
-        try:
-            while True:
-                if self._closing.is_set() and self._close_step():
-                    break
-                sock = self.client.socket()
-                if sock is None:
-                    if self._closing.is_set():
-                        break
-                    self._maybe_connect()
-                    continue
-                self._turn(sock)
-        except Exception:  # pragma: no cover - a bug; keep the process observable rather than silent
-            log.exception("edge network thread crashed")
-            raise
-        finally:
-            with contextlib.suppress(Exception):
-                if self.client.socket() is not None:
-                    self.client.disconnect()
-                    self.client.loop_write()
-
-    def _turn(self, sock: Any) -> None:
-        assert self._wake_r is not None  # own-thread mode only
-        timeout = min(1.0, self.s.keepalive_s / 4)
-        if hasattr(sock, "pending") and sock.pending() > 0:
-            timeout = 0.0
-        wlist = [sock] if self.client.want_write() else []
-        try:
-            r, w, _ = select.select([sock, self._wake_r], wlist, [], timeout)  # type: ignore[list-item]
-        except (OSError, ValueError):
-            r, w = [], []
-        if self._wake_r in r:
-            with contextlib.suppress(BlockingIOError, OSError):
-                self._wake_r.recv(4096)
-        if sock in r or (hasattr(sock, "pending") and sock.pending() > 0):
+    # --- the state machine ------------------------------------------------------------------------
+    def _turn(self, now: float) -> None:
+        """What an open socket needs besides reading and writing: TLS bytes paho has buffered,
+        keepalive, the CONNACK timeout."""
+        sock = self.client.socket()
+        if sock is None:
+            return
+        if _pending(sock):
             self.client.loop_read()
-        if self.client.socket() is not None and sock in w:
-            self.client.loop_write()
-        if self.client.socket() is not None:
-            self.client.loop_misc()
+        if self.client.socket() is None or now < self._next_misc:
+            return
+        self._next_misc = now + self.misc_s
+        self.client.loop_misc()
         if self._connecting_since is not None and self.client.socket() is not None:
-            if time.monotonic() - self._connecting_since > self.s.connect_timeout_s + self.s.keepalive_s:
-                log.warning("no CONNACK from %s:%d; dropping the connection", self.s.host, self.s.port)
+            if now - self._connecting_since > self.s.connect_timeout_s + self.s.keepalive_s:
+                log.warning("no CONNACK from %s; dropping the connection", self.where)
                 self._abort_socket()
-        if self.connected and not self._closing.is_set():
-            self.handler.on_idle()
+
+    def _deadline(self, now: float) -> float:
+        sock = self.client.socket()
+        if sock is None:
+            return self._next_attempt
+        if _pending(sock):
+            return now
+        return self._next_misc
+
+    def _connect(self, now: float) -> None:
+        topic, payload = self.handler.will()
+        self.client.will_set(topic, payload, qos=1, retain=True)
+        if len(self.s.addresses) > 1:
+            aim(self.client, self.s, self._broker)
+        self._connack = False
+        try:
+            self.client.reconnect()
+        except (OSError, ssl.SSLError, ValueError) as exc:  # refused, unreachable, TLS handshake
+            self._failed(f"{type(exc).__name__}: {exc}")
+            return
+        self._connecting_since = now
+        self._next_misc = now + self.misc_s
+
+    def _failed(self, why: str) -> None:
+        self.counts["connect_failures"] += 1
+        delay = backoff_delay(self._attempt, self.s.backoff_min_s, self.s.backoff_max_s, self.rng)
+        self._attempt += 1
+        where = self.where
+        self._broker = (self._broker + 1) % len(self.s.addresses)  # failover: the next address next time
+        if why != self.last_error:
+            log.warning("cannot reach broker %s (%s); retrying with backoff (next: %s)", where, why, self.where)
+        else:
+            log.debug("broker still unreachable (%s); next try in %.1f s", why, delay)
+        self.last_error = why
+        self._next_attempt = time.monotonic() + delay
 
     def _abort_socket(self) -> None:
         sock = self.client.socket()
@@ -245,95 +313,12 @@ class MqttLink:
                 sock.shutdown(socket.SHUT_RDWR)  # type: ignore[attr-defined]  # next loop_read sees EOF
             self.client.loop_read()
 
-    def _maybe_connect(self) -> None:
-        now = time.monotonic()
-        if now < self._next_attempt:
-            if self._wake_r is None:  # host mode: the host comes back when it is time
-                return
-            wait = min(self._next_attempt - now, 1.0)
-            with contextlib.suppress(OSError, ValueError):
-                r, _, _ = select.select([self._wake_r], [], [], wait)
-                if r:
-                    with contextlib.suppress(BlockingIOError, OSError):
-                        self._wake_r.recv(4096)
-            return
-        topic, payload = self.handler.will()
-        self.client.will_set(topic, payload, qos=1, retain=True)
-        self._connack = False
-        try:
-            self.client.reconnect()
-        except (OSError, ssl.SSLError, ValueError) as exc:  # refused, unreachable, TLS handshake
-            self._failed(f"{type(exc).__name__}: {exc}")
-            return
-        self._connecting_since = time.monotonic()
-
-    def _failed(self, why: str) -> None:
-        self.counts["connect_failures"] += 1
-        delay = backoff_delay(self._attempt, self.s.backoff_min_s, self.s.backoff_max_s, self.rng)
-        self._attempt += 1
-        if why != self.last_error:
-            log.warning("cannot reach broker %s:%d (%s); retrying with backoff", self.s.host, self.s.port, why)
-        else:
-            log.debug("broker still unreachable (%s); next try in %.1f s", why, delay)
-        self.last_error = why
-        self._next_attempt = time.monotonic() + delay
-
-    def _close_step(self) -> bool:
-        """One step of a clean shutdown; True when done."""
-        if not self.connected:
-            return True
-        now = time.monotonic()
-        if self._final is not None and self._final_mid is None and not self._final_done:
-            topic, payload = self._final
-            self._final_mid = self.publish(topic, payload, qos=1, retain=True)
-            if self._final_mid is None:
-                self._final_done = True
-        if self._final_done or self._final is None or now >= self._final_deadline:
-            self.client.disconnect()
-            deadline = now + 2.0
-            while self.client.socket() is not None and time.monotonic() < deadline:
-                sock = self.client.socket()
-                self.client.loop_write()
-                if sock is not None and self.client.socket() is not None:
-                    with contextlib.suppress(OSError, ValueError):
-                        select.select([sock], [], [], 0.05)
-                    self.client.loop_read()
-            return True
-        sock = self.client.socket()
-        if sock is not None:
-            self._turn(sock)
-        return False
-
-    # --- host mode: one step, on the host's network thread ---------------------------------------
-    def _host_step(self, now: float, sweep: bool) -> bool:
-        """Everything one turn of :meth:`_run` does, without blocking (the host's selector did the
-        waiting and the reading/writing). ``sweep``: also keepalive and timeouts. True once closed."""
-        if self._closing.is_set():
-            return self._host_close_step(now)
-        sock = self.client.socket()
-        if sock is None:
-            if now >= self._next_attempt:
-                assert self.host is not None
-                if self.host._may_connect(now):
-                    self._maybe_connect()
-            return False
-        if hasattr(sock, "pending") and sock.pending() > 0:
-            self.client.loop_read()
-        if sweep and self.client.socket() is not None:
-            self.client.loop_misc()
-            if self._connecting_since is not None and self.client.socket() is not None:
-                if now - self._connecting_since > self.s.connect_timeout_s + self.s.keepalive_s:
-                    log.warning("no CONNACK from %s:%d; dropping the connection", self.s.host, self.s.port)
-                    self._abort_socket()
-        if self.connected:
-            self.handler.on_idle()
-        return False
-
-    def _host_close_step(self, now: float) -> bool:
+    def _close_step(self, now: float) -> float | None:
+        """One step of the clean shutdown; None when done."""
         if self._disconnect_deadline is not None:  # DISCONNECT queued: wait until paho wrote it
             if self.client.socket() is not None and now >= self._disconnect_deadline:
                 self._abort_socket()
-            return self.client.socket() is None
+            return None if self.client.socket() is None else self._disconnect_deadline
         if self.connected:
             if self._final is not None and self._final_mid is None and not self._final_done:
                 topic, payload = self._final
@@ -341,43 +326,43 @@ class MqttLink:
                 if self._final_mid is None:
                     self._final_done = True
             if not (self._final_done or self._final is None or now >= self._final_deadline):
-                return False
+                self._turn(now)  # keep the connection alive while the final status is acknowledged
+                return min(self._final_deadline, self._deadline(now))
         if self.client.socket() is None:
-            return True
+            return None
         with contextlib.suppress(Exception):
             self.client.disconnect()
             self.client.loop_write()
         if self.client.socket() is None:
-            return True
-        self._disconnect_deadline = now + 2.0
-        return False
+            return None
+        self._disconnect_deadline = now + DISCONNECT_WAIT_S
+        return self._disconnect_deadline
 
-    # --- paho callbacks (link thread) ----------------------------------------------------------
+    # --- paho callbacks (driving thread, inside read/write/step) ----------------------------------
     def _on_connect(self, _c: mqtt.Client, _u: Any, flags: Any, rc: Any, _p: Any) -> None:
         self._connecting_since = None
         if rc.is_failure:
+            log.error("broker %s refused pole %s: %s", self.where, self.s.client_id, rc)
             self._failed(f"broker refused the connection: {rc}")
-            log.error("broker %s:%d refused pole %s: %s", self.s.host, self.s.port, self.s.client_id, rc)
             return
         self._connack = True
         self._connected_at = time.monotonic()
         self.last_error = ""
         self.counts["connects"] += 1
-        self.ever_connected.set()
-        log.info("connected to %s:%d (session present: %s)", self.s.host, self.s.port, flags.session_present)
+        log.info("connected to %s (session present: %s)", self.where, flags.session_present)
         self.handler.on_connected(bool(flags.session_present))
 
     def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
         was = self._connack
         self._connack = False
         self._connecting_since = None
-        if self._closing.is_set():
+        if self._closing:
             return
         if was:
             if time.monotonic() - self._connected_at >= STABLE_S:
                 self._attempt = 0  # it was a good connection: start the backoff over
             self.counts["disconnects"] += 1
-            log.warning("disconnected from broker (%s); reconnecting with backoff", rc)
+            log.warning("disconnected from broker %s (%s); reconnecting with backoff", self.where, rc)
             self.last_error = why = f"connection lost: {rc}"
             self._failed(why)
             self.handler.on_disconnected(str(rc))
@@ -394,6 +379,11 @@ class MqttLink:
         self.handler.on_message(msg.topic, bytes(msg.payload))
 
 
+def _pending(sock: Any) -> bool:
+    """TLS: bytes already decrypted into the SSL object, which the selector cannot see."""
+    return bool(hasattr(sock, "pending") and sock.pending() > 0)
+
+
 def probe(s: LinkSettings, cmd_topic: str, timeout_s: float = 10.0) -> str:
     """Connect once (clean session, client id ``<id>-check`` so a running agent is not kicked off),
     subscribe to ``cmd_topic``, disconnect. Return a one-line description; raise BrokerError."""
@@ -405,7 +395,7 @@ def probe(s: LinkSettings, cmd_topic: str, timeout_s: float = 10.0) -> str:
     state: dict[str, Any] = {}
     c.on_connect = lambda _c, _u, _f, rc, _p: state.__setitem__("connack", rc)
     c.on_subscribe = lambda _c, _u, _m, rcs, _p: state.__setitem__("suback", rcs)
-    where = f"{s.host}:{s.port}"
+    where = "{}:{}".format(*s.addresses[0])
     try:
         c.reconnect()
     except (OSError, ssl.SSLError, ValueError) as exc:
@@ -435,7 +425,9 @@ def probe(s: LinkSettings, cmd_topic: str, timeout_s: float = 10.0) -> str:
                 if sub.is_failure:
                     raise BrokerError(f"broker {where} accepted the connection but refused the "
                                       f"subscription to {cmd_topic}: {sub}")
-                return (f"broker {where} accepted {s.client_id} (MQTT 5, TLS {'on' if s.tls or s.tls_ca else 'off'}"
+                version = "5" if s.mqtt_version == 5 else "3.1.1"
+                tls = "on" if s.tls or s.tls_ca else "off"
+                return (f"broker {where} accepted {s.client_id} (MQTT {version}, TLS {tls}"
                         f"{', user ' + s.username if s.username else ''}); {cmd_topic} granted QoS {int(sub.value)}")
         raise BrokerError(f"no answer from broker {where} within {timeout_s:.0f} s")
     finally:

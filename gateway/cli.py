@@ -67,7 +67,8 @@ def run(config: ConfigOpt = None, duration: Annotated[float, typer.Option(
         gw = gw_app.acquire(stop)
         if gw is not None:
             gw.start()
-            err.print(f"gateway {settings.client_id}: broker {settings.mqtt_host}:{settings.mqtt_port}, "
+            brokers = ",".join(f"{h}:{p}" for h, p in settings.broker_list())
+            err.print(f"gateway {settings.client_id}: broker {brokers}, "
                       f"store {describe(StoreConfig(**settings.store_fields()))}")
             while not stop.wait(0.5):
                 failed = gw.failed

@@ -78,7 +78,10 @@ class GatewayConfig:
     tls_ca: str | None = None
     tls_cert: str | None = None
     tls_key: str | None = None
-    mqtt_version: int = 5  # 5, or 311 for brokers that only speak MQTT 3.1.1 (amqtt, the demo broker)
+    mqtt_version: int = 5  # 5, or 311 for brokers that only speak MQTT 3.1.1 (amqtt, the demo broker, NATS)
+    #: failover order (a cluster's nodes): a failed connect or a lost connection moves to the next; empty:
+    #: just (host, port)
+    brokers: tuple[tuple[str, int], ...] = ()
     districts: tuple[str, ...] = ("+",)  # the districts this gateway owns ("+" = all)
     keepalive_s: int = 30
     session_expiry_s: int = 7 * 86_400
@@ -143,6 +146,7 @@ class Gateway:
         self.ops_handler: tuple[tuple[str, ...], Callable[[str, bytes], None]] | None = None
         self.stats: dict[str, float] = {"lag_ms": 0.0, "deadletters": 0.0, "session_lost": 0.0,
                                         "inbox_high": 0.0, "disconnects": 0.0}
+        self._broker = 0  # index into addresses of the broker used or tried now
         self._client = self._make_client()
         self.acks = AckTracker(self._client.ack)
         self.output = Output(sink, self.spool, delivered=self.acks.delivered, quarantine_put=self.quarantine.put_many,
@@ -166,6 +170,7 @@ class Gateway:
                    GatewayStatus(state="offline", gateway=self.cfg.client_id, reason="will")
                    .model_dump_json(exclude_none=True), qos=1, retain=True)
         c.on_connect = self._on_connect
+        c.on_connect_fail = self._on_connect_fail
         c.on_disconnect = self._on_disconnect
         c.on_message = self._on_message
         c.on_subscribe = self._on_subscribe
@@ -187,7 +192,8 @@ class Gateway:
         if self.ops_handler is not None:
             subs += [(t, 1) for t in self.ops_handler[0]]
         client.subscribe(subs)  # idempotent: the persistent session may already hold them
-        log.info("gateway %s connected, owning districts %s", self.cfg.client_id, ",".join(self.cfg.districts))
+        log.info("gateway %s connected to %s:%d, owning districts %s", self.cfg.client_id,
+                 *self.addresses[self._broker], ",".join(self.cfg.districts))
 
     def _on_subscribe(self, _c: mqtt.Client, _u: Any, _mid: int, rcs: Any, _p: Any) -> None:
         failed = [rc for rc in rcs if getattr(rc, "is_failure", False)]
@@ -204,12 +210,39 @@ class Gateway:
         self._client.reconnect_delay_set(min_delay=1, max_delay=30)
         self._publish_status(self.clock())
 
+    @property
+    def addresses(self) -> tuple[tuple[str, int], ...]:
+        return self.cfg.brokers or ((self.cfg.host, self.cfg.port),)
+
+    def _aim(self, index: int) -> None:
+        """Point paho at broker ``index`` for its next (re)connect (paho's thread, or before start)."""
+        self._broker = index % len(self.addresses)
+        host, port = self.addresses[self._broker]
+        if self.cfg.mqtt_version == 5:
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = self.cfg.session_expiry_s
+            props.ReceiveMaximum = max(1, min(65535, self.cfg.inbox_max))
+            self._client.connect_async(host, port, self.cfg.keepalive_s, clean_start=False, properties=props)
+        else:
+            self._client.connect_async(host, port, self.cfg.keepalive_s)
+
+    def _next_broker(self, why: str) -> None:
+        if len(self.addresses) > 1 and not self._stop.is_set():
+            old = "{}:{}".format(*self.addresses[self._broker])
+            self._aim(self._broker + 1)
+            log.warning("broker %s %s; trying %s:%d next", old, why, *self.addresses[self._broker])
+
+    def _on_connect_fail(self, _c: mqtt.Client, _u: Any) -> None:
+        self.set_health("mqtt", "cannot reach broker {}:{}".format(*self.addresses[self._broker]))
+        self._next_broker("unreachable")
+
     def _on_disconnect(self, client: mqtt.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
         self._connected.clear()
         if self._deaf_since is None:
             self._deaf_since = self.clock()
         if self._stop.is_set():
             return
+        self._next_broker(f"lost ({rc})")
         self.stats["disconnects"] += 1
         self.set_health("mqtt", f"disconnected: {rc}")
         if getattr(rc, "value", None) == SESSION_TAKEN_OVER:
@@ -271,14 +304,7 @@ class Gateway:
 
     # --- lifecycle -----------------------------------------------------------------------------------
     def start(self, wait_connected_s: float = 10.0) -> None:
-        if self.cfg.mqtt_version == 5:
-            props = Properties(PacketTypes.CONNECT)
-            props.SessionExpiryInterval = self.cfg.session_expiry_s
-            props.ReceiveMaximum = max(1, min(65535, self.cfg.inbox_max))
-            self._client.connect_async(self.cfg.host, self.cfg.port, self.cfg.keepalive_s,
-                                       clean_start=False, properties=props)
-        else:
-            self._client.connect_async(self.cfg.host, self.cfg.port, self.cfg.keepalive_s)
+        self._aim(0)
         self._client.loop_start()
         self.output.start()
         self._worker = threading.Thread(target=self._main, name="gateway-pipeline", daemon=True)

@@ -11,9 +11,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from contract.address import parse_brokers
 from contract.errors import ConfigError
 from contract.ids import DISTRICT_RE, GATEWAY_ID_RE
 from contract.settings import FileSettings, load_settings
@@ -29,6 +30,8 @@ class GatewaySettings(FileSettings):
     mqtt_host: str = "127.0.0.1"
     mqtt_port: int = Field(1883, ge=1, le=65535)
     mqtt_version: Literal[5, 311] = 5
+    # a cluster's nodes in failover order, "host:port,host:port"; replaces mqtt_host/mqtt_port when set
+    mqtt_brokers: str | None = None
     mqtt_username: str | None = None
     mqtt_password: SecretStr | None = None
     mqtt_tls_ca: str | None = None
@@ -79,6 +82,20 @@ class GatewaySettings(FileSettings):
             return {**data, "client_id": data["mqtt_username"]}
         return data
 
+    @field_validator("mqtt_version", mode="before")
+    @classmethod
+    def _version_from_env(cls, v: object) -> object:
+        return int(v) if isinstance(v, str) and v.strip().isdigit() else v  # the environment gives "311"
+
+    @field_validator("mqtt_brokers")
+    @classmethod
+    def _brokers(cls, v: str | None) -> str | None:
+        parse_brokers(v or "")
+        return v
+
+    def broker_list(self) -> tuple[tuple[str, int], ...]:
+        return parse_brokers(self.mqtt_brokers or "") or ((self.mqtt_host, self.mqtt_port),)
+
     def district_list(self) -> tuple[str, ...]:
         if self.partition is not None:
             if not self.city_districts:
@@ -99,7 +116,7 @@ class GatewaySettings(FileSettings):
             raise ConfigError(f"client_id {self.client_id!r} (defaults to mqtt_username) must match "
                               f"{GATEWAY_ID_RE.pattern}")
         return GatewayConfig(
-            host=self.mqtt_host, port=self.mqtt_port, client_id=self.client_id,
+            host=self.mqtt_host, port=self.mqtt_port, brokers=self.broker_list(), client_id=self.client_id,
             username=self.mqtt_username,
             password=self.mqtt_password.get_secret_value() if self.mqtt_password else None,
             tls_ca=self.mqtt_tls_ca, tls_cert=self.mqtt_tls_cert, tls_key=self.mqtt_tls_key,

@@ -81,7 +81,9 @@ DRILLS = ("broker-restart", "edge-offline", "gateway-kill", "store-outage", "hos
           "gateway-restart", "poison-pill", "store-reject", "spool-disk-full", "device-reboot", "broker-crash",
           "standby-takeover", "session-hijack",
           # operators (docs/operators.md)
-          "alert-delivery")
+          "alert-delivery",
+          # a clustered broker tier (docs/scaling.md)
+          "cluster-node-kill")
 
 
 @app.command()
@@ -93,7 +95,7 @@ def drill(
     rate_hz: Annotated[float, typer.Option(help="ticks per second (each tick: one sample per pole)", min=0.1)] = 5.0,
     outage_s: Annotated[float | None, typer.Option(
         help="downtime in seconds: store-outage (default 60), broker-restart (30), edge-offline (300, device time), "
-             "alert-delivery (60, Alertmanager)",
+             "alert-delivery (60, Alertmanager), cluster-node-kill (10, a NATS node)",
         min=1)] = None,
 ) -> None:
     """Run one fault drill (or `all` of them, full size) on real servers and print its verdict line.
@@ -118,9 +120,9 @@ def drill(
 def _run_drill(name: str, poles: int | None, seconds: float, rate_hz: float, outage_s: float | None) -> Any:
     edge = name in ("broker-restart", "edge-offline")
     hijack_poles = poles or 5  # session-hijack: poles publishing its 500 queued samples
-    poles = poles or (3 if edge else 30 if name == "alert-delivery" else 100)
+    poles = poles or (3 if edge else 30 if name in ("alert-delivery", "cluster-node-kill") else 100)
     if outage_s is None:  # the drill definitions of the edge and gateway issues
-        outage_s = {"broker-restart": 30.0, "edge-offline": 300.0}.get(name, 60.0)
+        outage_s = {"broker-restart": 30.0, "edge-offline": 300.0, "cluster-node-kill": 10.0}.get(name, 60.0)
     from simulator.drills import delivery_drills as dd
     from simulator.drills.gateway_drills import DrillSpec, gateway_kill, hostile_traffic, store_outage
 
@@ -141,6 +143,11 @@ def _run_drill(name: str, poles: int | None, seconds: float, rate_hz: float, out
     try:
         if name in delivery:
             return delivery[name]()
+        if name == "cluster-node-kill":  # --poles = edge agents (default 30); --outage-s = the node's downtime
+            from simulator.drills.cluster_drills import ClusterSpec, cluster_node_kill
+
+            return cluster_node_kill(ClusterSpec(agents=poles, rate_hz=rate_hz, seconds=seconds, down_s=outage_s),
+                                     log=log)
         if name == "session-hijack":
             from simulator.drills.identity_drills import session_hijack
 

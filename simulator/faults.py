@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Literal, NamedTuple
 import numpy as np
 
 from contract.catalog import BY_NAME, INDEX, METRICS
+from simulator.sun import sun_elevation_deg
 
 if TYPE_CHECKING:
     from simulator.city import City
@@ -209,8 +210,6 @@ def random_faults(city: City, seed: int, start_ms: int, end_ms: int, rate: float
     inside ``[start_ms, end_ms)``, night-only kinds start after dark, and an overheat is followed by
     smoke with probability ``smoke_after_overheat``. Sorted by (start_ms, pole, kind).
     """
-    from simulator.signals import sun_elevation_deg
-
     if end_ms <= start_ms:
         raise ValueError("end_ms must be after start_ms")
     kinds = tuple(kinds) if kinds is not None else KINDS

@@ -9,8 +9,9 @@ Two ways to publish a city:
   MQTT client id, retained birth, Last Will, on-disk outbox, persisted seq), sampling the city's
   signal model through a shared cache on an accelerated :class:`edge.clock.ScaledClock`. Only signal
   faults apply here (the agents do their own delivery). All agents share one
-  :class:`edge.host.AgentHost` (one network thread driving every agent's paho client through a selector,
-  one sampler thread), so thousands run in one process; connections are paced by the host.
+  :class:`edge.loop.EdgeLoop` (the loop a real pole runs with one agent: one network thread driving
+  every agent's link through a selector, one sampler thread), so thousands run in one process on the
+  code a pole runs; connections are paced by the loop.
 
 Pacing: a tick (one sample per pole) is ``step`` of simulated time. ``speed`` simulated seconds per
 real second gives a tick every ``step / speed`` real seconds; ``rate`` messages per second instead
@@ -308,12 +309,22 @@ class PoleDriver:
         pass
 
 
+def spread(brokers: Sequence[tuple[str, int]], i: int) -> list[tuple[str, int]]:
+    """Agent ``i``'s broker order: the list rotated by ``i`` (first choice ``i mod n``, then the rest)."""
+    k = i % len(brokers) if brokers else 0
+    return [*brokers[k:], *brokers[:k]]
+
+
 @_quiet_logs
 def run_per_device(host: str, port: int, plan: CityPlan, *, workdir: Path, speed: float = 1.0,
                    duration_s: float | None = None, hostile_pct: float = 0.0, labels_out: Path | None = None,
                    console: Console | None = None, stop: threading.Event | None = None,
-                   credentials: dict[str, str] | None = None) -> RunStats:
+                   credentials: dict[str, str] | None = None, brokers: Sequence[tuple[str, int]] = (),
+                   mqtt_version: int = 5) -> RunStats:
     """Every pole a real edge agent (own client id, birth, Last Will, outbox) on a scaled clock.
+
+    With ``brokers`` (a cluster's nodes) pole ``i`` gets the list rotated by ``i`` (:func:`spread`): the
+    fleet spreads evenly over the nodes, and each agent fails over along its own order.
 
     With ``credentials`` (pole id -> password, as ``lampwatch-ingest credentials`` writes them) every
     agent logs in as its own pole, so this runs against a production broker with per-pole ACLs; the
@@ -323,7 +334,7 @@ def run_per_device(host: str, port: int, plan: CityPlan, *, workdir: Path, speed
     from edge.agent import EdgeAgent
     from edge.clock import ScaledClock
     from edge.config import EdgeConfig, SimulatedSource
-    from edge.host import AgentHost
+    from edge.loop import EdgeLoop
     from simulator.demo import REFUSED_KINDS
 
     console = console or Console(stderr=True)
@@ -345,13 +356,13 @@ def run_per_device(host: str, port: int, plan: CityPlan, *, workdir: Path, speed
                               "--credentials")
     inv = None
     if credentials is None:
-        inv = Publisher(host, port, "lampwatch-sim-inventory").connect()
+        inv = Publisher(host, port, "lampwatch-sim-inventory", mqtt_version=mqtt_version).connect()
         for topic, payload in birth_messages(plan.stream(), plan.start_ms):
             inv.publish(topic, payload, retain=True)
             st.births += 1
     clock = ScaledClock(speed, origin=plan.start_ms / 1000.0)
     raise_fd_limit(4 * n + 256)  # per agent: its socket, the outbox file, its WAL and shared-memory index
-    agent_host = AgentHost(clock, name="sim-agents").start()
+    agent_loop = EdgeLoop(clock, name="sim-agents").start()
     agents: list[EdgeAgent] = []
     t0 = time.monotonic()
     try:
@@ -363,7 +374,8 @@ def run_per_device(host: str, port: int, plan: CityPlan, *, workdir: Path, speed
                 rated_power_w=p.rated_power_w, nominal_voltage_v=p.nominal_voltage_v,
                 username=p.pole_id if credentials else None,
                 password=credentials[p.pole_id] if credentials else None,
-                drivers=[SimulatedSource(metrics=list(p.sensors))])
+                drivers=[SimulatedSource(metrics=list(p.sensors))], mqtt_version=mqtt_version,
+                brokers=[f"{h}:{port_}" for h, port_ in spread(brokers, p.index)])
             if template is None:  # the first one through the settings sources (LAMPWATCH_EDGE_* apply) ...
                 cfg = EdgeConfig(host=host, port=port, report_interval_s=step_s,
                                  safety_interval_s=min(3600.0, step_s), outbox_sync="off", firmware="lampwatch-sim",
@@ -372,7 +384,7 @@ def run_per_device(host: str, port: int, plan: CityPlan, *, workdir: Path, speed
             else:  # ... the others validated from it (4x cheaper than re-reading the environment)
                 cfg = EdgeConfig.model_validate({**template, **fields})
             drv = PoleDriver(cache, p.index)
-            agents.append(EdgeAgent(cfg, drivers=dict.fromkeys(p.sensors, drv), host=agent_host))
+            agents.append(EdgeAgent(cfg, drivers=dict.fromkeys(p.sensors, drv), loop=agent_loop))
         rng = np.random.default_rng([plan.seed, 0x4057])
         with _progress(console, duration_s) as prog:
             task = prog.add_task(f"{plan.name}: {n} edge agents", total=duration_s, stats="starting agents")
@@ -411,7 +423,7 @@ def run_per_device(host: str, port: int, plan: CityPlan, *, workdir: Path, speed
             st.sim_end_ms = int(clock.time() * 1000)
     finally:
         stop_agents(agents, flush_timeout_s=3.0)
-        agent_host.stop()
+        agent_loop.stop()
         if inv is not None:
             with contextlib.suppress(BrokerError):
                 inv.flush(timeout_s=10)

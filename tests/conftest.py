@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 import pytest
 
+from testbed.nats import NatsCluster
 from testbed.servers import InfluxDB1, Mosquitto, ServerMissing, VictoriaMetrics
 from tests.servers import missing
 
@@ -57,6 +58,12 @@ def mosquitto_factory() -> Iterator[Callable[..., Mosquitto]]:
 def mosquitto(mosquitto_factory: Callable[..., Mosquitto]) -> Mosquitto:
     """A fresh, started broker for this test (anonymous, persistent, no queue limits)."""
     return mosquitto_factory()
+
+
+@pytest.fixture
+def nats_cluster() -> Iterator[NatsCluster]:
+    """A started 3-node NATS cluster (JetStream R3, MQTT 3.1.1 listeners); see testbed.nats."""
+    yield from _running(NatsCluster)
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""Many agents on one AgentHost (shared network + sampler threads) against a real Mosquitto."""
+"""Many agents on one EdgeLoop (shared network + sampler threads) against a real Mosquitto."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from contract import topics
 from edge.agent import EdgeAgent
 from edge.clock import ScaledClock, SystemClock
 from edge.config import EdgeConfig
-from edge.host import AgentHost
+from edge.loop import EdgeLoop
 from testbed.servers import Mosquitto
 from tests.edge.edge_helpers import Recorder, wait_until
 
@@ -40,12 +40,12 @@ def test_fifty_agents_share_two_threads_and_each_stays_a_device(
     rec = recorder_factory(mosquitto)
     poles = [f"p-{i:03d}" for i in range(N)]
     threads_before = threading.active_count()
-    with AgentHost(ScaledClock(5.0)) as host:
-        agents = [EdgeAgent(_cfg(mosquitto, tmp_path, p), host=host) for p in poles]
+    with EdgeLoop(ScaledClock(5.0)) as loop:
+        agents = [EdgeAgent(_cfg(mosquitto, tmp_path, p), loop=loop) for p in poles]
         for a in agents:
             a.start()
         try:
-            assert threading.active_count() == threads_before + 2  # the host's, not two per agent
+            assert threading.active_count() == threads_before + 2  # the loop's, not two per agent
             wait_until(lambda: all(a.connected for a in agents), what="every agent connected")
             wait_until(lambda: all(len(_states(rec, p)) >= 1 for p in poles), what="every birth")
             # telemetry flows for every pole, in sequence order, and the outboxes drain
@@ -75,11 +75,11 @@ def test_fifty_agents_share_two_threads_and_each_stays_a_device(
     assert {json.loads(p)["pole"] for _t, p, r, _ts in late.messages if r} == set(poles)
 
 
-def test_agents_on_a_host_reconnect_after_the_broker_restarts(
+def test_agents_on_a_loop_reconnect_after_the_broker_restarts(
         mosquitto: Mosquitto, recorder_factory: Callable[..., Recorder], tmp_path: Path) -> None:
     rec = recorder_factory(mosquitto)
-    with AgentHost(ScaledClock(5.0), connect_rate=50) as host:
-        agents = [EdgeAgent(_cfg(mosquitto, tmp_path, f"p-{i:03d}"), host=host) for i in range(10)]
+    with EdgeLoop(ScaledClock(5.0), connect_rate=50) as loop:
+        agents = [EdgeAgent(_cfg(mosquitto, tmp_path, f"p-{i:03d}"), loop=loop) for i in range(10)]
         for a in agents:
             a.start()
         try:
@@ -97,12 +97,30 @@ def test_agents_on_a_host_reconnect_after_the_broker_restarts(
     assert all(a.counters()["connects"] >= 2 and a.backlog() == 0 for a in agents)
 
 
-def test_an_agent_on_a_host_uses_the_hosts_clock(tmp_path: Path) -> None:
-    host = AgentHost(ScaledClock(2.0))
+def test_an_agent_on_a_shared_loop_uses_the_loops_clock(tmp_path: Path) -> None:
+    loop = EdgeLoop(ScaledClock(2.0))
     try:
         cfg = EdgeConfig(pole="p-1", district=DISTRICT, outbox_path=tmp_path / "o.sqlite")
-        assert EdgeAgent(cfg, host=host).clock is host.clock
-        with pytest.raises(ValueError, match="host's clock"):
-            EdgeAgent(cfg, host=host, clock=SystemClock())
+        assert EdgeAgent(cfg, loop=loop).clock is loop.clock
+        with pytest.raises(ValueError, match="loop's clock"):
+            EdgeAgent(cfg, loop=loop, clock=SystemClock())
     finally:
-        host.stop()
+        loop.stop()
+
+
+def test_a_pole_is_the_same_loop_with_one_agent(mosquitto: Mosquitto, recorder_factory: Callable[..., Recorder],
+                                                tmp_path: Path) -> None:
+    rec = recorder_factory(mosquitto)
+    before = {t.name for t in threading.enumerate()}
+    agent = EdgeAgent(_cfg(mosquitto, tmp_path, "p-solo", report_interval_s=0.2))
+    assert isinstance(agent.loop, EdgeLoop) and not agent.loop.running
+    agent.start()
+    try:
+        assert agent.loop.running
+        assert {t.name for t in threading.enumerate()} - before == {"edge-p-solo-net", "edge-p-solo-sampler"}
+        wait_until(lambda: agent.loop.members == 1 and len(rec.samples("p-solo")) >= 3, what="samples")
+    finally:
+        agent.stop()
+    assert not agent.loop.running and agent.loop.members == 0  # stopping the pole stops its loop
+    assert {t.name for t in threading.enumerate()} - before == set()
+    wait_until(lambda: _states(rec, "p-solo")[-1:] == ["offline/shutdown"], what="offline status")
