@@ -43,8 +43,8 @@ from pathlib import Path
 from typing import Any
 
 from ingest.influx1 import Influx1Store
-from testbed.servers import InfluxDB1, Mosquitto, _http, free_port
 from testbed.nats import NatsCluster, ack_pending_for
+from testbed.servers import InfluxDB1, Mosquitto, _http, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 POLES = 10_000

@@ -36,9 +36,9 @@ from edge.config import EdgeConfig
 from gateway.partition import districts_for
 from ingest.influx1 import Influx1Store
 from simulator.drills import DrillResult
-from testbed.servers import InfluxDB1, _http, free_port
-from testbed.nats import NatsCluster, ack_pending_for
 from simulator.run import spread
+from testbed.nats import NatsCluster, ack_pending_for
+from testbed.servers import InfluxDB1, _http, free_port
 
 Log = Callable[[str], None]
 DISTRICTS = tuple(f"d{i}" for i in range(8))

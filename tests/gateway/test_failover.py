@@ -11,8 +11,8 @@ from contract.errors import ConfigError
 from gateway.service import Gateway, GatewayConfig
 from gateway.settings import load
 from ingest.sqlite import SqliteStore
-from testbed.servers import Mosquitto, free_port
 from simulator.publisher import Publisher
+from testbed.servers import Mosquitto, free_port
 from tests.gateway.helpers import make_messages, wait_until
 
 
@@ -31,7 +31,7 @@ def test_settings_default_to_the_single_host(monkeypatch: pytest.MonkeyPatch) ->
 
 def test_a_bad_broker_address_is_one_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LAMPWATCH_GATEWAY_MQTT_BROKERS", "127.0.0.1:4101,node-2")
-    with pytest.raises(ConfigError, match=r"invalid gateway setting mqtt_brokers: .*'node-2' is not host:port"):
+    with pytest.raises(ConfigError, match=r"invalid gateway setting: mqtt_brokers: .*'node-2' is not host:port"):
         load()
 
 

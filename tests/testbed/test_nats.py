@@ -14,8 +14,8 @@ from rich.console import Console
 
 from gateway.service import Gateway, GatewayConfig
 from ingest.sqlite import SqliteStore
-from testbed.nats import PACKET_IDS, NatsCluster, ack_pending_for, mqtt_connect_ok
 from simulator.run import plan_city, run_per_device
+from testbed.nats import PACKET_IDS, NatsCluster, ack_pending_for, mqtt_connect_ok
 
 WAIT_S = 60.0
 
