@@ -183,9 +183,10 @@ class NatsCluster:
         """Bounded wait until JetStream has a meta leader, every running node's health check passes and
         its MQTT listener answers a CONNECT (which also creates the MQTT streams on first use).
 
-        ``health=False`` skips ``/healthz``: a node restarted under load reports "consumer not current"
-        there for as long as it takes to catch up on every MQTT session's consumer (over a minute was seen
-        on this 2-core machine), while it already serves MQTT clients."""
+        ``health=False`` skips ``/healthz``: a node restarted under load reports a stream or consumer "not
+        current" there until it has caught up on every MQTT stream and session consumer (still so after 60 s
+        in two runs on this shared 2-core machine), while it already serves MQTT clients. Use it after a
+        restart."""
         deadline = time.monotonic() + timeout_s
         pending = [node for node in self.nodes if node.running]
         why = "no JetStream meta leader"

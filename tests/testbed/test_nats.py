@@ -70,7 +70,7 @@ def test_streams_are_replicated_and_a_message_crosses_nodes_and_survives_a_node_
     n2.kill()  # the node the subscriber's session lives on, killed -9
     n2.start()
     assert (n2.port, n2.cluster_port, n2.mqtt_port) == ports and n2.store_dir == store and any(store.iterdir())
-    nats_cluster.wait_ready()
+    nats_cluster.wait_ready(health=False)  # /healthz lags far behind serving MQTT after a restart under load
     sub = _client("t-sub", n3.address, into=got)  # the session resumes on another node
     deadline = time.monotonic() + WAIT_S
     while not got and time.monotonic() < deadline:
