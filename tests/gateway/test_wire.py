@@ -52,7 +52,7 @@ def _render(v: object) -> bytes:
 
 
 def _same(a: float, b: float) -> bool:
-    return type(a) is type(b) and (math.copysign(1, a) == math.copysign(1, b)) and (a == b or a != a and b != b)
+    return type(a) is type(b) and (math.copysign(1, a) == math.copysign(1, b)) and (a == b or (a != a and b != b))
 
 
 valid_sample = st.fixed_dictionaries(
