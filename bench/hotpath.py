@@ -64,6 +64,39 @@ def run(msgs: list[tuple[str, bytes]], *, batch: int = 250, detect: bool = True)
             "bytes_per_msg": nbytes / n}
 
 
+def memory(msgs: list[tuple[str, bytes]], *, batch: int = 250, detect: bool = True,
+           top: int = 12) -> list[tuple[str, float]]:
+    """What the pipeline, dedup and detection state keep after ``msgs`` (tracemalloc), by the first frame of
+    lampwatch code that allocated it (a numpy array is charged to the lampwatch line that asked for it)."""
+    import tracemalloc
+    from collections import Counter
+
+    now_ms = int(time.time() * 1000)
+    tracemalloc.start(8)
+    pipe = Pipeline()
+    with tempfile.TemporaryDirectory(prefix="lampwatch-hotpath-") as tmp:
+        stage = DetectionStage(state_path=str(Path(tmp) / "alarms.json")) if detect else None
+        for i in range(0, len(msgs), batch):
+            outs = [pipe.telemetry(topic, payload, now_ms) for topic, payload in msgs[i:i + batch]]
+            points = [p for o in outs for p in o.points]
+            if stage is not None:
+                points += stage(Outcome(readings=[r for o in outs for r in o.readings]))
+            encode_many(points)
+        del outs, points
+        snap = tracemalloc.take_snapshot()
+        tracemalloc.stop()
+        by: Counter[str] = Counter()
+        for s in snap.statistics("traceback"):
+            ours = [f for f in s.traceback if "/bench/" not in f.filename and
+                    any(f"/{pkg}/" in f.filename for pkg in ("gateway", "contract", "ingest"))]
+            key = "/".join(ours[-1].filename.split("/")[-2:]) + f":{ours[-1].lineno}" if ours else "other"
+            by[key] += s.size
+        if stage is not None:
+            stage.close()
+    total = sum(by.values())
+    return [("total", total / 1e6)] + [(k, v / 1e6) for k, v in by.most_common(top)]
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m bench.hotpath", description=__doc__.splitlines()[0] if __doc__ else "")
     ap.add_argument("--poles", type=int, default=20_000)
@@ -71,8 +104,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--batch", type=int, default=250)
     ap.add_argument("--no-detect", action="store_true")
     ap.add_argument("--profile", action="store_true", help="print cProfile's top functions by own time")
+    ap.add_argument("--memory", action="store_true",
+                    help="tracemalloc: what the run keeps, by the code that allocated it")
     a = ap.parse_args(argv)
     msgs = render(a.poles, a.ticks)
+    if a.memory:
+        for where, mb in memory(msgs, batch=a.batch, detect=not a.no_detect):
+            print(f"memory: {mb:8.1f} MB  {where}")
+        return
     if a.profile:
         prof = cProfile.Profile()
         prof.enable()
