@@ -51,6 +51,7 @@ from gateway.acks import AckTracker
 from gateway.batcher import Batcher
 from gateway.deadletter import Quarantine
 from gateway.decode import Limits, Reject
+from gateway.mqttsock import BufferedClient
 from gateway.output import Batch, Output, QEntry
 from gateway.pipeline import Outcome, Pipeline
 from gateway.sink import Sink
@@ -150,9 +151,9 @@ class Gateway:
     # --- MQTT adapter ------------------------------------------------------------------------------
     def _make_client(self) -> mqtt.Client:
         v5 = self.cfg.mqtt_version == 5
-        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.cfg.client_id,
-                        protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311, manual_ack=True,
-                        clean_session=None if v5 else False)
+        c = BufferedClient(CallbackAPIVersion.VERSION2, client_id=self.cfg.client_id,
+                           protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311, manual_ack=True,
+                           clean_session=None if v5 else False)
         if self.cfg.username:
             c.username_pw_set(self.cfg.username, self.cfg.password)
         if self.cfg.tls_ca:
