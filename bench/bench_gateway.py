@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> None:
     b.add_argument("--pyspy", default="", help="directory: py-spy records each gateway process during the load")
     b.add_argument("--json", default="", help="also write the whole result as JSON to this file")
     c = sub.add_parser("consume")
-    c.add_argument("kind", choices=("raw", "naive"))
+    c.add_argument("kind", choices=("raw", "raw-buffered", "naive"))
     c.add_argument("--host", default="127.0.0.1")
     c.add_argument("--port", type=int, required=True)
     c.add_argument("--client-id", required=True)

@@ -24,6 +24,7 @@ def consume(kind: str, host: str, port: int, client_id: str, influx_url: str, db
     from contract import schema, topics
     from contract.models import Telemetry
     from contract.readings import Reading
+    from gateway.mqttsock import BufferedClient
 
     lock = threading.Lock()
     state = {"n": 0}
@@ -51,8 +52,9 @@ def consume(kind: str, host: str, port: int, client_id: str, influx_url: str, db
             out.write("ready\n")
             out.flush()
 
-    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
-    c.on_message = on_message_raw if kind == "raw" else on_message_naive
+    cls = BufferedClient if kind == "raw-buffered" else mqtt.Client  # the gateway's socket (gateway.mqttsock)
+    c = cls(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+    c.on_message = on_message_raw if kind.startswith("raw") else on_message_naive
     c.on_subscribe = on_subscribe
     c.on_connect = lambda cl, *_a: cl.subscribe(topics.filter_for("telemetry"), qos=1)
     props = Properties(PacketTypes.CONNECT)

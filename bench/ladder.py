@@ -30,6 +30,8 @@ LADDER = (250, 500, 1000, 1500, 2000, 3000, 4000, 6000, 8000, 10_000, 12_000, 14
 #: above this offered rate the load comes from two load-generator processes (one tops out near here)
 ONE_LOADGEN_MAX = 10_000
 SYSTEMS = ("raw", "naive", "gateway-1", "gateway-2", "mqtt2influxdb")
+#: also runnable (--systems): the raw counter on the gateway's buffered socket (gateway.mqttsock)
+EXTRA_SYSTEMS = ("raw-buffered",)
 err = Console(stderr=True)
 
 
@@ -119,7 +121,7 @@ class Bench:
         """Start the system's consumer process(es); yield an object with .count() / .pids / .seen."""
         tmp = self.workdir
         url = self.influx.url
-        if system in ("raw", "naive"):
+        if system in ("raw", "raw-buffered", "naive"):
             lp = LineProc([sys.executable, "-m", "bench.bench_gateway", "consume", system, "--port", str(broker.port),
                             "--client-id", f"bench-{system}-{tag}", "--influx-url", url, "--db", db,
                             "--probe-every", str(self.spec.probe_every), "--poles", str(self.spec.poles)],
@@ -181,11 +183,12 @@ class Bench:
         with Mosquitto() as broker, self._consumers(system, broker, db, tag) as cons:
             pids = [cons.proc.pid] if isinstance(cons, LineProc) else \
                 [g.proc.pid for g in cons] if isinstance(cons, list) else [cons.pid]
-            poller = None if system == "raw" else Poller(Influx1Store(self.influx.url, db, create=False),
+            raw = system.startswith("raw")
+            poller = None if raw else Poller(Influx1Store(self.influx.url, db, create=False),
                                                           self.probes, sp.poll_s)
 
             def count() -> int:
-                if isinstance(cons, LineProc) and system == "raw":
+                if isinstance(cons, LineProc) and raw:
                     return cons.count
                 try:
                     return store.count()
@@ -236,7 +239,7 @@ class Bench:
             lat: list[float] = []
             probes = load["probes"]
             for pole, seq, t_pub in probes:
-                seen = cons.seen.get((pole, seq)) if system == "raw" else poller.seen_at(pole, seq)  # type: ignore
+                seen = cons.seen.get((pole, seq)) if raw else poller.seen_at(pole, seq)  # type: ignore
                 if seen is not None:
                     lat.append((seen - t_pub) * 1000)
             tr.probes, tr.probes_seen = len(probes), len(lat)
