@@ -91,8 +91,11 @@ payloads = st.one_of(
     one_field_off().map(_render),
     message.map(_render),
     st.binary(max_size=200),
-    # near-valid: a real message with a key repeated or bytes cut off
+    # near-valid: a real message with bytes cut off, or with a key repeated (at the top, in a sample, in m)
     message.map(lambda m: _render(m)[:-1]),
+    st.builds(lambda m, at: _render(m).replace(*at, 1), valid,
+              st.sampled_from([(b'{"pole"', b'{"pole":"p-2","pole"'), (b'{"seq"', b'{"seq":0,"seq"'),
+                               (b'"m": {', b'"m": {"tilt_deg": 1.0, '), (b'"m": {', b'"m": {"x": 1.0, "x": 2.0, ')])),
     st.builds(lambda k, v: b'{"pole":"p-1","boot":"b","samples":[{"seq":1,"ts":1800000000000,"m":{"%s":%s}}]}'
               % (k.encode(), v.encode()), st.sampled_from(["tilt_deg", "x", "tilt_deg\\n", "Tilt"]),
               st.sampled_from(["1", "1.5e3", "-0", "1e400", "-1e400", "NaN", "true", "\"1\"", "99999999999999999999",
