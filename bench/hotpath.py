@@ -64,6 +64,21 @@ def run(msgs: list[tuple[str, bytes]], *, batch: int = 250, detect: bool = True)
             "bytes_per_msg": nbytes / n}
 
 
+def compare_decoder(msgs: list[tuple[str, bytes]], *, batch: int = 250, rounds: int = 2) -> None:
+    """The decode stage with and without the msgspec fast path, alternating in one process."""
+    from gateway import decode
+
+    fast = decode.wire.decode_telemetry
+    try:
+        for _ in range(rounds):
+            for name in ("pydantic-only", "msgspec"):
+                decode.wire.decode_telemetry = fast if name == "msgspec" else (lambda _p: None)  # type: ignore[assignment]
+                r = run(msgs, batch=batch, detect=False)
+                print(f"hotpath: decoder={name} decode_us={r['decode_us']:.1f}", flush=True)
+    finally:
+        decode.wire.decode_telemetry = fast  # type: ignore[assignment]
+
+
 def memory(msgs: list[tuple[str, bytes]], *, batch: int = 250, detect: bool = True,
            top: int = 12) -> list[tuple[str, float]]:
     """What the pipeline, dedup and detection state keep after ``msgs`` (tracemalloc), by the first frame of
@@ -106,8 +121,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--profile", action="store_true", help="print cProfile's top functions by own time")
     ap.add_argument("--memory", action="store_true",
                     help="tracemalloc: what the run keeps, by the code that allocated it")
+    ap.add_argument("--compare-decoder", action="store_true",
+                    help="alternate the msgspec fast path and the pydantic-only decoder, two rounds each")
     a = ap.parse_args(argv)
     msgs = render(a.poles, a.ticks)
+    if a.compare_decoder:
+        compare_decoder(msgs, batch=a.batch)
+        return
     if a.memory:
         for where, mb in memory(msgs, batch=a.batch, detect=not a.no_detect):
             print(f"memory: {mb:8.1f} MB  {where}")
