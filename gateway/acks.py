@@ -7,6 +7,10 @@ the ids of a batch once the store (or the fsynced spool) holds it; acks are then
 delivered prefix. A message refused as malformed is delivered with its batch too (its reject point and
 quarantine entry travel in that batch). Thread-safe: the pipeline thread tracks, the output thread
 delivers.
+
+With ``send_many`` the QoS 1 acknowledgements released together (a flush's worth: up to a batch of
+5,000) go out as one call, in order: the gateway writes them to the socket as one buffer instead of one
+packet, one wake-up of the network thread and one ``send`` each (:meth:`gateway.service.Gateway`).
 """
 
 from __future__ import annotations
@@ -17,8 +21,10 @@ from collections.abc import Callable, Iterable
 
 
 class AckTracker:
-    def __init__(self, send: Callable[[int, int], object]) -> None:
+    def __init__(self, send: Callable[[int, int], object],
+                 send_many: Callable[[list[int]], object] | None = None) -> None:
         self._send = send
+        self._send_many = send_many  # QoS 1 message ids, in release order
         self._lock = threading.Lock()
         self._order: deque[int] = deque()  # tracking ids in arrival order
         self._msg: dict[int, tuple[int, int]] = {}  # tracking id -> (mid, qos)
@@ -44,8 +50,14 @@ class AckTracker:
                 self._done.discard(tid)
                 out.append(self._msg.pop(tid))
             self.acked += len(out)
+        if self._send_many is not None:
+            ones = [mid for mid, qos in out if qos == 1]
+            if ones:
+                self._send_many(ones)
+            if len(ones) == len(out):
+                return len(out)
         for mid, qos in out:
-            if qos > 0:
+            if qos > 1 or (qos == 1 and self._send_many is None):
                 self._send(mid, qos)
         return len(out)
 

@@ -16,10 +16,11 @@ from dataclasses import dataclass, field
 
 from pydantic import ValidationError
 
-from contract import topics
+from contract import topics, wire
 from contract.catalog import BY_NAME
 from contract.models import Telemetry
 from contract.readings import Reading
+from contract.wire import WireTelemetry
 
 MAX_PAYLOAD_BYTES = 256 * 1024
 #: every reason a reject can carry (also the dead-letter topic's last level); counters are pre-seeded
@@ -91,20 +92,28 @@ def decode_telemetry(topic: str, payload: bytes, *, now_ms: int, limits: Limits 
         text = payload.decode("utf-8")
     except UnicodeDecodeError as exc:
         return reject("bad_utf8", f"invalid UTF-8 at byte {exc.start}", pole=t.pole)
-    try:
-        msg = Telemetry.model_validate_json(text)
-    except ValidationError as exc:
-        reason = "bad_json" if any(e["type"] == "json_invalid" for e in exc.errors()) else "bad_schema"
-        return reject(reason, _first_error(exc), pole=t.pole)
-    if text.count(":") != _members(msg):
+    # the compiled fast path accepts; anything it refuses is judged (and explained) by the pydantic schema
+    fast = wire.decode_telemetry(payload)
+    msg: WireTelemetry | Telemetry
+    if fast is not None:
+        msg, members, evicted = fast, fast.members(), fast.evicted_n
+    else:
+        try:
+            msg = Telemetry.model_validate_json(text)
+        except ValidationError as exc:
+            reason = "bad_json" if any(e["type"] == "json_invalid" for e in exc.errors()) else "bad_schema"
+            return reject(reason, _first_error(exc), pole=t.pole)
+        members, evicted = _members(msg), msg.evicted
+    if payload.count(b":") != members:
         # JSON allows repeated keys and the parser keeps the last one: {"leakage_current_ma":25,
         # "leakage_current_ma":0} would silently become a harmless reading. No string in a *valid*
         # telemetry message can hold a ':' (every string field has a pattern without one), so each ':'
-        # separates exactly one member: more colons than parsed members means a key was repeated.
+        # separates exactly one member: more colons than parsed members means a key was repeated. (':' is
+        # ASCII, and no byte of a multi-byte UTF-8 character equals it: counting bytes counts characters.)
         return reject("duplicate_key", "a JSON object repeats a key", pole=t.pole)
     if msg.pole != t.pole:
         return reject("pole_mismatch", f"payload pole {msg.pole!r} != topic pole {t.pole!r}", pole=t.pole)
-    out.evicted = msg.evicted
+    out.evicted = evicted
     lo, hi = now_ms - limits.max_past_ms, now_ms + limits.max_future_ms
     for s in msg.samples:
         if s.ts > hi:

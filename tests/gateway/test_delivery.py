@@ -42,6 +42,17 @@ def test_acks_are_released_in_arrival_order_and_only_once_delivered() -> None:
     assert a.delivered([q0, t[3]]) == 2 and sent == [10, 11, 12, 13] and a.pending() == 0
 
 
+def test_acks_released_together_go_out_as_one_call_in_order() -> None:
+    single: list[tuple[int, int]] = []
+    many: list[list[int]] = []
+    a = AckTracker(lambda mid, qos: single.append((mid, qos)), send_many=many.append)
+    t = [a.track(mid, qos) for mid, qos in ((10, 1), (11, 0), (12, 1), (13, 2), (14, 1))]
+    assert a.delivered([t[4], t[2]]) == 0 and many == []  # nothing releasable before the oldest
+    assert a.delivered([t[0], t[1]]) == 3 and many == [[10, 12]] and single == []  # QoS 0 keeps its place
+    assert a.delivered([t[3]]) == 2 and many == [[10, 12], [14]] and single == [(13, 2)]  # QoS 2: one by one
+    assert a.pending() == 0 and a.acked == 5
+
+
 def test_dedup_keys_on_boot_and_tells_conflicts_from_duplicates() -> None:
     t = SeqTracker(window=64, fp_window=16)
     fa, fb = fingerprint(1, {"x": 1.0}), fingerprint(2, {"x": 1.0})

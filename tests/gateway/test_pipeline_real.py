@@ -8,11 +8,14 @@ import time
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
+import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from contract import topics
 from contract.models import DeadLetter
 from gateway.deadletter import Quarantine
+from gateway.mqttsock import BufferedSocket
+from gateway.service import Gateway, GatewayConfig
 from ingest.influx1 import Influx1Store
 from ingest.influx2 import Influx2Store
 from ingest.sqlite import SqliteStore
@@ -167,4 +170,42 @@ def test_malformed_and_out_of_range_are_dead_lettered_valid_ones_stored(mosquitt
     assert c["samples_rejected"] == len(reaching) - 1 and c["values_rejected"] == 1
     assert c["deadletters"] == len(reaching_msgs)
     json.dumps(c)  # counters are plain numbers
+    store.close()
+
+
+@pytest.mark.parametrize("mqtt_version", [5, 311])
+def test_pubacks_released_together_reach_the_broker(mosquitto: Mosquitto, tmp_path: Path, mqtt_version: int) -> None:
+    """A flush's PUBACKs go out as one buffer (gateway.service._send_pubacks): the broker must take every
+    one. A gateway with the same identity started afterwards gets nothing redelivered: a marker published
+    after it subscribed is the first and only message it sees (the broker resends unacknowledged
+    messages of a session before new ones)."""
+    msgs = make_messages(50, 40)
+    store = SqliteStore(tmp_path / "store.sqlite")
+    first = run_through_gateway(mosquitto.host, mosquitto.port, store, tmp_path / "a",
+                                [(t, p) for t, p, _ in msgs], expected_handled=len(msgs), mqtt_version=mqtt_version)
+    assert first.counters()["messages"] == len(msgs) == store.count()
+    marker = make_messages(1, 1, prefix="m")
+    again = run_through_gateway(mosquitto.host, mosquitto.port, store, tmp_path / "b",
+                                [(t, p) for t, p, _ in marker], expected_handled=1, mqtt_version=mqtt_version)
+    assert again.counters()["messages"] == 1 and again.counters()["duplicates"] == 0
+    store.close()
+
+
+def test_the_gateway_reads_through_the_buffered_socket(mosquitto: Mosquitto, tmp_path: Path) -> None:
+    """The gateway's connection really is the buffered one (gateway.mqttsock), and 2,000 messages in
+    bursts through it arrive whole: every sample stored once, none refused."""
+    msgs = make_messages(100, 20)
+    store = SqliteStore(tmp_path / "store.sqlite")
+    gw = Gateway(GatewayConfig(host=mosquitto.host, port=mosquitto.port, spool_path=str(tmp_path / "spool.sqlite")),
+                 store)
+    gw.start()
+    try:
+        assert isinstance(gw._client._sock, BufferedSocket)
+    finally:
+        gw.stop()
+    gw = run_through_gateway(mosquitto.host, mosquitto.port, store, tmp_path, [(t, p) for t, p, _ in msgs],
+                             expected_handled=len(msgs))
+    c = gw.counters()
+    assert c["samples_accepted"] == len(msgs) == store.count() and sum(v for k, v in c.items()
+                                                                       if k.startswith("rejects_")) == 0
     store.close()

@@ -1,0 +1,148 @@
+"""CPU per message of the gateway's pure hot path, in one process, no sockets:
+``python -m bench.hotpath [--poles N] [--ticks T] [--no-detect] [--profile]``.
+
+Renders ``poles * ticks`` lampwatch telemetry messages (the load generator's city and order), then
+runs, per batch of ``batch`` messages as the pipeline thread does: ``Pipeline.telemetry`` (decode,
+validate, dedup, points) for every message, the detection stage over the batch's outcomes, and the
+line-protocol encoding of the batch's points (what ``Influx1Store.write`` sends). Prints one line
+``hotpath: us_per_msg=<all> decode_us=<d> detect_us=<x> encode_us=<e> msgs=<n>`` from process CPU time
+(``time.process_time``), so it is robust to other load on the machine. ``--profile`` prints the top
+functions of a cProfile run instead (by own time). This isolates the per-message work the gateway does
+between paho's callback and the HTTP write; the whole-process figure comes from ``bench_gateway``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import pstats
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.loadgen import make_stream
+from gateway.detection import DetectionStage
+from gateway.pipeline import Outcome, Pipeline
+from ingest.lineprotocol import encode_many
+
+
+def render(poles: int, ticks: int, seed: int = 7) -> list[tuple[str, bytes]]:
+    stream = make_stream(poles, seed, 8, ticks)
+    out: list[tuple[str, bytes]] = []
+    for _ in range(ticks):
+        out += stream.tick()
+    return out
+
+
+def run(msgs: list[tuple[str, bytes]], *, batch: int = 250, detect: bool = True) -> dict[str, float]:
+    """Process-CPU microseconds per message of each stage over ``msgs``."""
+    now_ms = int(time.time() * 1000)
+    pipe = Pipeline()
+    with tempfile.TemporaryDirectory(prefix="lampwatch-hotpath-") as tmp:
+        stage = DetectionStage(state_path=str(Path(tmp) / "alarms.json")) if detect else None
+        t_dec = t_det = t_enc = 0.0
+        nbytes = 0
+        for i in range(0, len(msgs), batch):
+            chunk = msgs[i:i + batch]
+            c0 = time.process_time()
+            outs: list[Outcome] = [pipe.telemetry(topic, payload, now_ms) for topic, payload in chunk]
+            c1 = time.process_time()
+            points = [p for o in outs for p in o.points]
+            if stage is not None:
+                readings = [r for o in outs for r in o.readings]
+                points += stage(Outcome(readings=readings))
+            c2 = time.process_time()
+            nbytes += len(encode_many(points))
+            c3 = time.process_time()
+            t_dec, t_det, t_enc = t_dec + c1 - c0, t_det + c2 - c1, t_enc + c3 - c2
+        if stage is not None:
+            stage.close()
+    n = max(1, len(msgs))
+    return {"us_per_msg": (t_dec + t_det + t_enc) * 1e6 / n, "decode_us": t_dec * 1e6 / n,
+            "detect_us": t_det * 1e6 / n, "encode_us": t_enc * 1e6 / n, "msgs": float(len(msgs)),
+            "bytes_per_msg": nbytes / n}
+
+
+def compare_decoder(msgs: list[tuple[str, bytes]], *, batch: int = 250, rounds: int = 2) -> None:
+    """The decode stage with and without the msgspec fast path, alternating in one process."""
+    from gateway import decode
+
+    fast = decode.wire.decode_telemetry
+    try:
+        for _ in range(rounds):
+            for name in ("pydantic-only", "msgspec"):
+                decode.wire.decode_telemetry = fast if name == "msgspec" else (lambda _p: None)  # type: ignore[assignment]
+                r = run(msgs, batch=batch, detect=False)
+                print(f"hotpath: decoder={name} decode_us={r['decode_us']:.1f}", flush=True)
+    finally:
+        decode.wire.decode_telemetry = fast  # type: ignore[assignment]
+
+
+def memory(msgs: list[tuple[str, bytes]], *, batch: int = 250, detect: bool = True,
+           top: int = 12) -> list[tuple[str, float]]:
+    """What the pipeline, dedup and detection state keep after ``msgs`` (tracemalloc), by the first frame of
+    lampwatch code that allocated it (a numpy array is charged to the lampwatch line that asked for it)."""
+    import tracemalloc
+    from collections import Counter
+
+    now_ms = int(time.time() * 1000)
+    tracemalloc.start(8)
+    pipe = Pipeline()
+    with tempfile.TemporaryDirectory(prefix="lampwatch-hotpath-") as tmp:
+        stage = DetectionStage(state_path=str(Path(tmp) / "alarms.json")) if detect else None
+        for i in range(0, len(msgs), batch):
+            outs = [pipe.telemetry(topic, payload, now_ms) for topic, payload in msgs[i:i + batch]]
+            points = [p for o in outs for p in o.points]
+            if stage is not None:
+                points += stage(Outcome(readings=[r for o in outs for r in o.readings]))
+            encode_many(points)
+        del outs, points
+        snap = tracemalloc.take_snapshot()
+        tracemalloc.stop()
+        by: Counter[str] = Counter()
+        for s in snap.statistics("traceback"):
+            ours = [f for f in s.traceback if "/bench/" not in f.filename and
+                    any(f"/{pkg}/" in f.filename for pkg in ("gateway", "contract", "ingest"))]
+            key = "/".join(ours[-1].filename.split("/")[-2:]) + f":{ours[-1].lineno}" if ours else "other"
+            by[key] += s.size
+        if stage is not None:
+            stage.close()
+    total = sum(by.values())
+    return [("total", total / 1e6)] + [(k, v / 1e6) for k, v in by.most_common(top)]
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m bench.hotpath", description=__doc__.splitlines()[0] if __doc__ else "")
+    ap.add_argument("--poles", type=int, default=20_000)
+    ap.add_argument("--ticks", type=int, default=2)
+    ap.add_argument("--batch", type=int, default=250)
+    ap.add_argument("--no-detect", action="store_true")
+    ap.add_argument("--profile", action="store_true", help="print cProfile's top functions by own time")
+    ap.add_argument("--memory", action="store_true",
+                    help="tracemalloc: what the run keeps, by the code that allocated it")
+    ap.add_argument("--compare-decoder", action="store_true",
+                    help="alternate the msgspec fast path and the pydantic-only decoder, two rounds each")
+    a = ap.parse_args(argv)
+    msgs = render(a.poles, a.ticks)
+    if a.compare_decoder:
+        compare_decoder(msgs, batch=a.batch)
+        return
+    if a.memory:
+        for where, mb in memory(msgs, batch=a.batch, detect=not a.no_detect):
+            print(f"memory: {mb:8.1f} MB  {where}")
+        return
+    if a.profile:
+        prof = cProfile.Profile()
+        prof.enable()
+        r: dict[str, Any] = run(msgs, batch=a.batch, detect=not a.no_detect)
+        prof.disable()
+        pstats.Stats(prof).sort_stats("tottime").print_stats(25)
+    else:
+        r = run(msgs, batch=a.batch, detect=not a.no_detect)
+    print(f"hotpath: us_per_msg={r['us_per_msg']:.1f} decode_us={r['decode_us']:.1f} detect_us={r['detect_us']:.1f} "
+          f"encode_us={r['encode_us']:.1f} msgs={r['msgs']:.0f} bytes_per_msg={r['bytes_per_msg']:.0f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

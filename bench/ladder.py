@@ -1,0 +1,323 @@
+"""The rate ladder: one trial of one system at one offered rate (servers, consumers, load, counting, CPU per
+process, latency), and the climb from a start rate until a rate fails."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from bench.latency import Poller, percentile
+from bench.loadgen import probe_poles
+from bench.m2i import m2i_config
+from bench.procs import LineProc, children_cpu_s, cpu_s, terminate, vm_hwm_mb
+from ingest.influx1 import Influx1Store
+from simulator.city import City, CityConfig
+from testbed.gateway import GatewayProcess, wait_gateway_online
+from testbed.servers import InfluxDB1, Mosquitto
+
+LADDER = (250, 500, 1000, 1500, 2000, 3000, 4000, 6000, 8000, 10_000, 12_000, 14_000, 16_000, 20_000, 24_000,
+          28_000, 32_000)
+#: above this offered rate the load comes from two load-generator processes (one tops out near here)
+ONE_LOADGEN_MAX = 10_000
+SYSTEMS = ("raw", "naive", "gateway-1", "gateway-2", "mqtt2influxdb")
+#: also runnable (--systems): the raw counter on the gateway's buffered socket (gateway.mqttsock)
+EXTRA_SYSTEMS = ("raw-buffered",)
+err = Console(stderr=True)
+
+
+@dataclass
+class Spec:
+    poles: int = 100_000
+    districts: int = 8
+    hold_s: float = 8.0
+    settle_s: float = 3.0  # all stored/counted within this long after the last PUBACK
+    drain_s: float = 40.0  # after a failed rate: wait at most this long for the rest...
+    idle_s: float = 4.0  # ...while the count still moves at least every idle_s
+    probe_every: int = 200
+    poll_s: float = 0.2
+    ladder: tuple[int, ...] = LADDER
+    start: dict[str, int] = field(default_factory=lambda: {"raw": 4000, "naive": 250, "gateway-1": 2000,
+                                                           "gateway-2": 2000, "mqtt2influxdb": 250})
+    max_trials: int = 7  # per system
+    systems: tuple[str, ...] = SYSTEMS
+    sim_s: float = 5.0  # unpaced simulator capability run
+    agents: tuple[int, ...] = (2000,)  # per-device agents: how many of n hold (0: skip)
+    quiet: bool = False
+    rates: tuple[int, ...] = ()  # a targeted run: exactly these rates, each once, no ladder search
+    pyspy_dir: str | None = None  # record each gateway process with py-spy (collapsed stacks) during the load
+
+
+def quick_spec() -> Spec:
+    return Spec(poles=5_000, hold_s=3.0, drain_s=15.0, ladder=(250, 1000, 2000),
+                start={"raw": 2000, "naive": 250, "gateway-1": 1000, "gateway-2": 1000, "mqtt2influxdb": 250},
+                max_trials=1, systems=("raw", "naive", "gateway-1", "gateway-2"), sim_s=2.0, agents=(50,))
+
+
+@dataclass
+class Trial:
+    system: str
+    rate: int
+    published: int = 0
+    achieved_rate: float = 0.0
+    values_per_msg: float = 0.0
+    stored_at_end: int = 0  # when the load generator had all its PUBACKs
+    stored_settled: int = 0  # at settle_s after that
+    stored_final: int = 0  # after the drain
+    sustained: bool = False
+    lost: int = 0  # published - stored_final (only meaningful once the consumer went idle)
+    drained: bool = True  # the consumer went idle (or completed) within drain_s
+    p50_ms: float | None = None
+    p99_ms: float | None = None
+    probes: int = 0
+    probes_seen: int = 0
+    rss_mb: list[float] = field(default_factory=list)
+    # CPU microseconds per published message, from /proc, over the trial (load start to settle/drain)
+    cpu_us: dict[str, float] = field(default_factory=dict)  # consumer, broker, influxd, loadgen
+    note: str = ""
+
+
+@dataclass
+class SystemResult:
+    system: str
+    trials: list[Trial] = field(default_factory=list)
+    note: str = ""
+
+    @property
+    def best(self) -> Trial | None:
+        ok = [t for t in self.trials if t.sustained]
+        return max(ok, key=lambda t: t.rate) if ok else None
+
+    @property
+    def msgs_s(self) -> float:
+        b = self.best
+        return float(b.rate) if b else 0.0
+
+
+class Bench:
+    def __init__(self, spec: Spec, influx: InfluxDB1, workdir: Path) -> None:
+        self.spec, self.influx, self.workdir = spec, influx, workdir
+        self.city_districts = City(CityConfig(seed=7, poles=min(spec.poles, 2000),
+                                              districts=spec.districts)).districts
+        self.probes = probe_poles(spec.poles, spec.probe_every)
+        self.m2i: Path | None = None
+        self._n = 0
+
+    def log(self, text: str) -> None:
+        if not self.spec.quiet:
+            err.print(f"[dim]bench:[/] {text}", highlight=False)
+
+    @contextlib.contextmanager
+    def _consumers(self, system: str, broker: Mosquitto, db: str, tag: str) -> Iterator[Any]:
+        """Start the system's consumer process(es); yield an object with .count() / .pids / .seen."""
+        tmp = self.workdir
+        url = self.influx.url
+        if system in ("raw", "raw-buffered", "naive"):
+            lp = LineProc([sys.executable, "-m", "bench.bench_gateway", "consume", system, "--port", str(broker.port),
+                            "--client-id", f"bench-{system}-{tag}", "--influx-url", url, "--db", db,
+                            "--probe-every", str(self.spec.probe_every), "--poles", str(self.spec.poles)],
+                           tmp / f"{system}-{tag}.log")
+            try:
+                lp.wait_ready()
+                yield lp
+            finally:
+                lp.stop()
+        elif system.startswith("gateway"):
+            n = 1 if system == "gateway-1" else 2
+            ds = self.city_districts
+            parts = [",".join(ds[i::n]) for i in range(n)] if n > 1 else ["+"]
+            gws = []
+            try:
+                for i, part in enumerate(parts):
+                    cid = f"bench-gw{i}-{tag}"
+                    gw = GatewayProcess(broker, tmp / cid, tmp / f"{cid}.log", influx_url=url, influx_db=db,
+                                        client_id=cid, districts=part, selfmetrics_interval_s=5)
+                    since = int(time.time() * 1000)
+                    gw.start()
+                    gws.append(gw)
+                    wait_gateway_online(broker, cid, since)
+                yield gws
+            finally:
+                for gw in gws:
+                    gw.stop()
+        elif system == "mqtt2influxdb":
+            assert self.m2i is not None
+            conf = tmp / f"m2i-{tag}.yaml"
+            conf.write_text(m2i_config(broker, self.influx, db))
+            log = open(tmp / f"m2i-{tag}.log", "ab")
+            proc = subprocess.Popen([str(self.m2i), "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
+            try:
+                deadline = time.monotonic() + 30
+                while "New client connected" not in broker.log_text():
+                    if proc.poll() is not None or time.monotonic() > deadline:
+                        tail = (tmp / f"m2i-{tag}.log").read_text()[-400:]
+                        raise RuntimeError(f"mqtt2influxdb did not connect: {tail}")
+                    time.sleep(0.1)
+                time.sleep(1.0)  # it subscribes in on_connect
+                yield proc
+            finally:
+                terminate(proc)
+                log.close()
+        else:
+            raise ValueError(system)
+
+    def trial(self, system: str, rate: int) -> Trial:
+        sp = self.spec
+        self._n += 1
+        tag = f"{self._n}"
+        db = f"bench_{self._n}"
+        tr = Trial(system, rate)
+        store = Influx1Store(self.influx.url, db)
+        with Mosquitto() as broker, self._consumers(system, broker, db, tag) as cons:
+            pids = [cons.proc.pid] if isinstance(cons, LineProc) else \
+                [g.proc.pid for g in cons] if isinstance(cons, list) else [cons.pid]
+            raw = system.startswith("raw")
+            poller = None if raw else Poller(Influx1Store(self.influx.url, db, create=False),
+                                                          self.probes, sp.poll_s)
+
+            def count() -> int:
+                if isinstance(cons, LineProc) and raw:
+                    return cons.count
+                try:
+                    return store.count()
+                except Exception:
+                    return -1
+
+            others = {"broker": broker.pid, "influxd": self.influx.pid}
+            cpu0 = {"consumer": sum(cpu_s(p) for p in pids), **{k: cpu_s(v) for k, v in others.items()},
+                    "loadgen": children_cpu_s()}
+            spies = self._pyspy(system, pids, rate, tag)
+            load = self._load(broker, rate, tag)
+            for spy in spies:  # SIGINT: py-spy writes its file and exits
+                spy.send_signal(signal.SIGINT)
+                try:
+                    spy.wait(30)
+                except subprocess.TimeoutExpired:
+                    terminate(spy)
+            tr.published, tr.achieved_rate = load["acked"], load["achieved_rate"]
+            tr.values_per_msg = load["values"] / max(1, load["published"])
+            tr.stored_at_end = count()
+            deadline = load["t_all_acked"] + sp.settle_s
+            n = tr.stored_at_end
+            while n < tr.published and time.time() < deadline:
+                time.sleep(0.1)
+                n = count()
+            tr.stored_settled = n
+            last_n, last_t, t_drain = n, time.monotonic(), time.monotonic() + sp.drain_s
+            while n < tr.published:
+                time.sleep(0.25)
+                n = count()
+                now = time.monotonic()
+                if n != last_n:
+                    last_n, last_t = n, now
+                elif now - last_t > sp.idle_s:
+                    break
+                if now > t_drain:
+                    tr.drained = False
+                    break
+            tr.stored_final = n
+            tr.lost = max(0, tr.published - n)
+            cpu1 = {"consumer": sum(cpu_s(p) for p in pids), **{k: cpu_s(v) for k, v in others.items()},
+                    "loadgen": children_cpu_s()}
+            tr.cpu_us = {k: round((cpu1[k] - cpu0[k]) * 1e6 / max(1, tr.published), 1) for k in cpu0}
+            if poller is not None:
+                time.sleep(sp.poll_s * 2)
+                poller.stop()
+            tr.rss_mb = [round(vm_hwm_mb(p), 1) for p in pids]
+            lat: list[float] = []
+            probes = load["probes"]
+            for pole, seq, t_pub in probes:
+                seen = cons.seen.get((pole, seq)) if raw else poller.seen_at(pole, seq)  # type: ignore
+                if seen is not None:
+                    lat.append((seen - t_pub) * 1000)
+            tr.probes, tr.probes_seen = len(probes), len(lat)
+            tr.p50_ms, tr.p99_ms = percentile(lat, 0.50), percentile(lat, 0.99)
+        ok_rate = tr.achieved_rate >= 0.97 * rate
+        tr.sustained = ok_rate and tr.stored_settled >= tr.published > 0 and tr.published == load["published"]
+        if not ok_rate:
+            tr.note = f"load generator reached only {tr.achieved_rate:.0f} msg/s"
+        if system == "mqtt2influxdb" and tr.stored_final > tr.published:
+            tr.note = "more points than messages?"
+        with contextlib.suppress(Exception):
+            self.influx.drop_database(db)
+        store.close()
+        p99 = f"{tr.p99_ms:.0f}" if tr.p99_ms is not None else "-"
+        self.log(f"{system} @ {rate} msg/s: published={tr.published} achieved={tr.achieved_rate:.0f}/s "
+                 f"at_end={tr.stored_at_end} settled={tr.stored_settled} final={tr.stored_final} "
+                 f"{'OK' if tr.sustained else 'FAIL'} p99={p99} ms rss={tr.rss_mb} {tr.note}")
+        return tr
+
+    def _load(self, broker: Mosquitto, rate: int, tag: str) -> dict[str, Any]:
+        """Run the load generator(s) to completion; two processes above ONE_LOADGEN_MAX, merged."""
+        sp = self.spec
+        n = 1 if rate <= ONE_LOADGEN_MAX else 2
+        procs, outs = [], []
+        for k in range(n):
+            out = self.workdir / f"load-{tag}-{k}.json"
+            outs.append(out)
+            procs.append(subprocess.Popen(
+                [sys.executable, "-m", "bench.loadgen", "--port", str(broker.port), "--rate", str(rate),
+                 "--seconds", str(sp.hold_s), "--poles", str(sp.poles), "--districts", str(sp.districts),
+                 "--probe-every", str(sp.probe_every), "--tag", f"{tag}-{k}", "--shard", f"{k}/{n}",
+                 "--out", str(out)], stdout=subprocess.DEVNULL))
+        for p in procs:
+            if p.wait() != 0:
+                raise RuntimeError(f"load generator exited {p.returncode}")
+        loads = [json.loads(o.read_text()) for o in outs]
+        merged = dict(loads[0])
+        for key in ("published", "acked", "refused", "values", "achieved_rate", "max_outstanding"):
+            merged[key] = sum(x[key] for x in loads)
+        merged["t_all_acked"] = max(x["t_all_acked"] for x in loads)
+        merged["probes"] = [pr for x in loads for pr in x["probes"]]
+        return merged
+
+    def _pyspy(self, system: str, pids: list[int], rate: int, tag: str) -> list[subprocess.Popen[bytes]]:
+        """py-spy ``record`` of each gateway process for the load's duration (``--nonblocking``: it never
+        pauses the process, so the CPU figures stay the gateway's own). Collapsed stacks, one file a pid."""
+        sp = self.spec
+        if not sp.pyspy_dir or not system.startswith("gateway"):
+            return []
+        out = Path(sp.pyspy_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        exe = Path(sys.executable).with_name("py-spy")
+        return [subprocess.Popen([str(exe) if exe.exists() else "py-spy", "record", "--pid", str(pid), "--rate", "100",
+                                  "--nonblocking", "--threads", "--format", "raw",
+                                  "-o", str(out / f"{system}-{rate}-{tag}-{pid}.txt")],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                for pid in pids]
+
+    def search(self, system: str, start: int | None = None) -> SystemResult:
+        """Climb the ladder from ``start``; if the first rate fails, step down until one holds. With
+        ``spec.rates`` (a targeted run), try exactly those rates instead."""
+        sp = self.spec
+        res = SystemResult(system)
+        if sp.rates:
+            res.trials = [self.trial(system, r) for r in sp.rates]
+            return res
+        ladder = list(sp.ladder)
+        first = start if start is not None else sp.start.get(system, ladder[0])
+        i = min(range(len(ladder)), key=lambda j: abs(ladder[j] - first))
+        direction = 0
+        while 0 <= i < len(ladder) and len(res.trials) < sp.max_trials:
+            tr = self.trial(system, ladder[i])
+            res.trials.append(tr)
+            if tr.note.startswith("load generator"):
+                res.note = "bounded by the load generator"
+                break
+            if direction == 0:
+                direction = 1 if tr.sustained else -1
+            if (direction == 1 and not tr.sustained) or (direction == -1 and tr.sustained):
+                break
+            i += direction
+        return res
+
