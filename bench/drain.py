@@ -21,8 +21,8 @@ from paho.mqtt.properties import Properties
 from bench.hotpath import render
 from contract import topics
 from gateway.mqttsock import BufferedClient
-from testbed.servers import Mosquitto
 from simulator.publisher import Publisher
+from testbed.servers import Mosquitto
 
 
 def _client(kind: str, cid: str) -> mqtt.Client:

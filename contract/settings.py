@@ -19,9 +19,9 @@ from __future__ import annotations
 import tomllib
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import ValidationError
+from pydantic import BeforeValidator, ValidationError
 from pydantic_settings import BaseSettings, InitSettingsSource, PydanticBaseSettingsSource
 
 from contract.errors import ConfigError
@@ -32,6 +32,14 @@ CONFIG_PROBLEMS = "lampwatch_config_problems"
 _FILE_DATA: ContextVar[dict[str, Any] | None] = ContextVar("lampwatch_settings_file", default=None)
 
 S = TypeVar("S", bound="FileSettings")
+
+
+def _int_from_env(v: object) -> object:
+    return int(v) if isinstance(v, str) and v.strip().isdigit() else v  # the environment gives "311"
+
+
+#: the MQTT protocol a client speaks: 5, or 311 for brokers that only speak MQTT 3.1.1 (NATS, amqtt)
+MqttVersion = Annotated[Literal[5, 311], BeforeValidator(_int_from_env)]
 
 
 class FileSettings(BaseSettings):

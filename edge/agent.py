@@ -118,12 +118,13 @@ class EdgeAgent:
         self.sampler = Sampler(self.sensors, self.drivers, {n: cfg.interval_of(n) for n in self.sensors},
                                safety=self.safety, safety_interval_s=cfg.safety_interval_s,
                                now=self.clock.time())
-        pw = cfg.password.get_secret_value() if cfg.password is not None else None
+        pw = cfg.mqtt_password.get_secret_value() if cfg.mqtt_password is not None else None
         settings = LinkSettings(
-            host=cfg.host, port=cfg.port, client_id=cfg.pole, keepalive_s=cfg.keepalive_s,
-            session_expiry_s=cfg.session_expiry_s, username=cfg.username, password=pw, tls=cfg.use_tls,
-            tls_ca=str(cfg.tls_ca) if cfg.tls_ca else None, tls_cert=str(cfg.tls_cert) if cfg.tls_cert else None,
-            tls_key=str(cfg.tls_key) if cfg.tls_key else None, connect_timeout_s=cfg.connect_timeout_s,
+            host=cfg.mqtt_host, port=cfg.mqtt_port, client_id=cfg.pole, keepalive_s=cfg.mqtt_keepalive_s,
+            session_expiry_s=cfg.mqtt_session_expiry_s, username=cfg.mqtt_username, password=pw,
+            tls=cfg.use_tls, tls_ca=str(cfg.mqtt_tls_ca) if cfg.mqtt_tls_ca else None,
+            tls_cert=str(cfg.mqtt_tls_cert) if cfg.mqtt_tls_cert else None,
+            tls_key=str(cfg.mqtt_tls_key) if cfg.mqtt_tls_key else None, connect_timeout_s=cfg.connect_timeout_s,
             backoff_min_s=cfg.backoff_min_s, backoff_max_s=cfg.backoff_max_s,
             max_inflight=cfg.inflight_window + 16, brokers=cfg.broker_list, mqtt_version=cfg.mqtt_version)
         self.link = MqttLink(settings, self, rng=self._rng)

@@ -183,12 +183,14 @@ def check(config: ConfigOpt = None,
         typer.echo(f"ok: {len(sample)} metrics read from {len(groups)} driver(s)")
         return
     try:
-        pw = cfg.password.get_secret_value() if cfg.password is not None else None
+        pw = cfg.mqtt_password.get_secret_value() if cfg.mqtt_password is not None else None
         settings = LinkSettings(
-            host=cfg.host, port=cfg.port, client_id=cfg.pole, keepalive_s=cfg.keepalive_s,
-            username=cfg.username, password=pw, tls=cfg.use_tls,
-            tls_ca=str(cfg.tls_ca) if cfg.tls_ca else None, tls_cert=str(cfg.tls_cert) if cfg.tls_cert else None,
-            tls_key=str(cfg.tls_key) if cfg.tls_key else None, connect_timeout_s=min(cfg.connect_timeout_s, timeout),
+            host=cfg.mqtt_host, port=cfg.mqtt_port, client_id=cfg.pole, keepalive_s=cfg.mqtt_keepalive_s,
+            username=cfg.mqtt_username, password=pw, tls=cfg.use_tls,
+            tls_ca=str(cfg.mqtt_tls_ca) if cfg.mqtt_tls_ca else None,
+            tls_cert=str(cfg.mqtt_tls_cert) if cfg.mqtt_tls_cert else None,
+            tls_key=str(cfg.mqtt_tls_key) if cfg.mqtt_tls_key else None,
+            connect_timeout_s=min(cfg.connect_timeout_s, timeout),
             brokers=cfg.broker_list, mqtt_version=cfg.mqtt_version)
         verdict = probe(settings, topics.cmd(cfg.district, cfg.pole), timeout)
     except LampwatchError as exc:

@@ -20,7 +20,7 @@ from contract.address import parse_broker
 from contract.catalog import BY_NAME, CRITICAL, NAMES
 from contract.ids import DistrictStr, PoleIdStr
 from contract.models import Location, MetricName
-from contract.settings import CONFIG_PROBLEMS, FileSettings, load_settings
+from contract.settings import CONFIG_PROBLEMS, FileSettings, MqttVersion, load_settings
 
 ENV_PREFIX = "LAMPWATCH_EDGE_"
 
@@ -124,20 +124,21 @@ class EdgeConfig(FileSettings):
     firmware: Annotated[str, Field(max_length=100)] = "unknown"
     location: Location | None = None
 
-    # broker: ``host``/``port``, or ``brokers`` (an ordered failover list of host:port, e.g. a cluster's
-    # nodes; comma-separated in LAMPWATCH_EDGE_BROKERS, a list in TOML) which then replaces them
-    host: str = "127.0.0.1"
-    port: Annotated[int, Field(ge=1, le=65535)] = 1883
-    brokers: str | list[str] = Field(default_factory=list)
-    mqtt_version: Literal[5, 311] = 5  # 311 for brokers without MQTT 5 (NATS): no reason codes
-    keepalive_s: Annotated[int, Field(ge=2, le=3600)] = 30
-    session_expiry_s: Annotated[int, Field(ge=0, le=2**32 - 1)] = 7 * 86_400
-    username: str | None = None
-    password: SecretStr | None = None
-    tls: bool = False  # TLS with the system CAs; implied by tls_ca
-    tls_ca: Path | None = None
-    tls_cert: Path | None = None
-    tls_key: Path | None = None
+    # broker (the names every component uses: LAMPWATCH_<COMPONENT>_MQTT_*): ``mqtt_host``/``mqtt_port``,
+    # or ``mqtt_brokers`` (an ordered failover list of host:port, e.g. a cluster's nodes; comma-separated
+    # in LAMPWATCH_EDGE_MQTT_BROKERS, a list in TOML) which then replaces them
+    mqtt_host: str = "127.0.0.1"
+    mqtt_port: Annotated[int, Field(ge=1, le=65535)] = 1883
+    mqtt_brokers: str | list[str] = Field(default_factory=list)
+    mqtt_version: MqttVersion = 5  # 311 for brokers without MQTT 5 (NATS): no reason codes
+    mqtt_keepalive_s: Annotated[int, Field(ge=2, le=3600)] = 30
+    mqtt_session_expiry_s: Annotated[int, Field(ge=0, le=2**32 - 1)] = 7 * 86_400
+    mqtt_username: str | None = None
+    mqtt_password: SecretStr | None = None
+    mqtt_tls: bool = False  # TLS with the system CAs; implied by mqtt_tls_ca
+    mqtt_tls_ca: Path | None = None
+    mqtt_tls_cert: Path | None = None
+    mqtt_tls_key: Path | None = None
     connect_timeout_s: Annotated[float, Field(gt=0, le=120)] = 5.0
     backoff_min_s: Annotated[float, Field(gt=0, le=3600)] = 0.5
     backoff_max_s: Annotated[float, Field(gt=0, le=3600)] = 60.0
@@ -202,12 +203,7 @@ class EdgeConfig(FileSettings):
             raise ValueError("; ".join(bad))
         return thresholds
 
-    @field_validator("mqtt_version", mode="before")
-    @classmethod
-    def _version_from_env(cls, v: object) -> object:
-        return int(v) if isinstance(v, str) and v.strip().isdigit() else v  # the environment gives "311"
-
-    @field_validator("brokers")
+    @field_validator("mqtt_brokers")
     @classmethod
     def _broker_list(cls, brokers: str | list[str]) -> list[str]:
         items = brokers.split(",") if isinstance(brokers, str) else brokers
@@ -216,7 +212,7 @@ class EdgeConfig(FileSettings):
             parse_broker(b)
         return out
 
-    @field_validator("tls_ca", "tls_cert", "tls_key")
+    @field_validator("mqtt_tls_ca", "mqtt_tls_cert", "mqtt_tls_key")
     @classmethod
     def _file_exists(cls, p: Path | None) -> Path | None:
         if p is not None and not Path(p).is_file():
@@ -232,23 +228,23 @@ class EdgeConfig(FileSettings):
             bad.append(f"intervals: no driver provides {', '.join(missing)}")
         if self.backoff_min_s > self.backoff_max_s:
             bad.append("backoff_min_s must be <= backoff_max_s")
-        if (self.password is not None) and not self.username:
-            bad.append("password given without username")
-        if self.tls_key is not None and self.tls_cert is None:
-            bad.append("tls_key given without tls_cert")
+        if (self.mqtt_password is not None) and not self.mqtt_username:
+            bad.append("mqtt_password given without mqtt_username")
+        if self.mqtt_tls_key is not None and self.mqtt_tls_cert is None:
+            bad.append("mqtt_tls_key given without mqtt_tls_cert")
         return bad
 
     # --- derived ---------------------------------------------------------------------------------
     @property
     def broker_list(self) -> tuple[tuple[str, int], ...]:
-        """The brokers in failover order: ``brokers`` if given, else the one ``host``/``port``."""
-        if self.brokers:
-            return tuple(parse_broker(b) for b in self.brokers)
-        return ((self.host, self.port),)
+        """The brokers in failover order: ``mqtt_brokers`` if given, else the one ``mqtt_host``/``mqtt_port``."""
+        if self.mqtt_brokers:
+            return tuple(parse_broker(b) for b in self.mqtt_brokers)
+        return ((self.mqtt_host, self.mqtt_port),)
 
     @property
     def use_tls(self) -> bool:
-        return self.tls or self.tls_ca is not None
+        return self.mqtt_tls or self.mqtt_tls_ca is not None
 
     @property
     def sensors(self) -> tuple[str, ...]:

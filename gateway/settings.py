@@ -17,7 +17,7 @@ from pydantic_settings import SettingsConfigDict
 from contract.address import parse_brokers
 from contract.errors import ConfigError
 from contract.ids import DISTRICT_RE, GATEWAY_ID_RE
-from contract.settings import FileSettings, load_settings
+from contract.settings import FileSettings, MqttVersion, load_settings
 from gateway.decode import Limits
 from gateway.partition import districts_for, parse_partition
 from gateway.service import GatewayConfig
@@ -29,7 +29,7 @@ class GatewaySettings(FileSettings):
     # broker
     mqtt_host: str = "127.0.0.1"
     mqtt_port: int = Field(1883, ge=1, le=65535)
-    mqtt_version: Literal[5, 311] = 5
+    mqtt_version: MqttVersion = 5
     # a cluster's nodes in failover order, "host:port,host:port"; replaces mqtt_host/mqtt_port when set
     mqtt_brokers: str | None = None
     mqtt_username: str | None = None
@@ -81,11 +81,6 @@ class GatewaySettings(FileSettings):
         if isinstance(data, dict) and data.get("client_id") is None and data.get("mqtt_username"):
             return {**data, "client_id": data["mqtt_username"]}
         return data
-
-    @field_validator("mqtt_version", mode="before")
-    @classmethod
-    def _version_from_env(cls, v: object) -> object:
-        return int(v) if isinstance(v, str) and v.strip().isdigit() else v  # the environment gives "311"
 
     @field_validator("mqtt_brokers")
     @classmethod

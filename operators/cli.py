@@ -34,7 +34,7 @@ from contract.cli import fail
 from contract.errors import ConfigError, LampwatchError
 from contract.ids import is_pole_id
 from contract.models import COMMAND, AckRequest, Alert, CommandAck, MaintenanceRequest, OpsResult, Status
-from contract.settings import FileSettings, load_settings
+from contract.settings import FileSettings, MqttVersion, load_settings
 from operators.bus import Bus
 
 PROG = "lampwatch-ops"
@@ -65,7 +65,7 @@ class OpsSettings(FileSettings):
 
     mqtt_host: str = "127.0.0.1"
     mqtt_port: int = Field(1883, ge=1, le=65535)
-    mqtt_version: Literal[5, 311] = 5
+    mqtt_version: MqttVersion = 5
     mqtt_username: str | None = None  # production: lampwatch.ops (docs/operators.md)
     mqtt_password: SecretStr | None = None
     mqtt_tls_ca: str | None = None

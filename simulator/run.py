@@ -372,12 +372,12 @@ def run_per_device(host: str, port: int, plan: CityPlan, *, workdir: Path, speed
                 pole=p.pole_id, district=p.district, outbox_path=workdir / f"edge-{p.pole_id}.sqlite",
                 location=Location(lat=p.lat, lon=p.lon), tilt_baseline_deg=p.tilt_baseline_deg,
                 rated_power_w=p.rated_power_w, nominal_voltage_v=p.nominal_voltage_v,
-                username=p.pole_id if credentials else None,
-                password=credentials[p.pole_id] if credentials else None,
+                mqtt_username=p.pole_id if credentials else None,
+                mqtt_password=credentials[p.pole_id] if credentials else None,
                 drivers=[SimulatedSource(metrics=list(p.sensors))], mqtt_version=mqtt_version,
-                brokers=[f"{h}:{port_}" for h, port_ in spread(brokers, p.index)])
+                mqtt_brokers=[f"{h}:{port_}" for h, port_ in spread(brokers, p.index)])
             if template is None:  # the first one through the settings sources (LAMPWATCH_EDGE_* apply) ...
-                cfg = EdgeConfig(host=host, port=port, report_interval_s=step_s,
+                cfg = EdgeConfig(mqtt_host=host, mqtt_port=port, report_interval_s=step_s,
                                  safety_interval_s=min(3600.0, step_s), outbox_sync="off", firmware="lampwatch-sim",
                                  backoff_max_s=5.0, **fields)
                 template = cfg.model_dump()

@@ -136,8 +136,9 @@ def _samples(store: Influx1Store) -> Counter[tuple[str, int]]:
 def _agent(i: int, cluster: NatsCluster, spec: ClusterSpec, tmp: Path) -> EdgeAgent:
     interval = 1.0 / spec.rate_hz
     cfg = EdgeConfig(pole=f"cl-{i:03d}", district=DISTRICTS[i % len(DISTRICTS)], mqtt_version=311,
-                     brokers=[f"{h}:{p}" for h, p in spread(cluster.addresses, i)], report_interval_s=interval,
-                     safety_interval_s=max(interval, 1.0), keepalive_s=5, backoff_min_s=0.2, backoff_max_s=2.0,
+                     mqtt_brokers=[f"{h}:{p}" for h, p in spread(cluster.addresses, i)],
+                     report_interval_s=interval, safety_interval_s=max(interval, 1.0), mqtt_keepalive_s=5,
+                     backoff_min_s=0.2, backoff_max_s=2.0,
                      outbox_path=tmp / f"outbox-{i:03d}.sqlite", outbox_sync="normal", firmware="lampwatch-drill")
     return EdgeAgent(cfg)
 

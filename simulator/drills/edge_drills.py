@@ -137,8 +137,8 @@ def _wait(pred: Callable[[], bool], timeout_s: float, step_s: float = 0.1) -> bo
 
 
 def _agent_cfg(pole: str, port: int, tmp: Path, interval_s: float, **kw: object) -> EdgeConfig:
-    fields: dict[str, object] = dict(pole=pole, district=DISTRICT, port=port, report_interval_s=interval_s,
-                                     safety_interval_s=max(interval_s, 1.0), keepalive_s=10,
+    fields: dict[str, object] = dict(pole=pole, district=DISTRICT, mqtt_port=port, report_interval_s=interval_s,
+                                     safety_interval_s=max(interval_s, 1.0), mqtt_keepalive_s=10,
                                      backoff_min_s=0.2, backoff_max_s=2.0,
                                      outbox_path=tmp / f"outbox-{pole}.sqlite")
     fields.update(kw)

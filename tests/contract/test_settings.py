@@ -90,6 +90,29 @@ def test_every_component_uses_the_one_loader() -> None:
         assert issubclass(cls, FileSettings), cls
 
 
+#: what a broker field is called in no component: each is mqtt_<name> everywhere (README, Configuration)
+BARE_BROKER_NAMES = {"host", "port", "brokers", "version", "username", "password", "tls", "tls_ca", "tls_cert",
+                     "tls_key", "keepalive_s", "session_expiry_s"}
+
+
+def test_one_naming_scheme_for_broker_settings() -> None:
+    for cls in (EdgeConfig, GatewaySettings, OpsSettings):
+        assert cls.model_config.get("env_prefix", "").startswith("LAMPWATCH_"), cls
+        assert BARE_BROKER_NAMES.isdisjoint(cls.model_fields), (cls, BARE_BROKER_NAMES & set(cls.model_fields))
+        assert {"mqtt_host", "mqtt_port", "mqtt_username", "mqtt_password"} <= set(cls.model_fields), cls
+
+
+def test_mqtt_version_reads_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for prefix in ("LAMPWATCH_GATEWAY_", "LAMPWATCH_OPS_"):
+        monkeypatch.setenv(prefix + "MQTT_VERSION", "311")
+    monkeypatch.setenv("LAMPWATCH_EDGE_MQTT_VERSION", "311")
+    assert GatewaySettings().mqtt_version == 311 and OpsSettings().mqtt_version == 311
+    assert EdgeConfig(pole="p-1", district="north").mqtt_version == 311
+    monkeypatch.setenv("LAMPWATCH_GATEWAY_MQTT_VERSION", "4")
+    with pytest.raises(ValueError):
+        GatewaySettings()
+
+
 def test_quiet_logs_restores_levels() -> None:
     lg = logging.getLogger("lampwatch.test.quiet")
     lg.setLevel(logging.DEBUG)

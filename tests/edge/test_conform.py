@@ -214,9 +214,9 @@ def test_the_real_edge_agent_passes_through_kill_and_restart(mosquitto: Mosquitt
                                                                agent_process: Callable[[Path, Path], AgentProcess],
                                                                ) -> None:
     pole = "p-conform-1"
-    cfg = write_config(tmp_path / "pole.toml", pole=pole, district=DISTRICT, host=mosquitto.host,
-                       port=mosquitto.port, report_interval_s=0.5, outbox_path=str(tmp_path / "outbox.sqlite"),
-                       keepalive_s=5)
+    cfg = write_config(tmp_path / "pole.toml", pole=pole, district=DISTRICT, mqtt_host=mosquitto.host,
+                       mqtt_port=mosquitto.port, report_interval_s=0.5, outbox_path=str(tmp_path / "outbox.sqlite"),
+                       mqtt_keepalive_s=5)
     rec = recorder_factory(mosquitto, topic=f"lampwatch/v1/{DISTRICT}/{pole}/#")
     env = {**os.environ, "COLUMNS": "200"}
     checker = subprocess.Popen([str(BIN / "lampwatch-edge"), "conform", "--pole", pole, "--district", DISTRICT,

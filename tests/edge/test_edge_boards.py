@@ -99,16 +99,16 @@ def test_an_out_of_range_reading_fails_the_test(tmp_path: Path) -> None:
 
 def test_every_config_mistake_is_reported_at_once(tmp_path: Path) -> None:
     cfg = tmp_path / "pole.toml"
-    cfg.write_text('pole = "P 1"\ndistrict = "north"\nport = 0\nkeepalive_s = 1\nbogus = 3\n'
-                   'tls_ca = "/nonexistent/ca.pem"\n[intervals]\nfoo_bar = 3\n[thresholds]\nnoise_db = 1\n'
+    cfg.write_text('pole = "P 1"\ndistrict = "north"\nmqtt_port = 0\nmqtt_keepalive_s = 1\nbogus = 3\n'
+                   'mqtt_tls_ca = "/nonexistent/ca.pem"\n[intervals]\nfoo_bar = 3\n[thresholds]\nnoise_db = 1\n'
                    '[[drivers]]\nkind = "modbus"\n[drivers.metrics]\nlamp_power_w = { address = 3, type = "int8" }\n')
     res = edge("check", "--config", str(cfg))
     lines = res.stderr.splitlines()
     assert res.returncode == 2 and res.stdout == ""
     assert all(line.startswith(f"lampwatch-edge: error: {cfg}: ") for line in lines), lines
     fields = sorted(line.removeprefix(f"lampwatch-edge: error: {cfg}: ").split(":")[0] for line in lines)
-    assert fields == ["bogus", "drivers.0.modbus.metrics.lamp_power_w.type", "intervals", "keepalive_s", "pole",
-                      "port", "thresholds", "tls_ca"], lines
+    assert fields == ["bogus", "drivers.0.modbus.metrics.lamp_power_w.type", "intervals", "mqtt_keepalive_s",
+                      "mqtt_port", "mqtt_tls_ca", "pole", "thresholds"], lines
     # the library keeps them too, and its one-line form says how many more there are
     with pytest.raises(Exception) as exc:
         load_config(cfg)
@@ -252,7 +252,8 @@ def test_modbus_through_check_and_the_real_agent(meter: ModbusSimulator, mosquit
     regs = "\n".join(f"{k} = {{ {', '.join(f'{a} = {json.dumps(b)}' for a, b in v.items())} }}"
                      for k, v in REGISTERS.items())
     cfg = tmp_path / "pole.toml"
-    cfg.write_text(f'pole = "p-modbus"\ndistrict = "north"\nhost = "{mosquitto.host}"\nport = {mosquitto.port}\n'
+    cfg.write_text(f'pole = "p-modbus"\ndistrict = "north"\nmqtt_host = "{mosquitto.host}"\n'
+                   f'mqtt_port = {mosquitto.port}\n'
                    f'report_interval_s = 0.5\noutbox_path = "{tmp_path / "outbox.sqlite"}"\n'
                    f'[[drivers]]\nkind = "modbus"\nhost = "127.0.0.1"\nport = {meter.port}\nunit = {UNIT}\n'
                    f'[drivers.metrics]\n{regs}\n')

@@ -26,7 +26,7 @@ DISTRICT = "north"
 
 
 def _cfg(broker: Mosquitto, tmp: Path, pole: str = "p-1", **kw: object) -> EdgeConfig:
-    base: dict[str, object] = dict(pole=pole, district=DISTRICT, port=broker.port, backoff_min_s=0.1,
+    base: dict[str, object] = dict(pole=pole, district=DISTRICT, mqtt_port=broker.port, backoff_min_s=0.1,
                                    backoff_max_s=0.5, outbox_path=tmp / f"outbox-{pole}.sqlite")
     base.update(kw)
     return EdgeConfig(**base)  # type: ignore[arg-type]
@@ -46,7 +46,7 @@ def test_kill9_with_backlog_then_restart_delivers_everything_in_order(
         agent_process: Callable[[Path, Path], AgentProcess], tmp_path: Path) -> None:
     rec = recorder_factory(mosquitto, topic=topics.filter_for("telemetry"))
     outbox = tmp_path / "outbox.sqlite"
-    conf = write_config(tmp_path / "edge.toml", pole="p-crash", district=DISTRICT, port=mosquitto.port,
+    conf = write_config(tmp_path / "edge.toml", pole="p-crash", district=DISTRICT, mqtt_port=mosquitto.port,
                         report_interval_s=0.1, safety_interval_s=0.1, backoff_min_s=0.1, backoff_max_s=0.5,
                         outbox_path=str(outbox), log_level="DEBUG")
     agent = agent_process(conf, tmp_path / "agent.log").start()
@@ -91,9 +91,11 @@ def test_acl_denies_another_poles_topics_and_the_agent_reports_it(
                    "user ops\ntopic read lampwatch/#\n")
     broker = mosquitto_factory(password_file=pw, acl_file=acl)
     rec = recorder_factory(broker, username="ops", password="secret-ops")
-    good = EdgeAgent(_cfg(broker, tmp_path, "p-a", username="p-a", password="secret-a", report_interval_s=0.2))
+    good = EdgeAgent(_cfg(broker, tmp_path, "p-a", mqtt_username="p-a", mqtt_password="secret-a",
+                          report_interval_s=0.2))
     # pole A's credentials, but configured as pole B: every publish lands on B's topics
-    rogue = EdgeAgent(_cfg(broker, tmp_path, "p-b", username="p-a", password="secret-a", report_interval_s=0.2))
+    rogue = EdgeAgent(_cfg(broker, tmp_path, "p-b", mqtt_username="p-a", mqtt_password="secret-a",
+                           report_interval_s=0.2))
     caplog.set_level(logging.ERROR, logger="lampwatch.edge")
     good.start()
     rogue.start()
@@ -120,8 +122,8 @@ def test_last_will_is_retained_offline_soon_after_kill9(
         agent_process: Callable[[Path, Path], AgentProcess], tmp_path: Path) -> None:
     keepalive = 4
     rec = recorder_factory(mosquitto, topic=topics.status(DISTRICT, "p-will"))
-    conf = write_config(tmp_path / "edge.toml", pole="p-will", district=DISTRICT, port=mosquitto.port,
-                        keepalive_s=keepalive, report_interval_s=1.0, outbox_path=str(tmp_path / "o.sqlite"))
+    conf = write_config(tmp_path / "edge.toml", pole="p-will", district=DISTRICT, mqtt_port=mosquitto.port,
+                        mqtt_keepalive_s=keepalive, report_interval_s=1.0, outbox_path=str(tmp_path / "o.sqlite"))
     agent = agent_process(conf, tmp_path / "agent.log").start()
     wait_until(lambda: any(json.loads(p)["state"] == "birth" for _t, p, _r, _ts in rec.messages),
                what="birth status")

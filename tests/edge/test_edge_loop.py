@@ -23,7 +23,7 @@ N = 50
 
 
 def _cfg(broker: Mosquitto, tmp: Path, pole: str, **kw: object) -> EdgeConfig:
-    base: dict[str, object] = dict(pole=pole, district=DISTRICT, port=broker.port, backoff_min_s=0.1,
+    base: dict[str, object] = dict(pole=pole, district=DISTRICT, mqtt_port=broker.port, backoff_min_s=0.1,
                                    backoff_max_s=0.5, report_interval_s=2.0, outbox_sync="off",
                                    outbox_path=tmp / f"outbox-{pole}.sqlite")
     base.update(kw)

@@ -43,8 +43,8 @@ def test_agent_over_tls_with_client_certificate(mosquitto_factory: Callable[...,
         f"listener {tls_port} 127.0.0.1\ncafile {tmp_path / 'ca.pem'}\ncertfile {tmp_path / 'server.pem'}\n"
         f"keyfile {tmp_path / 'server.key'}\nrequire_certificate true\n"))
     rec = recorder_factory(broker)  # plain listener, to watch
-    cfg = EdgeConfig(pole="p-tls", district="north", port=tls_port, tls_ca=tmp_path / "ca.pem",
-                     tls_cert=tmp_path / "client.pem", tls_key=tmp_path / "client.key", report_interval_s=0.5,
+    cfg = EdgeConfig(pole="p-tls", district="north", mqtt_port=tls_port, mqtt_tls_ca=tmp_path / "ca.pem",
+                     mqtt_tls_cert=tmp_path / "client.pem", mqtt_tls_key=tmp_path / "client.key", report_interval_s=0.5,
                      outbox_path=tmp_path / "o.sqlite", backoff_max_s=0.5)
     agent = EdgeAgent(cfg)
     agent.start()
@@ -54,7 +54,7 @@ def test_agent_over_tls_with_client_certificate(mosquitto_factory: Callable[...,
         agent.stop(flush_timeout_s=2)
     assert json.loads(rec.of("/status")[0][1])["state"] == "birth"
     # without the client certificate the broker refuses the handshake: the agent keeps retrying
-    bare = EdgeAgent(cfg.model_copy(update={"tls_cert": None, "tls_key": None, "pole": "p-tls2",
+    bare = EdgeAgent(cfg.model_copy(update={"mqtt_tls_cert": None, "mqtt_tls_key": None, "pole": "p-tls2",
                                             "outbox_path": tmp_path / "o2.sqlite"}))
     bare.start()
     try:

@@ -27,13 +27,14 @@ from edge.wire import status_payload, telemetry_payload
 # --- config -------------------------------------------------------------------------------------
 def test_config_file_env_priority_and_secret(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     f = tmp_path / "edge.toml"
-    f.write_text('pole = "p-7"\ndistrict = "north"\nport = 1884\npassword = "hunter2"\nusername = "u"\n'
+    f.write_text('pole = "p-7"\ndistrict = "north"\nmqtt_port = 1884\nmqtt_password = "hunter2"\nmqtt_username = "u"\n'
                  '[intervals]\nnoise_db = 5.0\n')
-    monkeypatch.setenv("LAMPWATCH_EDGE_PORT", "1999")
+    monkeypatch.setenv("LAMPWATCH_EDGE_MQTT_PORT", "1999")
     cfg = load_config(f)
-    assert (cfg.pole, cfg.port, cfg.interval_of("noise_db"), cfg.interval_of("tilt_deg")) == ("p-7", 1999, 5.0, 60.0)
-    assert "hunter2" not in repr(cfg) and cfg.password is not None
-    assert cfg.password.get_secret_value() == "hunter2"
+    got = (cfg.pole, cfg.mqtt_port, cfg.interval_of("noise_db"), cfg.interval_of("tilt_deg"))
+    assert got == ("p-7", 1999, 5.0, 60.0)
+    assert "hunter2" not in repr(cfg) and cfg.mqtt_password is not None
+    assert cfg.mqtt_password.get_secret_value() == "hunter2"
     assert cfg.sensors == tuple(m.name for m in METRICS)
 
 
@@ -41,7 +42,7 @@ def test_config_file_env_priority_and_secret(tmp_path: Path, monkeypatch: pytest
     ('pole = "P 1"\ndistrict = "n"\n', "pole"),
     ('pole = "p-1"\ndistrict = "n"\n[thresholds]\nnoise_db = 3.0\n', "not checked on the edge"),
     ('pole = "p-1"\ndistrict = "n"\n[intervals]\nfoo_bar = 3.0\n', "unknown metric"),
-    ('pole = "p-1"\ndistrict = "n"\ntls_ca = "/nonexistent/ca.pem"\n', "not found"),
+    ('pole = "p-1"\ndistrict = "n"\nmqtt_tls_ca = "/nonexistent/ca.pem"\n', "not found"),
     ('pole = "p-1"\ndistrict = "n"\nbogus = 1\n', "bogus"),
     ("pole = \n", "not valid TOML"),
 ])
@@ -58,7 +59,7 @@ def test_cli_user_mistakes_print_one_line_no_traceback(tmp_path: Path) -> None:
     res = runner.invoke(app, ["check", "--config", str(tmp_path / "missing.toml")])
     assert res.exit_code == 2 and "not found" in res.output and "Traceback" not in res.output
     f = tmp_path / "edge.toml"
-    f.write_text('pole = "p-1"\ndistrict = "north"\nport = 1\n')
+    f.write_text('pole = "p-1"\ndistrict = "north"\nmqtt_port = 1\n')
     res = runner.invoke(app, ["check", "--config", str(f), "--timeout", "2"])
     assert res.exit_code == 1 and "cannot reach broker" in res.output and "Traceback" not in res.output
     res = runner.invoke(app, ["run", "--config", str(tmp_path / "missing.toml")])
@@ -67,7 +68,7 @@ def test_cli_user_mistakes_print_one_line_no_traceback(tmp_path: Path) -> None:
 
 def test_check_against_a_real_broker(mosquitto: object, tmp_path: Path) -> None:
     f = tmp_path / "edge.toml"
-    f.write_text(f'pole = "p-1"\ndistrict = "north"\nport = {mosquitto.port}\n')  # type: ignore[attr-defined]
+    f.write_text(f'pole = "p-1"\ndistrict = "north"\nmqtt_port = {mosquitto.port}\n')  # type: ignore[attr-defined]
     res = CliRunner().invoke(app, ["check", "--config", str(f)])
     assert res.exit_code == 0, res.output
     assert res.output.startswith("ok:") and "granted QoS 1" in res.output

@@ -29,7 +29,7 @@ def test_parse_broker_accepts_host_port_and_ipv6() -> None:
 
 
 def test_brokers_from_env_as_a_comma_list_and_version_311(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("LAMPWATCH_EDGE_BROKERS", "127.0.0.1:4001, 127.0.0.1:4002,127.0.0.1:4003")
+    monkeypatch.setenv("LAMPWATCH_EDGE_MQTT_BROKERS", "127.0.0.1:4001, 127.0.0.1:4002,127.0.0.1:4003")
     monkeypatch.setenv("LAMPWATCH_EDGE_MQTT_VERSION", "311")
     cfg = load_config(pole="p-1", district=DISTRICT)
     assert cfg.broker_list == (("127.0.0.1", 4001), ("127.0.0.1", 4002), ("127.0.0.1", 4003))
@@ -38,18 +38,18 @@ def test_brokers_from_env_as_a_comma_list_and_version_311(monkeypatch: pytest.Mo
 
 def test_brokers_from_toml_list_and_default_single_host(tmp_path: Path) -> None:
     conf = tmp_path / "edge.toml"
-    conf.write_text('pole = "p-1"\ndistrict = "north"\nbrokers = ["10.0.0.1:1883", "10.0.0.2:1884"]\n')
+    conf.write_text('pole = "p-1"\ndistrict = "north"\nmqtt_brokers = ["10.0.0.1:1883", "10.0.0.2:1884"]\n')
     assert load_config(conf).broker_list == (("10.0.0.1", 1883), ("10.0.0.2", 1884))
-    plain = EdgeConfig(pole="p-1", district=DISTRICT, host="10.0.0.9", port=1999)
+    plain = EdgeConfig(pole="p-1", district=DISTRICT, mqtt_host="10.0.0.9", mqtt_port=1999)
     assert plain.broker_list == (("10.0.0.9", 1999),)
     assert plain.mqtt_version == 5
 
 
 def test_a_bad_broker_address_is_one_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("LAMPWATCH_EDGE_BROKERS", "127.0.0.1:4001,nonsense")
+    monkeypatch.setenv("LAMPWATCH_EDGE_MQTT_BROKERS", "127.0.0.1:4001,nonsense")
     with pytest.raises(ConfigError, match=r"brokers: broker 'nonsense' is not host:port"):
         load_config(pole="p-1", district=DISTRICT)
-    monkeypatch.setenv("LAMPWATCH_EDGE_BROKERS", "127.0.0.1:4001")
+    monkeypatch.setenv("LAMPWATCH_EDGE_MQTT_BROKERS", "127.0.0.1:4001")
     monkeypatch.setenv("LAMPWATCH_EDGE_MQTT_VERSION", "4")
     with pytest.raises(ConfigError, match="mqtt_version"):
         load_config(pole="p-1", district=DISTRICT)
@@ -71,7 +71,7 @@ def test_agent_skips_a_dead_address_then_fails_over_when_its_broker_dies(
     rec2 = recorder_factory(second, topic=topics.filter_for("telemetry"), client_id="rec-2")
     cfg = EdgeConfig(pole="p-fo", district=DISTRICT, mqtt_version=version, report_interval_s=0.1,
                      safety_interval_s=0.1, backoff_min_s=0.05, backoff_max_s=0.2, outbox_path=tmp_path / "o.sqlite",
-                     brokers=[f"127.0.0.1:{dead}", f"127.0.0.1:{first.port}", f"127.0.0.1:{second.port}"])
+                     mqtt_brokers=[f"127.0.0.1:{dead}", f"127.0.0.1:{first.port}", f"127.0.0.1:{second.port}"])
     agent = EdgeAgent(cfg)
     agent.start()
     try:

@@ -38,9 +38,9 @@ def test_the_pole_example_loads_and_builds_its_drivers(tmp_path: Path, monkeypat
         monkeypatch.delenv(k)
     ca = tmp_path / "ca.crt"
     ca.write_text("stand-in: the loader checks the file exists\n")
-    monkeypatch.setenv("LAMPWATCH_EDGE_TLS_CA", str(ca))  # the environment wins over the file, as documented
+    monkeypatch.setenv("LAMPWATCH_EDGE_MQTT_TLS_CA", str(ca))  # the environment wins over the file, as documented
     cfg = load_config(ROOT / "examples" / "pole.toml")
-    assert cfg.pole == "p-000123" and cfg.use_tls and cfg.password is None
+    assert cfg.pole == "p-000123" and cfg.use_tls and cfg.mqtt_password is None
     assert [d.kind for d in cfg.drivers] == ["modbus", "command", "file"]
     assert set(cfg.sensors) == {"supply_voltage_v", "lamp_current_a", "lamp_power_w", "power_factor",
                                 "leakage_current_ma", "door_open", "cabinet_temp_c", "tilt_deg"}
