@@ -290,6 +290,8 @@ def sensor_line(run: FaultRun) -> str:
         ks = [h for lb, h in zip(labels, hits, strict=True) if lb.kind == k]
         per.append(f"{k}={sum(h is not None for h in ks)}/{len(ks)}")
     rec = len(lat) / len(labels) if labels else math.nan
+    gone = [lb for lb in run.labels if lb.kind == "sensor_dropout"]  # one safety sensor silent (not in recall)
+    per.append(f"dropout={sum(h is not None for h in _first_hits(run, gone))}/{len(gone)}")
     # drifts that blind a safety rule: a reading drifting low (magnitude < 0) on cabinet or leakage
     mags = {(f.pole, f.metric, f.kind, f.start_ms): f.mag for f in run.faults}
     low = [h for lb, h in zip(labels, hits, strict=True) if lb.kind == "drift"
