@@ -54,6 +54,7 @@ from contract.readings import FieldValue, Point
 from gateway.alarms import ActiveAlarm, AlarmPolicy, Transition
 from gateway.detect.clock import CLOCK_REASONS, ClockRule
 from gateway.detect.dropout import DropoutRule
+from gateway.detect.physics import PhysicsRule
 from gateway.detect.rules import AlarmSpec, Conditions, RuleParams, Rules, Tier, levels
 from gateway.detect.spatial import DISTRICT_POLE, Spatial, SpatialParams
 from gateway.detect.state import N_METRICS, NO_TS, Batch, FleetState
@@ -153,6 +154,9 @@ class DetectionStage:
         specs.extend(self.dropout.specs)
         self._trend_off = len(specs)
         specs.extend(self.trend.specs)
+        self.physics = PhysicsRule(self.state)
+        self._physics_off = len(specs)
+        specs.extend(self.physics.specs)
         # lamp_failure / voltage conditions a suspect sensor of the same metric explains (see _sensor_fault)
         keys = {x.key for x in specs}
         judged = [i for i, x in enumerate(self.rules.specs)
@@ -160,7 +164,8 @@ class DetectionStage:
         self._sensor_judged = np.array(judged, np.int64)
         self._sensor_keys = {str(self.rules.specs[i].metric): [
             k for k in (f"sensor_stuck.{self.rules.specs[i].metric}", f"sensor_drift.{self.rules.specs[i].metric}",
-                        f"sensor_suspect.{self.rules.specs[i].metric}") if k in keys] for i in judged}
+                        f"sensor_suspect.{self.rules.specs[i].metric}", f"sensor_physics.{self.rules.specs[i].metric}")
+            if k in keys] for i in judged}
         self.poles = AlarmPolicy(specs)
         self.districts = AlarmPolicy(self.spatial.district_specs) if self.spatial is not None else None
         self._next_spatial_ms = NO_TS
@@ -199,13 +204,16 @@ class DetectionStage:
                 pole_c.append(self._refused(outcome, now_ms))
             if outcome.readings:
                 batch = Batch.from_readings(self.state, outcome.readings)
-                rule_c = self._sensor_fault(self.rules.evaluate(batch, arrival_ms=now_ms))
+                rule_raw = self.rules.evaluate(batch, arrival_ms=now_ms)
+                phys = self.physics.evaluate(batch.rows)
+                rule_c = self._sensor_fault(rule_raw, phys)
                 pole_c.append(rule_c)
                 pole_c.append(_shift(self.clock_rule.accepted(batch.rows, batch.ts), self._clock_off))
                 tilt = rule_c.spec == self._tilt_spec
                 pole_c.append(_shift(self.trend.evaluate(rule_c.rows[tilt], rule_c.ts[tilt], rule_c.value[tilt],
                                                          rule_c.ref[tilt], rule_c.hold[tilt]), self._trend_off))
                 pole_c.append(_shift(self.dropout.evaluate(batch), self._dropout_off))
+                pole_c.append(_shift(phys, self._physics_off))
                 if self.stream is not None:
                     # an anomaly on a pole a rule already explains (the radio idling while the backhaul
                     # is down, the impact of a knock-down) is that fault's effect: it raises nothing new
@@ -342,17 +350,23 @@ class DetectionStage:
         busy[rule_c.rows[rule_c.hold > 0]] = True
         return busy
 
-    def _sensor_fault(self, c: Conditions) -> Conditions:
+    def _sensor_fault(self, c: Conditions, phys: Conditions | None = None) -> Conditions:
         """A lamp_failure / voltage condition on a pole whose own sensor of that metric is already an
-        active sensor alarm (stuck, drifting, far from its peers) is that sensor's fault, reported as
-        such: the rule raises nothing new (an alarm already raised keeps its hold)."""
+        active sensor alarm (stuck, drifting, far from its peers, against physics) or is found against
+        physics in this very batch (``phys``) is that sensor's fault, reported as such: the rule raises
+        nothing new (an alarm already raised keeps its hold)."""
         sel = np.flatnonzero((c.trig > 0) & np.isin(c.spec, self._sensor_judged))
         if len(sel) == 0:
             return c
+        now_bad: set[tuple[int, str]] = set()
+        if phys is not None and len(phys):
+            for r, j in zip(phys.rows[phys.trig > 0].tolist(), phys.spec[phys.trig > 0].tolist(), strict=True):
+                now_bad.add((int(r), str(self.physics.specs[int(j)].metric)))
         trig = c.trig.copy()
         for i in sel.tolist():
-            keys = self._sensor_keys.get(str(self.rules.specs[int(c.spec[i])].metric), [])
-            if any(self.poles.level(int(c.rows[i]), k) > 0 for k in keys):
+            metric = str(self.rules.specs[int(c.spec[i])].metric)
+            keys = self._sensor_keys.get(metric, [])
+            if (int(c.rows[i]), metric) in now_bad or any(self.poles.level(int(c.rows[i]), k) > 0 for k in keys):
                 trig[i] = 0
         return Conditions(c.rows, c.spec, trig, c.hold, c.value, c.ref, c.score, c.ts)
 

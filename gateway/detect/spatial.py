@@ -44,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from contract.catalog import BY_NAME, INDEX, Metric
+from contract.catalog import BY_NAME, DEFAULT_NOMINAL_VOLTAGE_V, DEFAULT_RATED_POWER_W, INDEX, Metric
 from gateway.detect.rules import AlarmSpec, Conditions, Tier, levels
 from gateway.detect.state import NO_TS, FleetState
 
@@ -56,9 +56,24 @@ SPATIAL_METRICS = ("pm25_ugm3", "pm10_ugm3", "no2_ugm3", "ambient_temp_c", "humi
 #: holds on the pole (``frozen``). Tilt drift looks like a lean either way (``tilt_trend`` says so); a
 #: water-level sensor cannot drift below its resting 0 (stuck at the edge is the stuck rule's).
 SAFETY_DRIFT_METRICS = ("cabinet_temp_c", "leakage_current_ma")
+#: Lamp sensors judged through physics (see :data:`PHYSICS`), only while the lamp is lit.
+LAMP_DRIFT_METRICS = ("lamp_power_w", "lamp_current_a", "illuminance_lux")
 #: Metrics whose pole-to-pole differences are stable enough to see one sensor drift away from its peers.
 DRIFT_METRICS = (*SPATIAL_METRICS, "supply_voltage_v", "power_factor", "vibration_g", "noise_db",
-                 "radio_tx_power_dbm", *SAFETY_DRIFT_METRICS)
+                 "radio_tx_power_dbm", *SAFETY_DRIFT_METRICS, *LAMP_DRIFT_METRICS)
+#: Drift judged on what physics says a reading should be, not on the raw reading (``Spatial.channel``):
+#:
+#: * ``cabinet_temp_c``: the cabinet's rise over the pole's own ambient temperature (the district median
+#:   where the pole has no ambient sensor). Weather, season and heat waves move both; the load and the sun
+#:   heat every cabinet of a district alike, so the rise keeps its place among the peers;
+#: * ``lamp_power_w``: measured power / expected power (rated x commanded dimming), while lit;
+#: * ``lamp_current_a``: current x nominal voltage / expected power, while lit. Independent of the power
+#:   and voltage readings, so a drifting power or voltage sensor does not move it;
+#: * ``illuminance_lux``: the light under the lamp while it is lit and the district is dark (its median
+#:   below ``dark_lux``): the lamp's own spill, alike on every pole; daylight varies with shade and cloud.
+PHYSICS = ("cabinet_temp_c", "lamp_power_w", "lamp_current_a", "illuminance_lux")
+#: Scale floors of the physics channels (their units: degC, ratio, ratio, lux).
+PHYSICS_FLOORS = {"cabinet_temp_c": 0.3, "lamp_power_w": 0.01, "lamp_current_a": 0.02, "illuminance_lux": 1.0}
 HOUR_MS = 3_600_000
 
 
@@ -99,6 +114,8 @@ class SpatialParams:
     drift_persist_ms: int = 30 * 60_000
     suspect_own_place: bool = True  # sensor_suspect relative to the pole's learned usual place
     drift_lag_ms: int = 60_000  # drift judges a pole whose reading is at most this much older than its peers'
+    dark_lux: float = 20.0  # illuminance drift is judged where the district median under lit lamps is below this
+    lit_min: float = 0.2  # lamp channels: judged while expected power >= this share of rated power
 
 
 def floor_of(m: Metric) -> float:
@@ -145,7 +162,8 @@ class Spatial:
         self.drift_cols = np.array([INDEX[m.name] for m in self.drift], np.int64)
         # a safety channel's scale floor is its sensor noise, not 0.1 % of a range built for faults (the
         # leakage sensor's 0..5000 mA would make a 5 mA floor, larger than the whole healthy spread)
-        self.drift_floors = np.array([m.signal.noise if m.name in SAFETY_DRIFT_METRICS else floor_of(m)
+        self.drift_floors = np.array([PHYSICS_FLOORS[m.name] if m.name in PHYSICS else
+                                      m.signal.noise if m.name in SAFETY_DRIFT_METRICS else floor_of(m)
                                       for m in self.drift])
         self._drift_down = [m.name in SAFETY_DRIFT_METRICS for m in self.drift]
         # sensor_suspect of a metric that drift also follows: a pole that always stands apart (a
@@ -244,7 +262,8 @@ class Spatial:
                                          np.full(m, now_ms, np.int64)))
             dist_parts.append(self._district(j, np.flatnonzero(cnt >= p.min_poles), med, now_ms))
         for j, col in enumerate(self.drift_cols):
-            rows, _x, _med, cnt, z = self._peers(int(col), float(self.drift_floors[j]), district, n_d, now_ms)
+            v, fresh = self.channel(self.drift[j].name, now_ms, district, n_d)
+            rows, _x, _med, cnt, z = self._spread(v, fresh, float(self.drift_floors[j]), district, n_d)
             ok = cnt[district[rows]] >= p.min_poles
             # judged only when the pole's reading is as recent as its district's newest: a pole that missed
             # its last reports (lost messages) would otherwise be compared, at dusk, with lamps already lit
@@ -261,6 +280,49 @@ class Spatial:
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Fresh poles of metric ``col``: rows, values, district medians and sizes, signed z."""
         v, fresh = self.state.latest(col, now_ms, self.params.window_ms)
+        return self._spread(v, fresh, floor, district, n_d)
+
+    def channel(self, name: str, now_ms: int, district: np.ndarray, n_d: int) -> tuple[np.ndarray, np.ndarray]:
+        """What drift judges for metric ``name`` per pole row, and where it is judged: the latest reading,
+        or for a :data:`PHYSICS` metric the reading against what physics says it should be."""
+        st, w = self.state, self.params.window_ms
+        v, fresh = st.latest(INDEX[name], now_ms, w)
+        if name not in PHYSICS:
+            return v, fresh
+        if name == "cabinet_temp_c":
+            amb, amb_ok = st.latest(INDEX["ambient_temp_c"], now_ms, w)
+            med, _ = group_median(district[amb_ok], amb[amb_ok], n_d)
+            amb_ok &= ~self._wandering("ambient_temp_c")  # a drifting ambient sensor is no reference
+            ref = np.where(amb_ok, amb, med[district])
+            return v - ref, fresh & ~np.isnan(ref)
+        dim, dim_ok = st.latest(INDEX["dimming_pct"], now_ms, w)
+        rated = st.a["rated_w"][: st.n]
+        rated = np.where(np.isnan(rated), DEFAULT_RATED_POWER_W, rated)
+        expected = rated * np.where(dim_ok, dim, 0.0) / 100.0
+        lit = dim_ok & (expected >= self.params.lit_min * rated)
+        if name == "lamp_power_w":
+            return v / np.where(lit, expected, 1.0), fresh & lit
+        if name == "lamp_current_a":
+            nom = st.a["nominal_v"][: st.n]
+            nom = np.where(np.isnan(nom), DEFAULT_NOMINAL_VOLTAGE_V, nom)
+            return v * nom / np.where(lit, expected, 1.0), fresh & lit
+        ok = fresh & lit  # illuminance: judged under lit lamps in a dark district
+        med, _ = group_median(district[ok], v[ok], n_d)
+        return v, ok & (np.nan_to_num(med[district], nan=np.inf) < self.params.dark_lux)
+
+    def _wandering(self, name: str) -> np.ndarray:
+        """Per pole row: the drift channel ``name`` is at least half way to its trigger (or unknown)."""
+        n = self.state.n
+        names = [m.name for m in self.drift]
+        if name not in names:
+            return np.zeros(n, np.bool_)
+        j, a, p = names.index(name), self.state.a, self.params
+        dev = a["sp_dz"][:n, j] - a["sp_du"][:n, j]
+        thr = np.maximum(p.drift_z, p.drift_k * 1.2533 * a["sp_dw"][:n, j])
+        return np.nan_to_num(np.abs(dev) / thr) >= 0.5
+
+    def _spread(self, v: np.ndarray, fresh: np.ndarray, floor: float, district: np.ndarray, n_d: int
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         rows = np.flatnonzero(fresh).astype(np.int64)
         g, x = district[rows], v[rows]
         med, cnt = group_median(g, x, n_d)
