@@ -166,6 +166,9 @@ class DetectionStage:
             k for k in (f"sensor_stuck.{self.rules.specs[i].metric}", f"sensor_drift.{self.rules.specs[i].metric}",
                         f"sensor_suspect.{self.rules.specs[i].metric}", f"sensor_physics.{self.rules.specs[i].metric}")
             if k in keys] for i in judged}
+        # a pole whose ambient sensor is an active sensor alarm gives the cabinet no reference (spatial.PHYSICS)
+        self._ambient_alarms = [i for i, x in enumerate(specs) if x.metric == "ambient_temp_c"
+                                and x.kind in ("sensor_stuck", "sensor_drift", "sensor_suspect")]
         self.poles = AlarmPolicy(specs)
         self.districts = AlarmPolicy(self.spatial.district_specs) if self.spatial is not None else None
         self._next_spatial_ms = NO_TS
@@ -340,7 +343,8 @@ class DetectionStage:
         if t_ms < self._next_spatial_ms:
             return Conditions.empty(), Conditions.empty()
         self._next_spatial_ms = t_ms + self.spatial.params.every_ms
-        pc, dc = self.spatial.evaluate(t_ms, self._busy(rule_c))
+        pc, dc = self.spatial.evaluate(t_ms, self._busy(rule_c),
+                                       ref_bad=self.poles.any_active(self.state.n, self._ambient_alarms))
         return _shift(pc, self._spatial_off), dc
 
     def _busy(self, rule_c: Conditions) -> np.ndarray:

@@ -50,12 +50,13 @@ from gateway.detect.state import NO_TS, FleetState
 
 DISTRICT_POLE = "district"  # the entity (pole segment of the alert topic) of a district-level alarm
 SPATIAL_METRICS = ("pm25_ugm3", "pm10_ugm3", "no2_ugm3", "ambient_temp_c", "humidity_pct")
-#: Safety channels judged for drift too, downwards only: a cabinet-temperature or leakage sensor reading
-#: low would hide an overheat or a leak; one reading high hides nothing and a real rise is the hazard
-#: (layer 1), never explained away as a drifting sensor. Their judgement also pauses while a layer-1 rule
-#: holds on the pole (``frozen``). Tilt drift looks like a lean either way (``tilt_trend`` says so); a
-#: water-level sensor cannot drift below its resting 0 (stuck at the edge is the stuck rule's).
-SAFETY_DRIFT_METRICS = ("cabinet_temp_c", "leakage_current_ma")
+#: Safety channels judged for drift too, both ways: a cabinet-temperature, leakage or water-level sensor
+#: reading low would hide an overheat, a leak or a flood; one reading high under its safety tier is a false
+#: hazard in the making (or the start of a real one: the alarm says both, and it never explains a safety
+#: alarm away). Their judgement pauses while a layer-1 rule holds on the pole (``frozen``). Tilt drift
+#: looks like a lean either way (``tilt_trend`` says so); a water-level sensor cannot drift below its
+#: resting 0 (stuck at the edge is the stuck rule's).
+SAFETY_DRIFT_METRICS = ("cabinet_temp_c", "leakage_current_ma", "water_level_cm")
 #: Lamp sensors judged through physics (see :data:`PHYSICS`), only while the lamp is lit.
 LAMP_DRIFT_METRICS = ("lamp_power_w", "lamp_current_a", "illuminance_lux")
 #: Metrics whose pole-to-pole differences are stable enough to see one sensor drift away from its peers.
@@ -114,6 +115,8 @@ class SpatialParams:
     drift_persist_ms: int = 30 * 60_000
     suspect_own_place: bool = True  # sensor_suspect relative to the pole's learned usual place
     drift_lag_ms: int = 60_000  # drift judges a pole whose reading is at most this much older than its peers'
+    drift_gap_max: float = 20.0  # |reading - short mean| in district spreads beyond which it is no drift
+    drift_down_only: tuple[str, ...] = ()  # drift channels called drifting only when they read low
     dark_lux: float = 20.0  # illuminance drift is judged where the district median under lit lamps is below this
     lit_min: float = 0.2  # lamp channels: judged while expected power >= this share of rated power
 
@@ -165,7 +168,7 @@ class Spatial:
         self.drift_floors = np.array([PHYSICS_FLOORS[m.name] if m.name in PHYSICS else
                                       m.signal.noise if m.name in SAFETY_DRIFT_METRICS else floor_of(m)
                                       for m in self.drift])
-        self._drift_down = [m.name in SAFETY_DRIFT_METRICS for m in self.drift]
+        self._drift_down = [m.name in self.params.drift_down_only for m in self.drift]
         # sensor_suspect of a metric that drift also follows: a pole that always stands apart (a
         # busy road, a shaded corner) is judged against its own usual place, not the district median
         dnames = [m.name for m in self.drift]
@@ -183,7 +186,8 @@ class Spatial:
             AlarmSpec(f"sensor_drift.{m.name}", "sensor_drift", m.name,
                       (Tier("warning", f"{m.description} drifting away from its usual place among the "
                                        "district's poles: sensor drift"
-                                       + (" reading low: it would hide the hazard its safety rule watches"
+                                       + ("; a safety sensor: reading low it would hide the hazard, reading "
+                                          "high it is a false one or the start of a real one"
                                           if m.name in SAFETY_DRIFT_METRICS else "")),),
                       raise_n=p.event_raise_n, raise_ms=p.drift_persist_ms, clear_n=p.clear_n, unit="z",
                       ref_label="usual", ref_unit="z", decimals=1)
@@ -200,9 +204,10 @@ class Spatial:
         kd = max(len(self.drift), 1)
         for name, fill, dt in (("sp_dz", np.nan, np.float64), ("sp_du", np.nan, np.float64),
                                ("sp_dw", 0.0, np.float64), ("sp_dlearn", 0.0, np.float64),
-                               ("sp_dt", NO_TS, np.int64)):
+                               ("sp_dt", NO_TS, np.int64), ("sp_dflag", False, np.bool_)):
             state.alloc(name, dt, fill, (kd,))
         self._d_cap = 0
+        self._ref_bad: np.ndarray | None = None
         k = len(self.metrics)
         self.base = np.empty((0, k))
         self.spread = np.empty((0, k))
@@ -235,11 +240,19 @@ class Spatial:
         nb = self.params.n_bins
         return int((now_ms % 86_400_000) * nb // 86_400_000)
 
-    def evaluate(self, now_ms: int, frozen: np.ndarray | None = None) -> tuple[Conditions, Conditions]:
+    def evaluate(self, now_ms: int, frozen: np.ndarray | None = None, ref_bad: np.ndarray | None = None
+                 ) -> tuple[Conditions, Conditions]:
         """(pole conditions, district conditions); spec indices into ``pole_specs``/``district_specs``.
         District condition rows are district indices of the fleet state. ``frozen`` (bool per pole row):
-        poles whose drift judgement pauses (no update, no condition), e.g. while another fault is on."""
+        poles whose drift judgement pauses (no condition; the short mean starts afresh after it, so what
+        the fault did to the reading is not taken for drift), e.g. while another fault is on. ``ref_bad``
+        (bool per pole row): the pole's ambient sensor is known bad (the cabinet is judged against the
+        district's ambient instead)."""
         st, p = self.state, self.params
+        self._ref_bad = ref_bad
+        if frozen is not None and frozen.any():  # the short mean restarts from the usual place, unless that
+            f = frozen[: st.n, None] & ~st.a["sp_dflag"][: st.n]  # channel already reported a drift
+            st.a["sp_dz"][: st.n][f] = st.a["sp_du"][: st.n][f]
         n_d = len(st.districts)
         self._grow(n_d)
         district = st.a["district"][: st.n].astype(np.int64)
@@ -292,8 +305,13 @@ class Spatial:
         if name == "cabinet_temp_c":
             amb, amb_ok = st.latest(INDEX["ambient_temp_c"], now_ms, w)
             med, _ = group_median(district[amb_ok], amb[amb_ok], n_d)
-            amb_ok &= ~self._wandering("ambient_temp_c")  # a drifting ambient sensor is no reference
-            ref = np.where(amb_ok, amb, med[district])
+            # a pole with an ambient sensor is judged against it, and not at all while that sensor is stale,
+            # drifting or an active sensor alarm (switching references would move its place)
+            ok = amb_ok & ~self._wandering("ambient_temp_c")
+            if self._ref_bad is not None:
+                ok &= ~self._ref_bad[: st.n]
+            has = ~np.isnan(amb)
+            ref = np.where(has, np.where(ok, amb, np.nan), med[district])
             return v - ref, fresh & ~np.isnan(ref)
         dim, dim_ok = st.latest(INDEX["dimming_pct"], now_ms, w)
         rated = st.a["rated_w"][: st.n]
@@ -339,8 +357,11 @@ class Spatial:
         zs, zu, wander = a["sp_dz"][rows, j], a["sp_du"][rows, j], a["sp_dw"][rows, j]
         learned, last = a["sp_dlearn"][rows, j], a["sp_dt"][rows, j]
         dt = np.where(last == NO_TS, 0.0, np.clip(now_ms - last, 0, p.max_step_ms)).astype(np.float64)
+        # the short mean weighs one evaluation at most as a window's worth: after a pause (the pole frozen,
+        # the lamp off) the first reading does not make the mean on its own
+        g_short = _gain(np.minimum(dt, p.window_ms), p.drift_tau_ms)
         first = np.isnan(zs)
-        zs = np.where(first, z, zs + _gain(dt, p.drift_tau_ms) * (z - np.where(first, 0.0, zs)))
+        zs = np.where(first, z, zs + g_short * (z - np.where(first, 0.0, zs)))
         ready = learned >= p.drift_learn_ms
         thr = np.maximum(p.drift_z, p.drift_k * 1.2533 * wander)
         dev = zs - np.where(np.isnan(zu), zs, zu)
@@ -360,6 +381,12 @@ class Spatial:
         # (an overheat, a leak); one drifting high cannot, and a real rise is the hazard rules' to judge
         uu = (np.maximum(-dev, 0.0) / thr if self._drift_down[j] else u)[ready]
         trig, hold = levels(uu, ">=", (1.0,), (p.drift_clear,))
+        # a drift is slow: a reading running ahead of its own short mean by more than drift_gap_max spreads
+        # (a rise of more than drift_gap_max / drift_tau per hour) is a real event rising (an overheat ramp,
+        # a flood) or falling back, not a sensor; it triggers nothing
+        gap = np.abs(z - zs)[ready]
+        trig[gap > p.drift_gap_max] = 0
+        a["sp_dflag"][r, j] = (a["sp_dflag"][r, j] | (trig > 0)) & (hold > 0)
         k = len(r)
         return Conditions(r, np.full(k, self.DRIFT + j, np.int64), trig, hold, zs[ready], zu[ready],
                           1.0 - np.exp(-uu), np.full(k, now_ms, np.int64))
