@@ -93,6 +93,25 @@ def _atomic_write(path: Path, data: bytes) -> None:
         os.close(fd)
 
 
+def _atomic_write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Like :func:`_atomic_write`, the arrays written by ``np.savez`` straight into the temp file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        np.savez(f, **arrays)  # type: ignore[arg-type]  # numpy's stub misreads **kwargs
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    try:
+        fd = os.open(path.parent, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _shift(c: Conditions, offset: int) -> Conditions:
     if offset == 0 or len(c) == 0:
         return c
@@ -120,7 +139,7 @@ class DetectionStage:
         self._lock = threading.RLock()
         self.counts: Counter[str] = Counter()
         self._setup()
-        self._last_save = -float("inf")
+        self._last_save = self._last_full_save = -float("inf")
         self._closed = False
         if self.state_path is not None and self.state_path.exists():
             self._load(self.state_path)
@@ -424,7 +443,8 @@ class DetectionStage:
             since = self.clock() - self._last_save
             if (self._unsaved_changes and since >= self.save_min_interval_s) or since >= self.save_every_s:
                 try:
-                    self._save()
+                    # the streaming detector's learned arrays (most of the bytes) go on the slow cadence only
+                    self._save(full=self.clock() - self._last_full_save >= self.save_every_s)
                     if self.state_error is not None:
                         log.warning("alarm state saved again to %s", self.state_path)
                     self.state_error = None
@@ -479,10 +499,12 @@ class DetectionStage:
             return out
 
     # --- persistence ---------------------------------------------------------------------------------
-    def save(self) -> None:
+    def save(self, full: bool = True) -> None:
+        """Save the state now (``full=False``: without the streaming detector's arrays, as after an
+        alarm change between the periodic saves)."""
         with self._lock:
             if self.state_path is not None:
-                self._save()
+                self._save(full)
 
     def close(self) -> None:
         with self._lock:
@@ -493,7 +515,9 @@ class DetectionStage:
                 except OSError as exc:
                     log.error("cannot save the alarm state to %s at shutdown: %s", self.state_path, exc)
 
-    def _save(self) -> None:
+    def _save(self, full: bool = True) -> None:
+        """The state file (alarms, acknowledgements, per-pole state); with ``full`` also the streaming
+        detector's arrays beside it (learned state: after a crash it is at most ``save_every_s`` old)."""
         assert self.state_path is not None
         doc: dict[str, Any] = {
             "v": STATE_VERSION,
@@ -508,12 +532,9 @@ class DetectionStage:
             "acks": [{"district": d, "pole": p, "key": k, **rec} for (d, p, k), rec in sorted(self._acks.items())],
         }
         _atomic_write(self.state_path, json.dumps(doc, separators=(",", ":")).encode())
-        if self.stream is not None:
-            import io
-
-            buf = io.BytesIO()
-            np.savez(buf, **self.stream.state_dict())  # type: ignore[arg-type]  # numpy's stub misreads **kwargs
-            _atomic_write(self._stream_path(), buf.getvalue())
+        if self.stream is not None and full:
+            _atomic_write_npz(self._stream_path(), self.stream.state_dict())
+            self._last_full_save = self.clock()
         self._dirty = self._unsaved_changes = False
         self._last_save = self.clock()
         self.counts["state_saves"] += 1
