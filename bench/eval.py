@@ -300,8 +300,14 @@ def sensor_line(run: FaultRun) -> str:
     per = []
     for k in SENSOR_KINDS:
         ks = [h for lb, h in zip(labels, hits, strict=True) if lb.kind == k]
-        per.append(f"{k}={sum(h is not None for h in ks)}/{len(ks)}")
+        lk = [(h - lb.start_ms) / 60_000 for lb, h in zip(labels, hits, strict=True) if lb.kind == k and h is not None]
+        per.append(f"{k}={sum(h is not None for h in ks)}/{len(ks)} p50_min={_f(_median(lk), '.0f')}")
     rec = len(lat) / len(labels) if labels else math.nan
+    missed: dict[str, int] = {}
+    for lb, h in zip(labels, hits, strict=True):
+        if h is None:
+            missed[f"{lb.kind}:{lb.metric}"] = missed.get(f"{lb.kind}:{lb.metric}", 0) + 1
+    per.append("missed=" + (",".join(f"{k}x{n}" for k, n in sorted(missed.items())) or "none"))
     gone = [lb for lb in run.labels if lb.kind == "sensor_dropout"]  # one safety sensor silent (not in recall)
     per.append(f"dropout={sum(h is not None for h in _first_hits(run, gone))}/{len(gone)}")
     # drifts that blind a safety rule: a reading drifting low (magnitude < 0) on cabinet or leakage

@@ -65,3 +65,11 @@ def test_a_drifting_voltage_sensor_is_the_sensor_and_a_real_surge_is_the_mains()
     raised = _run(surge)
     assert "voltage_high" in raised
     assert not [k for k in raised if k.startswith("sensor_")]
+
+
+def test_a_surge_of_one_five_minute_sample_is_raised() -> None:
+    def one(k: int, v: dict[str, float]) -> None:
+        if k == 12:
+            v["supply_voltage_v"] *= 1.18
+            v["lamp_current_a"] /= 1.18
+    assert _run(one) == ["voltage_high"]
