@@ -26,6 +26,11 @@ For every spatial metric, at one evaluation time ``now``:
   ``bin_warm_ms`` of data and the spread has been learned over ``warmup_ms`` against warm bins; the
   level, the bin and the spread learn from a winsorised median, so an episode cannot teach itself.
 
+Some drift channels are judged through physics rather than on the raw reading (:data:`PHYSICS`: the
+cabinet over its own ambient, the lamp's power and current against rated x dimming, the light under lit
+lamps), a drift is slow (a reading running far ahead of its short mean is an event, not a sensor), and a
+pole frozen by another fault restarts its short mean from its usual place.
+
 Because the per-pole z is taken against the median of the same moment, a district-wide rise moves
 the median with it and raises no sensor_suspect; one outlier pole does not move the median and raises
 no district_event. The default metrics are those that are smooth at district scale (particulates,
