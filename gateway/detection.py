@@ -362,8 +362,10 @@ class DetectionStage:
         if t_ms < self._next_spatial_ms:
             return Conditions.empty(), Conditions.empty()
         self._next_spatial_ms = t_ms + self.spatial.params.every_ms
+        d0 = self._spatial_off + self.spatial.DRIFT
         pc, dc = self.spatial.evaluate(t_ms, self._busy(rule_c),
-                                       ref_bad=self.poles.any_active(self.state.n, self._ambient_alarms))
+                                       ref_bad=self.poles.any_active(self.state.n, self._ambient_alarms),
+                                       drifting=self.poles.active_block(self.state.n, d0, d0 + len(self.spatial.drift)))
         return _shift(pc, self._spatial_off), dc
 
     def _busy(self, rule_c: Conditions) -> np.ndarray:

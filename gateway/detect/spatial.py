@@ -209,7 +209,7 @@ class Spatial:
         kd = max(len(self.drift), 1)
         for name, fill, dt in (("sp_dz", np.nan, np.float64), ("sp_du", np.nan, np.float64),
                                ("sp_dw", 0.0, np.float64), ("sp_dlearn", 0.0, np.float64),
-                               ("sp_dt", NO_TS, np.int64), ("sp_dflag", False, np.bool_)):
+                               ("sp_dt", NO_TS, np.int64)):
             state.alloc(name, dt, fill, (kd,))
         self._d_cap = 0
         self._ref_bad: np.ndarray | None = None
@@ -245,18 +245,21 @@ class Spatial:
         nb = self.params.n_bins
         return int((now_ms % 86_400_000) * nb // 86_400_000)
 
-    def evaluate(self, now_ms: int, frozen: np.ndarray | None = None, ref_bad: np.ndarray | None = None
-                 ) -> tuple[Conditions, Conditions]:
+    def evaluate(self, now_ms: int, frozen: np.ndarray | None = None, ref_bad: np.ndarray | None = None,
+                 drifting: np.ndarray | None = None) -> tuple[Conditions, Conditions]:
         """(pole conditions, district conditions); spec indices into ``pole_specs``/``district_specs``.
         District condition rows are district indices of the fleet state. ``frozen`` (bool per pole row):
         poles whose drift judgement pauses (no condition; the short mean starts afresh after it, so what
         the fault did to the reading is not taken for drift), e.g. while another fault is on. ``ref_bad``
         (bool per pole row): the pole's ambient sensor is known bad (the cabinet is judged against the
-        district's ambient instead)."""
+        district's ambient instead). ``drifting`` (bool pole row x drift channel): that drift alarm is
+        active (its short mean is kept while the pole is frozen)."""
         st, p = self.state, self.params
         self._ref_bad = ref_bad
         if frozen is not None and frozen.any():  # the short mean restarts from the usual place, unless that
-            f = frozen[: st.n, None] & ~st.a["sp_dflag"][: st.n]  # channel already reported a drift
+            f = frozen[: st.n, None]  # channel's drift alarm is already raised
+            if drifting is not None:
+                f = f & ~drifting[: st.n]
             st.a["sp_dz"][: st.n][f] = st.a["sp_du"][: st.n][f]
         n_d = len(st.districts)
         self._grow(n_d)
@@ -391,7 +394,6 @@ class Spatial:
         # a flood) or falling back, not a sensor; it triggers nothing
         gap = np.abs(z - zs)[ready]
         trig[gap > p.drift_gap_max] = 0
-        a["sp_dflag"][r, j] = (a["sp_dflag"][r, j] | (trig > 0)) & (hold > 0)
         k = len(r)
         return Conditions(r, np.full(k, self.DRIFT + j, np.int64), trig, hold, zs[ready], zu[ready],
                           1.0 - np.exp(-uu), np.full(k, now_ms, np.int64))
