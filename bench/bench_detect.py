@@ -3,7 +3,10 @@
 Measures series-updates per second on one core with batches of 100k distinct series (the gateway's shape,
 with device times so the daily profile is used, as in the gateway) and the detector's state size per
 series, and prints ``detect: updates_s=<n> updates_s_no_t=<n> bytes_per_series=<n>`` (``no_t``: without
-times, i.e. without gap tracking and daily profile).
+times, i.e. without gap tracking and daily profile); then ``detect_state: poles=<n> active_alarms=<n>
+save_ms=<ms> bytes=<n> alarm_save_ms=<ms> alarm_bytes=<n>``: one save of the whole detection state for a
+10,000-pole fleet, and one without the streaming detector's arrays (see :func:`state_save`; the gateway
+saves in its worker: the state file at most once a second after an alarm change, everything every 30 s).
 """
 
 from __future__ import annotations
@@ -42,10 +45,56 @@ def run(n_series: int = N_SERIES, rounds: int = 40, seed: int = 7, with_t: bool 
     }
 
 
+def state_save(poles: int = 10_000, samples: int = 3, repeats: int = 5) -> dict[str, float]:
+    """What one save of the detection state costs the gateway's worker (it runs in the ack path): a
+    stage of ``poles`` full-kit poles after ``samples`` readings each, one active alarm per 100 poles;
+    the best of ``repeats`` saves (JSON + stream arrays, each written, fsynced and renamed)."""
+    import logging
+    import tempfile
+    from pathlib import Path
+
+    from contract.catalog import METRICS
+    from contract.readings import Reading
+    from gateway.detection import DetectionStage
+    from gateway.pipeline import Outcome
+
+    logging.getLogger("lampwatch.detect").setLevel(logging.ERROR)  # a thousand critical alarms, not logged
+    rng = np.random.default_rng(3)
+    names = [m.name for m in METRICS if m.dtype == "float"]
+    now = [1_705_334_400.0]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "detect-state.json"
+        stage = DetectionStage(state_path=str(path), clock=lambda: now[0], save_every_s=1e12,
+                               save_min_interval_s=1e12)
+        for k in range(samples):
+            now[0] += 300.0
+            rs = []
+            for i in range(poles):
+                vals = {n: float(rng.uniform(1.0, 2.0)) for n in names}
+                if k and i % 100 == 0:
+                    vals["leakage_current_ma"] = 40.0  # a critical tier: raised at once
+                rs.append(Reading(f"p-{i:06d}", f"d{i % 20}", "b", k + 1, int(now[0] * 1000), vals))
+            stage(Outcome(readings=rs))
+        best = {True: float("inf"), False: float("inf")}
+        for _ in range(repeats):
+            for full in (True, False):
+                t0 = time.perf_counter()
+                stage.save(full)
+                best[full] = min(best[full], time.perf_counter() - t0)
+        size = sum(f.stat().st_size for f in Path(tmp).iterdir())
+        alarms_only = path.stat().st_size
+        active = len(stage.active())
+    return {"save_ms": best[True] * 1000.0, "alarm_save_ms": best[False] * 1000.0, "bytes": float(size),
+            "alarm_bytes": float(alarms_only), "poles": float(poles), "active": float(active)}
+
+
 def main() -> None:
     res, no_t = run(), run(with_t=False)
     print(f"detect: updates_s={res['updates_s']:.0f} updates_s_no_t={no_t['updates_s']:.0f} "
           f"bytes_per_series={res['bytes_per_series']:.0f}")
+    sv = state_save()
+    print(f"detect_state: poles={sv['poles']:.0f} active_alarms={sv['active']:.0f} save_ms={sv['save_ms']:.1f} "
+          f"bytes={sv['bytes']:.0f} alarm_save_ms={sv['alarm_save_ms']:.1f} alarm_bytes={sv['alarm_bytes']:.0f}")
 
 
 if __name__ == "__main__":

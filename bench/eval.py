@@ -58,6 +58,9 @@ ENVIRONMENT_KINDS = ("pm25_high", "pm10_high", "no2_high", "district_event")
 #: Safety channels for the sensor-health score: the catalog's safety sensors that a threshold judges.
 SAFETY_CHANNELS = tuple(m.name for m in METRICS if m.group == "safety" and m.dtype == "float" and m.thresholds)
 SENSOR_KINDS = ("stuck", "drift")
+#: The issue's list of safety faults for the recall and latency target (trend faults excepted for latency).
+TARGET_SAFETY = ("leakage", "tilt_lean", "knockdown", "flood", "overheat", "smoke", "door_forced", "lamp_failure",
+                 "voltage_sag", "voltage_surge", "offline")
 #: Slow faults and the tier a trend warning must come before (tilt: the 2-deg warning; leakage: 30 mA).
 TREND_TIERS = {"tilt_lean": 2.0, "leakage": 30.0}
 #: Evaluation seeds: no parameter of the detector was chosen on them (11 is the development seed).
@@ -237,6 +240,15 @@ def faults_table(run: FaultRun) -> str:
     rows.append(f"safety faults: recall {_f(n_det / n_lab if n_lab else math.nan, '.3f')} ({n_det}/{n_lab}), "
                 f"latency p50 {_f(_median([k.latency_median_samples for k in safety]), '.1f')} samples "
                 "(median of the per-kind medians)")
+    # the target: these kinds, recall >= 0.99, median latency <= 2 samples except the trend faults
+    lab = [lb for lb in run.labels if lb.kind in TARGET_SAFETY]
+    hits = _first_hits(run, lab)
+    fast = [(h - lb.start_ms) / run.step_ms for lb, h in zip(lab, hits, strict=True)
+            if h is not None and lb.kind not in TREND_TIERS]
+    rows.append(f"safety faults ({', '.join(TARGET_SAFETY)}): recall "
+                f"{_f(sum(h is not None for h in hits) / len(lab) if lab else math.nan, '.3f')} "
+                f"({sum(h is not None for h in hits)}/{len(lab)}), latency p50 {_f(_median(fast), '.1f')} samples "
+                f"over the {len(fast)} found labels that are not trend faults ({', '.join(TREND_TIERS)})")
     rows.append(f"unmatched alarms: {len(run.false)} false {_count(run.false)}; "
                 f"{len(run.explained)} naming the sensor of a fault on that pole {_count(run.explained)}; "
                 f"{len(run.environment)} air-quality 24 h means {_count(run.environment)} "
@@ -288,8 +300,16 @@ def sensor_line(run: FaultRun) -> str:
     per = []
     for k in SENSOR_KINDS:
         ks = [h for lb, h in zip(labels, hits, strict=True) if lb.kind == k]
-        per.append(f"{k}={sum(h is not None for h in ks)}/{len(ks)}")
+        lk = [(h - lb.start_ms) / 60_000 for lb, h in zip(labels, hits, strict=True) if lb.kind == k and h is not None]
+        per.append(f"{k}={sum(h is not None for h in ks)}/{len(ks)} p50_min={_f(_median(lk), '.0f')}")
     rec = len(lat) / len(labels) if labels else math.nan
+    missed: dict[str, int] = {}
+    for lb, h in zip(labels, hits, strict=True):
+        if h is None:
+            missed[f"{lb.kind}:{lb.metric}"] = missed.get(f"{lb.kind}:{lb.metric}", 0) + 1
+    per.append("missed=" + (",".join(f"{k}x{n}" for k, n in sorted(missed.items())) or "none"))
+    gone = [lb for lb in run.labels if lb.kind == "sensor_dropout"]  # one safety sensor silent (not in recall)
+    per.append(f"dropout={sum(h is not None for h in _first_hits(run, gone))}/{len(gone)}")
     # drifts that blind a safety rule: a reading drifting low (magnitude < 0) on cabinet or leakage
     mags = {(f.pole, f.metric, f.kind, f.start_ms): f.mag for f in run.faults}
     low = [h for lb, h in zip(labels, hits, strict=True) if lb.kind == "drift"

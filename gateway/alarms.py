@@ -222,6 +222,18 @@ class AlarmPolicy:
         a = self._a
         return np.asarray(((a["level"][:n_rows, :n_specs] > 0) | (a["pend_n"][:n_rows, :n_specs] > 0)).any(axis=1))
 
+    def active_block(self, n_rows: int, start: int, stop: int) -> np.ndarray:
+        """Bool (rows ``< n_rows``) x (rules ``start`` .. ``stop - 1``): that alarm is active."""
+        self.ensure(n_rows)
+        return np.asarray(self._a["level"][:n_rows, start:stop] > 0)
+
+    def any_active(self, n_rows: int, specs: Sequence[int]) -> np.ndarray:
+        """Bool per entity row ``< n_rows``: an alarm of one of the rules ``specs`` is active."""
+        self.ensure(n_rows)
+        if not specs:
+            return np.zeros(n_rows, np.bool_)
+        return np.asarray((self._a["level"][:n_rows, list(specs)] > 0).any(axis=1))
+
     def active(self) -> list[ActiveAlarm]:
         a = self._a
         rr, kk = np.nonzero(a["level"][: self._cap] > 0)

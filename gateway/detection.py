@@ -54,6 +54,7 @@ from contract.readings import FieldValue, Point
 from gateway.alarms import ActiveAlarm, AlarmPolicy, Transition
 from gateway.detect.clock import CLOCK_REASONS, ClockRule
 from gateway.detect.dropout import DropoutRule
+from gateway.detect.physics import PhysicsRule
 from gateway.detect.rules import AlarmSpec, Conditions, RuleParams, Rules, Tier, levels
 from gateway.detect.spatial import DISTRICT_POLE, Spatial, SpatialParams
 from gateway.detect.state import N_METRICS, NO_TS, Batch, FleetState
@@ -79,6 +80,25 @@ def _atomic_write(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "wb") as f:
         f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    try:
+        fd = os.open(path.parent, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _atomic_write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Like :func:`_atomic_write`, the arrays written by ``np.savez`` straight into the temp file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        np.savez(f, **arrays)  # type: ignore[arg-type]  # numpy's stub misreads **kwargs
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
@@ -119,7 +139,7 @@ class DetectionStage:
         self._lock = threading.RLock()
         self.counts: Counter[str] = Counter()
         self._setup()
-        self._last_save = -float("inf")
+        self._last_save = self._last_full_save = -float("inf")
         self._closed = False
         if self.state_path is not None and self.state_path.exists():
             self._load(self.state_path)
@@ -153,6 +173,9 @@ class DetectionStage:
         specs.extend(self.dropout.specs)
         self._trend_off = len(specs)
         specs.extend(self.trend.specs)
+        self.physics = PhysicsRule(self.state)
+        self._physics_off = len(specs)
+        specs.extend(self.physics.specs)
         # lamp_failure / voltage conditions a suspect sensor of the same metric explains (see _sensor_fault)
         keys = {x.key for x in specs}
         judged = [i for i, x in enumerate(self.rules.specs)
@@ -160,7 +183,11 @@ class DetectionStage:
         self._sensor_judged = np.array(judged, np.int64)
         self._sensor_keys = {str(self.rules.specs[i].metric): [
             k for k in (f"sensor_stuck.{self.rules.specs[i].metric}", f"sensor_drift.{self.rules.specs[i].metric}",
-                        f"sensor_suspect.{self.rules.specs[i].metric}") if k in keys] for i in judged}
+                        f"sensor_suspect.{self.rules.specs[i].metric}", f"sensor_physics.{self.rules.specs[i].metric}")
+            if k in keys] for i in judged}
+        # a pole whose ambient sensor is an active sensor alarm gives the cabinet no reference (spatial.PHYSICS)
+        self._ambient_alarms = [i for i, x in enumerate(specs) if x.metric == "ambient_temp_c"
+                                and x.kind in ("sensor_stuck", "sensor_drift", "sensor_suspect")]
         self.poles = AlarmPolicy(specs)
         self.districts = AlarmPolicy(self.spatial.district_specs) if self.spatial is not None else None
         self._next_spatial_ms = NO_TS
@@ -199,13 +226,16 @@ class DetectionStage:
                 pole_c.append(self._refused(outcome, now_ms))
             if outcome.readings:
                 batch = Batch.from_readings(self.state, outcome.readings)
-                rule_c = self._sensor_fault(self.rules.evaluate(batch, arrival_ms=now_ms))
+                rule_raw = self.rules.evaluate(batch, arrival_ms=now_ms)
+                phys = self.physics.evaluate(batch.rows)
+                rule_c = self._sensor_fault(rule_raw, phys)
                 pole_c.append(rule_c)
                 pole_c.append(_shift(self.clock_rule.accepted(batch.rows, batch.ts), self._clock_off))
                 tilt = rule_c.spec == self._tilt_spec
                 pole_c.append(_shift(self.trend.evaluate(rule_c.rows[tilt], rule_c.ts[tilt], rule_c.value[tilt],
                                                          rule_c.ref[tilt], rule_c.hold[tilt]), self._trend_off))
                 pole_c.append(_shift(self.dropout.evaluate(batch), self._dropout_off))
+                pole_c.append(_shift(phys, self._physics_off))
                 if self.stream is not None:
                     # an anomaly on a pole a rule already explains (the radio idling while the backhaul
                     # is down, the impact of a knock-down) is that fault's effect: it raises nothing new
@@ -332,7 +362,10 @@ class DetectionStage:
         if t_ms < self._next_spatial_ms:
             return Conditions.empty(), Conditions.empty()
         self._next_spatial_ms = t_ms + self.spatial.params.every_ms
-        pc, dc = self.spatial.evaluate(t_ms, self._busy(rule_c))
+        d0 = self._spatial_off + self.spatial.DRIFT
+        pc, dc = self.spatial.evaluate(t_ms, self._busy(rule_c),
+                                       ref_bad=self.poles.any_active(self.state.n, self._ambient_alarms),
+                                       drifting=self.poles.active_block(self.state.n, d0, d0 + len(self.spatial.drift)))
         return _shift(pc, self._spatial_off), dc
 
     def _busy(self, rule_c: Conditions) -> np.ndarray:
@@ -342,17 +375,23 @@ class DetectionStage:
         busy[rule_c.rows[rule_c.hold > 0]] = True
         return busy
 
-    def _sensor_fault(self, c: Conditions) -> Conditions:
+    def _sensor_fault(self, c: Conditions, phys: Conditions | None = None) -> Conditions:
         """A lamp_failure / voltage condition on a pole whose own sensor of that metric is already an
-        active sensor alarm (stuck, drifting, far from its peers) is that sensor's fault, reported as
-        such: the rule raises nothing new (an alarm already raised keeps its hold)."""
+        active sensor alarm (stuck, drifting, far from its peers, against physics) or is found against
+        physics in this very batch (``phys``) is that sensor's fault, reported as such: the rule raises
+        nothing new (an alarm already raised keeps its hold)."""
         sel = np.flatnonzero((c.trig > 0) & np.isin(c.spec, self._sensor_judged))
         if len(sel) == 0:
             return c
+        now_bad: set[tuple[int, str]] = set()
+        if phys is not None and len(phys):
+            for r, j in zip(phys.rows[phys.trig > 0].tolist(), phys.spec[phys.trig > 0].tolist(), strict=True):
+                now_bad.add((int(r), str(self.physics.specs[int(j)].metric)))
         trig = c.trig.copy()
         for i in sel.tolist():
-            keys = self._sensor_keys.get(str(self.rules.specs[int(c.spec[i])].metric), [])
-            if any(self.poles.level(int(c.rows[i]), k) > 0 for k in keys):
+            metric = str(self.rules.specs[int(c.spec[i])].metric)
+            keys = self._sensor_keys.get(metric, [])
+            if (int(c.rows[i]), metric) in now_bad or any(self.poles.level(int(c.rows[i]), k) > 0 for k in keys):
                 trig[i] = 0
         return Conditions(c.rows, c.spec, trig, c.hold, c.value, c.ref, c.score, c.ts)
 
@@ -406,7 +445,8 @@ class DetectionStage:
             since = self.clock() - self._last_save
             if (self._unsaved_changes and since >= self.save_min_interval_s) or since >= self.save_every_s:
                 try:
-                    self._save()
+                    # the streaming detector's learned arrays (most of the bytes) go on the slow cadence only
+                    self._save(full=self.clock() - self._last_full_save >= self.save_every_s)
                     if self.state_error is not None:
                         log.warning("alarm state saved again to %s", self.state_path)
                     self.state_error = None
@@ -461,10 +501,12 @@ class DetectionStage:
             return out
 
     # --- persistence ---------------------------------------------------------------------------------
-    def save(self) -> None:
+    def save(self, full: bool = True) -> None:
+        """Save the state now (``full=False``: without the streaming detector's arrays, as after an
+        alarm change between the periodic saves)."""
         with self._lock:
             if self.state_path is not None:
-                self._save()
+                self._save(full)
 
     def close(self) -> None:
         with self._lock:
@@ -475,7 +517,9 @@ class DetectionStage:
                 except OSError as exc:
                     log.error("cannot save the alarm state to %s at shutdown: %s", self.state_path, exc)
 
-    def _save(self) -> None:
+    def _save(self, full: bool = True) -> None:
+        """The state file (alarms, acknowledgements, per-pole state); with ``full`` also the streaming
+        detector's arrays beside it (learned state: after a crash it is at most ``save_every_s`` old)."""
         assert self.state_path is not None
         doc: dict[str, Any] = {
             "v": STATE_VERSION,
@@ -490,12 +534,9 @@ class DetectionStage:
             "acks": [{"district": d, "pole": p, "key": k, **rec} for (d, p, k), rec in sorted(self._acks.items())],
         }
         _atomic_write(self.state_path, json.dumps(doc, separators=(",", ":")).encode())
-        if self.stream is not None:
-            import io
-
-            buf = io.BytesIO()
-            np.savez(buf, **self.stream.state_dict())  # type: ignore[arg-type]  # numpy's stub misreads **kwargs
-            _atomic_write(self._stream_path(), buf.getvalue())
+        if self.stream is not None and full:
+            _atomic_write_npz(self._stream_path(), self.stream.state_dict())
+            self._last_full_save = self.clock()
         self._dirty = self._unsaved_changes = False
         self._last_save = self.clock()
         self.counts["state_saves"] += 1

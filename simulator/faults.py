@@ -5,12 +5,13 @@ A :class:`Fault` is active on ``start_ms <= t < end_ms``. Two levels:
 * **signal faults** change the fleet's sample array (``apply_signal_faults``, called by
   :meth:`simulator.signals.SignalModel.sample`): leakage rising, slow lean and knock-down, flood,
   cabinet overheating and smoke, door forced open, lamp failure and flicker, voltage sag/surge,
-  backhaul down, stuck and drifting sensors. Safety faults really cross the catalog's critical
-  threshold with their default magnitudes (leakage >= 30 mA, tilt >= 5 deg beyond baseline, water
-  >= 15 cm, cabinet >= 75 degC, lamp power far under 80 % of rated, voltage beyond +/-15 %), but
-  ``random_faults`` draws sizes from ranges that start just above the *warning* tier (leakage 16 mA,
-  lean 2.3 deg, water 6 cm, cabinet 62 degC, voltage 0.84 / 1.16 of nominal), so a fault that stays
-  below critical is part of every evaluation.
+  backhaul down, stuck and drifting sensors, a safety sensor that stops answering (``sensor_dropout``:
+  its driver reports an error value outside the valid range, which the decoder refuses). Safety
+  faults really cross the catalog's critical threshold with their default magnitudes (leakage
+  >= 30 mA, tilt >= 5 deg beyond baseline, water >= 15 cm, cabinet >= 75 degC, lamp power far under
+  80 % of rated, voltage beyond +/-15 %), but ``random_faults`` draws sizes from ranges that start
+  just above the *warning* tier (leakage 16 mA, lean 2.3 deg, water 6 cm, cabinet 62 degC, voltage
+  0.84 / 1.16 of nominal), so a fault that stays below critical is part of every evaluation.
 * **delivery faults** change the message stream (:mod:`simulator.stream`): dropout (messages lost at
   random), offline (nothing sent; the pole reboots when it comes back), clock skew (device time
   shifted by ``magnitude`` ms), duplicate delivery, malformed and hostile payloads.
@@ -71,6 +72,9 @@ SPECS: dict[str, KindSpec] = {
     "backhaul_down": KindSpec("signal", "backhaul_up", (10 * MIN_MS, 4 * HOUR_MS), (0.0, 0.0)),
     "stuck": KindSpec("signal", None, (HOUR_MS, DAY_MS), (0.0, 0.0)),
     "drift": KindSpec("signal", None, (6 * HOUR_MS, 3 * DAY_MS), (20.0, 40.0)),  # x catalog noise
+    # one safety sensor stops answering while its pole reports: its driver returns an error code outside
+    # the valid range, which the gateway's decoder refuses (that one value), so the metric goes missing
+    "sensor_dropout": KindSpec("signal", None, (30 * MIN_MS, 12 * HOUR_MS), (0.0, 0.0), weight=0.5),
     "dropout": KindSpec("delivery", None, (10 * MIN_MS, 3 * HOUR_MS), (0.3, 0.8)),
     "offline": KindSpec("delivery", None, (10 * MIN_MS, 6 * HOUR_MS), (0.0, 0.0)),
     "clock_skew": KindSpec("delivery", None, (30 * MIN_MS, DAY_MS), (90_000.0, 2 * HOUR_MS)),
@@ -85,6 +89,18 @@ DELIVERY_KINDS: tuple[str, ...] = tuple(k for k, s in SPECS.items() if s.level =
 SENSOR_FAULT_METRICS: tuple[str, ...] = tuple(
     m.name for m in METRICS if m.dtype == "float" and m.signal.noise > 0 and m.name != "dimming_pct"
 )
+#: Metrics a sensor dropout can hit: the safety sensors (fast-path ones and the float channels a
+#: threshold judges), whose silence blinds a safety rule.
+DROPOUT_FAULT_METRICS: tuple[str, ...] = tuple(
+    m.name for m in METRICS if m.critical or (m.group == "safety" and m.dtype == "float" and m.thresholds)
+)
+#: What a dead sensor's driver reports: a value just below the valid range (the decoder refuses it).
+DEAD_VALUE: dict[str, float] = {m.name: m.lo - 1.0 for m in METRICS}
+
+
+def fault_metrics(kind: str) -> tuple[str, ...]:
+    """The metrics a fault of ``kind`` without a fixed metric may be put on."""
+    return DROPOUT_FAULT_METRICS if kind == "sensor_dropout" else SENSOR_FAULT_METRICS
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,8 +125,8 @@ class Fault:
                 raise ValueError(f"{self.kind} needs a metric")
             if spec.metric is not None and self.metric != spec.metric:
                 raise ValueError(f"{self.kind} shows on {spec.metric}, not {self.metric}")
-            if spec.metric is None and self.metric not in SENSOR_FAULT_METRICS:
-                raise ValueError(f"{self.kind}: {self.metric!r} is not a sensor-fault metric")
+            if spec.metric is None and self.metric not in fault_metrics(self.kind):
+                raise ValueError(f"{self.kind}: {self.metric!r} is not a {self.kind} metric")
         if self.magnitude is not None and not math.isfinite(self.magnitude):
             raise ValueError("magnitude must be finite")
 
@@ -255,7 +271,7 @@ def random_faults(city: City, seed: int, start_ms: int, end_ms: int, rate: float
             continue
         metric = spec.metric
         if metric is None and spec.level == "signal":
-            options = [m for m in SENSOR_FAULT_METRICS if pole.has(m)]
+            options = [m for m in fault_metrics(kind) if pole.has(m)]
             metric = options[int(rng.integers(len(options)))]
         if metric is not None and not pole.has(metric):
             continue
@@ -405,6 +421,10 @@ def _drift(v: np.ndarray, i: int, f: Fault, p: float, ctx: FaultContext) -> None
     v[i, _C[f.metric or ""]] += f.mag * p
 
 
+def _sensor_dropout(v: np.ndarray, i: int, f: Fault, p: float, ctx: FaultContext) -> None:
+    v[i, _C[f.metric or ""]] = np.nan  # no reading; the signal model writes the driver's error value
+
+
 _APPLY: dict[str, _Apply] = {
     "leakage": _leakage,
     "tilt_lean": _tilt_lean,
@@ -420,6 +440,7 @@ _APPLY: dict[str, _Apply] = {
     "backhaul_down": _backhaul_down,
     "stuck": _stuck,
     "drift": _drift,
+    "sensor_dropout": _sensor_dropout,
 }
 if set(_APPLY) != set(SIGNAL_KINDS):  # pragma: no cover - a kind added without its effect
     raise RuntimeError("every signal fault kind needs an apply function")

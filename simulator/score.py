@@ -67,6 +67,7 @@ COMPATIBLE: Mapping[str, frozenset[str]] = {
     # range reads a constant there (stuck), a stuck one walks away from its peers (drift)
     "stuck": frozenset({"anomaly", "flatline", "drift"}),
     "drift": frozenset({"anomaly", "stuck"}),
+    "sensor_dropout": frozenset(),
     # a pole whose messages are lost for longer than its silence limit *is* offline to the gateway
     "dropout": frozenset({"gap", "stale", "offline"}),
     "offline": frozenset({"offline", "stale", "gap"}),

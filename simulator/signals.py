@@ -38,7 +38,7 @@ import numpy as np
 from contract.catalog import BY_NAME, INDEX, METRICS, NAMES
 from contract.ids import District
 from simulator.city import City
-from simulator.faults import Fault, FaultContext, FaultSet, apply_signal_faults
+from simulator.faults import DEAD_VALUE, Fault, FaultContext, FaultSet, apply_signal_faults
 from simulator.sun import sun_elevation_deg
 
 LAMP_ON_ELEVATION_DEG = -0.833  # the sun's upper limb at the horizon: sunset / sunrise
@@ -49,6 +49,7 @@ _C = INDEX
 _DEC = np.array([float(10 ** m.decimals) for m in METRICS])
 _LO = np.array([m.lo for m in METRICS])
 _HI = np.array([m.hi for m in METRICS])
+_DEAD = np.array([DEAD_VALUE[m.name] for m in METRICS])
 
 
 def _sig(name: str) -> tuple[float, float, float]:
@@ -363,7 +364,10 @@ class SignalModel:
         if fs is not None and fs.signal:
             ctx = FaultContext(t_ms, rng, on, self.clean, self.city.tilt_baseline_deg)
             apply_signal_faults(v, fs, ctx)
+        dead = np.isnan(v)  # a sensor_dropout: the driver's error value, outside the valid range
         self.finish(v)
+        if dead.any():
+            v[dead] = np.broadcast_to(_DEAD, v.shape)[dead]
         v[self._nan_mask] = np.nan
         return v
 

@@ -137,6 +137,9 @@ class RuleParams:
     dusk_lux: float = 20.0  # below this the lamp should be lit when dimming is not reported
     raise_n: int = 3
     raise_n_safety: int = 2  # warning tiers of the catalog's critical (fast-path) metrics
+    #: the mains (voltage_high / voltage_low): a swell or sag beyond 15 % is the event even when it lasts one
+    #: 5-minute sample; a sensor that only reads it so is reported as the sensor (stage._sensor_fault)
+    raise_n_mains: int = 1
     raise_ms: int = 60_000
     clear_n: int = 3
     tilt_learn_n: int = BASELINE_LEARN_N  # readings whose median becomes the installed tilt baseline
@@ -208,7 +211,9 @@ def derive_rules(metrics: Sequence[Metric] = METRICS, params: RuleParams = RuleP
                           for t in ths)
             spec = AlarmSpec(
                 key=f"{m.name}.{kind}" if kind in dup else kind, kind=kind, metric=m.name, tiers=tiers,
-                raise_n=params.raise_n_safety if m.critical else params.raise_n, raise_ms=params.raise_ms,
+                raise_n=(params.raise_n_safety if m.critical else
+                         params.raise_n_mains if m.name == "supply_voltage_v" else params.raise_n),
+                raise_ms=params.raise_ms,
                 clear_n=params.clear_n, unit=m.unit, ref_label=ref_label, ref_unit=ref_unit,
                 decimals=m.decimals)
             out.append(Rule(spec, INDEX[m.name], first.op, first.relative_to, first.lamp_on,

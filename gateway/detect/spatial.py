@@ -26,6 +26,11 @@ For every spatial metric, at one evaluation time ``now``:
   ``bin_warm_ms`` of data and the spread has been learned over ``warmup_ms`` against warm bins; the
   level, the bin and the spread learn from a winsorised median, so an episode cannot teach itself.
 
+Some drift channels are judged through physics rather than on the raw reading (:data:`PHYSICS`: the
+cabinet over its own ambient, the lamp's power and current against rated x dimming, the light under lit
+lamps), a drift is slow (a reading running far ahead of its short mean is an event, not a sensor), and a
+pole frozen by another fault restarts its short mean from its usual place.
+
 Because the per-pole z is taken against the median of the same moment, a district-wide rise moves
 the median with it and raises no sensor_suspect; one outlier pole does not move the median and raises
 no district_event. The default metrics are those that are smooth at district scale (particulates,
@@ -44,21 +49,37 @@ from typing import Any
 
 import numpy as np
 
-from contract.catalog import BY_NAME, INDEX, Metric
+from contract.catalog import BY_NAME, DEFAULT_NOMINAL_VOLTAGE_V, DEFAULT_RATED_POWER_W, INDEX, Metric
 from gateway.detect.rules import AlarmSpec, Conditions, Tier, levels
 from gateway.detect.state import NO_TS, FleetState
 
 DISTRICT_POLE = "district"  # the entity (pole segment of the alert topic) of a district-level alarm
 SPATIAL_METRICS = ("pm25_ugm3", "pm10_ugm3", "no2_ugm3", "ambient_temp_c", "humidity_pct")
-#: Safety channels judged for drift too, downwards only: a cabinet-temperature or leakage sensor reading
-#: low would hide an overheat or a leak; one reading high hides nothing and a real rise is the hazard
-#: (layer 1), never explained away as a drifting sensor. Their judgement also pauses while a layer-1 rule
-#: holds on the pole (``frozen``). Tilt drift looks like a lean either way (``tilt_trend`` says so); a
-#: water-level sensor cannot drift below its resting 0 (stuck at the edge is the stuck rule's).
-SAFETY_DRIFT_METRICS = ("cabinet_temp_c", "leakage_current_ma")
+#: Safety channels judged for drift too, both ways: a cabinet-temperature, leakage or water-level sensor
+#: reading low would hide an overheat, a leak or a flood; one reading high under its safety tier is a false
+#: hazard in the making (or the start of a real one: the alarm says both, and it never explains a safety
+#: alarm away). Their judgement pauses while a layer-1 rule holds on the pole (``frozen``). Tilt drift
+#: looks like a lean either way (``tilt_trend`` says so); a water-level sensor cannot drift below its
+#: resting 0 (stuck at the edge is the stuck rule's).
+SAFETY_DRIFT_METRICS = ("cabinet_temp_c", "leakage_current_ma", "water_level_cm")
+#: Lamp sensors judged through physics (see :data:`PHYSICS`), only while the lamp is lit.
+LAMP_DRIFT_METRICS = ("lamp_power_w", "lamp_current_a", "illuminance_lux")
 #: Metrics whose pole-to-pole differences are stable enough to see one sensor drift away from its peers.
 DRIFT_METRICS = (*SPATIAL_METRICS, "supply_voltage_v", "power_factor", "vibration_g", "noise_db",
-                 "radio_tx_power_dbm", *SAFETY_DRIFT_METRICS)
+                 "radio_tx_power_dbm", *SAFETY_DRIFT_METRICS, *LAMP_DRIFT_METRICS)
+#: Drift judged on what physics says a reading should be, not on the raw reading (``Spatial.channel``):
+#:
+#: * ``cabinet_temp_c``: the cabinet's rise over the pole's own ambient temperature (the district median
+#:   where the pole has no ambient sensor). Weather, season and heat waves move both; the load and the sun
+#:   heat every cabinet of a district alike, so the rise keeps its place among the peers;
+#: * ``lamp_power_w``: measured power / expected power (rated x commanded dimming), while lit;
+#: * ``lamp_current_a``: current x nominal voltage / expected power, while lit. Independent of the power
+#:   and voltage readings, so a drifting power or voltage sensor does not move it;
+#: * ``illuminance_lux``: the light under the lamp while it is lit and the district is dark (its median
+#:   below ``dark_lux``): the lamp's own spill, alike on every pole; daylight varies with shade and cloud.
+PHYSICS = ("cabinet_temp_c", "lamp_power_w", "lamp_current_a", "illuminance_lux")
+#: Scale floors of the physics channels (their units: degC, ratio, ratio, lux).
+PHYSICS_FLOORS = {"cabinet_temp_c": 0.3, "lamp_power_w": 0.01, "lamp_current_a": 0.02, "illuminance_lux": 1.0}
 HOUR_MS = 3_600_000
 
 
@@ -99,6 +120,10 @@ class SpatialParams:
     drift_persist_ms: int = 30 * 60_000
     suspect_own_place: bool = True  # sensor_suspect relative to the pole's learned usual place
     drift_lag_ms: int = 60_000  # drift judges a pole whose reading is at most this much older than its peers'
+    drift_gap_max: float = 20.0  # |reading - short mean| in district spreads beyond which it is no drift
+    drift_down_only: tuple[str, ...] = ()  # drift channels called drifting only when they read low
+    dark_lux: float = 20.0  # illuminance drift is judged where the district median under lit lamps is below this
+    lit_min: float = 0.2  # lamp channels: judged while expected power >= this share of rated power
 
 
 def floor_of(m: Metric) -> float:
@@ -145,9 +170,10 @@ class Spatial:
         self.drift_cols = np.array([INDEX[m.name] for m in self.drift], np.int64)
         # a safety channel's scale floor is its sensor noise, not 0.1 % of a range built for faults (the
         # leakage sensor's 0..5000 mA would make a 5 mA floor, larger than the whole healthy spread)
-        self.drift_floors = np.array([m.signal.noise if m.name in SAFETY_DRIFT_METRICS else floor_of(m)
+        self.drift_floors = np.array([PHYSICS_FLOORS[m.name] if m.name in PHYSICS else
+                                      m.signal.noise if m.name in SAFETY_DRIFT_METRICS else floor_of(m)
                                       for m in self.drift])
-        self._drift_down = [m.name in SAFETY_DRIFT_METRICS for m in self.drift]
+        self._drift_down = [m.name in self.params.drift_down_only for m in self.drift]
         # sensor_suspect of a metric that drift also follows: a pole that always stands apart (a
         # busy road, a shaded corner) is judged against its own usual place, not the district median
         dnames = [m.name for m in self.drift]
@@ -165,7 +191,8 @@ class Spatial:
             AlarmSpec(f"sensor_drift.{m.name}", "sensor_drift", m.name,
                       (Tier("warning", f"{m.description} drifting away from its usual place among the "
                                        "district's poles: sensor drift"
-                                       + (" reading low: it would hide the hazard its safety rule watches"
+                                       + ("; a safety sensor: reading low it would hide the hazard, reading "
+                                          "high it is a false one or the start of a real one"
                                           if m.name in SAFETY_DRIFT_METRICS else "")),),
                       raise_n=p.event_raise_n, raise_ms=p.drift_persist_ms, clear_n=p.clear_n, unit="z",
                       ref_label="usual", ref_unit="z", decimals=1)
@@ -185,6 +212,7 @@ class Spatial:
                                ("sp_dt", NO_TS, np.int64)):
             state.alloc(name, dt, fill, (kd,))
         self._d_cap = 0
+        self._ref_bad: np.ndarray | None = None
         k = len(self.metrics)
         self.base = np.empty((0, k))
         self.spread = np.empty((0, k))
@@ -217,11 +245,22 @@ class Spatial:
         nb = self.params.n_bins
         return int((now_ms % 86_400_000) * nb // 86_400_000)
 
-    def evaluate(self, now_ms: int, frozen: np.ndarray | None = None) -> tuple[Conditions, Conditions]:
+    def evaluate(self, now_ms: int, frozen: np.ndarray | None = None, ref_bad: np.ndarray | None = None,
+                 drifting: np.ndarray | None = None) -> tuple[Conditions, Conditions]:
         """(pole conditions, district conditions); spec indices into ``pole_specs``/``district_specs``.
         District condition rows are district indices of the fleet state. ``frozen`` (bool per pole row):
-        poles whose drift judgement pauses (no update, no condition), e.g. while another fault is on."""
+        poles whose drift judgement pauses (no condition; the short mean starts afresh after it, so what
+        the fault did to the reading is not taken for drift), e.g. while another fault is on. ``ref_bad``
+        (bool per pole row): the pole's ambient sensor is known bad (the cabinet is judged against the
+        district's ambient instead). ``drifting`` (bool pole row x drift channel): that drift alarm is
+        active (its short mean is kept while the pole is frozen)."""
         st, p = self.state, self.params
+        self._ref_bad = ref_bad
+        if frozen is not None and frozen.any():  # the short mean restarts from the usual place, unless that
+            f = frozen[: st.n, None]  # channel's drift alarm is already raised
+            if drifting is not None:
+                f = f & ~drifting[: st.n]
+            st.a["sp_dz"][: st.n][f] = st.a["sp_du"][: st.n][f]
         n_d = len(st.districts)
         self._grow(n_d)
         district = st.a["district"][: st.n].astype(np.int64)
@@ -244,7 +283,8 @@ class Spatial:
                                          np.full(m, now_ms, np.int64)))
             dist_parts.append(self._district(j, np.flatnonzero(cnt >= p.min_poles), med, now_ms))
         for j, col in enumerate(self.drift_cols):
-            rows, _x, _med, cnt, z = self._peers(int(col), float(self.drift_floors[j]), district, n_d, now_ms)
+            v, fresh = self.channel(self.drift[j].name, now_ms, district, n_d)
+            rows, _x, _med, cnt, z = self._spread(v, fresh, float(self.drift_floors[j]), district, n_d)
             ok = cnt[district[rows]] >= p.min_poles
             # judged only when the pole's reading is as recent as its district's newest: a pole that missed
             # its last reports (lost messages) would otherwise be compared, at dusk, with lamps already lit
@@ -261,6 +301,54 @@ class Spatial:
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Fresh poles of metric ``col``: rows, values, district medians and sizes, signed z."""
         v, fresh = self.state.latest(col, now_ms, self.params.window_ms)
+        return self._spread(v, fresh, floor, district, n_d)
+
+    def channel(self, name: str, now_ms: int, district: np.ndarray, n_d: int) -> tuple[np.ndarray, np.ndarray]:
+        """What drift judges for metric ``name`` per pole row, and where it is judged: the latest reading,
+        or for a :data:`PHYSICS` metric the reading against what physics says it should be."""
+        st, w = self.state, self.params.window_ms
+        v, fresh = st.latest(INDEX[name], now_ms, w)
+        if name not in PHYSICS:
+            return v, fresh
+        if name == "cabinet_temp_c":
+            amb, amb_ok = st.latest(INDEX["ambient_temp_c"], now_ms, w)
+            med, _ = group_median(district[amb_ok], amb[amb_ok], n_d)
+            # a pole with an ambient sensor is judged against it, and not at all while that sensor is stale,
+            # drifting or an active sensor alarm (switching references would move its place)
+            ok = amb_ok & ~self._wandering("ambient_temp_c")
+            if self._ref_bad is not None:
+                ok &= ~self._ref_bad[: st.n]
+            has = ~np.isnan(amb)
+            ref = np.where(has, np.where(ok, amb, np.nan), med[district])
+            return v - ref, fresh & ~np.isnan(ref)
+        dim, dim_ok = st.latest(INDEX["dimming_pct"], now_ms, w)
+        rated = st.a["rated_w"][: st.n]
+        rated = np.where(np.isnan(rated), DEFAULT_RATED_POWER_W, rated)
+        expected = rated * np.where(dim_ok, dim, 0.0) / 100.0
+        lit = dim_ok & (expected >= self.params.lit_min * rated)
+        if name == "lamp_power_w":
+            return v / np.where(lit, expected, 1.0), fresh & lit
+        if name == "lamp_current_a":
+            nom = st.a["nominal_v"][: st.n]
+            nom = np.where(np.isnan(nom), DEFAULT_NOMINAL_VOLTAGE_V, nom)
+            return v * nom / np.where(lit, expected, 1.0), fresh & lit
+        ok = fresh & lit  # illuminance: judged under lit lamps in a dark district
+        med, _ = group_median(district[ok], v[ok], n_d)
+        return v, ok & (np.nan_to_num(med[district], nan=np.inf) < self.params.dark_lux)
+
+    def _wandering(self, name: str) -> np.ndarray:
+        """Per pole row: the drift channel ``name`` is at least half way to its trigger (or unknown)."""
+        n = self.state.n
+        names = [m.name for m in self.drift]
+        if name not in names:
+            return np.zeros(n, np.bool_)
+        j, a, p = names.index(name), self.state.a, self.params
+        dev = a["sp_dz"][:n, j] - a["sp_du"][:n, j]
+        thr = np.maximum(p.drift_z, p.drift_k * 1.2533 * a["sp_dw"][:n, j])
+        return np.nan_to_num(np.abs(dev) / thr) >= 0.5
+
+    def _spread(self, v: np.ndarray, fresh: np.ndarray, floor: float, district: np.ndarray, n_d: int
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         rows = np.flatnonzero(fresh).astype(np.int64)
         g, x = district[rows], v[rows]
         med, cnt = group_median(g, x, n_d)
@@ -277,8 +365,11 @@ class Spatial:
         zs, zu, wander = a["sp_dz"][rows, j], a["sp_du"][rows, j], a["sp_dw"][rows, j]
         learned, last = a["sp_dlearn"][rows, j], a["sp_dt"][rows, j]
         dt = np.where(last == NO_TS, 0.0, np.clip(now_ms - last, 0, p.max_step_ms)).astype(np.float64)
+        # the short mean weighs one evaluation at most as a window's worth: after a pause (the pole frozen,
+        # the lamp off) the first reading does not make the mean on its own
+        g_short = _gain(np.minimum(dt, p.window_ms), p.drift_tau_ms)
         first = np.isnan(zs)
-        zs = np.where(first, z, zs + _gain(dt, p.drift_tau_ms) * (z - np.where(first, 0.0, zs)))
+        zs = np.where(first, z, zs + g_short * (z - np.where(first, 0.0, zs)))
         ready = learned >= p.drift_learn_ms
         thr = np.maximum(p.drift_z, p.drift_k * 1.2533 * wander)
         dev = zs - np.where(np.isnan(zu), zs, zu)
@@ -298,6 +389,11 @@ class Spatial:
         # (an overheat, a leak); one drifting high cannot, and a real rise is the hazard rules' to judge
         uu = (np.maximum(-dev, 0.0) / thr if self._drift_down[j] else u)[ready]
         trig, hold = levels(uu, ">=", (1.0,), (p.drift_clear,))
+        # a drift is slow: a reading running ahead of its own short mean by more than drift_gap_max spreads
+        # (a rise of more than drift_gap_max / drift_tau per hour) is a real event rising (an overheat ramp,
+        # a flood) or falling back, not a sensor; it triggers nothing
+        gap = np.abs(z - zs)[ready]
+        trig[gap > p.drift_gap_max] = 0
         k = len(r)
         return Conditions(r, np.full(k, self.DRIFT + j, np.int64), trig, hold, zs[ready], zu[ready],
                           1.0 - np.exp(-uu), np.full(k, now_ms, np.int64))

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from contract.catalog import METRICS
 from simulator.city import City
 from simulator.faults import (
+    DEAD_VALUE,
     DELIVERY_KINDS,
     KINDS,
     SENSOR_FAULT_METRICS,
@@ -45,6 +46,7 @@ FAULTS = [
     Fault.make("backhaul_down", "p-000013", T0 + 3 * HOUR, T0 + 6 * HOUR),
     Fault.make("stuck", "p-000015", T0 + 6 * HOUR, T0 + 12 * HOUR, metric="ambient_temp_c"),
     Fault.make("drift", "p-000016", T0 + 4 * HOUR, T0 + 20 * HOUR, metric="humidity_pct", magnitude=-25),
+    Fault.make("sensor_dropout", "p-000017", T0 + 5 * HOUR, T0 + 7 * HOUR, metric="tilt_deg"),
 ]
 
 
@@ -77,6 +79,13 @@ def test_only_faulty_poles_change_and_values_stay_in_range(city: City, series: t
     touched = sorted({int(f.pole[2:]) for f in FAULTS})
     others = [i for i in range(len(city)) if i not in touched]
     assert np.array_equal(clean[:, others], faulted[:, others], equal_nan=True)
+    dead = next(f for f in FAULTS if f.kind == "sensor_dropout")  # its driver's error value: out of range
+    ts = series[0]
+    x = faulted[:, int(dead.pole[2:]), col(str(dead.metric))]
+    assert np.all(x[_window(ts, dead)] == DEAD_VALUE[str(dead.metric)])
+    faulted = faulted.copy()
+    faulted[_window(ts, dead), int(dead.pole[2:]), col(str(dead.metric))] = clean[
+        _window(ts, dead), int(dead.pole[2:]), col(str(dead.metric))]
     for j, m in enumerate(METRICS):
         x = faulted[:, :, j][:, city.has[:, j]]
         assert np.all((x >= m.lo) & (x <= m.hi)), m.name

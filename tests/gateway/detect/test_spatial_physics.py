@@ -1,0 +1,105 @@
+"""Drift judged through physics: lamp sensors against rated x dimming, the cabinet against the ambient."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from contract.readings import Reading
+from gateway.detect.spatial import SpatialParams
+from gateway.detection import DetectionStage, alerts_of
+from gateway.pipeline import Outcome
+
+T0 = 1_700_000_000_000
+MIN = 60_000
+POLES = [f"n-{i:02d}" for i in range(12)]
+
+
+class Lit:
+    """12 lit poles of one district (rated 100 W, 230 V), one sample a minute; ``bad`` edits a pole's readings."""
+
+    def __init__(self) -> None:
+        self.rng = np.random.default_rng(3)
+        self.now = [T0 / 1000]
+        self.stage = DetectionStage(clock=lambda: self.now[0], spatial=SpatialParams(drift_learn_ms=60 * MIN),
+                                    stream=False)
+        for p in POLES:
+            self.stage.set_pole(p, "north", rated_power_w=100.0, nominal_voltage_v=230.0)
+        self.t = T0
+        self.raised: list[tuple[str, str]] = []
+
+    def minute(self, bad: Any = None, k: int = 0) -> None:
+        self.t += MIN
+        self.now[0] += 60
+        g = self.rng.normal
+        amb = 8.0 + 2.0 * np.sin(self.t / 3_600_000)  # the weather moves every pole alike
+        readings = []
+        for i, p in enumerate(POLES):
+            v = 230.0 + g(0, 1.5)
+            pw = 100.0 + g(0, 0.4)
+            a = amb + g(0, 0.2) + 0.3 * (i % 3)
+            vals = {"lamp_power_w": pw, "supply_voltage_v": v, "power_factor": 0.95 + g(0, 0.005),
+                    "dimming_pct": 100.0, "lamp_current_a": pw / (v * 0.95) + g(0, 0.002),
+                    "illuminance_lux": 5.0 + abs(g(0, 0.3)), "ambient_temp_c": a,
+                    "cabinet_temp_c": a + 9.0 + g(0, 0.3), "water_level_cm": abs(g(0, 0.05))}
+            if bad is not None:
+                bad(p, k, vals)
+            readings.append(Reading(p, "north", "b", self.t // MIN, self.t,
+                                    {m: round(float(x), 3) for m, x in vals.items()}))
+        self.raised += [(str(x["pole"]), str(x["key"])) for x in alerts_of(self.stage(Outcome(readings=readings)))
+                        if x["state"] == "raised"]
+
+    def run(self, bad: Any, n: int = 480) -> list[tuple[str, str]]:
+        for _ in range(120):
+            self.minute()
+        assert self.raised == []
+        for k in range(n):
+            self.minute(bad, k)
+        return self.raised
+
+
+def test_a_lamp_power_sensor_drifting_up_is_sensor_drift_on_that_pole_only() -> None:
+    def drift(p: str, k: int, v: dict[str, float]) -> None:
+        if p == "n-03":
+            v["lamp_power_w"] += 0.05 * k  # the reading only: the current still says 100 W
+    raised = Lit().run(drift)
+    assert ("n-03", "sensor_drift.lamp_power_w") in raised
+    assert all(p == "n-03" and k.startswith("sensor_") for p, k in raised)
+
+
+def test_a_lamp_current_sensor_drifting_is_named_and_not_the_power() -> None:
+    def drift(p: str, k: int, v: dict[str, float]) -> None:
+        if p == "n-05":
+            v["lamp_current_a"] -= 0.0005 * k
+    raised = Lit().run(drift)
+    assert ("n-05", "sensor_drift.lamp_current_a") in raised
+    assert ("n-05", "sensor_drift.lamp_power_w") not in raised
+    assert all(p == "n-05" for p, _ in raised)
+
+
+def test_a_cabinet_sensor_drifting_high_against_its_ambient_is_sensor_drift() -> None:
+    def drift(p: str, k: int, v: dict[str, float]) -> None:
+        if p == "n-01":
+            v["cabinet_temp_c"] += 0.01 * k  # +4.8 degC in 8 h, far under the 60 degC overheat tier
+    raised = Lit().run(drift)
+    assert ("n-01", "sensor_drift.cabinet_temp_c") in raised
+    assert all(p == "n-01" for p, _ in raised)
+
+
+def test_a_drifting_ambient_sensor_is_not_blamed_on_the_cabinet() -> None:
+    def drift(p: str, k: int, v: dict[str, float]) -> None:
+        if p == "n-02":
+            v["ambient_temp_c"] += 0.01 * k
+    raised = Lit().run(drift)
+    assert ("n-02", "sensor_drift.ambient_temp_c") in raised
+    assert ("n-02", "sensor_drift.cabinet_temp_c") not in raised
+
+
+def test_a_water_level_sensor_creeping_up_under_the_flood_tier_is_sensor_drift() -> None:
+    def drift(p: str, k: int, v: dict[str, float]) -> None:
+        if p == "n-04":
+            v["water_level_cm"] += 0.004 * k  # 1.9 cm after 8 h: the flood tier is 5 cm
+    raised = Lit().run(drift)
+    assert ("n-04", "sensor_drift.water_level_cm") in raised
+    assert ("n-04", "flood") not in raised
