@@ -43,7 +43,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -75,30 +75,13 @@ except ImportError:  # pragma: no cover - depends on the tree
     _StreamDetector = None  # type: ignore[assignment,misc]
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def _atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """``write(file)`` into a temp file beside ``path``, fsync, rename over ``path``, fsync the folder:
+    a crash leaves the old file or the new one, never half of one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    try:
-        fd = os.open(path.parent, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _atomic_write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """Like :func:`_atomic_write`, the arrays written by ``np.savez`` straight into the temp file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        np.savez(f, **arrays)  # type: ignore[arg-type]  # numpy's stub misreads **kwargs
+        write(f)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
@@ -533,9 +516,11 @@ class DetectionStage:
             "counts": dict(self.counts),
             "acks": [{"district": d, "pole": p, "key": k, **rec} for (d, p, k), rec in sorted(self._acks.items())],
         }
-        _atomic_write(self.state_path, json.dumps(doc, separators=(",", ":")).encode())
+        body = json.dumps(doc, separators=(",", ":")).encode()
+        _atomic_write(self.state_path, lambda f: f.write(body))
         if self.stream is not None and full:
-            _atomic_write_npz(self._stream_path(), self.stream.state_dict())
+            arrays = self.stream.state_dict()
+            _atomic_write(self._stream_path(), lambda f: np.savez(f, **arrays))  # type: ignore[arg-type]
             self._last_full_save = self.clock()
         self._dirty = self._unsaved_changes = False
         self._last_save = self.clock()

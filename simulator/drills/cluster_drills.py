@@ -36,6 +36,7 @@ from edge.config import EdgeConfig
 from gateway.partition import districts_for
 from ingest.influx1 import Influx1Store
 from simulator.drills import DrillResult
+from simulator.drills.delivery_drills import _wait
 from simulator.run import spread
 from testbed.nats import NatsCluster, ack_pending_for
 from testbed.servers import InfluxDB1, _http, free_port
@@ -117,14 +118,6 @@ class ClusterGateway:
         except OSError:
             return ""
 
-
-def _wait(pred: Callable[[], bool], timeout_s: float, step_s: float = 0.2) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(step_s)
-    return pred()
 
 
 def _samples(store: Influx1Store) -> Counter[tuple[str, int]]:
