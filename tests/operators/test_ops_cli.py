@@ -76,7 +76,7 @@ def city(mosquitto: Mosquitto, alertmanager: Any, tmp_path: Path) -> Iterator[di
     store = SqliteStore(tmp_path / "lw.sqlite")
     gw = build_with_store(settings, store)
     gw.start()
-    agent = EdgeAgent(EdgeConfig(pole="p-1", district="north", port=mosquitto.port, backoff_min_s=0.1,
+    agent = EdgeAgent(EdgeConfig(pole="p-1", district="north", mqtt_port=mosquitto.port, backoff_min_s=0.1,
                                  backoff_max_s=0.5, outbox_path=tmp_path / "outbox.sqlite", report_interval_s=30.0))
     agent.start()
     peer = Peer(mosquitto)

@@ -10,7 +10,8 @@ import pytest
 from gateway.detect import nab
 from tests.servers import missing
 
-NAB_DIR = Path(__file__).resolve().parents[3] / "shared" / "nab"  # <repo>/../shared/nab
+REPO = next(p for p in Path(__file__).resolve().parents if (p / "pyproject.toml").is_file())
+NAB_DIR = REPO.parent / "shared" / "nab"  # <repo>/../shared/nab
 
 
 @pytest.fixture(scope="module")
