@@ -33,7 +33,7 @@ SAMPLE = {m: 1.0 for m in ("leakage_current_ma", "tilt_deg", "water_level_cm", "
 def footprint(warmup_s: float = 5.0, window_s: float = 20.0) -> dict[str, float]:
     with Mosquitto() as broker, tempfile.TemporaryDirectory(prefix="lampwatch-bench-") as d:
         conf = Path(d) / "edge.toml"
-        conf.write_text(f'pole = "bench-1"\ndistrict = "bench"\nport = {broker.port}\n'
+        conf.write_text(f'pole = "bench-1"\ndistrict = "bench"\nmqtt_port = {broker.port}\n'
                         f'report_interval_s = 1.0\nsafety_interval_s = 1.0\noutbox_path = "{d}/outbox.sqlite"\n'
                         'log_level = "WARNING"\n')
         env = {k: v for k, v in os.environ.items() if not k.startswith("LAMPWATCH_EDGE_")}

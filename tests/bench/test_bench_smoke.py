@@ -36,3 +36,13 @@ def test_bench_gateway_tiny() -> None:
     lines = bg.lines(r)
     assert lines[-1].startswith("bench: gateway_msgs_s=") and "lost=0" in lines[-1]
     assert lines[0].startswith("sim: msgs_s=")
+
+
+def test_bench_edge_runs_the_real_agent_on_its_config() -> None:
+    """bench_edge writes its own pole.toml: a renamed setting made the agent exit at once and the bench
+    fail (found by make bench, not by a test). footprint() raises if the agent is not running."""
+    from bench.bench_edge import footprint
+
+    res = footprint(warmup_s=2.0, window_s=1.0)
+    assert set(res) == {"rss_mb", "cpu_pct", "uss_mb"}
+    assert res["rss_mb"] >= res["uss_mb"] > 0  # measured from a live process
