@@ -122,7 +122,7 @@ def test_a_gateway_that_lost_its_broker_calls_nobody_offline(mosquitto: Mosquitt
         mosquitto.start()
         wait_until(lambda: gw.connected, 60, "gateway reconnected")
         assert [a.pole for a in stage.active() if a.kind == "pole_offline"] == []
-        assert stage.counters()["excused_ms"] >= 5_000
+        assert stage.counters()["excused_ms"] >= 3_000  # most of the 6 s (noticing the loss takes a moment)
         report(["p-a"], 5.0)  # p-b stays silent once the broker is back: that is a real silence
         wait_until(lambda: any(a.kind == "pole_offline" for a in stage.active()), 30, "p-b offline")
         assert [a.pole for a in stage.active() if a.kind == "pole_offline"] == ["p-b"]
