@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from gateway.detect.rules import AlarmSpec, Conditions, Tier
+from gateway.detect.types import AlarmSpec, Conditions, Tier
 
 CLOCK_REASONS = ("ts_future", "ts_past")
 RAISE_MS = 10 * 60_000  # ... or refused for this long without an accepted sample

@@ -17,12 +17,23 @@ from __future__ import annotations
 import numpy as np
 
 from contract.catalog import INDEX, METRICS, Metric
-from gateway.detect.rules import AlarmSpec, Conditions, Tier, safety_channel
-from gateway.detect.state import NO_TS, Batch, FleetState, occurrence_rank
+from gateway.detect.state import NO_TS, Batch, Col, Columns, FleetState, occurrence_rank
+from gateway.detect.stuck import safety_channel
+from gateway.detect.types import AlarmSpec, Conditions, Tier
 
 
 def dropout_metrics() -> tuple[Metric, ...]:
     return tuple(m for m in METRICS if m.critical or safety_channel(m))
+
+
+class DropoutState(Columns):
+    prev = Col(np.int64, NO_TS, "n")  # device time of the metric's last reading
+    interval = Col(np.float64, np.nan, "n")  # its learned reporting interval (ms)
+    flagged = Col(np.bool_, False, "n")  # a dropout condition was reported
+
+    def __init__(self, fleet: FleetState, n: int) -> None:
+        self.n = n
+        super().__init__(fleet)
 
 
 class DropoutRule:
@@ -38,10 +49,7 @@ class DropoutRule:
                                        "safety rule is blind (sensor or its cable)", fast=True),),
                       raise_n=1, raise_ms=0, clear_n=1, unit="s", ref_label="limit", ref_unit="s", decimals=0)
             for m in self.metrics)
-        n = len(self.metrics)
-        state.alloc("do_prev", np.int64, NO_TS, (n,))  # device time of the metric's last reading
-        state.alloc("do_int", np.float64, np.nan, (n,))  # its learned reporting interval (ms)
-        state.alloc("do_flag", np.bool_, False, (n,))  # a dropout condition was reported
+        self.st = DropoutState(state, len(self.metrics))
 
     def evaluate(self, batch: Batch) -> Conditions:
         if len(batch) == 0:
@@ -52,10 +60,10 @@ class DropoutRule:
         return Conditions.concat([self._round(b.take(np.flatnonzero(rank == r))) for r in range(int(rank.max()) + 1)])
 
     def _round(self, b: Batch) -> Conditions:
-        a = self.state.a
+        st = self.st
         rows, ts = b.rows, b.ts
         has = ~np.isnan(b.values[:, self.cols])
-        prev, itv, flag = a["do_prev"][rows], a["do_int"][rows], a["do_flag"][rows]
+        prev, itv, flag = st.prev[rows], st.interval[rows], st.flagged[rows]
         t = ts[:, None]
         seen = prev != NO_TS
         gap = np.where(seen, (t - prev).astype(np.float64), np.nan)
@@ -65,8 +73,8 @@ class DropoutRule:
             quiet = ~has & seen & ~np.isnan(itv) & (gap > self.k * itv)
         prev = np.where(has, np.maximum(t, prev), prev)
         speak = quiet | (has & flag)  # a dropout, or the reading that ends one
-        a["do_prev"][rows], a["do_int"][rows] = prev, itv
-        a["do_flag"][rows] = (flag & ~has) | quiet
+        st.prev[rows], st.interval[rows] = prev, itv
+        st.flagged[rows] = (flag & ~has) | quiet
         ii, jj = np.nonzero(speak)
         lvl = quiet[ii, jj].astype(np.int8)
         return Conditions(rows[ii], jj.astype(np.int64), lvl, lvl.copy(), np.nan_to_num(gap[ii, jj]) / 1000.0,

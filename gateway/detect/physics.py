@@ -24,8 +24,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from contract.catalog import BY_NAME, DEFAULT_NOMINAL_VOLTAGE_V, DEFAULT_RATED_POWER_W, INDEX
-from gateway.detect.rules import AlarmSpec, Conditions, Tier
 from gateway.detect.state import FleetState
+from gateway.detect.types import AlarmSpec, Conditions, Tier
 
 PHYSICS_METRICS = ("lamp_power_w", "supply_voltage_v")
 
@@ -63,12 +63,12 @@ class PhysicsRule:
         rows = np.unique(rows).astype(np.int64)
         if len(rows) == 0:
             return Conditions.empty()
-        a, p = self.state.a, self.params
-        now = a["last_ts"][rows]
+        f, p = self.state, self.params
+        now = f.last_ts[rows]
 
         def get(name: str) -> tuple[np.ndarray, np.ndarray]:
             c = INDEX[name]
-            v, t = a["value"][rows, c], a["value_ts"][rows, c]
+            v, t = f.value[rows, c], f.value_ts[rows, c]
             return v, ~np.isnan(v) & (t >= now - p.window_ms)
 
         pw, pw_ok = get("lamp_power_w")
@@ -76,8 +76,8 @@ class PhysicsRule:
         i, i_ok = get("lamp_current_a")
         pf, pf_ok = get("power_factor")
         dim, dim_ok = get("dimming_pct")
-        rated = np.where(np.isnan(a["rated_w"][rows]), DEFAULT_RATED_POWER_W, a["rated_w"][rows])
-        nom = np.where(np.isnan(a["nominal_v"][rows]), DEFAULT_NOMINAL_VOLTAGE_V, a["nominal_v"][rows])
+        rated = np.where(np.isnan(f.rated_w[rows]), DEFAULT_RATED_POWER_W, f.rated_w[rows])
+        nom = np.where(np.isnan(f.nominal_v[rows]), DEFAULT_NOMINAL_VOLTAGE_V, f.nominal_v[rows])
         expected = rated * np.where(dim_ok, dim, 0.0) / 100.0
         ok = pw_ok & v_ok & i_ok & pf_ok & dim_ok & (expected >= p.lit_min * rated) & (pf > 0) & (i > 0)
         e = np.where(ok, expected, 1.0)

@@ -3,8 +3,12 @@
 Every layer of the detector keeps its per-pole and per-pole x metric state in one :class:`FleetState`.
 Rows are handed out in the order poles first appear and never move (the saved state records that
 order, so a restored gateway gives every pole the same row). Arrays are allocated for ``capacity``
-rows and grow by doubling; a layer registers its own arrays with :meth:`FleetState.alloc` and they
-grow with the rest.
+rows and grow by doubling.
+
+Each rule family keeps its state in its own typed table: a :class:`Columns` subclass that declares
+its arrays as :class:`Col` attributes (dtype, fill, and the shape of one pole's share) and is
+registered with the fleet (``StuckState(fleet, n=...)``); the registry grows every table with it, so
+``state.run[rows]`` is a typed attribute, never a string key into a bag of arrays.
 
 A :class:`Batch` is what one update processes: one row per *sample* (pole, device time), a dense
 ``values`` matrix with one column per catalog metric (NaN = not in this sample). It is built from
@@ -105,8 +109,87 @@ def occurrence_rank(keys: np.ndarray) -> np.ndarray:
     return rank
 
 
-class FleetState:
-    """Registry of poles and districts plus the latest value and time of every pole x metric."""
+class Col:
+    """One per-pole array of a :class:`Columns` table, of shape ``(capacity, *tail)``; a tail entry
+    that is a string names an ``int`` attribute of the table (set before ``Columns.__init__``)."""
+
+    def __init__(self, dtype: type | np.dtype, fill: object, *tail: int | str) -> None:
+        self.dtype, self.fill, self.tail = np.dtype(dtype), fill, tail
+        self.name = ""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def shape_of(self, table: Columns) -> tuple[int, ...]:
+        return tuple(max(int(getattr(table, t)), 1) if isinstance(t, str) else t for t in self.tail)
+
+    def __get__(self, table: Columns, owner: type | None = None) -> np.ndarray:
+        return table._arrays[self.name]
+
+    def __set__(self, table: Columns, value: object) -> None:
+        raise AttributeError(f"{self.name} is a fleet column: assign into it ({self.name}[rows] = ...)")
+
+
+class Columns:
+    """A typed table of per-pole arrays that grows with the fleet registry it is registered with."""
+
+    def __init__(self, fleet: FleetState | None = None) -> None:
+        self._arrays: dict[str, np.ndarray] = {}
+        self._cap = 0
+        self._resize(fleet.capacity if fleet is not None else 1)
+        if fleet is not None:
+            fleet.register(self)
+
+    @classmethod
+    def columns(cls) -> list[Col]:
+        seen: dict[str, Col] = {}
+        for klass in reversed(cls.__mro__):
+            seen.update({k: v for k, v in vars(klass).items() if isinstance(v, Col)})
+        return list(seen.values())
+
+    def _resize(self, cap: int) -> None:
+        for c in self.columns():
+            fresh = np.full((cap, *c.shape_of(self)), c.fill, c.dtype)
+            old = self._arrays.get(c.name)
+            if old is not None:
+                fresh[: self._cap] = old
+            self._arrays[c.name] = fresh
+        self._cap = cap
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in self._arrays.values())
+
+
+class _Loose(Columns):
+    """The arrays of :meth:`FleetState.alloc`, declared at run time."""
+
+    def __init__(self, fleet: FleetState) -> None:
+        self.columns_by_name: dict[str, Col] = {}
+        super().__init__(fleet)
+
+    def columns(self) -> list[Col]:  # type: ignore[override]
+        return list(self.columns_by_name.values())
+
+    def add(self, name: str, col: Col) -> None:
+        col.name = name
+        self.columns_by_name[name] = col
+        self._arrays[name] = np.full((self._cap, *col.shape_of(self)), col.fill, col.dtype)
+
+
+class FleetState(Columns):
+    """Registry of poles and districts, their attributes, and the latest value and time of every
+    pole x metric; the tables of the rule families registered with it grow with it."""
+
+    district = Col(np.int32, -1)
+    value = Col(np.float64, np.nan, N_METRICS)  # latest value per pole x metric
+    value_ts = Col(np.int64, NO_TS, N_METRICS)  # its device time (ms)
+    last_ts = Col(np.int64, NO_TS)  # newest device time seen from the pole
+    arrival_ms = Col(np.int64, NO_TS)  # gateway clock when the pole was last heard
+    rated_w = Col(np.float64, np.nan)  # per-pole attributes (inventory / birth): rated lamp power
+    nominal_v = Col(np.float64, np.nan)  # nominal supply voltage
+    interval_ms = Col(np.float64, np.nan)  # announced (status) reporting interval
+    interval_ew = Col(np.float64, np.nan)  # reporting interval learned from device times
 
     def __init__(self, capacity: int = 64) -> None:
         self.poles: list[str] = []
@@ -114,14 +197,12 @@ class FleetState:
         self.districts: list[str] = []
         self._row: dict[str, int] = {}
         self._district_idx: dict[str, int] = {}
-        self._cap = max(int(capacity), 1)
-        self._specs: dict[str, tuple[np.dtype, object, tuple[int, ...]]] = {}
-        self.a: dict[str, np.ndarray] = {}
-        self.alloc("district", np.int32, -1)
-        self.alloc("value", np.float64, np.nan, (N_METRICS,))  # latest value per pole x metric
-        self.alloc("value_ts", np.int64, NO_TS, (N_METRICS,))  # its device time (ms)
-        self.alloc("last_ts", np.int64, NO_TS)  # newest device time seen from the pole
-        self.alloc("arrival_ms", np.int64, NO_TS)  # gateway clock when the pole was last heard
+        self._tables: list[Columns] = []
+        self._want = max(int(capacity), 1)
+        super().__init__(None)
+        self._resize(self._want)
+        self._tables.append(self)
+        self._loose = _Loose(self)
 
     # --- registry -----------------------------------------------------------------------------------
     @property
@@ -132,13 +213,27 @@ class FleetState:
     def capacity(self) -> int:
         return self._cap
 
+    def register(self, table: Columns) -> None:
+        """Grow ``table`` with the registry from now on (it was allocated at the current capacity)."""
+        if table._cap != self._cap:
+            table._resize(self._cap)
+        self._tables.append(table)
+
+    @property
+    def tables(self) -> tuple[Columns, ...]:
+        return tuple(self._tables)
+
+    # --- untyped arrays: only for a layer not yet moved onto its own Columns table ----------------------
     def alloc(self, name: str, dtype: type | np.dtype, fill: object, tail: tuple[int, ...] = ()) -> None:
-        """Register a per-pole array (shape ``(capacity, *tail)``) that grows with the registry."""
-        if name in self.a:
+        """Register a per-pole array under ``name`` in :attr:`a` (prefer a :class:`Columns` table)."""
+        if name in self._loose.columns_by_name:
             raise ValueError(f"state array {name!r} already allocated")
-        dt = np.dtype(dtype)
-        self._specs[name] = (dt, fill, tail)
-        self.a[name] = np.full((self._cap, *tail), fill, dt)
+        self._loose.add(name, Col(dtype, fill, *tail))
+
+    @property
+    def a(self) -> dict[str, np.ndarray]:
+        """Every array by name: the registry's own and the untyped ones of :meth:`alloc`."""
+        return {**self._arrays, **self._loose._arrays}
 
     def _grow(self, need: int) -> None:
         cap = self._cap
@@ -146,11 +241,8 @@ class FleetState:
             cap *= 2
         if cap == self._cap:
             return
-        for name, (dt, fill, tail) in self._specs.items():
-            fresh = np.full((cap, *tail), fill, dt)
-            fresh[: self._cap] = self.a[name]
-            self.a[name] = fresh
-        self._cap = cap
+        for t in self._tables:
+            t._resize(cap)
 
     def district_index(self, district: str) -> int:
         d = self._district_idx.get(district)
@@ -167,10 +259,10 @@ class FleetState:
             self._grow(r + 1)
             self.poles.append(pole)
             self.pole_district.append(district)
-            self.a["district"][r] = self.district_index(district)
+            self.district[r] = self.district_index(district)
         elif self.pole_district[r] != district:  # a re-zoned pole follows its newest district
             self.pole_district[r] = district
-            self.a["district"][r] = self.district_index(district)
+            self.district[r] = self.district_index(district)
         return r
 
     def find(self, pole: str) -> int | None:
@@ -185,7 +277,6 @@ class FleetState:
         newer value) and when each pole was last heard."""
         if len(batch) == 0:
             return
-        a = self.a
         rr, cc = np.nonzero(~np.isnan(batch.values))
         rows, ts = batch.rows[rr], batch.ts[rr]
         # for each (row, col) keep the entry with the newest time (last in input order on ties)
@@ -194,19 +285,19 @@ class FleetState:
         last = np.concatenate((key[1:] != key[:-1], [True]))
         sel = order[last]
         r_sel, c_sel, t_sel = rows[sel], cc[sel], ts[sel]
-        newer = t_sel >= a["value_ts"][r_sel, c_sel]
+        newer = t_sel >= self.value_ts[r_sel, c_sel]
         r_sel, c_sel, t_sel, s_sel = r_sel[newer], c_sel[newer], t_sel[newer], rr[sel][newer]
-        a["value"][r_sel, c_sel] = batch.values[s_sel, c_sel]
-        a["value_ts"][r_sel, c_sel] = t_sel
-        np.maximum.at(a["last_ts"], batch.rows, batch.ts)
+        self.value[r_sel, c_sel] = batch.values[s_sel, c_sel]
+        self.value_ts[r_sel, c_sel] = t_sel
+        np.maximum.at(self.last_ts, batch.rows, batch.ts)
         if arrival_ms is not None:
-            a["arrival_ms"][batch.rows] = arrival_ms
+            self.arrival_ms[batch.rows] = arrival_ms
 
     def latest(self, col: int, now_ms: int, window_ms: int) -> tuple[np.ndarray, np.ndarray]:
         """Latest value of metric ``col`` for every registered pole and whether it is fresh (device time
         within ``window_ms`` before ``now_ms``)."""
         n = self.n
-        v = self.a["value"][:n, col]
-        t = self.a["value_ts"][:n, col]
+        v = self.value[:n, col]
+        t = self.value_ts[:n, col]
         fresh = (t >= now_ms - window_ms) & (t <= now_ms + window_ms) & ~np.isnan(v)
         return v, fresh

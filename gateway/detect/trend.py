@@ -26,8 +26,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from contract.catalog import BY_NAME
-from gateway.detect.rules import AlarmSpec, Conditions, Tier, levels
-from gateway.detect.state import FleetState, occurrence_rank
+from gateway.detect.state import Col, Columns, FleetState, occurrence_rank
+from gateway.detect.types import AlarmSpec, Conditions, Tier, levels
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +46,10 @@ def trend_specs() -> tuple[AlarmSpec, ...]:
                       ref_unit="deg x samples", decimals=2),)
 
 
+class TrendState(Columns):
+    cusum = Col(np.float64, 0.0)  # one-sided CUSUM of |tilt - baseline| beyond the allowance
+
+
 class TrendRule:
     """Conditions for :func:`trend_specs`; ``baseline(rows)`` gives the tilt baseline per row (NaN: none)."""
 
@@ -54,7 +58,7 @@ class TrendRule:
         noise = BY_NAME["tilt_deg"].signal.noise
         self.k, self.h = params.k_noise * noise, params.h_noise * noise
         self.specs = trend_specs()
-        state.alloc("trend_s", np.float64, 0.0)
+        self.st = TrendState(state)
 
     def evaluate(self, rows: np.ndarray, ts: np.ndarray, x: np.ndarray, baseline: np.ndarray,
                  tier: np.ndarray | None = None) -> Conditions:
@@ -76,7 +80,7 @@ class TrendRule:
 
     def _round(self, rows: np.ndarray, ts: np.ndarray, x: np.ndarray, base: np.ndarray, tier: np.ndarray
                ) -> Conditions:
-        s = self.state.a["trend_s"]
+        s = self.st.cusum
         new = np.clip(s[rows] + np.abs(x - base) - self.k, 0.0, self.params.cap_h * self.h)
         s[rows] = new
         trig, hold = levels(new, ">=", (self.h,), (0.5 * self.h,))
@@ -86,4 +90,4 @@ class TrendRule:
 
     def cusum(self, pole: str) -> float | None:
         r = self.state.find(pole)
-        return None if r is None else float(self.state.a["trend_s"][r])
+        return None if r is None else float(self.st.cusum[r])

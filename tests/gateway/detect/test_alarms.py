@@ -12,7 +12,7 @@ import pytest
 from contract import topics
 from contract.models import Alert
 from contract.readings import Reading
-from gateway.alarms import AlarmPolicy, explain
+from gateway.detect.alarms import AlarmPolicy, explain
 from gateway.detect.rules import AlarmSpec, Conditions, Tier
 from gateway.detection import DetectionStage, alerts_of
 from gateway.pipeline import Outcome
@@ -168,7 +168,8 @@ def test_alarm_survives_a_restart_and_clears_exactly_once(tmp_path: Path) -> Non
 def test_changes_are_saved_at_once_without_close(tmp_path: Path) -> None:
     path = tmp_path / "detect.json"
     f = Feed(str(path))
-    f(smoke=1.0)  # no close(): a kill -9 right after must not lose the alarm
+    f(smoke=1.0)  # no close(): the change itself starts a save (off the message path) ...
+    f.stage.flush()  # ... which lands without one
     doc = json.loads(path.read_text())
     assert [(x["entity"], x["key"], x["level"]) for x in doc["alarms"]] == [("p-1", "smoke", 1)]
     assert Feed(str(path)).stage.active()[0].key == "smoke"
@@ -182,6 +183,7 @@ def test_a_damaged_state_file_is_set_aside(tmp_path: Path) -> None:
     assert f.stage.counters()["state_load_errors"] == 1
     assert (tmp_path / "detect.json.corrupt").read_text() == "{not json"
     f(smoke=1.0)
+    f.stage.flush()
     assert json.loads(path.read_text())["v"] == 1
 
 
@@ -246,6 +248,8 @@ def test_an_alarm_storm_is_saved_at_most_once_per_interval_and_nothing_is_lost(t
     f = Feed(str(path))
     f(pole="p-1", smoke=1.0)  # saved at once
     f(pole="p-2", smoke=1.0, dt_ms=100)  # 0.1 s later: held back
+    f.stage.flush()
     assert [x["entity"] for x in json.loads(path.read_text())["alarms"]] == ["p-1"]
     f(pole="p-3", leakage_current_ma=1.0, dt_ms=1000)  # the next call after the interval saves it
+    f.stage.flush()
     assert sorted(x["entity"] for x in json.loads(path.read_text())["alarms"]) == ["p-1", "p-2"]

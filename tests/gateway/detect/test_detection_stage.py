@@ -69,8 +69,16 @@ def test_one_vectorised_batch_equals_one_reading_at_a_time(seed: int) -> None:
     assert sorted(batched.state.poles) == sorted(single.state.poles)
     rb = batched.state.rows_of(single.state.poles)  # rows differ (first-seen order), poles do not
     n = single.state.n
-    for name in ("value", "value_ts", "last_ts", "base"):
-        assert np.array_equal(batched.state.a[name][rb], single.state.a[name][:n], equal_nan=True)
+    # every rule family's typed state, column by column, ends the same
+    pairs = list(zip(batched.state.tables, single.state.tables, strict=True))
+    assert len(pairs) > 5
+    for tb, ts in pairs:
+        assert type(tb) is type(ts)
+        for col in tb.columns():
+            if col.name == "district":  # district indices are first-seen order too: compared by name below
+                continue
+            assert np.array_equal(col.__get__(tb)[rb], col.__get__(ts)[:n], equal_nan=True), col.name
+    assert [batched.state.pole_district[r] for r in rb] == single.state.pole_district
 
 
 def test_batch_from_long_arrays_equals_batch_from_readings() -> None:

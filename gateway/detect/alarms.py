@@ -1,6 +1,6 @@
 """Alarm policy: conditions in, alarm state changes out (vectorised over entity x rule).
 
-A detection layer reports *conditions* (``gateway.detect.rules.Conditions``): for one entity (a pole,
+A detection layer reports *conditions* (``gateway.detect.types.Conditions``): for one entity (a pole,
 or a district) and one rule, the highest tier whose trigger is met (``trig``) and the highest tier
 whose clear level is not yet reached (``hold``). The policy owns the decision:
 
@@ -31,8 +31,8 @@ from typing import Any, Literal
 import numpy as np
 
 from contract.catalog import Severity
-from gateway.detect.rules import AlarmSpec, Conditions
 from gateway.detect.state import NO_TS, occurrence_rank
+from gateway.detect.types import AlarmSpec, Conditions
 
 Change = Literal["raised", "escalated", "deescalated", "cleared"]
 
