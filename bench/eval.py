@@ -20,8 +20,8 @@ from pathlib import Path
 from contract import schema
 from contract.catalog import METRICS
 from contract.readings import Point
-from gateway.detect import nab
-from gateway.detect.replay import replay_nab
+from gateway import nab
+from gateway.replay import replay_nab
 from simulator.faults import Fault, Label
 from simulator.score import Alarm, Score, alarm_kind, score
 from simulator.score import pole_days as sc_pole_days

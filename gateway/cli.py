@@ -254,7 +254,7 @@ def detect(
 
     import numpy as np
 
-    from gateway.detect.replay import parse_timestamps, replay_nab, run_series
+    from gateway.replay import parse_timestamps, replay_nab, run_series
 
     if (csv_file is None) == (nab is None):
         raise _fail("give either a CSV file or --nab DIR")

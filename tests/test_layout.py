@@ -21,3 +21,26 @@ def test_every_test_folder_mirrors_a_package() -> None:
         if sub.is_dir() and sub.parent != ROOT / "tests" and not sub.name.startswith((".", "_")):
             rel = sub.relative_to(ROOT / "tests")
             assert (ROOT / rel).is_dir(), f"tests/{rel} has no package {rel}"
+
+
+#: modules that reach files, sockets, processes or the clock; the pure detection package uses none
+_IO_MODULES = {"os", "io", "csv", "json", "pathlib", "socket", "subprocess", "shutil", "tempfile", "time",
+               "threading", "sqlite3", "urllib", "http"}
+
+
+def test_the_detection_package_does_no_io() -> None:
+    """gateway.detect is the pure core of detection: conditions from arrays, alarms from conditions, the
+    state as a document. Reading files (NAB, replays) and writing the state file are the shell's
+    (gateway.nab, gateway.replay, gateway.detection); this fails on an import or an ``open(`` there."""
+    import ast
+
+    found = []
+    for path in sorted((ROOT / "gateway" / "detect").glob("*.py")):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            found += [f"{path.name}: import {n}" for n in names if n.split(".")[0] in _IO_MODULES]
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "open":
+                found.append(f"{path.name}:{node.lineno}: open(")
+    assert found == []

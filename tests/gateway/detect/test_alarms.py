@@ -253,3 +253,25 @@ def test_an_alarm_storm_is_saved_at_most_once_per_interval_and_nothing_is_lost(t
     f(pole="p-3", leakage_current_ma=1.0, dt_ms=1000)  # the next call after the interval saves it
     f.stage.flush()
     assert sorted(x["entity"] for x in json.loads(path.read_text())["alarms"]) == ["p-1", "p-2"]
+
+
+def test_a_state_file_that_cannot_be_written_is_said_counted_and_retried(tmp_path: Path) -> None:
+    """The saver thread must not die on a disk error, nor hide it: the stage keeps detecting, says why
+    (``state_error``: the gateway's ``state_save_failed`` alarm), and the next save after the disk is
+    back writes everything, the alarms raised meanwhile included."""
+    blocker = tmp_path / "state"
+    blocker.write_text("a file where the state folder should be")
+    path = blocker / "d.json"
+    f = Feed(str(path))
+    assert [a["key"] for a in f(pole="p-1", smoke=1.0)] == ["smoke"]
+    f.stage.flush()
+    assert f.stage.state_error is not None and "cannot save alarm state" in f.stage.state_error
+    assert f.stage.counters()["state_save_errors"] >= 1
+    assert [a["key"] for a in f(pole="p-2", smoke=1.0, dt_ms=2000)] == ["smoke"]  # still detecting
+    blocker.unlink()  # the operator frees the disk
+    f(pole="p-3", leakage_current_ma=1.0, dt_ms=2000)
+    f.stage.flush()
+    assert f.stage.state_error is None
+    doc = json.loads(path.read_text())
+    assert sorted(x["entity"] for x in doc["alarms"]) == ["p-1", "p-2"]
+    f.stage.close()

@@ -13,7 +13,7 @@ from typing import Protocol
 
 import numpy as np
 
-from gateway.detect import nab
+from gateway import nab
 from gateway.detect.stream import DetectorParams, StreamDetector
 
 
