@@ -4,9 +4,10 @@ Measures series-updates per second on one core with batches of 100k distinct ser
 with device times so the daily profile is used, as in the gateway) and the detector's state size per
 series, and prints ``detect: updates_s=<n> updates_s_no_t=<n> bytes_per_series=<n>`` (``no_t``: without
 times, i.e. without gap tracking and daily profile); then ``detect_state: poles=<n> active_alarms=<n>
-save_ms=<ms> bytes=<n> alarm_save_ms=<ms> alarm_bytes=<n> snapshot_ms=<ms>``: one save of the whole detection state for a
-10,000-pole fleet, and one without the streaming detector's arrays (see :func:`state_save`; the state file at most once a second after an alarm change, everything every
-30 s), and ``snapshot_ms``, the part the gateway's worker pays (a copy of the detector; a saver thread
+save_ms=<ms> bytes=<n> alarm_save_ms=<ms> alarm_bytes=<n> snapshot_ms=<ms>``: one save of the whole
+detection state for a 10,000-pole fleet, and one without the streaming detector's arrays (see
+:func:`state_save`; the state file at most once a second after an alarm change, everything every 30 s),
+and ``snapshot_ms``, the part the gateway's worker pays (a copy of the detector; a saver thread
 serialises and writes it).
 """
 
@@ -89,7 +90,8 @@ def state_save(poles: int = 10_000, samples: int = 3, repeats: int = 5) -> dict[
         size = sum(f.stat().st_size for f in Path(tmp).iterdir())
         alarms_only = path.stat().st_size
         active = len(stage.active())
-    return {"save_ms": best[True] * 1000.0, "snapshot_ms": snap * 1000.0, "alarm_save_ms": best[False] * 1000.0, "bytes": float(size),
+    return {"save_ms": best[True] * 1000.0, "snapshot_ms": snap * 1000.0, "alarm_save_ms": best[False] * 1000.0,
+            "bytes": float(size),
             "alarm_bytes": float(alarms_only), "poles": float(poles), "active": float(active)}
 
 

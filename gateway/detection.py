@@ -91,6 +91,16 @@ def _atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
         os.close(fd)
 
 
+class _Part:
+    """A read-only view of the attribute of the same name of the stage's detector."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, stage: DetectionStage, owner: type | None = None) -> Any:
+        return getattr(stage.det, self.name)
+
+
 class DetectionStage:
     """Detection for the gateway worker: ``stage(outcome) -> list[Point]``; thread-safe."""
 
@@ -118,38 +128,15 @@ class DetectionStage:
             self._load(self.state_path)
         self._saver = _Saver(self) if (background_save and self.state_path is not None) else None
 
-    # the detector's parts, for tests and tools that look inside
-    @property
-    def state(self) -> Any:
-        return self.det.state
-
-    @property
-    def rules(self) -> Any:
-        return self.det.rules
-
-    @property
-    def spatial(self) -> Any:
-        return self.det.spatial
-
-    @property
-    def stream(self) -> Any:
-        return self.det.stream
-
-    @property
-    def poles(self) -> Any:
-        return self.det.poles
-
-    @property
-    def districts(self) -> Any:
-        return self.det.districts
-
-    @property
-    def trend(self) -> Any:
-        return self.det.trend
-
-    @property
-    def inventory(self) -> Inventory | None:
-        return self.det.inventory  # type: ignore[return-value]
+    # the detector's parts, for tests and tools that look inside (read-only views of ``self.det``)
+    state = _Part()
+    rules = _Part()
+    spatial = _Part()
+    stream = _Part()
+    poles = _Part()
+    districts = _Part()
+    trend = _Part()
+    inventory = _Part()
 
     # --- configuration ----------------------------------------------------------------------------
     def set_pole(self, pole: str, district: str, **attrs: Any) -> None:
