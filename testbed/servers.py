@@ -131,6 +131,9 @@ class _Server:
     """Process lifecycle shared by every server: temp workdir, own process group, readiness poll."""
 
     binary: ClassVar[str]
+    #: how long start() waits for readiness; a server that builds a store first (Prometheus' TSDB, a NATS
+    #: JetStream) sets more: on a loaded 2-core CI runner 10 s was seen to be too little for them
+    ready_timeout_s: ClassVar[float] = READY_TIMEOUT_S
     _live: ClassVar[set[_Server]] = set()
     _live_lock: ClassVar[threading.Lock] = threading.Lock()
 
@@ -179,7 +182,7 @@ class _Server:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # own process group: killpg reaches any child too
             )
-        deadline = time.monotonic() + READY_TIMEOUT_S
+        deadline = time.monotonic() + self.ready_timeout_s
         while True:
             if self._proc.poll() is not None:
                 code = self._proc.returncode
@@ -192,7 +195,7 @@ class _Server:
             if time.monotonic() > deadline:
                 self.kill()
                 raise ServerStartError(
-                    f"{self.binary} not ready on {self.host}:{self.port} within {READY_TIMEOUT_S:.0f} s;"
+                    f"{self.binary} not ready on {self.host}:{self.port} within {self.ready_timeout_s:.0f} s;"
                     f" log tail:\n{self.log_tail()}"
                 )
             time.sleep(0.02)

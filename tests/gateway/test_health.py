@@ -110,6 +110,7 @@ class Prometheus(harness._Server):
     """A real Prometheus 2.x scraping one target every second, TSDB in the workdir."""
 
     binary = "prometheus"
+    ready_timeout_s = 30.0  # TSDB and WAL set up first: slower than the others under load
 
     def __init__(self, target: str) -> None:
         super().__init__()
