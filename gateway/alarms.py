@@ -135,6 +135,9 @@ class AlarmPolicy:
         self._raise_ms = np.array([s.raise_ms for s in self.specs], np.int64)
         self._clear_n = np.array([s.clear_n for s in self.specs], np.int64)
         self._ntiers = np.array([len(s.tiers) for s in self.specs], np.int64)
+        # pend_n < raise_n and clr_n < clear_n always (they reset when they reach it): int8 unless a rule
+        # asks for more than 127 samples
+        self._count_dt = np.int8 if max(max(s.raise_n, s.clear_n) for s in self.specs) <= 127 else np.int32
         self._cap = 0
         self._a: dict[str, np.ndarray] = {}
         self._held: dict[tuple[int, int], tuple[int, int, float, float, float]] = {}
@@ -144,7 +147,7 @@ class AlarmPolicy:
     def _alloc(self, cap: int) -> None:
         k = len(self.specs)
         fresh: dict[str, np.ndarray] = {}
-        for names, dt, fill in ((self._I8, np.int8, 0), (self._I32, np.int32, 0),
+        for names, dt, fill in ((self._I8, np.int8, 0), (self._I32, self._count_dt, 0),
                                 (self._I64, np.int64, NO_TS), (self._F64, np.float64, np.nan)):
             for n in names:
                 fresh[n] = np.full((cap, k), fill, dt)

@@ -72,6 +72,17 @@ def test_same_transitions_active_and_export_as_the_dense_policy(feed: list[list[
 
 
 def test_the_dense_fields_are_gone() -> None:
-    """What the change was for: per (row, rule) cell only level, the two counters and the pending time."""
+    """What the change was for: per (row, rule) cell only level, the two counters (int8 here) and the pending time."""
     p = AlarmPolicy(SPECS, capacity=1024)
-    assert sum(a.nbytes for a in p._a.values()) == 1024 * len(SPECS) * (1 + 4 + 4 + 8)
+    assert sum(a.nbytes for a in p._a.values()) == 1024 * len(SPECS) * (1 + 1 + 1 + 8)
+
+
+def test_counters_reach_a_long_minimum_duration() -> None:
+    """A rule asking for more samples than int8 holds keeps int32 counters and still raises on time."""
+    spec = AlarmSpec("long", "kind_l", None, (Tier("warning", "long"),), raise_n=300, raise_ms=0, clear_n=200)
+    p = AlarmPolicy((spec,))
+    seen = []
+    for i in range(301):
+        seen += p.step(Conditions(np.array([0]), np.array([0]), np.array([1], np.int8), np.array([1], np.int8),
+                                  np.array([1.0]), np.array([np.nan]), np.array([1.0]), np.array([i], np.int64)))
+    assert [t.ts_ms for t in seen] == [299]
