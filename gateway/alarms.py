@@ -18,7 +18,8 @@ whose clear level is not yet reached (``hold``). The policy owns the decision:
   severity, ``raised_at`` kept), critical -> warning de-escalates it; the retained MQTT message of
   the key therefore always shows the alarm's current state.
 
-State is a few ``(entities, rules)`` numpy arrays; only actual state changes become Python objects.
+State is a few ``(entities, rules)`` numpy arrays (level, the two counters, the pending time); only actual
+state changes become Python objects, and the fields of an active alarm live in a dict by (entity, rule).
 """
 
 from __future__ import annotations
