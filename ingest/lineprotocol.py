@@ -37,7 +37,7 @@ def _field(key: str, value: object) -> str | None:
 
 
 _ESCAPED: dict[str, str] = {}  # keys, tag values and measurements recur endlessly: escape each once
-_ORDERS: dict[tuple[str, ...], tuple[tuple[str, str], ...]] = {}  # field-key set -> sorted, escaped
+_ORDERS: dict[tuple[str, ...], tuple[tuple[str, str], ...]] = {}  # field keys -> sorted, escaped "key="
 
 
 def _esc(s: str) -> str:
@@ -49,40 +49,58 @@ def _esc(s: str) -> str:
     return e
 
 
+_PREFIXES: dict[tuple[str, tuple[tuple[str, str], ...]], str] = {}  # series -> "measurement,tag=v,..."
+_MAX_PREFIXES = 200_000  # one per series (pole x measurement), ~190 bytes each with its key; beyond it,
+# prefixes are built each time
+
+
+def _prefix(measurement: str, tags: tuple[tuple[str, str], ...]) -> str:
+    """Built once per series: tag values (pole ids) are escaped here, not kept in ``_ESCAPED`` too."""
+    parts = [measurement.translate(_ESC_MEASUREMENT)]
+    for k, v in tags:
+        if k and v:
+            parts.append(f"{_esc(k)}={v.translate(_ESC_KEY)}")
+    return ",".join(parts)
+
+
 def encode(p: Point) -> str:
     """One point as one line (no trailing newline). Raises ``ValueError`` if no field survives.
 
-    The hot path (the gateway encodes every reading) dispatches on exact types and escapes each
-    distinct key once; anything unusual falls back to the general ``_field``."""
-    parts = [p.measurement.translate(_ESC_MEASUREMENT)]
-    for k, v in p.tags:
-        if k and v:
-            parts.append(f"{_esc(k)}={_esc(v)}")
-    fields = []
+    The hot path (the gateway encodes every reading) builds each series' escaped
+    ``measurement,tags`` prefix once, dispatches on exact types and escapes each distinct key once;
+    anything unusual falls back to the general ``_field``."""
+    series = (p.measurement, p.tags)
+    prefix = _PREFIXES.get(series)
+    if prefix is None:
+        prefix = _prefix(p.measurement, p.tags)
+        if len(_PREFIXES) < _MAX_PREFIXES:
+            _PREFIXES[series] = prefix
+    fields: list[str] = []
+    add = fields.append
     f = p.fields
     keys = tuple(f)
     order = _ORDERS.get(keys)
     if order is None:  # one per sensor kit in practice: sort and escape its keys once
-        order = tuple((k, _esc(k)) for k in sorted(keys))
+        order = tuple((k, _esc(k) + "=") for k in sorted(keys))
         if len(_ORDERS) < 10_000:
             _ORDERS[keys] = order
-    for k, ek in order:
+    for k, eq in order:
         val: Any = f[k]
         t = type(val)
         if t is float:
             if val - val != 0.0:  # NaN or +/-inf: line protocol cannot carry them
                 continue
             r = repr(val)
-            fields.append(f"{ek}={r[:-2] if r.endswith('.0') else r}")
+            add(eq + r[:-2] if r[-2:] == ".0" else eq + r)
         elif t is int:
-            fields.append(f"{ek}={val}i")
+            add(f"{eq}{val}i")
         else:
             one = _field(k, val)
             if one is not None:
-                fields.append(one)
+                add(one)
     if not fields:
         raise ValueError(f"point for {p.measurement!r} has no writable field")
-    return f"{','.join(parts)} {','.join(fields)} {p.ts_ns}"
+    return f"{prefix} {','.join(fields)} {p.ts_ns}"
 
 
 def encode_many(points: Iterable[Point]) -> bytes:

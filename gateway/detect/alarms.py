@@ -18,7 +18,8 @@ whose clear level is not yet reached (``hold``). The policy owns the decision:
   severity, ``raised_at`` kept), critical -> warning de-escalates it; the retained MQTT message of
   the key therefore always shows the alarm's current state.
 
-State is a few ``(entities, rules)`` numpy arrays; only actual state changes become Python objects.
+State is a few ``(entities, rules)`` numpy arrays (level, the two counters, the pending time); only actual
+state changes become Python objects, and the fields of an active alarm live in a dict by (entity, rule).
 """
 
 from __future__ import annotations
@@ -112,8 +113,11 @@ class AlarmPolicy:
 
     _I8 = ("level",)
     _I32 = ("pend_n", "clr_n")
-    _I64 = ("pend_since", "raised_at", "ts")
-    _F64 = ("value", "ref", "score")
+    _I64 = ("pend_since",)
+    _F64: tuple[str, ...] = ()
+    # raised_at, ts, value, ref and score of an *active* alarm only, by (row, spec): written on a state
+    # change, read by active()/export(). Dense (rows, specs) arrays of them were 40 of the 57 bytes a cell
+    # (at 80 rules, 105 MB of 149 MB for 32,768 rows), for the few cells that ever hold an alarm.
 
     def __init__(self, specs: Sequence[AlarmSpec], capacity: int = 64) -> None:
         self.specs = tuple(specs)
@@ -132,15 +136,19 @@ class AlarmPolicy:
         self._raise_ms = np.array([s.raise_ms for s in self.specs], np.int64)
         self._clear_n = np.array([s.clear_n for s in self.specs], np.int64)
         self._ntiers = np.array([len(s.tiers) for s in self.specs], np.int64)
+        # pend_n < raise_n and clr_n < clear_n always (they reset when they reach it): int8 unless a rule
+        # asks for more than 127 samples
+        self._count_dt = np.int8 if max(max(s.raise_n, s.clear_n) for s in self.specs) <= 127 else np.int32
         self._cap = 0
         self._a: dict[str, np.ndarray] = {}
+        self._held: dict[tuple[int, int], tuple[int, int, float, float, float]] = {}
         self._alloc(max(int(capacity), 1))
         self.counts: Counter[str] = Counter()  # "<change>_<kind>", e.g. raised_leakage
 
     def _alloc(self, cap: int) -> None:
         k = len(self.specs)
         fresh: dict[str, np.ndarray] = {}
-        for names, dt, fill in ((self._I8, np.int8, 0), (self._I32, np.int32, 0),
+        for names, dt, fill in ((self._I8, np.int8, 0), (self._I32, self._count_dt, 0),
                                 (self._I64, np.int64, NO_TS), (self._F64, np.float64, np.nan)):
             for n in names:
                 fresh[n] = np.full((cap, k), fill, dt)
@@ -197,20 +205,22 @@ class AlarmPolicy:
         mr, mk, new, old, mts = r[idx], k[idx], g[idx], lvl[idx], ts[idx]
         val, ref, score = c.value[sel][idx], c.ref[sel][idx], c.score[sel][idx]
         a["level"][mr, mk] = new
-        raised_at = np.where(old == 0, mts, a["raised_at"][mr, mk])
-        a["raised_at"][mr, mk] = np.where(new == 0, NO_TS, raised_at)
-        a["ts"][mr, mk] = mts
-        a["value"][mr, mk] = val
-        a["ref"][mr, mk] = ref
-        a["score"][mr, mk] = score
+        held = self._held
         out = []
         for i in range(len(idx)):
             o, n_ = int(old[i]), int(new[i])
+            row, si, t_i = int(mr[i]), int(mk[i]), int(mts[i])
+            v_i, r_i, s_i = float(val[i]), float(ref[i]), float(score[i])
+            key = (row, si)
+            raised_at = t_i if o == 0 else held[key][0]
+            if n_ == 0:
+                held.pop(key, None)
+            else:
+                held[key] = (raised_at, t_i, v_i, r_i, s_i)
             change: Change = ("raised" if o == 0 else "cleared" if n_ == 0 else
                               "escalated" if n_ > o else "deescalated")
-            spec = self.specs[int(mk[i])]
-            out.append(Transition(int(mr[i]), int(mk[i]), spec, change, o, n_, float(val[i]),
-                                  float(ref[i]), float(score[i]), int(mts[i]), int(raised_at[i])))
+            spec = self.specs[si]
+            out.append(Transition(row, si, spec, change, o, n_, v_i, r_i, s_i, t_i, raised_at))
             self.counts[f"{change}_{spec.kind}"] += 1
         return out
 
@@ -237,10 +247,11 @@ class AlarmPolicy:
     def active(self) -> list[ActiveAlarm]:
         a = self._a
         rr, kk = np.nonzero(a["level"][: self._cap] > 0)
-        return [ActiveAlarm(int(r), int(k), self.specs[int(k)], int(a["level"][r, k]),
-                            float(a["value"][r, k]), float(a["ref"][r, k]), float(a["score"][r, k]),
-                            int(a["ts"][r, k]), int(a["raised_at"][r, k]))
-                for r, k in zip(rr, kk, strict=True)]
+        out = []
+        for r, k in zip(rr.tolist(), kk.tolist(), strict=True):
+            raised_at, ts, value, ref, score = self._held[(r, k)]
+            out.append(ActiveAlarm(r, k, self.specs[k], int(a["level"][r, k]), value, ref, score, ts, raised_at))
+        return out
 
     def level(self, row: int, key: str) -> int:
         k = self._by_key[key]
@@ -267,11 +278,8 @@ class AlarmPolicy:
             self.ensure(r + 1)
             a = self._a  # ensure() may have grown (replaced) the arrays
             a["level"][r, k] = max(1, min(int(e["level"]), len(self.specs[k].tiers)))
-            a["raised_at"][r, k] = int(e["raised_at"])
-            a["ts"][r, k] = int(e["ts"])
-            for f in ("value", "ref", "score"):
-                v = e.get(f)
-                a[f][r, k] = np.nan if v is None else float(v)
+            value, ref, score = (np.nan if (v := e.get(f)) is None else float(v) for f in ("value", "ref", "score"))
+            self._held[(r, k)] = (int(e["raised_at"]), int(e["ts"]), value, ref, score)
             n += 1
         return n
 

@@ -140,7 +140,10 @@ class Detector:
         self.state = FleetState()
         self.rules = Rules(self.state, rule_params)
         self.spatial = Spatial(self.state, spatial) if spatial is not None else None
-        self.stream = _StreamDetector() if (stream and _StreamDetector is not None) else None
+        # series = row * N_METRICS + col: slots sized in step with the fleet rows, so both double together
+        # (from 1,024 slots they doubled past them: 1,048,576 for 32,768 rows, 688,128 needed)
+        self.stream = (_StreamDetector(capacity=N_METRICS * self.state.capacity)
+                       if (stream and _StreamDetector is not None) else None)
         specs: list[AlarmSpec] = list(self.rules.specs)
         self._spatial_off = len(specs)
         if self.spatial is not None:

@@ -74,17 +74,36 @@ class Batch:
         n = len(readings)
         if n == 0:
             return Batch.empty()
-        mat = np.full((n, N_METRICS), np.nan)
         ts = np.empty(n, np.int64)
         rows = np.empty(n, np.int64)
+        vals: list[float] = []
+        col_parts: list[np.ndarray] = []
+        lens: list[int] = []
+        # one entry per key order (a sensor kit): its catalog columns, and which values to keep (None: all)
+        kits: dict[tuple[str, ...], tuple[np.ndarray, list[int] | None]] = {}
         row_of = state.row
         for i, r in enumerate(readings):
             rows[i] = row_of(r.pole, r.district)
             ts[i] = r.ts_ms
-            for name, v in r.values.items():
-                c = INDEX.get(name)
-                if c is not None:
-                    mat[i, c] = v
+            vs = r.values
+            names = tuple(vs)
+            kit = kits.get(names)
+            if kit is None:
+                cols = [INDEX.get(k) for k in names]
+                kept = [j for j, c in enumerate(cols) if c is not None]
+                kit = kits[names] = (np.array([cols[j] for j in kept], np.int64),
+                                     None if len(kept) == len(cols) else kept)
+            cols_arr, keep = kit
+            if keep is None:
+                vals.extend(vs.values())
+            else:
+                every = list(vs.values())
+                vals.extend([every[j] for j in keep])
+            col_parts.append(cols_arr)
+            lens.append(len(cols_arr))
+        mat = np.full((n, N_METRICS), np.nan)
+        if vals:  # one scatter instead of a numpy item assignment per value
+            mat[np.repeat(np.arange(n), lens), np.concatenate(col_parts)] = vals
         return Batch(rows, ts, mat)
 
     def take(self, sel: np.ndarray) -> Batch:
