@@ -82,6 +82,7 @@ class DetectorParams:
     out_scale: float = 7.0  # score = 1 - exp(-E / out_scale)
     gap_factor: float = 4.0  # a step longer than gap_factor * typical step is a gap
     n_season: int = 24  # bins of a daily profile (0 = none); used when t (seconds) is given
+    weekend: bool = True  # Saturdays and Sundays (UTC) learn a daily profile of their own
     a_season: float = 0.05  # EW rate of a bin (per visit of that bin)
     a_season_warm: float = 0.125  # faster while the series warms up
     season_s: float = 86_400.0
@@ -89,7 +90,7 @@ class DetectorParams:
 
 _F32_FIELDS = (
     "x_prev", "level", "spread", "dt", "sm", "sm2", "vol", "hi", "lo", "hi_s", "lo_s", "hi_s2", "lo_s2",
-    "hi_v", "lo_v", "hi_j", "peak", "since", "run", "p_eq", "hi_d", "lo_d", "since_strong",
+    "hi_v", "lo_v", "hi_j", "peak", "since", "run", "p_eq", "hi_d", "lo_d", "since_strong", "season_scale",
 )  # fmt: skip
 
 
@@ -103,8 +104,11 @@ class StreamDetector:
 
     def __init__(self, params: DetectorParams | None = None, capacity: int = 1024) -> None:
         self.params = params or DetectorParams()
-        self._nb = max(self.params.n_season, 1)
-        self._width = _P0 + self._nb + (_P0 + self._nb) % 2  # even: the float64 t_prev stays 8-aligned
+        p = self.params
+        self._nb = max(p.n_season, 1) * (2 if p.weekend and p.n_season else 1)  # profile bins
+        self._pdt = np.dtype(PROFILE_DTYPE)
+        cells = -(-self._nb * self._pdt.itemsize // 4)
+        self._width = _P0 + cells + (_P0 + cells) % 2  # even: the float64 t_prev stays 8-aligned
         self._cap = 0
         self._alloc(max(int(capacity), 1))
 
@@ -115,6 +119,7 @@ class StreamDetector:
     def _alloc(self, cap: int) -> None:
         s = np.zeros((cap, self._width), F32)
         _t_prev(s)[:] = np.nan
+        self._prof(s)[:] = np.nan  # a bin never visited
         if self._cap:
             s[: self._cap] = self._s
         self._set(s)
@@ -125,7 +130,8 @@ class StreamDetector:
         self._rows = self._s.view(np.dtype((np.void, self._width * 4))).reshape(-1)
 
     def _prof(self, s: np.ndarray) -> np.ndarray:
-        return s[:, _P0 : _P0 + self._nb]
+        """The rows' profile bins (PROFILE_DTYPE, in units of the row's season_scale; NaN: never visited)."""
+        return s[:, _P0:].view(self._pdt)[:, : self._nb]
 
     @property
     def capacity(self) -> int:
@@ -141,7 +147,8 @@ class StreamDetector:
     def state_dict(self) -> dict[str, np.ndarray]:
         s = self._s
         out: dict[str, np.ndarray] = {k: s[:, _F0 + j].copy() for j, k in enumerate(_F32_FIELDS)}
-        out["n"], out["t_prev"], out["season"] = _n(s).copy(), _t_prev(s).copy(), self._prof(s).copy()
+        out["n"], out["t_prev"] = _n(s).copy(), _t_prev(s).copy()
+        out["season"] = self._prof(s).astype(F32) * _scale(s[:, _COL["season_scale"]])[:, None]  # value units
         out["params"] = np.array(repr(sorted(asdict(self.params).items())))
         return out
 
@@ -156,7 +163,9 @@ class StreamDetector:
         _n(s)[:] = np.asarray(state["n"], np.int32)
         _t_prev(s)[:] = np.asarray(state["t_prev"], np.float64)
         if "season" in state:
-            self._prof(s)[:] = np.asarray(state["season"], F32)
+            self._prof(s)[:] = np.asarray(state["season"], F32) / _scale(s[:, _COL["season_scale"]])[:, None]
+        else:
+            self._prof(s)[:] = np.nan
         self._set(s)
 
     @property
@@ -239,9 +248,26 @@ class StreamDetector:
             hf *= p.n_season / p.season_s
             h = hf.astype(np.int64)
             np.clip(h, 0, p.n_season - 1, out=h)
-            flat = np.arange(_P0, len(idx) * self._width, self._width)  # the bin's cell in the block
+            if p.weekend:  # 1970-01-01 was a Thursday: Saturday and Sunday are days 5 and 6 from a Monday
+                h += p.n_season * (_mod(tt + 3.0 * p.season_s, 7.0 * p.season_s) >= 5.0 * p.season_s)
+            per_row = self._width * 4 // self._pdt.itemsize
+            flat = np.arange(_P0 * 4 // self._pdt.itemsize, len(idx) * per_row, per_row)  # the bin in the block
             flat += h
-            seas = np.take(block.reshape(-1), flat)
+            pflat = block.reshape(-1).view(self._pdt)
+            scale = _scale(g["season_scale"])
+            if kf is not None:  # a new series: bins up to ~|x| fit its first scale
+                scale[kf] = _first_scale(x_raw[kf])
+            seas = np.take(pflat, flat).astype(F32)
+            unseen = np.isnan(seas)
+            if unseen.any():  # a bin's first visit: start from the same hour of the other kind of day, or 0
+                u_rows = np.flatnonzero(unseen)
+                if p.weekend:
+                    other = h[u_rows] + np.where(h[u_rows] >= p.n_season, -p.n_season, p.n_season)
+                    seas[u_rows] = np.take(pflat, flat[u_rows] - h[u_rows] + other)
+                    seas[u_rows[np.isnan(seas[u_rows])]] = 0
+                else:
+                    seas[u_rows] = 0
+            seas *= scale
             x = x - seas
         eps = np.abs(level)  # eps = 1e-6 * (|level| + 1e-3)
         eps += F32(1e-3)
@@ -384,7 +410,18 @@ class StreamDetector:
             rate = F32(p.a_season) if warm is None else np.where(warm, F32(p.a_season), F32(p.a_season_warm))
             dev *= rate
             dev += seas
-            np.put(block.reshape(-1), flat, dev)
+            dev /= scale
+            big = np.abs(dev).max() > _PROF_MAX
+            if big:  # rows whose bin outgrows the profile's range: a coarser scale for the whole row
+                r = np.flatnonzero(np.abs(dev) > _PROF_MAX)
+                k = np.ceil(np.log2(np.abs(dev[r]) / F32(_PROF_MAX)))
+                f = np.ldexp(F32(1), k.astype(np.int32)).astype(F32)
+                dev[r] /= f
+                scale[r] *= f
+                prof = self._prof(block)
+                prof[r] = prof[r].astype(F32) / f[:, None]
+            np.put(pflat, flat, dev)
+            g["season_scale"][:] = scale
         dx = x - level  # level + a * (clip(x, level - c sp, level + c sp) - level)
         xw = np.maximum(x, level - csp)
         np.minimum(xw, level + csp, out=xw)
@@ -434,9 +471,26 @@ class StreamDetector:
         return gap_w
 
 
+#: Storage of the daily profile's bins (float16: half the bytes, 11 significant bits, in units of a per-row
+#: power-of-two scale that grows when a bin would leave the range).
+PROFILE_DTYPE = np.float16
+_PROF_MAX = 16_384.0
+_SCALE0 = F32(2.0**-60)  # a row's first scale (0 in a fresh row: read as this)
+
 _F0 = 3  # the first of the _F32_FIELDS' cells in a row
 _P0 = _F0 + len(_F32_FIELDS)  # the first profile cell
 _COL = {k: _F0 + j for j, k in enumerate(_F32_FIELDS)}
+
+
+def _first_scale(x: np.ndarray) -> np.ndarray:
+    """The power of two that puts ``|x|`` (at least 1e-30) at _PROF_MAX / 2 units."""
+    e = np.ceil(np.log2(np.maximum(np.abs(x), F32(1e-30)) / F32(_PROF_MAX / 2))).astype(np.int32)
+    return np.ldexp(F32(1), e).astype(F32)
+
+
+def _scale(col: np.ndarray) -> np.ndarray:
+    """A row's profile scale (a fresh row's 0 reads as the first scale)."""
+    return np.maximum(col, _SCALE0)
 
 
 def _t_prev(s: np.ndarray) -> np.ndarray:

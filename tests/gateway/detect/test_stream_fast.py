@@ -19,14 +19,15 @@ F32 = np.float32
 
 class Plain:
     """The detector's formulas written plainly (every mask a ``where`` on every row, rates always per series,
-    ``np.mod``, one array per field): the reference the fast ``StreamDetector._step`` must match bit for bit."""
+    ``np.mod``, one array per field, the profile a float16 array beside a scale per series): the reference
+    the fast ``StreamDetector._step`` must match bit for bit."""
 
     def __init__(self, params: DetectorParams, cap: int) -> None:
         self.p = params
         self.s = {k: np.zeros(cap, F32) for k in _F32_FIELDS}
         self.n = np.zeros(cap, np.int32)
         self.t_prev = np.full(cap, np.nan)
-        self.prof = np.zeros((cap, params.n_season), F32)
+        self.prof = np.full((cap, 2 * params.n_season), np.nan, np.float16)  # weekdays, then weekends
 
     def update(self, idx: np.ndarray, x: np.ndarray, t: np.ndarray) -> np.ndarray:  # distinct idx
         out = np.full(len(idx), np.nan)
@@ -50,8 +51,13 @@ class Plain:
         g["dt"] = np.where(has, np.where(typ > 0, typ + F32(0.05) * (np.minimum(dt, 3 * typ) - typ), dt), typ)
         self.t_prev[idx] = t
         x_raw = x
-        h = np.clip((np.mod(t, p.season_s) * (p.n_season / p.season_s)).astype(np.int64), 0, p.n_season - 1)
-        seas = self.prof[idx, h]
+        day, ns = p.season_s, p.n_season
+        h = np.clip((np.mod(t, day) * (ns / day)).astype(np.int64), 0, ns - 1)
+        h = h + ns * (np.mod(t + 3 * day, 7 * day) >= 5 * day)  # the epoch was a Thursday
+        first_scale = np.ldexp(F32(1), np.ceil(np.log2(np.maximum(np.abs(x), F32(1e-30)) / F32(8192))).astype(int))
+        scale = np.where(first, first_scale.astype(F32), np.maximum(g["season_scale"], F32(2.0**-60)))
+        own, other = self.prof[idx, h].astype(F32), self.prof[idx, (h + ns) % (2 * ns)].astype(F32)
+        seas = np.where(np.isnan(own), np.where(np.isnan(other), 0, other), own) * scale
         x = x - seas
         eps = F32(1e-6) * (np.abs(level) + F32(1e-3))
         sp = np.maximum(g["spread"], eps)
@@ -100,9 +106,16 @@ class Plain:
         c = F32(p.clip)
         xw = np.clip(x, level - c * sp, level + c * sp)
         dev = np.clip(x_raw - level, -c * sp, c * sp)
-        self.prof[idx, h] = seas + np.where(warm, F32(p.a_season), F32(p.a_season_warm)) * (dev - seas)
+        new_bin = (seas + np.where(warm, F32(p.a_season), F32(p.a_season_warm)) * (dev - seas)) / scale
+        big = np.abs(new_bin) > 16_384
+        k = np.ceil(np.log2(np.where(big, np.abs(new_bin), 16_384) / 16_384)).astype(int)
+        f = np.where(big, np.ldexp(F32(1), k), 1)
+        f = f.astype(F32)
+        self.prof[idx] = self.prof[idx].astype(F32) / f[:, None]
+        self.prof[idx, h] = new_bin / f
+        g["season_scale"] = scale * f
         new.update(
-            x_prev=x_raw, dt=g["dt"], sm=sm, sm2=sm2, vol=vol,
+            x_prev=x_raw, dt=g["dt"], sm=sm, sm2=sm2, vol=vol, season_scale=g["season_scale"],
             level=np.where(first, x, level + a * (xw - level)),
             spread=np.where(first, 0, g["spread"] + a * (np.minimum(np.abs(x - level), c * sp) - g["spread"])),
             peak=np.where(warm, np.maximum(peak, ev), 0),
@@ -124,15 +137,16 @@ def _feed(det: StreamDetector, data: np.ndarray, t: np.ndarray, order: np.ndarra
     return out
 
 
-def _city(n_series: int, steps: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def _city(n_series: int, steps: int, seed: int, start: float = 1_705_334_400.0) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     base = rng.normal(50.0, 20.0, (n_series, 1))
+    base[1::17] = 0.0  # around 0: the profile's first scale is far too fine and must grow
     day = 5.0 * np.sin(np.arange(steps) * 2 * np.pi / 288)[None, :]
     data = base + day + rng.normal(0.0, 1.0, (n_series, steps))
     data[::7, steps // 2 :] = 3.0  # stuck sensors
     data[3::11, steps // 3] += 60.0  # spikes
     data[5::13, 20:25] = np.nan
-    t = 1_705_334_400.0 + 300.0 * np.arange(steps)[None, :] + rng.uniform(0, 2, (n_series, 1))
+    t = start + 300.0 * np.arange(steps)[None, :] + rng.uniform(0, 2, (n_series, 1))
     t[::9, steps // 4 :] += 7_200.0  # a two-hour gap
     return data, t
 
@@ -143,8 +157,8 @@ def test_fast_step_equals_the_plain_formulas(monkeypatch: pytest.MonkeyPatch, ch
     field bit for bit those of :class:`Plain`."""
     monkeypatch.setattr(stream, "CHUNK", chunk)
     params = DetectorParams(warmup=20, n_conf=100.0)
-    data, t = _city(300, 700, seed=5)
-    starts = np.random.default_rng(6).choice([0, 0, 0, 150, 600], 300)  # some series join late
+    data, t = _city(300, 1200, seed=5, start=1_705_680_000.0)  # from a Friday 16:00 UTC into the weekend
+    starts = np.random.default_rng(6).choice([0, 0, 0, 150, 600, 1000], 300)  # some series join late
     fast, plain = StreamDetector(params, capacity=300), Plain(params, 300)
     rng = np.random.default_rng(7)
     a, b = np.full_like(data, np.nan), np.full_like(data, np.nan)
@@ -157,7 +171,8 @@ def test_fast_step_equals_the_plain_formulas(monkeypatch: pytest.MonkeyPatch, ch
     for key in _F32_FIELDS:
         np.testing.assert_array_equal(state[key], plain.s[key], err_msg=key)
     np.testing.assert_array_equal(state["n"], plain.n)
-    np.testing.assert_array_equal(state["season"], plain.prof)
+    np.testing.assert_array_equal(state["season"], plain.prof.astype(F32) * np.maximum(plain.s["season_scale"],
+                                  F32(2.0**-60))[:, None])
     assert np.nanmax(a) > 0.9998 and (a[:, 200:] >= 0.48).mean() < 0.05  # alarms happen, and are rare
 
 
@@ -194,13 +209,13 @@ def test_state_round_trips_through_the_row_layout() -> None:
     _feed(det, data[:, :60], t[:, :60])
     saved = det.state_dict()
     assert saved["n"].dtype == np.int32 and saved["t_prev"].dtype == np.float64
-    assert saved["season"].shape == (det.capacity, 24) and np.abs(saved["season"][:40]).max() > 0
+    assert saved["season"].shape == (det.capacity, 48) and np.nanmax(np.abs(saved["season"][:40])) > 0
     np.testing.assert_array_equal(saved["t_prev"][:40], t[:, 59])
     again = StreamDetector(DetectorParams(warmup=10), capacity=1)
     again.load_state_dict(saved)
     a, b = _feed(det, data[:, 60:], t[:, 60:]), _feed(again, data[:, 60:], t[:, 60:])
     np.testing.assert_array_equal(a, b)
-    assert det.bytes_per_series() == 200
+    assert det.bytes_per_series() == 208
 
 
 @settings(max_examples=300, deadline=None)
@@ -220,3 +235,34 @@ def test_mod_corrects_a_floor_that_rounds_down() -> None:
     tt = np.array([below, 65_000.0, 1_705_334_400.0])
     np.testing.assert_array_equal(_mod(tt, 300.0), np.mod(tt, 300.0))
     assert 299.9 < _mod(tt, 300.0)[0] < 300.0
+
+
+def _office(weeks: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A load with office hours on weekdays only (5-minute samples from a Monday 16:00 UTC)."""
+    t = 1_705_334_400.0 + 300.0 * np.arange(int(288 * 7 * weeks))
+    hour = np.mod(t, 86_400.0) / 3_600.0
+    weekend = np.mod(t + 3 * 86_400.0, 7 * 86_400.0) >= 5 * 86_400.0
+    x = 20.0 + np.where((hour >= 8) & (hour < 18) & ~weekend, 60.0, 0.0)
+    return x + np.random.default_rng(seed).normal(0.0, 2.0, len(t)), t, weekend
+
+
+def test_weekends_learn_a_daily_profile_of_their_own() -> None:
+    x, t, _ = _office(weeks=3)
+    det = StreamDetector(DetectorParams(), capacity=1)
+    for k in range(len(x)):
+        det.update(np.array([0]), x[k : k + 1], t[k : k + 1])
+    season = det.state_dict()["season"][0]
+    weekday_noon, weekend_noon = season[12], season[24 + 12]
+    assert weekday_noon - weekend_noon > 30.0  # office hours on weekdays only
+    assert abs(season[3] - season[24 + 3]) < 5.0  # the same night on both
+
+
+def test_a_first_weekend_starts_from_the_weekday_profile() -> None:
+    x, t, weekend = _office(weeks=1)
+    first_sat = int(np.flatnonzero(weekend)[0])  # Saturday 00:00
+    det = StreamDetector(DetectorParams(), capacity=1)
+    for k in range(first_sat + 1):
+        det.update(np.array([0]), x[k : k + 1], t[k : k + 1])
+    season = det.state_dict()["season"][0]
+    assert np.isnan(season[24 + 1 :]).all()  # the other weekend hours: never visited yet
+    assert abs(season[24] - season[0]) < 0.2 * abs(season[0]) + 0.5  # midnight: began at the weekday's value
