@@ -1,12 +1,16 @@
 """Vectorised streaming anomaly detector for many series at once (pure numpy).
 
-Every series (pole x metric) owns one slot in a set of preallocated numpy arrays; ``update`` takes a batch
+Every series (pole x metric) owns one row of a preallocated numpy array; ``update`` takes a batch
 of ``(series_idx, value[, t])`` (``t`` in seconds since the epoch) and returns one score per input in
 [0, 1], NaN while the series is still warming up or when the input value is NaN.
 
-With ``t`` given, every series also learns a **daily profile**: ``n_season`` (24) hourly bins, each an EW
-mean of the winsorised offset of the value from the slow level; the smoothed views below judge the value
-minus its hour's offset, so a daily rhythm (rush hours, office hours, the tweet cycle) is not an anomaly.
+With ``t`` given, every series also learns a **daily profile**: ``n_season`` (24) hourly bins, and as many
+again for Saturdays and Sundays (UTC; ``weekend``), each an EW mean of the winsorised offset of the value
+from the slow level; the smoothed views below judge the value minus its hour's offset, so a daily or weekly
+rhythm (rush hours, office hours, the tweet cycle) is not an anomaly. A bin's first visit starts from the
+same hour of the other kind of day (a first weekend is judged against the weekdays' rhythm, not none). The
+bins are float16 (11 significant bits, as many bytes as 24 float32 bins) in units of a per-series power of
+two that grows when a bin would leave float16's range.
 
 The raw signal is **range novelty in several views** (the "has this series ever looked like this?" question
 that CAD OSE / KNN-CAD ask with their context sketches, here with two floats per view):
@@ -114,7 +118,7 @@ class StreamDetector:
 
     # ------------------------------------------------------------------ state
     # A row: t_prev (float64, in cells 0-1), n (int32, cell 2), the _F32_FIELDS (cells 3..), the daily profile
-    # (n_season float32 cells from _P0), padding to an even width. One series' state is one row, so an update
+    # (PROFILE_DTYPE bins from cell _P0), padding to an even width. One series' state is one row, so an update
     # moves one gather and one scatter of rows, and the profile bin it needs is already in that row.
     def _alloc(self, cap: int) -> None:
         s = np.zeros((cap, self._width), F32)
