@@ -149,10 +149,12 @@ class StreamDetector:
             self._alloc(cap)
 
     def state_dict(self) -> dict[str, np.ndarray]:
+        """Copies of every per-series array (the fields, ``n``, ``t_prev``, ``season``: the profile bins as
+        stored, float16 in units of ``season_scale``, NaN for a bin never visited) and the parameters."""
         s = self._s
         out: dict[str, np.ndarray] = {k: s[:, _F0 + j].copy() for j, k in enumerate(_F32_FIELDS)}
         out["n"], out["t_prev"] = _n(s).copy(), _t_prev(s).copy()
-        out["season"] = self._prof(s).astype(F32) * _scale(s[:, _COL["season_scale"]])[:, None]  # value units
+        out["season"] = self._prof(s).copy()  # as stored: PROFILE_DTYPE, in units of the row's season_scale
         out["params"] = np.array(repr(sorted(asdict(self.params).items())))
         return out
 
@@ -167,7 +169,7 @@ class StreamDetector:
         _n(s)[:] = np.asarray(state["n"], np.int32)
         _t_prev(s)[:] = np.asarray(state["t_prev"], np.float64)
         if "season" in state:
-            self._prof(s)[:] = np.asarray(state["season"], F32) / _scale(s[:, _COL["season_scale"]])[:, None]
+            self._prof(s)[:] = np.asarray(state["season"], self._pdt)
         else:
             self._prof(s)[:] = np.nan
         self._set(s)
