@@ -118,6 +118,17 @@ class SpatialParams:
     drift_k: float = 6.0  # ... and this many times its usual wander
     drift_clear: float = 0.6  # clears below this share of the trigger
     drift_persist_ms: int = 30 * 60_000
+    # sensor_drift, second test: a two-sided CUSUM of the pole's place against its usual place (z units per
+    # reading of ``cusum_unit_ms``); it sees a steady walk long before the short mean has moved drift_z
+    # drift channels that run the CUSUM: the safety channels and the reference of a physics channel
+    cusum_metrics: tuple[str, ...] = (*SAFETY_DRIFT_METRICS, "ambient_temp_c")
+    cusum_k: float = 1.25  # allowance: a place this far from the usual one accumulates nothing
+    cusum_h: float = 12.0  # decision level (z x readings)
+    cusum_sd_min: float = 0.6  # the pole's own spread (in district spreads) is taken as at least this
+    cusum_clip: float = 4.0  # one reading adds at most this (a transient is not a drift)
+    cusum_unit_ms: float = 5 * 60_000  # the weight of one reading (readings arrive every 5 minutes)
+    cusum_learn_ms: float = 2 * HOUR_MS  # the CUSUM judges once the usual place has this much data
+    cusum_hold: float = 0.25  # the usual place stops learning while the CUSUM is above this share of h
     suspect_own_place: bool = True  # sensor_suspect relative to the pole's learned usual place
     drift_lag_ms: int = 60_000  # drift judges a pole whose reading is at most this much older than its peers'
     drift_gap_max: float = 20.0  # |reading - short mean| in district spreads beyond which it is no drift
@@ -174,6 +185,7 @@ class Spatial:
                                       m.signal.noise if m.name in SAFETY_DRIFT_METRICS else floor_of(m)
                                       for m in self.drift])
         self._drift_down = [m.name in self.params.drift_down_only for m in self.drift]
+        self._cusum = [m.name in self.params.cusum_metrics for m in self.drift]
         # sensor_suspect of a metric that drift also follows: a pole that always stands apart (a
         # busy road, a shaded corner) is judged against its own usual place, not the district median
         dnames = [m.name for m in self.drift]
@@ -209,7 +221,8 @@ class Spatial:
         kd = max(len(self.drift), 1)
         for name, fill, dt in (("sp_dz", np.nan, np.float64), ("sp_du", np.nan, np.float64),
                                ("sp_dw", 0.0, np.float64), ("sp_dlearn", 0.0, np.float64),
-                               ("sp_dt", NO_TS, np.int64)):
+                               ("sp_dt", NO_TS, np.int64), ("sp_dch", 0.0, np.float64),
+                               ("sp_dcl", 0.0, np.float64), ("sp_dn", np.nan, np.float64)):
             state.alloc(name, dt, fill, (kd,))
         self._d_cap = 0
         self._ref_bad: np.ndarray | None = None
@@ -261,6 +274,8 @@ class Spatial:
             if drifting is not None:
                 f = f & ~drifting[: st.n]
             st.a["sp_dz"][: st.n][f] = st.a["sp_du"][: st.n][f]
+            st.a["sp_dch"][: st.n][f] = 0.0
+            st.a["sp_dcl"][: st.n][f] = 0.0
         n_d = len(st.districts)
         self._grow(n_d)
         district = st.a["district"][: st.n].astype(np.int64)
@@ -345,7 +360,8 @@ class Spatial:
         j, a, p = names.index(name), self.state.a, self.params
         dev = a["sp_dz"][:n, j] - a["sp_du"][:n, j]
         thr = np.maximum(p.drift_z, p.drift_k * 1.2533 * a["sp_dw"][:n, j])
-        return np.nan_to_num(np.abs(dev) / thr) >= 0.5
+        cusum = np.maximum(a["sp_dch"][:n, j], a["sp_dcl"][:n, j]) / p.cusum_h
+        return (np.nan_to_num(np.abs(dev) / thr) >= 0.5) | (cusum >= 0.5)
 
     def _spread(self, v: np.ndarray, fresh: np.ndarray, floor: float, district: np.ndarray, n_d: int
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -374,28 +390,47 @@ class Spatial:
         thr = np.maximum(p.drift_z, p.drift_k * 1.2533 * wander)
         dev = zs - np.where(np.isnan(zu), zs, zu)
         u = np.abs(dev) / thr  # in units of the trigger
-        # the usual place: running mean while learning, then a very slow EW that stops while drifting
-        learn = ~ready | (u < 0.5)
+        # the CUSUM of the place against the usual place, once that has cusum_learn_ms of data
+        judged = learned >= (min(p.cusum_learn_ms, p.drift_learn_ms) if self._cusum[j] else p.drift_learn_ms)
+        # in units of the pole's own reading-to-reading spread around its usual place (some poles read noisier)
+        resid = z - np.where(np.isnan(zu), z, zu)
+        zn = a["sp_dn"][rows, j]
+        sd = np.maximum(1.2533 * np.nan_to_num(zn, nan=1.0), p.cusum_sd_min)
+        r = np.clip(resid / sd, -p.cusum_clip, p.cusum_clip)
+        w = np.minimum(dt, p.window_ms) / p.cusum_unit_ms * self._cusum[j]
+        ch = np.where(judged, np.maximum(a["sp_dch"][rows, j] + w * (r - p.cusum_k), 0.0), 0.0)
+        cl = np.where(judged, np.maximum(a["sp_dcl"][rows, j] + w * (-r - p.cusum_k), 0.0), 0.0)
+        c_up, c_down = ch / p.cusum_h, cl / p.cusum_h
+        # the usual place: running mean while learning, then a very slow EW; neither while drifting
+        learn = (~ready | (u < 0.5)) & (np.maximum(c_up, c_down) < p.cusum_hold)
         w_new = learned + dt
         a_u = np.where(ready, _gain(dt, p.drift_usual_tau_ms), np.where(w_new > 0, dt / np.maximum(w_new, 1.0), 1.0))
-        zu_new = np.where(np.isnan(zu), zs, zu + np.where(learn, a_u, 0.0) * (zs - np.where(np.isnan(zu), 0.0, zu)))
+        # (learned from the reading's place itself: the short mean starts from one reading and would carry it)
+        zu_new = np.where(np.isnan(zu), z, zu + np.where(learn, a_u, 0.0) * (z - np.where(np.isnan(zu), 0.0, zu)))
         wander_new = np.where(learn & ~np.isnan(zu), wander + a_u * (np.minimum(np.abs(dev), p.drift_z) - wander),
                               wander)
         a["sp_dz"][rows, j], a["sp_du"][rows, j], a["sp_dw"][rows, j] = zs, zu_new, wander_new
+        a["sp_dch"][rows, j], a["sp_dcl"][rows, j] = ch, cl
+        zn0 = np.nan_to_num(zn)
+        a_n = np.where(np.isnan(zn), 1.0, a_u)
+        a["sp_dn"][rows, j] = np.where(learn & ~np.isnan(zu), zn0 + a_n * (np.abs(resid) - zn0), zn)
         a["sp_dlearn"][rows, j] = np.minimum(w_new, p.drift_learn_ms)
         a["sp_dt"][rows, j] = now_ms
-        r = rows[ready]
-        # a safety channel is called drifting only downwards: a reading drifting low hides the hazard
-        # (an overheat, a leak); one drifting high cannot, and a real rise is the hazard rules' to judge
-        uu = (np.maximum(-dev, 0.0) / thr if self._drift_down[j] else u)[ready]
+        r_ok = rows[judged]
+        # a channel in drift_down_only is called drifting only when it reads low
+        if self._drift_down[j]:
+            ew, cs = np.maximum(-dev, 0.0) / thr, c_down
+        else:
+            ew, cs = u, np.maximum(c_up, c_down)
+        uu = np.maximum(np.where(ready, ew, 0.0), cs)[judged]
         trig, hold = levels(uu, ">=", (1.0,), (p.drift_clear,))
         # a drift is slow: a reading running ahead of its own short mean by more than drift_gap_max spreads
         # (a rise of more than drift_gap_max / drift_tau per hour) is a real event rising (an overheat ramp,
         # a flood) or falling back, not a sensor; it triggers nothing
-        gap = np.abs(z - zs)[ready]
+        gap = np.abs(z - zs)[judged]
         trig[gap > p.drift_gap_max] = 0
-        k = len(r)
-        return Conditions(r, np.full(k, self.DRIFT + j, np.int64), trig, hold, zs[ready], zu[ready],
+        k = len(r_ok)
+        return Conditions(r_ok, np.full(k, self.DRIFT + j, np.int64), trig, hold, zs[judged], zu[judged],
                           1.0 - np.exp(-uu), np.full(k, now_ms, np.int64))
 
     def _district(self, j: int, ds: np.ndarray, med: np.ndarray, now_ms: int) -> Conditions:
@@ -463,7 +498,8 @@ class Spatial:
                     out.append({"pole": pole, "district": self.state.pole_district[r], "metric": m.name,
                                 "drift": [float(a["sp_dz"][r, j]), float(a["sp_du"][r, j]),
                                           float(a["sp_dw"][r, j]), float(a["sp_dlearn"][r, j]),
-                                          int(a["sp_dt"][r, j])]})
+                                          int(a["sp_dt"][r, j]), float(a["sp_dch"][r, j]),
+                                          float(a["sp_dcl"][r, j]), float(a["sp_dn"][r, j])]})
         return out
 
     def restore(self, entries: Sequence[dict[str, Any]]) -> None:
@@ -477,7 +513,9 @@ class Spatial:
                 if jd is None:
                     continue
                 r = self.state.row(str(e["pole"]), str(e["district"]))
-                zs, zu, w, learned, t = e["drift"]
+                zs, zu, w, learned, t, *cusum = e["drift"]  # state saved before the CUSUM has 5 values
+                ch, cl, zn = (float(x) for x in cusum) if len(cusum) == 3 else (0.0, 0.0, float("nan"))
+                a["sp_dch"][r, jd], a["sp_dcl"][r, jd], a["sp_dn"][r, jd] = ch, cl, zn
                 a["sp_dz"][r, jd], a["sp_du"][r, jd], a["sp_dw"][r, jd] = float(zs), float(zu), float(w)
                 a["sp_dlearn"][r, jd], a["sp_dt"][r, jd] = float(learned), int(t)
                 continue
