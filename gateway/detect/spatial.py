@@ -38,7 +38,8 @@ NO2, air temperature, humidity); noise and light are local by nature and are lef
 judged on every float metric whose pole-to-pole differences are stable (not the lamp's schedule-driven
 electrical readings, not the light, not the commanded dimming).
 
-``floor`` per metric comes from the catalog: ``max(signal noise, 0.1 % of the valid range)``.
+``floor`` per metric comes from the catalog: ``max(sensor noise, 0.1 % of the valid range)``. Which metrics
+each judgement covers comes from the catalog too (``Metric.detect``), not from lists here.
 """
 
 from __future__ import annotations
@@ -49,24 +50,35 @@ from typing import Any
 
 import numpy as np
 
-from contract.catalog import BY_NAME, DEFAULT_NOMINAL_VOLTAGE_V, DEFAULT_RATED_POWER_W, INDEX, Metric
+from contract import catalog
+from contract.catalog import (
+    BY_NAME,
+    DEFAULT_NOMINAL_VOLTAGE_V,
+    DEFAULT_RATED_POWER_W,
+    INDEX,
+    LIT_DRIFT_METRICS,
+    PEER_METRICS,
+    PHYSICS_METRICS,
+    Metric,
+)
 from gateway.detect.rules import AlarmSpec, Conditions, Tier, levels
 from gateway.detect.state import NO_TS, FleetState
 
 DISTRICT_POLE = "district"  # the entity (pole segment of the alert topic) of a district-level alarm
-SPATIAL_METRICS = ("pm25_ugm3", "pm10_ugm3", "no2_ugm3", "ambient_temp_c", "humidity_pct")
+#: Judged against the district's peers at the same moment, and as a district (``Detect.peers`` in the catalog).
+SPATIAL_METRICS = PEER_METRICS
 #: Safety channels judged for drift too, both ways: a cabinet-temperature, leakage or water-level sensor
 #: reading low would hide an overheat, a leak or a flood; one reading high under its safety tier is a false
 #: hazard in the making (or the start of a real one: the alarm says both, and it never explains a safety
 #: alarm away). Their judgement pauses while a layer-1 rule holds on the pole (``frozen``). Tilt drift
 #: looks like a lean either way (``tilt_trend`` says so); a water-level sensor cannot drift below its
-#: resting 0 (stuck at the edge is the stuck rule's).
-SAFETY_DRIFT_METRICS = ("cabinet_temp_c", "leakage_current_ma", "water_level_cm")
-#: Lamp sensors judged through physics (see :data:`PHYSICS`), only while the lamp is lit.
-LAMP_DRIFT_METRICS = ("lamp_power_w", "lamp_current_a", "illuminance_lux")
-#: Metrics whose pole-to-pole differences are stable enough to see one sensor drift away from its peers.
-DRIFT_METRICS = (*SPATIAL_METRICS, "supply_voltage_v", "power_factor", "vibration_g", "noise_db",
-                 "radio_tx_power_dbm", *SAFETY_DRIFT_METRICS, *LAMP_DRIFT_METRICS)
+#: resting 0 (stuck at the edge is the stuck rule's). From the catalog: drift hints on a safety channel.
+SAFETY_DRIFT_METRICS = catalog.SAFETY_DRIFT_METRICS
+#: Lamp sensors judged through physics (see :data:`PHYSICS`), only while the lamp is lit (``Detect.while_lit``).
+LAMP_DRIFT_METRICS = LIT_DRIFT_METRICS
+#: Metrics whose pole-to-pole differences are stable enough to see one sensor drift away from its peers
+#: (``Detect.drift``; the physics channels last, after the references they are judged against).
+DRIFT_METRICS = catalog.DRIFT_METRICS
 #: Drift judged on what physics says a reading should be, not on the raw reading (``Spatial.channel``):
 #:
 #: * ``cabinet_temp_c``: the cabinet's rise over the pole's own ambient temperature (the district median
@@ -77,9 +89,12 @@ DRIFT_METRICS = (*SPATIAL_METRICS, "supply_voltage_v", "power_factor", "vibratio
 #:   and voltage readings, so a drifting power or voltage sensor does not move it;
 #: * ``illuminance_lux``: the light under the lamp while it is lit and the district is dark (its median
 #:   below ``dark_lux``): the lamp's own spill, alike on every pole; daylight varies with shade and cloud.
-PHYSICS = ("cabinet_temp_c", "lamp_power_w", "lamp_current_a", "illuminance_lux")
+PHYSICS = PHYSICS_METRICS
 #: Scale floors of the physics channels (their units: degC, ratio, ratio, lux).
 PHYSICS_FLOORS = {"cabinet_temp_c": 0.3, "lamp_power_w": 0.01, "lamp_current_a": 0.02, "illuminance_lux": 1.0}
+if set(PHYSICS_FLOORS) != set(PHYSICS):  # pragma: no cover - a physics hint added without its channel
+    raise RuntimeError(f"spatial.channel judges {sorted(PHYSICS_FLOORS)} through physics; the catalog says "
+                       f"{sorted(PHYSICS)}")
 HOUR_MS = 3_600_000
 
 
@@ -138,7 +153,7 @@ class SpatialParams:
 
 
 def floor_of(m: Metric) -> float:
-    return max(m.signal.noise, 1e-3 * (m.hi - m.lo))
+    return max(m.noise, 1e-3 * (m.hi - m.lo))
 
 
 def group_median(g: np.ndarray, x: np.ndarray, n_groups: int) -> tuple[np.ndarray, np.ndarray]:
@@ -182,7 +197,7 @@ class Spatial:
         # a safety channel's scale floor is its sensor noise, not 0.1 % of a range built for faults (the
         # leakage sensor's 0..5000 mA would make a 5 mA floor, larger than the whole healthy spread)
         self.drift_floors = np.array([PHYSICS_FLOORS[m.name] if m.name in PHYSICS else
-                                      m.signal.noise if m.name in SAFETY_DRIFT_METRICS else floor_of(m)
+                                      m.noise if m.name in SAFETY_DRIFT_METRICS else floor_of(m)
                                       for m in self.drift])
         self._drift_down = [m.name in self.params.drift_down_only for m in self.drift]
         self._cusum = [m.name in self.params.cusum_metrics for m in self.drift]
