@@ -136,3 +136,18 @@ def test_the_cusum_state_survives_export_and_restore() -> None:
     fresh.stage.spatial.restore(sp.export())
     r2 = fresh.stage.spatial.state.poles.index("n-07")
     assert [float(fresh.stage.spatial.state.a[k][r2, j]) for k in ("sp_dch", "sp_dcl", "sp_dn")] == before
+
+
+def test_state_saved_before_the_cusum_restores_with_a_fresh_cusum() -> None:
+    lit = Lit()
+    lit.run(_slow_cabinet, n=240)
+    sp = lit.stage.spatial
+    assert sp is not None
+    old = [dict(e, drift=e["drift"][:5]) if "pole" in e else e for e in sp.export()]
+    fresh = Lit()
+    assert fresh.stage.spatial is not None
+    fresh.stage.spatial.restore(old)
+    a, j = fresh.stage.spatial.state.a, [m.name for m in sp.drift].index("cabinet_temp_c")
+    r = fresh.stage.spatial.state.poles.index("n-07")
+    assert a["sp_du"][r, j] == sp.state.a["sp_du"][sp.state.poles.index("n-07"), j]
+    assert a["sp_dcl"][r, j] == 0.0 and np.isnan(a["sp_dn"][r, j])
