@@ -237,7 +237,9 @@ class Spatial:
         for name, fill, dt in (("sp_dz", np.nan, np.float64), ("sp_du", np.nan, np.float64),
                                ("sp_dw", 0.0, np.float64), ("sp_dlearn", 0.0, np.float64),
                                ("sp_dt", NO_TS, np.int64), ("sp_dch", 0.0, np.float64),
-                               ("sp_dcl", 0.0, np.float64), ("sp_dn", np.nan, np.float64)):
+                               ("sp_dcl", 0.0, np.float64), ("sp_dn", np.nan, np.float64),
+                               ("sp_dx", np.nan, np.float64), ("sp_dxt", NO_TS, np.int64),
+                               ("sp_drep", False, np.bool_)):
             state.alloc(name, dt, fill, (kd,))
         self._d_cap = 0
         self._ref_bad: np.ndarray | None = None
@@ -314,7 +316,7 @@ class Spatial:
             dist_parts.append(self._district(j, np.flatnonzero(cnt >= p.min_poles), med, now_ms))
         for j, col in enumerate(self.drift_cols):
             v, fresh = self.channel(self.drift[j].name, now_ms, district, n_d)
-            rows, _x, _med, cnt, z = self._spread(v, fresh, float(self.drift_floors[j]), district, n_d)
+            rows, x, _med, cnt, z = self._spread(v, fresh, float(self.drift_floors[j]), district, n_d)
             ok = cnt[district[rows]] >= p.min_poles
             # judged only when the pole's reading is as recent as its district's newest: a pole that missed
             # its last reports (lost messages) would otherwise be compared, at dusk, with lamps already lit
@@ -324,7 +326,7 @@ class Spatial:
             ok &= ts >= newest[district[rows]] - p.drift_lag_ms
             if frozen is not None:
                 ok &= ~frozen[rows]
-            pole_parts.append(self._drift(j, rows[ok], z[ok], now_ms))
+            pole_parts.append(self._drift(j, rows[ok], z[ok], now_ms, x[ok], ts[ok]))
         return Conditions.concat(pole_parts), Conditions.concat(dist_parts)
 
     def _peers(self, col: int, floor: float, district: np.ndarray, n_d: int, now_ms: int
@@ -388,11 +390,24 @@ class Spatial:
         scale = np.maximum(1.4826 * np.nan_to_num(mad), floor)
         return rows, x, med, cnt, dev / scale[g]
 
-    def _drift(self, j: int, rows: np.ndarray, z: np.ndarray, now_ms: int) -> Conditions:
-        """Per pole: short mean of its place ``z`` among its peers against its usual place."""
+    def _drift(self, j: int, rows: np.ndarray, z: np.ndarray, now_ms: int, x: np.ndarray | None = None,
+               ts: np.ndarray | None = None) -> Conditions:
+        """Per pole: short mean of its place ``z`` among its peers against its usual place. ``x``/``ts``: the
+        judged value and its device time (a new reading equal to the one before teaches nothing)."""
         if len(rows) == 0:
             return Conditions.empty()
         a, p = self.state.a, self.params
+        if x is not None and ts is not None:
+            # a live sensor's successive readings differ (the catalog's noise); one repeating itself may be
+            # stuck, and a stuck reading must not become the pole's usual place (after the repair it would
+            # read as a drift): the usual place, the pole's spread and the wander learn only from changes
+            new = ts != a["sp_dxt"][rows, j]
+            rep = np.where(new, x == a["sp_dx"][rows, j], a["sp_drep"][rows, j])
+            a["sp_dx"][rows, j] = np.where(new, x, a["sp_dx"][rows, j])
+            a["sp_dxt"][rows, j] = np.where(new, ts, a["sp_dxt"][rows, j])
+            a["sp_drep"][rows, j] = rep
+        else:
+            rep = np.zeros(len(rows), np.bool_)
         zs, zu, wander = a["sp_dz"][rows, j], a["sp_du"][rows, j], a["sp_dw"][rows, j]
         learned, last = a["sp_dlearn"][rows, j], a["sp_dt"][rows, j]
         dt = np.where(last == NO_TS, 0.0, np.clip(now_ms - last, 0, p.max_step_ms)).astype(np.float64)
@@ -417,7 +432,7 @@ class Spatial:
         cl = np.where(judged, np.maximum(a["sp_dcl"][rows, j] + w * (-r - p.cusum_k), 0.0), 0.0)
         c_up, c_down = ch / p.cusum_h, cl / p.cusum_h
         # the usual place: running mean while learning, then a very slow EW; neither while drifting
-        learn = (~ready | (u < 0.5)) & (np.maximum(c_up, c_down) < p.cusum_hold)
+        learn = (~ready | (u < 0.5)) & (np.maximum(c_up, c_down) < p.cusum_hold) & ~rep
         w_new = learned + dt
         a_u = np.where(ready, _gain(dt, p.drift_usual_tau_ms), np.where(w_new > 0, dt / np.maximum(w_new, 1.0), 1.0))
         # (learned from the reading's place itself: the short mean starts from one reading and would carry it)
