@@ -151,3 +151,23 @@ def test_state_saved_before_the_cusum_restores_with_a_fresh_cusum() -> None:
     r = fresh.stage.spatial.state.poles.index("n-07")
     assert a["sp_du"][r, j] == sp.state.a["sp_du"][sp.state.poles.index("n-07"), j]
     assert a["sp_dcl"][r, j] == 0.0 and np.isnan(a["sp_dn"][r, j])
+
+
+
+def test_a_repeated_reading_teaches_the_usual_place_nothing() -> None:
+    lit = Lit()
+    for _ in range(30):
+        lit.minute()
+    sp = lit.stage.spatial
+    assert sp is not None
+    a, j = sp.state.a, [m.name for m in sp.drift].index("ambient_temp_c")
+    rows = np.array([sp.state.poles.index("n-08")], np.int64)
+    t = lit.t
+
+    def step(k: int, x: float, z: float) -> float:
+        sp._drift(j, rows, np.array([z]), t + k * 5 * MIN, np.array([x]), np.array([t + k * 5 * MIN]))
+        return float(a["sp_du"][rows[0], j])
+
+    u0 = step(1, 8.0, 0.0)
+    assert step(2, 8.0, 2.0) == u0  # the same reading again (a stuck sensor): the place it gives is not learnt
+    assert step(3, 8.1, 2.0) > u0  # a changed reading is
