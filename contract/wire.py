@@ -26,7 +26,7 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import UNSET, Meta, UnsetType
 
-from contract.catalog import BY_NAME
+from contract.catalog import RANGES
 from contract.ids import POLE_RE
 from contract.models import MAX_METRICS_PER_SAMPLE, MAX_SAMPLES_PER_MESSAGE, TS_MAX_MS, TS_MIN_MS
 
@@ -35,7 +35,7 @@ _Boot = Annotated[str, Meta(pattern=r"\A[A-Za-z0-9-]{1,64}\Z")]
 #: the metric-name pattern is checked here, not by msgspec (which calls ``re`` once per key, 20 times a
 #: message): a catalog name is known to match, so only an unknown name pays for the regex
 _METRIC_RE = re.compile(r"[a-z][a-z0-9_]{0,63}")
-_KNOWN = frozenset(BY_NAME)
+_KNOWN = frozenset(RANGES)  # the catalog table the decoder range-checks against
 
 
 class WireSample(msgspec.Struct, forbid_unknown_fields=True, frozen=True):

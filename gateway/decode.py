@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from pydantic import ValidationError
 
 from contract import topics, wire
-from contract.catalog import BY_NAME
+from contract.catalog import RANGES
+from contract.catalog import admits as catalog_admits
 from contract.models import Telemetry
 from contract.readings import Reading
 from contract.wire import WireTelemetry
@@ -28,9 +29,6 @@ MAX_PAYLOAD_BYTES = 256 * 1024
 REASONS = ("bad_topic", "too_large", "bad_utf8", "bad_json", "duplicate_key", "bad_schema", "pole_mismatch",
            "ts_future", "ts_past", "unknown_metric", "out_of_range", "no_valid_values", "seq_conflict",
            "bad_status", "store_rejected", "wrong_district", "unregistered")
-#: name -> (lo, hi, is_bool, unit), from the catalog; the hot loop compares against these directly
-_RANGES: dict[str, tuple[float, float, bool, str]] = {
-    m.name: (m.lo, m.hi, m.dtype == "bool", m.unit) for m in BY_NAME.values()}
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +113,7 @@ def decode_telemetry(topic: str, payload: bytes, *, now_ms: int, limits: Limits 
         return reject("pole_mismatch", f"payload pole {msg.pole!r} != topic pole {t.pole!r}", pole=t.pole)
     out.evicted = evicted
     lo, hi = now_ms - limits.max_past_ms, now_ms + limits.max_future_ms
+    ranges, admits = RANGES, catalog_admits
     for s in msg.samples:
         if s.ts > hi:
             reject("ts_future", f"device time {s.ts} is {s.ts - now_ms} ms ahead", pole=t.pole, seq=s.seq)
@@ -124,10 +123,10 @@ def decode_telemetry(topic: str, payload: bytes, *, now_ms: int, limits: Limits 
             continue
         values: dict[str, float] = {}
         for name, v in s.m.items():
-            r = _RANGES.get(name)
+            r = ranges.get(name)
             if r is None:
                 reject("unknown_metric", f"{name}={v}", pole=t.pole, seq=s.seq, whole_sample=False)
-            elif r[0] <= v <= r[1] and (not r[2] or v == 0.0 or v == 1.0):  # NaN/inf never get here
+            elif admits(r, v):  # the catalog's one range check (Metric.in_range is the same)
                 values[name] = v
             else:
                 reject("out_of_range", f"{name}={v} outside [{r[0]}, {r[1]}] {r[3]}".rstrip(),

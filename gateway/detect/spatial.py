@@ -38,7 +38,8 @@ NO2, air temperature, humidity); noise and light are local by nature and are lef
 judged on every float metric whose pole-to-pole differences are stable (not the lamp's schedule-driven
 electrical readings, not the light, not the commanded dimming).
 
-``floor`` per metric comes from the catalog: ``max(signal noise, 0.1 % of the valid range)``.
+``floor`` per metric comes from the catalog: ``max(sensor noise, 0.1 % of the valid range)``. Which metrics
+each judgement covers comes from the catalog too (``Metric.detect``), not from lists here.
 """
 
 from __future__ import annotations
@@ -49,24 +50,35 @@ from typing import Any
 
 import numpy as np
 
-from contract.catalog import BY_NAME, DEFAULT_NOMINAL_VOLTAGE_V, DEFAULT_RATED_POWER_W, INDEX, Metric
+from contract import catalog
+from contract.catalog import (
+    BY_NAME,
+    DEFAULT_NOMINAL_VOLTAGE_V,
+    DEFAULT_RATED_POWER_W,
+    INDEX,
+    LIT_DRIFT_METRICS,
+    PEER_METRICS,
+    PHYSICS_METRICS,
+    Metric,
+)
 from gateway.detect.rules import AlarmSpec, Conditions, Tier, levels
 from gateway.detect.state import NO_TS, FleetState
 
 DISTRICT_POLE = "district"  # the entity (pole segment of the alert topic) of a district-level alarm
-SPATIAL_METRICS = ("pm25_ugm3", "pm10_ugm3", "no2_ugm3", "ambient_temp_c", "humidity_pct")
+#: Judged against the district's peers at the same moment, and as a district (``Detect.peers`` in the catalog).
+SPATIAL_METRICS = PEER_METRICS
 #: Safety channels judged for drift too, both ways: a cabinet-temperature, leakage or water-level sensor
 #: reading low would hide an overheat, a leak or a flood; one reading high under its safety tier is a false
 #: hazard in the making (or the start of a real one: the alarm says both, and it never explains a safety
 #: alarm away). Their judgement pauses while a layer-1 rule holds on the pole (``frozen``). Tilt drift
 #: looks like a lean either way (``tilt_trend`` says so); a water-level sensor cannot drift below its
-#: resting 0 (stuck at the edge is the stuck rule's).
-SAFETY_DRIFT_METRICS = ("cabinet_temp_c", "leakage_current_ma", "water_level_cm")
-#: Lamp sensors judged through physics (see :data:`PHYSICS`), only while the lamp is lit.
-LAMP_DRIFT_METRICS = ("lamp_power_w", "lamp_current_a", "illuminance_lux")
-#: Metrics whose pole-to-pole differences are stable enough to see one sensor drift away from its peers.
-DRIFT_METRICS = (*SPATIAL_METRICS, "supply_voltage_v", "power_factor", "vibration_g", "noise_db",
-                 "radio_tx_power_dbm", *SAFETY_DRIFT_METRICS, *LAMP_DRIFT_METRICS)
+#: resting 0 (stuck at the edge is the stuck rule's). From the catalog: drift hints on a safety channel.
+SAFETY_DRIFT_METRICS = catalog.SAFETY_DRIFT_METRICS
+#: Lamp sensors judged through physics (see :data:`PHYSICS`), only while the lamp is lit (``Detect.while_lit``).
+LAMP_DRIFT_METRICS = LIT_DRIFT_METRICS
+#: Metrics whose pole-to-pole differences are stable enough to see one sensor drift away from its peers
+#: (``Detect.drift``; the physics channels last, after the references they are judged against).
+DRIFT_METRICS = catalog.DRIFT_METRICS
 #: Drift judged on what physics says a reading should be, not on the raw reading (``Spatial.channel``):
 #:
 #: * ``cabinet_temp_c``: the cabinet's rise over the pole's own ambient temperature (the district median
@@ -77,9 +89,12 @@ DRIFT_METRICS = (*SPATIAL_METRICS, "supply_voltage_v", "power_factor", "vibratio
 #:   and voltage readings, so a drifting power or voltage sensor does not move it;
 #: * ``illuminance_lux``: the light under the lamp while it is lit and the district is dark (its median
 #:   below ``dark_lux``): the lamp's own spill, alike on every pole; daylight varies with shade and cloud.
-PHYSICS = ("cabinet_temp_c", "lamp_power_w", "lamp_current_a", "illuminance_lux")
+PHYSICS = PHYSICS_METRICS
 #: Scale floors of the physics channels (their units: degC, ratio, ratio, lux).
 PHYSICS_FLOORS = {"cabinet_temp_c": 0.3, "lamp_power_w": 0.01, "lamp_current_a": 0.02, "illuminance_lux": 1.0}
+if set(PHYSICS_FLOORS) != set(PHYSICS):  # pragma: no cover - a physics hint added without its channel
+    raise RuntimeError(f"spatial.channel judges {sorted(PHYSICS_FLOORS)} through physics; the catalog says "
+                       f"{sorted(PHYSICS)}")
 HOUR_MS = 3_600_000
 
 
@@ -118,6 +133,17 @@ class SpatialParams:
     drift_k: float = 6.0  # ... and this many times its usual wander
     drift_clear: float = 0.6  # clears below this share of the trigger
     drift_persist_ms: int = 30 * 60_000
+    # sensor_drift, second test: a two-sided CUSUM of the pole's place against its usual place (z units per
+    # reading of ``cusum_unit_ms``); it sees a steady walk long before the short mean has moved drift_z
+    # drift channels that run the CUSUM: the safety channels and the reference of a physics channel
+    cusum_metrics: tuple[str, ...] = (*SAFETY_DRIFT_METRICS, "ambient_temp_c")
+    cusum_k: float = 1.25  # allowance: a place this far from the usual one accumulates nothing
+    cusum_h: float = 12.0  # decision level (z x readings)
+    cusum_sd_min: float = 0.6  # the pole's own spread (in district spreads) is taken as at least this
+    cusum_clip: float = 4.0  # one reading adds at most this (a transient is not a drift)
+    cusum_unit_ms: float = 5 * 60_000  # the weight of one reading (readings arrive every 5 minutes)
+    cusum_learn_ms: float = 2 * HOUR_MS  # the CUSUM judges once the usual place has this much data
+    cusum_hold: float = 0.25  # the usual place stops learning while the CUSUM is above this share of h
     suspect_own_place: bool = True  # sensor_suspect relative to the pole's learned usual place
     drift_lag_ms: int = 60_000  # drift judges a pole whose reading is at most this much older than its peers'
     drift_gap_max: float = 20.0  # |reading - short mean| in district spreads beyond which it is no drift
@@ -127,7 +153,7 @@ class SpatialParams:
 
 
 def floor_of(m: Metric) -> float:
-    return max(m.signal.noise, 1e-3 * (m.hi - m.lo))
+    return max(m.noise, 1e-3 * (m.hi - m.lo))
 
 
 def group_median(g: np.ndarray, x: np.ndarray, n_groups: int) -> tuple[np.ndarray, np.ndarray]:
@@ -171,9 +197,10 @@ class Spatial:
         # a safety channel's scale floor is its sensor noise, not 0.1 % of a range built for faults (the
         # leakage sensor's 0..5000 mA would make a 5 mA floor, larger than the whole healthy spread)
         self.drift_floors = np.array([PHYSICS_FLOORS[m.name] if m.name in PHYSICS else
-                                      m.signal.noise if m.name in SAFETY_DRIFT_METRICS else floor_of(m)
+                                      m.noise if m.name in SAFETY_DRIFT_METRICS else floor_of(m)
                                       for m in self.drift])
         self._drift_down = [m.name in self.params.drift_down_only for m in self.drift]
+        self._cusum = [m.name in self.params.cusum_metrics for m in self.drift]
         # sensor_suspect of a metric that drift also follows: a pole that always stands apart (a
         # busy road, a shaded corner) is judged against its own usual place, not the district median
         dnames = [m.name for m in self.drift]
@@ -209,7 +236,10 @@ class Spatial:
         kd = max(len(self.drift), 1)
         for name, fill, dt in (("sp_dz", np.nan, np.float64), ("sp_du", np.nan, np.float64),
                                ("sp_dw", 0.0, np.float64), ("sp_dlearn", 0.0, np.float64),
-                               ("sp_dt", NO_TS, np.int64)):
+                               ("sp_dt", NO_TS, np.int64), ("sp_dch", 0.0, np.float64),
+                               ("sp_dcl", 0.0, np.float64), ("sp_dn", np.nan, np.float64),
+                               ("sp_dx", np.nan, np.float64), ("sp_dxt", NO_TS, np.int64),
+                               ("sp_drep", False, np.bool_)):
             state.alloc(name, dt, fill, (kd,))
         self._d_cap = 0
         self._ref_bad: np.ndarray | None = None
@@ -261,6 +291,8 @@ class Spatial:
             if drifting is not None:
                 f = f & ~drifting[: st.n]
             st.a["sp_dz"][: st.n][f] = st.a["sp_du"][: st.n][f]
+            st.a["sp_dch"][: st.n][f] = 0.0
+            st.a["sp_dcl"][: st.n][f] = 0.0
         n_d = len(st.districts)
         self._grow(n_d)
         district = st.a["district"][: st.n].astype(np.int64)
@@ -284,7 +316,7 @@ class Spatial:
             dist_parts.append(self._district(j, np.flatnonzero(cnt >= p.min_poles), med, now_ms))
         for j, col in enumerate(self.drift_cols):
             v, fresh = self.channel(self.drift[j].name, now_ms, district, n_d)
-            rows, _x, _med, cnt, z = self._spread(v, fresh, float(self.drift_floors[j]), district, n_d)
+            rows, x, _med, cnt, z = self._spread(v, fresh, float(self.drift_floors[j]), district, n_d)
             ok = cnt[district[rows]] >= p.min_poles
             # judged only when the pole's reading is as recent as its district's newest: a pole that missed
             # its last reports (lost messages) would otherwise be compared, at dusk, with lamps already lit
@@ -294,7 +326,7 @@ class Spatial:
             ok &= ts >= newest[district[rows]] - p.drift_lag_ms
             if frozen is not None:
                 ok &= ~frozen[rows]
-            pole_parts.append(self._drift(j, rows[ok], z[ok], now_ms))
+            pole_parts.append(self._drift(j, rows[ok], z[ok], now_ms, x[ok], ts[ok]))
         return Conditions.concat(pole_parts), Conditions.concat(dist_parts)
 
     def _peers(self, col: int, floor: float, district: np.ndarray, n_d: int, now_ms: int
@@ -345,7 +377,8 @@ class Spatial:
         j, a, p = names.index(name), self.state.a, self.params
         dev = a["sp_dz"][:n, j] - a["sp_du"][:n, j]
         thr = np.maximum(p.drift_z, p.drift_k * 1.2533 * a["sp_dw"][:n, j])
-        return np.nan_to_num(np.abs(dev) / thr) >= 0.5
+        cusum = np.maximum(a["sp_dch"][:n, j], a["sp_dcl"][:n, j]) / p.cusum_h
+        return (np.nan_to_num(np.abs(dev) / thr) >= 0.5) | (cusum >= 0.5)
 
     def _spread(self, v: np.ndarray, fresh: np.ndarray, floor: float, district: np.ndarray, n_d: int
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -357,11 +390,24 @@ class Spatial:
         scale = np.maximum(1.4826 * np.nan_to_num(mad), floor)
         return rows, x, med, cnt, dev / scale[g]
 
-    def _drift(self, j: int, rows: np.ndarray, z: np.ndarray, now_ms: int) -> Conditions:
-        """Per pole: short mean of its place ``z`` among its peers against its usual place."""
+    def _drift(self, j: int, rows: np.ndarray, z: np.ndarray, now_ms: int, x: np.ndarray | None = None,
+               ts: np.ndarray | None = None) -> Conditions:
+        """Per pole: short mean of its place ``z`` among its peers against its usual place. ``x``/``ts``: the
+        judged value and its device time (a new reading equal to the one before teaches nothing)."""
         if len(rows) == 0:
             return Conditions.empty()
         a, p = self.state.a, self.params
+        if x is not None and ts is not None:
+            # a live sensor's successive readings differ (the catalog's noise); one repeating itself may be
+            # stuck, and a stuck reading must not become the pole's usual place (after the repair it would
+            # read as a drift): the usual place, the pole's spread and the wander learn only from changes
+            new = ts != a["sp_dxt"][rows, j]
+            rep = np.where(new, x == a["sp_dx"][rows, j], a["sp_drep"][rows, j])
+            a["sp_dx"][rows, j] = np.where(new, x, a["sp_dx"][rows, j])
+            a["sp_dxt"][rows, j] = np.where(new, ts, a["sp_dxt"][rows, j])
+            a["sp_drep"][rows, j] = rep
+        else:
+            rep = np.zeros(len(rows), np.bool_)
         zs, zu, wander = a["sp_dz"][rows, j], a["sp_du"][rows, j], a["sp_dw"][rows, j]
         learned, last = a["sp_dlearn"][rows, j], a["sp_dt"][rows, j]
         dt = np.where(last == NO_TS, 0.0, np.clip(now_ms - last, 0, p.max_step_ms)).astype(np.float64)
@@ -374,28 +420,47 @@ class Spatial:
         thr = np.maximum(p.drift_z, p.drift_k * 1.2533 * wander)
         dev = zs - np.where(np.isnan(zu), zs, zu)
         u = np.abs(dev) / thr  # in units of the trigger
-        # the usual place: running mean while learning, then a very slow EW that stops while drifting
-        learn = ~ready | (u < 0.5)
+        # the CUSUM of the place against the usual place, once that has cusum_learn_ms of data
+        judged = learned >= (min(p.cusum_learn_ms, p.drift_learn_ms) if self._cusum[j] else p.drift_learn_ms)
+        # in units of the pole's own reading-to-reading spread around its usual place (some poles read noisier)
+        resid = z - np.where(np.isnan(zu), z, zu)
+        zn = a["sp_dn"][rows, j]
+        sd = np.maximum(1.2533 * np.nan_to_num(zn, nan=1.0), p.cusum_sd_min)
+        r = np.clip(resid / sd, -p.cusum_clip, p.cusum_clip)
+        w = np.minimum(dt, p.window_ms) / p.cusum_unit_ms * self._cusum[j]
+        ch = np.where(judged, np.maximum(a["sp_dch"][rows, j] + w * (r - p.cusum_k), 0.0), 0.0)
+        cl = np.where(judged, np.maximum(a["sp_dcl"][rows, j] + w * (-r - p.cusum_k), 0.0), 0.0)
+        c_up, c_down = ch / p.cusum_h, cl / p.cusum_h
+        # the usual place: running mean while learning, then a very slow EW; neither while drifting
+        learn = (~ready | (u < 0.5)) & (np.maximum(c_up, c_down) < p.cusum_hold) & ~rep
         w_new = learned + dt
         a_u = np.where(ready, _gain(dt, p.drift_usual_tau_ms), np.where(w_new > 0, dt / np.maximum(w_new, 1.0), 1.0))
-        zu_new = np.where(np.isnan(zu), zs, zu + np.where(learn, a_u, 0.0) * (zs - np.where(np.isnan(zu), 0.0, zu)))
+        # (learned from the reading's place itself: the short mean starts from one reading and would carry it)
+        zu_new = np.where(np.isnan(zu), z, zu + np.where(learn, a_u, 0.0) * (z - np.where(np.isnan(zu), 0.0, zu)))
         wander_new = np.where(learn & ~np.isnan(zu), wander + a_u * (np.minimum(np.abs(dev), p.drift_z) - wander),
                               wander)
         a["sp_dz"][rows, j], a["sp_du"][rows, j], a["sp_dw"][rows, j] = zs, zu_new, wander_new
+        a["sp_dch"][rows, j], a["sp_dcl"][rows, j] = ch, cl
+        zn0 = np.nan_to_num(zn)
+        a_n = np.where(np.isnan(zn), 1.0, a_u)
+        a["sp_dn"][rows, j] = np.where(learn & ~np.isnan(zu), zn0 + a_n * (np.abs(resid) - zn0), zn)
         a["sp_dlearn"][rows, j] = np.minimum(w_new, p.drift_learn_ms)
         a["sp_dt"][rows, j] = now_ms
-        r = rows[ready]
-        # a safety channel is called drifting only downwards: a reading drifting low hides the hazard
-        # (an overheat, a leak); one drifting high cannot, and a real rise is the hazard rules' to judge
-        uu = (np.maximum(-dev, 0.0) / thr if self._drift_down[j] else u)[ready]
+        r_ok = rows[judged]
+        # a channel in drift_down_only is called drifting only when it reads low
+        if self._drift_down[j]:
+            ew, cs = np.maximum(-dev, 0.0) / thr, c_down
+        else:
+            ew, cs = u, np.maximum(c_up, c_down)
+        uu = np.maximum(np.where(ready, ew, 0.0), cs)[judged]
         trig, hold = levels(uu, ">=", (1.0,), (p.drift_clear,))
         # a drift is slow: a reading running ahead of its own short mean by more than drift_gap_max spreads
         # (a rise of more than drift_gap_max / drift_tau per hour) is a real event rising (an overheat ramp,
         # a flood) or falling back, not a sensor; it triggers nothing
-        gap = np.abs(z - zs)[ready]
+        gap = np.abs(z - zs)[judged]
         trig[gap > p.drift_gap_max] = 0
-        k = len(r)
-        return Conditions(r, np.full(k, self.DRIFT + j, np.int64), trig, hold, zs[ready], zu[ready],
+        k = len(r_ok)
+        return Conditions(r_ok, np.full(k, self.DRIFT + j, np.int64), trig, hold, zs[judged], zu[judged],
                           1.0 - np.exp(-uu), np.full(k, now_ms, np.int64))
 
     def _district(self, j: int, ds: np.ndarray, med: np.ndarray, now_ms: int) -> Conditions:
@@ -463,7 +528,8 @@ class Spatial:
                     out.append({"pole": pole, "district": self.state.pole_district[r], "metric": m.name,
                                 "drift": [float(a["sp_dz"][r, j]), float(a["sp_du"][r, j]),
                                           float(a["sp_dw"][r, j]), float(a["sp_dlearn"][r, j]),
-                                          int(a["sp_dt"][r, j])]})
+                                          int(a["sp_dt"][r, j]), float(a["sp_dch"][r, j]),
+                                          float(a["sp_dcl"][r, j]), float(a["sp_dn"][r, j])]})
         return out
 
     def restore(self, entries: Sequence[dict[str, Any]]) -> None:
@@ -477,7 +543,9 @@ class Spatial:
                 if jd is None:
                     continue
                 r = self.state.row(str(e["pole"]), str(e["district"]))
-                zs, zu, w, learned, t = e["drift"]
+                zs, zu, w, learned, t, *cusum = e["drift"]  # state saved before the CUSUM has 5 values
+                ch, cl, zn = (float(x) for x in cusum) if len(cusum) == 3 else (0.0, 0.0, float("nan"))
+                a["sp_dch"][r, jd], a["sp_dcl"][r, jd], a["sp_dn"][r, jd] = ch, cl, zn
                 a["sp_dz"][r, jd], a["sp_du"][r, jd], a["sp_dw"][r, jd] = float(zs), float(zu), float(w)
                 a["sp_dlearn"][r, jd], a["sp_dt"][r, jd] = float(learned), int(t)
                 continue

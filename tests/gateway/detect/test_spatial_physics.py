@@ -19,11 +19,11 @@ POLES = [f"n-{i:02d}" for i in range(12)]
 class Lit:
     """12 lit poles of one district (rated 100 W, 230 V), one sample a minute; ``bad`` edits a pole's readings."""
 
-    def __init__(self) -> None:
+    def __init__(self, params: SpatialParams | None = None) -> None:
         self.rng = np.random.default_rng(3)
         self.now = [T0 / 1000]
-        self.stage = DetectionStage(clock=lambda: self.now[0], spatial=SpatialParams(drift_learn_ms=60 * MIN),
-                                    stream=False)
+        self.stage = DetectionStage(clock=lambda: self.now[0],
+                                    spatial=params or SpatialParams(drift_learn_ms=60 * MIN), stream=False)
         for p in POLES:
             self.stage.set_pole(p, "north", rated_power_w=100.0, nominal_voltage_v=230.0)
         self.t = T0
@@ -103,3 +103,71 @@ def test_a_water_level_sensor_creeping_up_under_the_flood_tier_is_sensor_drift()
     raised = Lit().run(drift)
     assert ("n-04", "sensor_drift.water_level_cm") in raised
     assert ("n-04", "flood") not in raised
+
+
+def _slow_cabinet(p: str, k: int, v: dict[str, float]) -> None:
+    if p == "n-07":
+        v["cabinet_temp_c"] -= 0.002 * k  # -0.96 degC in 8 h: three times the sensor's noise
+
+
+def test_a_slow_cabinet_drift_is_found_by_the_cusum_and_not_by_the_short_mean_alone() -> None:
+    raised = Lit().run(_slow_cabinet)
+    assert ("n-07", "sensor_drift.cabinet_temp_c") in raised
+    assert all(p == "n-07" for p, _ in raised)
+    # the same drift with the CUSUM off: the short mean never moves its 3 district spreads
+    assert Lit(SpatialParams(drift_learn_ms=60 * MIN, cusum_metrics=())).run(_slow_cabinet) == []
+
+
+def test_healthy_poles_raise_no_drift_over_eight_hours() -> None:
+    assert Lit().run(None) == []
+
+
+def test_the_cusum_state_survives_export_and_restore() -> None:
+    lit = Lit()
+    lit.run(_slow_cabinet, n=240)
+    sp = lit.stage.spatial
+    assert sp is not None
+    j = [m.name for m in sp.drift].index("cabinet_temp_c")
+    r = sp.state.poles.index("n-07")
+    before = [float(sp.state.a[k][r, j]) for k in ("sp_dch", "sp_dcl", "sp_dn")]
+    assert before[1] > 0.0 and before[2] > 0.0  # the low side has accumulated; the pole's spread is learned
+    fresh = Lit()
+    assert fresh.stage.spatial is not None
+    fresh.stage.spatial.restore(sp.export())
+    r2 = fresh.stage.spatial.state.poles.index("n-07")
+    assert [float(fresh.stage.spatial.state.a[k][r2, j]) for k in ("sp_dch", "sp_dcl", "sp_dn")] == before
+
+
+def test_state_saved_before_the_cusum_restores_with_a_fresh_cusum() -> None:
+    lit = Lit()
+    lit.run(_slow_cabinet, n=240)
+    sp = lit.stage.spatial
+    assert sp is not None
+    old = [dict(e, drift=e["drift"][:5]) if "pole" in e else e for e in sp.export()]
+    fresh = Lit()
+    assert fresh.stage.spatial is not None
+    fresh.stage.spatial.restore(old)
+    a, j = fresh.stage.spatial.state.a, [m.name for m in sp.drift].index("cabinet_temp_c")
+    r = fresh.stage.spatial.state.poles.index("n-07")
+    assert a["sp_du"][r, j] == sp.state.a["sp_du"][sp.state.poles.index("n-07"), j]
+    assert a["sp_dcl"][r, j] == 0.0 and np.isnan(a["sp_dn"][r, j])
+
+
+
+def test_a_repeated_reading_teaches_the_usual_place_nothing() -> None:
+    lit = Lit()
+    for _ in range(30):
+        lit.minute()
+    sp = lit.stage.spatial
+    assert sp is not None
+    a, j = sp.state.a, [m.name for m in sp.drift].index("ambient_temp_c")
+    rows = np.array([sp.state.poles.index("n-08")], np.int64)
+    t = lit.t
+
+    def step(k: int, x: float, z: float) -> float:
+        sp._drift(j, rows, np.array([z]), t + k * 5 * MIN, np.array([x]), np.array([t + k * 5 * MIN]))
+        return float(a["sp_du"][rows[0], j])
+
+    u0 = step(1, 8.0, 0.0)
+    assert step(2, 8.0, 2.0) == u0  # the same reading again (a stuck sensor): the place it gives is not learnt
+    assert step(3, 8.1, 2.0) > u0  # a changed reading is
