@@ -27,7 +27,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from contract.catalog import INDEX, METRICS, Metric
+from contract.catalog import INDEX, METRICS, STREAMED
 from contract.models import AckRequest, Alert, Status
 from contract.readings import Reading
 from gateway.detect.alarms import ActiveAlarm, AlarmPolicy, Transition
@@ -46,19 +46,11 @@ log = logging.getLogger("lampwatch.detect")
 STATE_VERSION = 1
 ACK_FIELDS = ("acked_by", "acked_at", "ack_note", "shelved_until", "silence_id")
 
-#: Metrics that switch regime twice a day by design: the lamp's electrical readings follow the
-#: lighting schedule (commanded dimming is a command, not a measurement) and the ambient light follows
-#: the sun. A per-series detector sees every dusk and dawn as a level shift (in the simulated city
-#: they were ~95 % of its false alarms); layer 1 already judges the lamp against its expected power.
-SCHEDULE_DRIVEN: frozenset[str] = frozenset({"illuminance_lux"})
-
-
-def _streamed(m: Metric) -> bool:
-    return m.dtype == "float" and m.signal.shape != "lamp" and m.name not in SCHEDULE_DRIVEN
-
-
-#: Metrics scored by the streaming detector (layer 2).
-STREAM_METRICS: tuple[str, ...] = tuple(m.name for m in METRICS if _streamed(m))
+#: Metrics scored by the streaming detector (layer 2): every float metric whose catalog hints do not say it
+#: follows the lamp schedule or the sun (``Detect.schedule``): a per-series detector sees every dusk and
+#: dawn as a level shift (in the simulated city they were ~95 % of its false alarms); layer 1 already
+#: judges the lamp against its expected power.
+STREAM_METRICS: tuple[str, ...] = STREAMED
 
 #: pole notices from the inventory check (info; raised and cleared at once)
 NOTICE_SPECS: tuple[AlarmSpec, ...] = (

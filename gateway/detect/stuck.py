@@ -16,30 +16,22 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from contract.catalog import INDEX, METRICS, Metric
+from contract.catalog import INDEX, METRICS, Metric, repeat_prior
 from gateway.detect.params import RuleParams
 from gateway.detect.state import Col, Columns, FleetState
 from gateway.detect.types import AlarmSpec, Conditions, Tier
 
 
 def safety_channel(m: Metric) -> bool:
-    """A float safety sensor a threshold judges (leakage, tilt, water level, cabinet temperature): a
-    failed one blinds a safety rule, so its health is judged even where other sensors' is not."""
-    return m.group == "safety" and m.dtype == "float" and bool(m.thresholds)
+    """A float safety sensor a threshold judges (``Metric.safety_channel``): a failed one blinds a safety
+    rule, so its health is judged even where other sensors' is not."""
+    return m.safety_channel
 
 
 def stuck_metrics(metrics: Sequence[Metric] = METRICS) -> tuple[Metric, ...]:
-    """Metrics whose catalog signal implies they vary: float, sensor noise > 0, not constant-shaped
-    (a safety channel with sensor noise is judged even when its signal is constant: a live water-level
-    sensor still wavers around its resting value)."""
-    return tuple(m for m in metrics if m.dtype == "float" and m.signal.noise > 0
-                 and (m.signal.shape != "constant" or safety_channel(m)))
-
-
-def repeat_prior(m: Metric) -> float:
-    """P(two successive readings are identical) from the catalog: Gaussian noise rounded to decimals."""
-    q = 10.0 ** -m.decimals
-    return float(min(q / (m.signal.noise * np.sqrt(np.pi)), 0.99))
+    """The metrics the catalog's detection hints name as stuck candidates (``Detect.stuck``: a live
+    sensor of it wavers, so an unchanged reading for too long is a stuck sensor)."""
+    return tuple(m for m in metrics if m.detect.stuck)
 
 
 def stuck_specs(params: RuleParams = RuleParams(), metrics: Sequence[Metric] = METRICS

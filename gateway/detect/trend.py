@@ -55,7 +55,7 @@ class TrendRule:
 
     def __init__(self, state: FleetState, params: TrendParams = TrendParams()) -> None:
         self.state, self.params = state, params
-        noise = BY_NAME["tilt_deg"].signal.noise
+        noise = BY_NAME["tilt_deg"].noise
         self.k, self.h = params.k_noise * noise, params.h_noise * noise
         self.specs = trend_specs()
         self.st = TrendState(state)

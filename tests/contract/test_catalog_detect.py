@@ -32,16 +32,26 @@ def test_spatial_membership_is_what_the_name_lists_said() -> None:
     assert spatial.DRIFT_METRICS.index("ambient_temp_c") < spatial.DRIFT_METRICS.index("cabinet_temp_c")
 
 
-def test_streamed_and_stuck_candidates_equal_the_gateways_lists() -> None:
-    assert catalog.STREAMED == STREAM_METRICS
-    assert catalog.STUCK_CANDIDATES == tuple(m.name for m in stuck_metrics())
-    for m in stuck_metrics():
-        assert catalog.repeat_prior(m) == pytest.approx(repeat_prior(m))
+def test_streamed_and_stuck_candidates_are_what_the_gateways_rules_said() -> None:
+    # what detection.py (signal shape != lamp, not illuminance) and rules.py (noise > 0, not constant-shaped
+    # unless a safety channel) derived from the simulator's hints before the catalog carried detection hints
+    assert STREAM_METRICS == catalog.STREAMED == (
+        "supply_voltage_v", "leakage_current_ma", "tilt_deg", "vibration_g", "water_level_cm", "cabinet_temp_c",
+        "ambient_temp_c", "humidity_pct", "pm25_ugm3", "pm10_ugm3", "no2_ugm3", "noise_db", "radio_tx_power_dbm")
+    assert tuple(m.name for m in stuck_metrics()) == catalog.STUCK_CANDIDATES == (
+        "lamp_power_w", "supply_voltage_v", "lamp_current_a", "power_factor", "leakage_current_ma", "tilt_deg",
+        "vibration_g", "water_level_cm", "cabinet_temp_c", "ambient_temp_c", "humidity_pct", "pm25_ugm3",
+        "pm10_ugm3", "no2_ugm3", "noise_db", "illuminance_lux", "radio_tx_power_dbm")
+    q = 10.0 ** -catalog.BY_NAME["humidity_pct"].decimals
+    assert repeat_prior(catalog.BY_NAME["humidity_pct"]) == pytest.approx(
+        q / (catalog.BY_NAME["humidity_pct"].noise * math.sqrt(math.pi)))
 
 
-def test_production_spatial_detection_reads_no_simulator_signal_hint() -> None:
-    text = (REPO / "gateway" / "detect" / "spatial.py").read_text(encoding="utf-8")
-    assert ".signal" not in text
+def test_production_detection_reads_no_simulator_signal_hint() -> None:
+    """The simulator's ``Signal`` hints are the simulator's: detection reads ``Metric.detect`` and
+    ``Metric.noise`` (the sensor's noise, which the simulator's signal also uses)."""
+    files = [*sorted((REPO / "gateway" / "detect").glob("*.py")), REPO / "gateway" / "detection.py"]
+    assert [f.name for f in files if ".signal" in f.read_text(encoding="utf-8")] == []
 
 
 def test_detect_hints_are_checked_on_construction() -> None:
