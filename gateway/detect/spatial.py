@@ -61,8 +61,8 @@ from contract.catalog import (
     PHYSICS_METRICS,
     Metric,
 )
-from gateway.detect.rules import AlarmSpec, Conditions, Tier, levels
-from gateway.detect.state import NO_TS, FleetState
+from gateway.detect.state import NO_TS, Col, Columns, FleetState
+from gateway.detect.types import AlarmSpec, Conditions, Tier, levels
 
 DISTRICT_POLE = "district"  # the entity (pole segment of the alert topic) of a district-level alarm
 #: Judged against the district's peers at the same moment, and as a district (``Detect.peers`` in the catalog).
@@ -176,6 +176,27 @@ def _gain(dt_ms: np.ndarray, tau_ms: float) -> np.ndarray:
     return -np.expm1(-np.asarray(dt_ms, np.float64) / tau_ms)
 
 
+class DriftState(Columns):
+    """Per pole x drift metric: the drift judgement's state (see :meth:`Spatial.evaluate`)."""
+
+    dz = Col(np.float64, np.nan, "k")  # short EW mean of the pole's place among its peers
+    du = Col(np.float64, np.nan, "k")  # its usual place
+    dw = Col(np.float64, 0.0, "k")  # its usual wander
+    dlearn = Col(np.float64, 0.0, "k")  # how long the usual place has learnt (ms)
+    dt = Col(np.int64, NO_TS, "k")  # device time of the last judgement
+    dch = Col(np.float64, 0.0, "k")  # CUSUM upwards
+    dcl = Col(np.float64, 0.0, "k")  # CUSUM downwards
+    dn = Col(np.float64, np.nan, "k")  # mean |place - usual place|: the pole's own spread around it
+    dx = Col(np.float64, np.nan, "k")  # the last reading judged
+    dxt = Col(np.int64, NO_TS, "k")  # its device time
+    drep = Col(np.bool_, False, "k")  # the last reading repeated the one before
+
+    def __init__(self, fleet: FleetState, k: int) -> None:
+        self.k = k
+        super().__init__(fleet)
+
+
+
 class Spatial:
     """Spatial conditions for poles (sensor_suspect, sensor_drift) and districts (district_event).
 
@@ -233,14 +254,7 @@ class Spatial:
                       raise_n=p.event_raise_n, raise_ms=p.event_persist_ms, clear_n=p.clear_n, unit=m.unit,
                       ref_label="usual", ref_unit=m.unit, decimals=m.decimals)
             for m in self.metrics)
-        kd = max(len(self.drift), 1)
-        for name, fill, dt in (("sp_dz", np.nan, np.float64), ("sp_du", np.nan, np.float64),
-                               ("sp_dw", 0.0, np.float64), ("sp_dlearn", 0.0, np.float64),
-                               ("sp_dt", NO_TS, np.int64), ("sp_dch", 0.0, np.float64),
-                               ("sp_dcl", 0.0, np.float64), ("sp_dn", np.nan, np.float64),
-                               ("sp_dx", np.nan, np.float64), ("sp_dxt", NO_TS, np.int64),
-                               ("sp_drep", False, np.bool_)):
-            state.alloc(name, dt, fill, (kd,))
+        self.dst = DriftState(state, len(self.drift))
         self._d_cap = 0
         self._ref_bad: np.ndarray | None = None
         k = len(self.metrics)
@@ -290,23 +304,23 @@ class Spatial:
             f = frozen[: st.n, None]  # channel's drift alarm is already raised
             if drifting is not None:
                 f = f & ~drifting[: st.n]
-            st.a["sp_dz"][: st.n][f] = st.a["sp_du"][: st.n][f]
-            st.a["sp_dch"][: st.n][f] = 0.0
-            st.a["sp_dcl"][: st.n][f] = 0.0
+            self.dst.dz[: st.n][f] = self.dst.du[: st.n][f]
+            self.dst.dch[: st.n][f] = 0.0
+            self.dst.dcl[: st.n][f] = 0.0
         n_d = len(st.districts)
         self._grow(n_d)
-        district = st.a["district"][: st.n].astype(np.int64)
+        district = st.district[: st.n].astype(np.int64)
         pole_parts, dist_parts = [], []
         for j, col in enumerate(self.cols):
             rows, x, med, cnt, z = self._peers(int(col), float(self.floors[j]), district, n_d, now_ms)
             ok = cnt[district[rows]] >= p.min_poles
             jd = self._suspect_drift[j]
             if jd >= 0:  # judged against the pole's own usual place among its peers, once it is learned
-                a = self.state.a
-                ok &= a["sp_dlearn"][rows, jd] >= p.drift_learn_ms
+                dst = self.dst
+                ok &= dst.dlearn[rows, jd] >= p.drift_learn_ms
                 # ... and its usual wander: the trigger is at least drift_k wanders away
-                wide = np.maximum(1.0, p.drift_k * 1.2533 * a["sp_dw"][rows, jd] / p.z_suspect)
-                z = (z - np.nan_to_num(a["sp_du"][rows, jd])) / wide
+                wide = np.maximum(1.0, p.drift_k * 1.2533 * dst.dw[rows, jd] / p.z_suspect)
+                z = (z - np.nan_to_num(dst.du[rows, jd])) / wide
             za = np.abs(z[ok])
             trig, hold = levels(za, ">=", (p.z_suspect,), (p.z_suspect_clear,))
             m = int(ok.sum())
@@ -320,7 +334,7 @@ class Spatial:
             ok = cnt[district[rows]] >= p.min_poles
             # judged only when the pole's reading is as recent as its district's newest: a pole that missed
             # its last reports (lost messages) would otherwise be compared, at dusk, with lamps already lit
-            ts = st.a["value_ts"][rows, int(col)]
+            ts = st.value_ts[rows, int(col)]
             newest = np.full(n_d, NO_TS, np.int64)
             np.maximum.at(newest, district[rows], ts)
             ok &= ts >= newest[district[rows]] - p.drift_lag_ms
@@ -354,14 +368,14 @@ class Spatial:
             ref = np.where(has, np.where(ok, amb, np.nan), med[district])
             return v - ref, fresh & ~np.isnan(ref)
         dim, dim_ok = st.latest(INDEX["dimming_pct"], now_ms, w)
-        rated = st.a["rated_w"][: st.n]
+        rated = st.rated_w[: st.n]
         rated = np.where(np.isnan(rated), DEFAULT_RATED_POWER_W, rated)
         expected = rated * np.where(dim_ok, dim, 0.0) / 100.0
         lit = dim_ok & (expected >= self.params.lit_min * rated)
         if name == "lamp_power_w":
             return v / np.where(lit, expected, 1.0), fresh & lit
         if name == "lamp_current_a":
-            nom = st.a["nominal_v"][: st.n]
+            nom = st.nominal_v[: st.n]
             nom = np.where(np.isnan(nom), DEFAULT_NOMINAL_VOLTAGE_V, nom)
             return v * nom / np.where(lit, expected, 1.0), fresh & lit
         ok = fresh & lit  # illuminance: judged under lit lamps in a dark district
@@ -374,10 +388,10 @@ class Spatial:
         names = [m.name for m in self.drift]
         if name not in names:
             return np.zeros(n, np.bool_)
-        j, a, p = names.index(name), self.state.a, self.params
-        dev = a["sp_dz"][:n, j] - a["sp_du"][:n, j]
-        thr = np.maximum(p.drift_z, p.drift_k * 1.2533 * a["sp_dw"][:n, j])
-        cusum = np.maximum(a["sp_dch"][:n, j], a["sp_dcl"][:n, j]) / p.cusum_h
+        j, dst, p = names.index(name), self.dst, self.params
+        dev = dst.dz[:n, j] - dst.du[:n, j]
+        thr = np.maximum(p.drift_z, p.drift_k * 1.2533 * dst.dw[:n, j])
+        cusum = np.maximum(dst.dch[:n, j], dst.dcl[:n, j]) / p.cusum_h
         return (np.nan_to_num(np.abs(dev) / thr) >= 0.5) | (cusum >= 0.5)
 
     def _spread(self, v: np.ndarray, fresh: np.ndarray, floor: float, district: np.ndarray, n_d: int
@@ -396,20 +410,20 @@ class Spatial:
         judged value and its device time (a new reading equal to the one before teaches nothing)."""
         if len(rows) == 0:
             return Conditions.empty()
-        a, p = self.state.a, self.params
+        dst, p = self.dst, self.params
         if x is not None and ts is not None:
             # a live sensor's successive readings differ (the catalog's noise); one repeating itself may be
             # stuck, and a stuck reading must not become the pole's usual place (after the repair it would
             # read as a drift): the usual place, the pole's spread and the wander learn only from changes
-            new = ts != a["sp_dxt"][rows, j]
-            rep = np.where(new, x == a["sp_dx"][rows, j], a["sp_drep"][rows, j])
-            a["sp_dx"][rows, j] = np.where(new, x, a["sp_dx"][rows, j])
-            a["sp_dxt"][rows, j] = np.where(new, ts, a["sp_dxt"][rows, j])
-            a["sp_drep"][rows, j] = rep
+            new = ts != dst.dxt[rows, j]
+            rep = np.where(new, x == dst.dx[rows, j], dst.drep[rows, j])
+            dst.dx[rows, j] = np.where(new, x, dst.dx[rows, j])
+            dst.dxt[rows, j] = np.where(new, ts, dst.dxt[rows, j])
+            dst.drep[rows, j] = rep
         else:
             rep = np.zeros(len(rows), np.bool_)
-        zs, zu, wander = a["sp_dz"][rows, j], a["sp_du"][rows, j], a["sp_dw"][rows, j]
-        learned, last = a["sp_dlearn"][rows, j], a["sp_dt"][rows, j]
+        zs, zu, wander = dst.dz[rows, j], dst.du[rows, j], dst.dw[rows, j]
+        learned, last = dst.dlearn[rows, j], dst.dt[rows, j]
         dt = np.where(last == NO_TS, 0.0, np.clip(now_ms - last, 0, p.max_step_ms)).astype(np.float64)
         # the short mean weighs one evaluation at most as a window's worth: after a pause (the pole frozen,
         # the lamp off) the first reading does not make the mean on its own
@@ -424,12 +438,12 @@ class Spatial:
         judged = learned >= (min(p.cusum_learn_ms, p.drift_learn_ms) if self._cusum[j] else p.drift_learn_ms)
         # in units of the pole's own reading-to-reading spread around its usual place (some poles read noisier)
         resid = z - np.where(np.isnan(zu), z, zu)
-        zn = a["sp_dn"][rows, j]
+        zn = dst.dn[rows, j]
         sd = np.maximum(1.2533 * np.nan_to_num(zn, nan=1.0), p.cusum_sd_min)
         r = np.clip(resid / sd, -p.cusum_clip, p.cusum_clip)
         w = np.minimum(dt, p.window_ms) / p.cusum_unit_ms * self._cusum[j]
-        ch = np.where(judged, np.maximum(a["sp_dch"][rows, j] + w * (r - p.cusum_k), 0.0), 0.0)
-        cl = np.where(judged, np.maximum(a["sp_dcl"][rows, j] + w * (-r - p.cusum_k), 0.0), 0.0)
+        ch = np.where(judged, np.maximum(dst.dch[rows, j] + w * (r - p.cusum_k), 0.0), 0.0)
+        cl = np.where(judged, np.maximum(dst.dcl[rows, j] + w * (-r - p.cusum_k), 0.0), 0.0)
         c_up, c_down = ch / p.cusum_h, cl / p.cusum_h
         # the usual place: running mean while learning, then a very slow EW; neither while drifting
         learn = (~ready | (u < 0.5)) & (np.maximum(c_up, c_down) < p.cusum_hold) & ~rep
@@ -439,13 +453,13 @@ class Spatial:
         zu_new = np.where(np.isnan(zu), z, zu + np.where(learn, a_u, 0.0) * (z - np.where(np.isnan(zu), 0.0, zu)))
         wander_new = np.where(learn & ~np.isnan(zu), wander + a_u * (np.minimum(np.abs(dev), p.drift_z) - wander),
                               wander)
-        a["sp_dz"][rows, j], a["sp_du"][rows, j], a["sp_dw"][rows, j] = zs, zu_new, wander_new
-        a["sp_dch"][rows, j], a["sp_dcl"][rows, j] = ch, cl
+        dst.dz[rows, j], dst.du[rows, j], dst.dw[rows, j] = zs, zu_new, wander_new
+        dst.dch[rows, j], dst.dcl[rows, j] = ch, cl
         zn0 = np.nan_to_num(zn)
         a_n = np.where(np.isnan(zn), 1.0, a_u)
-        a["sp_dn"][rows, j] = np.where(learn & ~np.isnan(zu), zn0 + a_n * (np.abs(resid) - zn0), zn)
-        a["sp_dlearn"][rows, j] = np.minimum(w_new, p.drift_learn_ms)
-        a["sp_dt"][rows, j] = now_ms
+        dst.dn[rows, j] = np.where(learn & ~np.isnan(zu), zn0 + a_n * (np.abs(resid) - zn0), zn)
+        dst.dlearn[rows, j] = np.minimum(w_new, p.drift_learn_ms)
+        dst.dt[rows, j] = now_ms
         r_ok = rows[judged]
         # a channel in drift_down_only is called drifting only when it reads low
         if self._drift_down[j]:
@@ -521,22 +535,22 @@ class Spatial:
                                 "first_ms": int(self.first_ms[d, j]),
                                 "prof": [float(v) for v in self.prof[d, j]],
                                 "bin_w": [float(v) for v in self.bin_w[d, j]]})
-        a = self.state.a
+        dst = self.dst
         for r, pole in enumerate(self.state.poles):
             for j, m in enumerate(self.drift):
-                if a["sp_dt"][r, j] != NO_TS:
+                if dst.dt[r, j] != NO_TS:
                     out.append({"pole": pole, "district": self.state.pole_district[r], "metric": m.name,
-                                "drift": [float(a["sp_dz"][r, j]), float(a["sp_du"][r, j]),
-                                          float(a["sp_dw"][r, j]), float(a["sp_dlearn"][r, j]),
-                                          int(a["sp_dt"][r, j]), float(a["sp_dch"][r, j]),
-                                          float(a["sp_dcl"][r, j]), float(a["sp_dn"][r, j])]})
+                                "drift": [float(dst.dz[r, j]), float(dst.du[r, j]),
+                                          float(dst.dw[r, j]), float(dst.dlearn[r, j]),
+                                          int(dst.dt[r, j]), float(dst.dch[r, j]),
+                                          float(dst.dcl[r, j]), float(dst.dn[r, j])]})
         return out
 
     def restore(self, entries: Sequence[dict[str, Any]]) -> None:
         names = {m.name: j for j, m in enumerate(self.metrics)}
         drift_names = {m.name: j for j, m in enumerate(self.drift)}
         nb = self.params.n_bins
-        a = self.state.a
+        dst = self.dst
         for e in entries:
             if "pole" in e:
                 jd = drift_names.get(str(e.get("metric")))
@@ -545,9 +559,9 @@ class Spatial:
                 r = self.state.row(str(e["pole"]), str(e["district"]))
                 zs, zu, w, learned, t, *cusum = e["drift"]  # state saved before the CUSUM has 5 values
                 ch, cl, zn = (float(x) for x in cusum) if len(cusum) == 3 else (0.0, 0.0, float("nan"))
-                a["sp_dch"][r, jd], a["sp_dcl"][r, jd], a["sp_dn"][r, jd] = ch, cl, zn
-                a["sp_dz"][r, jd], a["sp_du"][r, jd], a["sp_dw"][r, jd] = float(zs), float(zu), float(w)
-                a["sp_dlearn"][r, jd], a["sp_dt"][r, jd] = float(learned), int(t)
+                dst.dch[r, jd], dst.dcl[r, jd], dst.dn[r, jd] = ch, cl, zn
+                dst.dz[r, jd], dst.du[r, jd], dst.dw[r, jd] = float(zs), float(zu), float(w)
+                dst.dlearn[r, jd], dst.dt[r, jd] = float(learned), int(t)
                 continue
             j = names.get(str(e.get("metric")))
             if j is None:

@@ -180,22 +180,6 @@ class Columns:
         return sum(a.nbytes for a in self._arrays.values())
 
 
-class _Loose(Columns):
-    """The arrays of :meth:`FleetState.alloc`, declared at run time."""
-
-    def __init__(self, fleet: FleetState) -> None:
-        self.columns_by_name: dict[str, Col] = {}
-        super().__init__(fleet)
-
-    def columns(self) -> list[Col]:  # type: ignore[override]
-        return list(self.columns_by_name.values())
-
-    def add(self, name: str, col: Col) -> None:
-        col.name = name
-        self.columns_by_name[name] = col
-        self._arrays[name] = np.full((self._cap, *col.shape_of(self)), col.fill, col.dtype)
-
-
 class FleetState(Columns):
     """Registry of poles and districts, their attributes, and the latest value and time of every
     pole x metric; the tables of the rule families registered with it grow with it."""
@@ -221,7 +205,6 @@ class FleetState(Columns):
         super().__init__(None)
         self._resize(self._want)
         self._tables.append(self)
-        self._loose = _Loose(self)
 
     # --- registry -----------------------------------------------------------------------------------
     @property
@@ -241,18 +224,6 @@ class FleetState(Columns):
     @property
     def tables(self) -> tuple[Columns, ...]:
         return tuple(self._tables)
-
-    # --- untyped arrays: only for a layer not yet moved onto its own Columns table ----------------------
-    def alloc(self, name: str, dtype: type | np.dtype, fill: object, tail: tuple[int, ...] = ()) -> None:
-        """Register a per-pole array under ``name`` in :attr:`a` (prefer a :class:`Columns` table)."""
-        if name in self._loose.columns_by_name:
-            raise ValueError(f"state array {name!r} already allocated")
-        self._loose.add(name, Col(dtype, fill, *tail))
-
-    @property
-    def a(self) -> dict[str, np.ndarray]:
-        """Every array by name: the registry's own and the untyped ones of :meth:`alloc`."""
-        return {**self._arrays, **self._loose._arrays}
 
     def _grow(self, need: int) -> None:
         cap = self._cap

@@ -49,4 +49,4 @@ def test_batch_equals_the_per_value_reference(calls: list[list[Reading]]) -> Non
         assert np.array_equal(a.rows, b.rows) and np.array_equal(a.ts, b.ts)
         assert np.array_equal(a.values, b.values, equal_nan=True)
         assert ours.poles == ref.poles and ours.pole_district == ref.pole_district
-        assert np.array_equal(ours.a["district"], ref.a["district"])
+        assert np.array_equal(ours.district, ref.district)

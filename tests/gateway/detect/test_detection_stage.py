@@ -104,8 +104,8 @@ def test_fleet_state_grows_by_doubling_and_keeps_what_it_holds() -> None:
     b = Batch.from_arrays(np.arange(70), np.full(70, INDEX["tilt_deg"]), np.arange(70) / 10, np.full(70, T0))
     st.observe(b)
     st.row("p-200", "south")
-    assert np.allclose(st.a["value"][:70, INDEX["tilt_deg"]], np.arange(70) / 10)
-    assert st.districts == ["north", "south"] and st.a["district"][70] == 1
+    assert np.allclose(st.value[:70, INDEX["tilt_deg"]], np.arange(70) / 10)
+    assert st.districts == ["north", "south"] and st.district[70] == 1
 
 
 def test_a_late_sample_never_overwrites_a_newer_value() -> None:
@@ -114,8 +114,8 @@ def test_a_late_sample_never_overwrites_a_newer_value() -> None:
     c = INDEX["leakage_current_ma"]
     st.observe(Batch.from_arrays(np.array([r]), np.array([c]), np.array([5.0]), np.array([T0 + 10])))
     st.observe(Batch.from_arrays(np.array([r]), np.array([c]), np.array([9.0]), np.array([T0])))
-    assert st.a["value"][r, c] == 5.0 and st.a["value_ts"][r, c] == T0 + 10
-    assert st.a["last_ts"][r] == T0 + 10
+    assert st.value[r, c] == 5.0 and st.value_ts[r, c] == T0 + 10
+    assert st.last_ts[r] == T0 + 10
 
 
 def test_occurrence_rank() -> None:
@@ -129,7 +129,7 @@ def test_status_birth_registers_the_pole_and_its_interval() -> None:
     row = s.state.find("p-9")
     assert row is not None and s.state.pole_district[row] == "east"
     assert s.rules.silence_limit_ms(np.array([row]))[0] == 30_000.0  # max(3 x 5 s, 30 s floor)
-    assert s.state.a["arrival_ms"][row] != NO_TS
+    assert s.state.arrival_ms[row] != NO_TS
 
 
 def test_counters_and_active_alerts_are_contract_models() -> None:

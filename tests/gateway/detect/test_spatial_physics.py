@@ -129,13 +129,13 @@ def test_the_cusum_state_survives_export_and_restore() -> None:
     assert sp is not None
     j = [m.name for m in sp.drift].index("cabinet_temp_c")
     r = sp.state.poles.index("n-07")
-    before = [float(sp.state.a[k][r, j]) for k in ("sp_dch", "sp_dcl", "sp_dn")]
+    before = [float(getattr(sp.dst, k)[r, j]) for k in ("dch", "dcl", "dn")]
     assert before[1] > 0.0 and before[2] > 0.0  # the low side has accumulated; the pole's spread is learned
     fresh = Lit()
     assert fresh.stage.spatial is not None
     fresh.stage.spatial.restore(sp.export())
     r2 = fresh.stage.spatial.state.poles.index("n-07")
-    assert [float(fresh.stage.spatial.state.a[k][r2, j]) for k in ("sp_dch", "sp_dcl", "sp_dn")] == before
+    assert [float(getattr(fresh.stage.spatial.dst, k)[r2, j]) for k in ("dch", "dcl", "dn")] == before
 
 
 def test_state_saved_before_the_cusum_restores_with_a_fresh_cusum() -> None:
@@ -147,10 +147,10 @@ def test_state_saved_before_the_cusum_restores_with_a_fresh_cusum() -> None:
     fresh = Lit()
     assert fresh.stage.spatial is not None
     fresh.stage.spatial.restore(old)
-    a, j = fresh.stage.spatial.state.a, [m.name for m in sp.drift].index("cabinet_temp_c")
+    a, j = fresh.stage.spatial.dst, [m.name for m in sp.drift].index("cabinet_temp_c")
     r = fresh.stage.spatial.state.poles.index("n-07")
-    assert a["sp_du"][r, j] == sp.state.a["sp_du"][sp.state.poles.index("n-07"), j]
-    assert a["sp_dcl"][r, j] == 0.0 and np.isnan(a["sp_dn"][r, j])
+    assert a.du[r, j] == sp.dst.du[sp.state.poles.index("n-07"), j]
+    assert a.dcl[r, j] == 0.0 and np.isnan(a.dn[r, j])
 
 
 
@@ -160,13 +160,13 @@ def test_a_repeated_reading_teaches_the_usual_place_nothing() -> None:
         lit.minute()
     sp = lit.stage.spatial
     assert sp is not None
-    a, j = sp.state.a, [m.name for m in sp.drift].index("ambient_temp_c")
+    a, j = sp.dst, [m.name for m in sp.drift].index("ambient_temp_c")
     rows = np.array([sp.state.poles.index("n-08")], np.int64)
     t = lit.t
 
     def step(k: int, x: float, z: float) -> float:
         sp._drift(j, rows, np.array([z]), t + k * 5 * MIN, np.array([x]), np.array([t + k * 5 * MIN]))
-        return float(a["sp_du"][rows[0], j])
+        return float(a.du[rows[0], j])
 
     u0 = step(1, 8.0, 0.0)
     assert step(2, 8.0, 2.0) == u0  # the same reading again (a stuck sensor): the place it gives is not learnt
