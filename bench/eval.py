@@ -19,6 +19,7 @@ from pathlib import Path
 
 from contract import schema
 from contract.catalog import METRICS
+from contract.cli import quiet_logs
 from contract.readings import Point
 from gateway import nab
 from gateway.replay import replay_nab
@@ -370,6 +371,8 @@ def faults_line(table: bool = True, *, seeds: tuple[int, ...] = EVAL_SEEDS, pole
     return "\n".join([faults_table(run), *lines] if table else lines)
 
 
+# thousands of simulated alarms are the evaluation's input, not news: the per-alarm log lines stay quiet
+@quiet_logs("lampwatch")
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.eval", description=__doc__.splitlines()[0])
     ap.add_argument("--nab", type=Path, default=None, help="NAB corpus folder (data/, labels/)")
