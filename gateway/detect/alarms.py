@@ -32,7 +32,7 @@ from typing import Any, Literal
 import numpy as np
 
 from contract.catalog import Severity
-from gateway.detect.state import NO_TS, occurrence_rank
+from gateway.detect.state import NO_TS, doubled, occurrence_rank
 from gateway.detect.types import AlarmSpec, Conditions
 
 Change = Literal["raised", "escalated", "deescalated", "cleared"]
@@ -157,9 +157,7 @@ class AlarmPolicy:
         self._a, self._cap = fresh, cap
 
     def ensure(self, n_rows: int) -> None:
-        cap = self._cap
-        while cap < n_rows:
-            cap *= 2
+        cap = doubled(self._cap, n_rows)
         if cap != self._cap:
             self._alloc(cap)
 

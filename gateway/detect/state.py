@@ -128,6 +128,14 @@ def occurrence_rank(keys: np.ndarray) -> np.ndarray:
     return rank
 
 
+def doubled(cap: int, need: int) -> int:
+    """The capacity that holds ``need`` rows, doubling from ``cap`` (every growing array here grows so)."""
+    cap = max(int(cap), 1)
+    while cap < need:
+        cap *= 2
+    return cap
+
+
 class Col:
     """One per-pole array of a :class:`Columns` table, of shape ``(capacity, *tail)``; a tail entry
     that is a string names an ``int`` attribute of the table (set before ``Columns.__init__``)."""
@@ -226,9 +234,7 @@ class FleetState(Columns):
         return tuple(self._tables)
 
     def _grow(self, need: int) -> None:
-        cap = self._cap
-        while cap < need:
-            cap *= 2
+        cap = doubled(self._cap, need)
         if cap == self._cap:
             return
         for t in self._tables:

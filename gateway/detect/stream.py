@@ -48,6 +48,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from gateway.detect.state import doubled
+
 F32 = np.float32
 #: Series per vectorised step (see StreamDetector._chunks): ~64 KB per float32 temporary.
 CHUNK = 16_384
@@ -142,9 +144,7 @@ class StreamDetector:
         return self._cap
 
     def ensure_capacity(self, n: int) -> None:
-        cap = self._cap
-        while cap < n:
-            cap *= 2
+        cap = doubled(self._cap, n)
         if cap != self._cap:
             self._alloc(cap)
 
