@@ -333,11 +333,11 @@ class DetectionStage:
     def save(self, full: bool = True) -> None:
         """Save the state now, on the caller's thread (``full=False``: without the streaming detector's
         arrays); raises OSError when it cannot be written."""
+        if self.state_path is None:
+            return
+        if self._saver is not None:  # not under the lock: the saver takes it to record its outcome
+            self._saver.drain()
         with self._lock:
-            if self.state_path is None:
-                return
-            if self._saver is not None:
-                self._saver.drain()
             self._write(self._snapshot(full))
             self.counts["state_saves"] += 1
             self._dirty = self._unsaved_changes = False
@@ -352,11 +352,10 @@ class DetectionStage:
             self._closed = True
         if self._saver is not None:
             self._saver.stop()
-        with self._lock:
-            try:
-                self.save()
-            except OSError as exc:
-                log.error("cannot save the alarm state to %s at shutdown: %s", self.state_path, exc)
+        try:
+            self.save()
+        except OSError as exc:
+            log.error("cannot save the alarm state to %s at shutdown: %s", self.state_path, exc)
 
     def _stream_path(self) -> Path:
         assert self.state_path is not None
@@ -413,6 +412,8 @@ class _Saver:
 
     def offer(self, snap: _Snapshot) -> None:
         with self._cv:
+            if self._stop:  # the stage is closed: close() wrote the last state itself
+                return
             if self._next is not None and self._next.full and not snap.full:
                 snap.full = True  # a pending full save is not downgraded by a newer alarm-only one
             self._next = snap
@@ -421,7 +422,7 @@ class _Saver:
     def drain(self) -> None:
         """Wait until nothing is pending or being written."""
         with self._cv:
-            while self._next is not None or self._busy:
+            while (self._next is not None or self._busy) and self._thread.is_alive():
                 self._cv.wait(0.1)
 
     def stop(self) -> None:

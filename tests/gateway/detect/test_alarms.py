@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -274,4 +276,29 @@ def test_a_state_file_that_cannot_be_written_is_said_counted_and_retried(tmp_pat
     assert f.stage.state_error is None
     doc = json.loads(path.read_text())
     assert sorted(x["entity"] for x in doc["alarms"]) == ["p-1", "p-2"]
+    f.stage.close()
+
+
+def test_save_now_while_the_saver_is_writing_does_not_deadlock(tmp_path: Path) -> None:
+    """``save()`` waits for the saver thread's write; the saver takes the stage's lock to record how the
+    write went, so waiting for it while holding that lock would hang (it did, in this session's first
+    version, whenever a background write was still running)."""
+    f = Feed(str(tmp_path / "d.json"))
+    slow_once = [True]
+    real_write = f.stage._write
+
+    def slow_write(snap: Any) -> None:
+        if slow_once[0]:
+            slow_once[0] = False
+            time.sleep(0.5)  # the background write of the change below is still running ...
+        real_write(snap)
+
+    f.stage._write = slow_write  # type: ignore[method-assign]
+    f(smoke=1.0)  # an alarm change: a background save starts
+    done = threading.Event()
+    saver = threading.Thread(target=lambda: (f.stage.save(), done.set()), daemon=True)
+    saver.start()  # ... when save() is called
+    saver.join(timeout=20)
+    assert done.is_set(), "save() hung while the background write was running"
+    assert [x["key"] for x in json.loads((tmp_path / "d.json").read_text())["alarms"]] == ["smoke"]
     f.stage.close()
