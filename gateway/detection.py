@@ -289,10 +289,15 @@ class DetectionStage:
             self._write_safely(self._snapshot(full))
 
     def _snapshot(self, full: bool) -> _Snapshot:
-        """A private copy of the detector (taken under the lock; serialised later, elsewhere)."""
+        """A private copy of the detector (taken under the lock; serialised later, elsewhere). The
+        streaming detector is not copied with it: its arrays (most of the bytes) are copied only for a
+        full save, by ``state_dict``, as the write needs them."""
         memo: dict[int, Any] = {id(self.det.inventory): self.det.inventory}  # shared, never written
+        if self.det.stream is not None:
+            memo[id(self.det.stream)] = None
         det = copy.deepcopy(self.det, memo)
-        return _Snapshot(det, full, int(self.clock() * 1000), dict(self.counts))
+        arrays = self.det.stream_arrays() if full else None
+        return _Snapshot(det, arrays, int(self.clock() * 1000), dict(self.counts))
 
     def _write(self, snap: _Snapshot) -> None:
         assert self.state_path is not None
@@ -301,7 +306,7 @@ class DetectionStage:
         doc["counts"] = snap.counts
         body = json.dumps(doc, separators=(",", ":")).encode()
         _atomic_write(self.state_path, lambda f: f.write(body))
-        arrays = snap.det.stream_arrays() if snap.full else None
+        arrays = snap.arrays
         if arrays is not None:
             _atomic_write(self._stream_path(), lambda f: np.savez(f, **arrays))  # type: ignore[arg-type]
 
@@ -313,7 +318,7 @@ class DetectionStage:
         except Exception as exc:  # disk full, read-only, permission...: say so, keep detecting, retry
             with self._lock:
                 self.counts["state_save_errors"] += 1
-                self._unsaved_changes = True  # what this save held is still unsaved
+                self._dirty = self._unsaved_changes = True  # what this save held is still unsaved
                 if self.state_error is None:
                     log.error("cannot save the alarm state to %s: %s", self.state_path, exc)
                 self.state_error = f"cannot save alarm state: {exc}"
@@ -390,10 +395,11 @@ class DetectionStage:
 
 
 class _Snapshot:
-    __slots__ = ("counts", "det", "full", "saved_at")
+    __slots__ = ("arrays", "counts", "det", "saved_at")
 
-    def __init__(self, det: Detector, full: bool, saved_at: int, counts: dict[str, int]) -> None:
-        self.det, self.full, self.saved_at, self.counts = det, full, saved_at, counts
+    def __init__(self, det: Detector, arrays: dict[str, np.ndarray] | None, saved_at: int,
+                 counts: dict[str, int]) -> None:
+        self.det, self.arrays, self.saved_at, self.counts = det, arrays, saved_at, counts
 
 
 class _Saver:
@@ -414,8 +420,8 @@ class _Saver:
         with self._cv:
             if self._stop:  # the stage is closed: close() wrote the last state itself
                 return
-            if self._next is not None and self._next.full and not snap.full:
-                snap.full = True  # a pending full save is not downgraded by a newer alarm-only one
+            if self._next is not None and self._next.arrays is not None and snap.arrays is None:
+                snap.arrays = self._next.arrays  # a pending full save is not downgraded by a newer alarm-only one
             self._next = snap
             self._cv.notify()
 
