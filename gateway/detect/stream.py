@@ -123,9 +123,10 @@ class StreamDetector:
     # (PROFILE_DTYPE bins from cell _P0), padding to an even width. One series' state is one row, so an update
     # moves one gather and one scatter of rows, and the profile bin it needs is already in that row.
     def _alloc(self, cap: int) -> None:
+        # zeros, which the kernel backs only when a series first writes its row: a fresh row (n == 0) gets
+        # its NaNs (t_prev, every profile bin "never visited") at its first sample (``_step``). NaN-filling
+        # here made every slot resident at once, the spare ones too (68 MB for 344,064 slots)
         s = np.zeros((cap, self._width), F32)
-        _t_prev(s)[:] = np.nan
-        self._prof(s)[:] = np.nan  # a bin never visited
         if self._cap:
             s[: self._cap] = self._s
         self._set(s)
@@ -238,6 +239,9 @@ class StreamDetector:
         n1 = n_col + 1
         n_min = int(n1.min())
         kf = np.flatnonzero(n1 == 1) if n_min == 1 else None  # a series' first sample
+        if kf is not None:  # a fresh row: the "never" marks its allocation left out (see _alloc)
+            _t_prev(block)[kf] = np.nan
+            self._prof(block)[kf] = np.nan
         ke = np.flatnonzero(n1 <= 20) if n_min <= 20 else None  # early: no volatility/step envelopes yet
         all_warm = n_min > p.warmup
         warm = None if all_warm else n1 > p.warmup
