@@ -18,12 +18,11 @@ import numpy as np
 
 from contract.catalog import INDEX, METRICS, Metric
 from gateway.detect.state import NO_TS, Batch, Col, Columns, FleetState, occurrence_rank
-from gateway.detect.stuck import safety_channel
 from gateway.detect.types import AlarmSpec, Conditions, Tier
 
 
 def dropout_metrics() -> tuple[Metric, ...]:
-    return tuple(m for m in METRICS if m.critical or safety_channel(m))
+    return tuple(m for m in METRICS if m.critical or m.safety_channel)
 
 
 class DropoutState(Columns):

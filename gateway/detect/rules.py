@@ -33,13 +33,13 @@ from gateway.detect.maintenance import Maintenance
 from gateway.detect.params import RuleParams
 from gateway.detect.presence import Presence, offline_spec
 from gateway.detect.state import NO_TS, Batch, FleetState, occurrence_rank
-from gateway.detect.stuck import Stuck, repeat_prior, safety_channel, stuck_metrics, stuck_specs
+from gateway.detect.stuck import Stuck, repeat_prior, stuck_metrics, stuck_specs
 from gateway.detect.thresholds import LampContext, Rule, Thresholds, derive_rules
 from gateway.detect.types import AlarmSpec, Conditions, Tier, levels
 
 # the names layers and callers import from here (the layer-1 facade)
 __all__ = ["AlarmSpec", "Conditions", "Rule", "RuleParams", "Rules", "Tier", "derive_rules", "levels",
-           "repeat_prior", "safety_channel", "stuck_metrics", "stuck_specs"]
+           "repeat_prior", "stuck_metrics", "stuck_specs"]
 
 _DIM = INDEX["dimming_pct"]
 _LUX = INDEX["illuminance_lux"]

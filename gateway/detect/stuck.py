@@ -22,12 +22,6 @@ from gateway.detect.state import Col, Columns, FleetState
 from gateway.detect.types import AlarmSpec, Conditions, Tier
 
 
-def safety_channel(m: Metric) -> bool:
-    """A float safety sensor a threshold judges (``Metric.safety_channel``): a failed one blinds a safety
-    rule, so its health is judged even where other sensors' is not."""
-    return m.safety_channel
-
-
 def stuck_metrics(metrics: Sequence[Metric] = METRICS) -> tuple[Metric, ...]:
     """The metrics the catalog's detection hints name as stuck candidates (``Detect.stuck``: a live
     sensor of it wavers, so an unchanged reading for too long is a stuck sensor)."""
@@ -70,7 +64,7 @@ class Stuck:
         self.hi = np.array([m.hi for m in sm], np.float64)
         self.lamp_slots = np.array([j for j, m in enumerate(sm) if m.name in ("lamp_current_a", "lamp_power_w")],
                                    np.int64)
-        self.safety = np.array([safety_channel(m) for m in sm], np.bool_)
+        self.safety = np.array([m.safety_channel for m in sm], np.bool_)
         self.warm = np.where(self.safety, params.stuck_warm_safety, params.stuck_warm).astype(np.int64)
         self.st = StuckState(fleet, len(sm))
 
