@@ -208,7 +208,9 @@ def test_gateway_with_an_inventory_dead_letters_district_hopping(mosquitto: Mosq
         got = _wait(lambda: [d for d in dead if d["reason"] == "wrong_district"], "the dead letter")
         assert got[0]["pole"] == "p-7" and "belongs to district north" in got[0]["detail"]
         _wait(lambda: gw.counters().get("rejects_wrong_district") == 1, "the reject counter")
-        assert [r["seq"] for r in store.select("telemetry", {"pole": "p-7"})] == [2]
+        # the alarm is published by detection before the output thread writes the batch: wait for the store
+        stored = _wait(lambda: store.select("telemetry", {"pole": "p-7"}), "the stored reading")
+        assert [r["seq"] for r in stored] == [2]
     finally:
         peer.close()
         sub.loop_stop()
