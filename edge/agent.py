@@ -138,10 +138,14 @@ class EdgeAgent:
         log.info("edge agent %s started (boot %s, %d sensors, outbox %s)", self.pole, self.boot_id,
                  len(self.sensors), cfg.outbox_file)
 
-    def stop(self, flush_timeout_s: float = 5.0) -> None:
-        """Stop sampling, let the outbox drain (while connected, up to the timeout), publish the retained
-        offline status (reason "shutdown"), disconnect cleanly (no Last Will) and close the outbox.
-        Idempotent."""
+    def stop(self, flush_timeout_s: float = 5.0, status_timeout_s: float = 3.0) -> None:
+        """Stop sampling, let the outbox drain (while connected, up to ``flush_timeout_s``), publish the
+        retained offline status (reason "shutdown") and wait up to ``status_timeout_s`` for its ack,
+        disconnect cleanly (no Last Will) and close the outbox. Idempotent.
+
+        The status has a budget of its own: a backlog that used the whole flush budget must not leave the
+        status one second on a loaded machine (a clean shutdown has no Last Will, so a lost status leaves
+        the pole's retained "online" standing until the gateway's silence rule says otherwise)."""
         if self._stopped:
             return
         self._stopped = True
@@ -154,7 +158,7 @@ class EdgeAgent:
                 self.loop.wake(self._member)
                 time.sleep(0.02)
             final = (self.t_status, self._status("offline", reason="shutdown"))
-            self.loop.close(self._member, final, timeout_s=max(1.0, deadline - time.monotonic()))
+            self.loop.close(self._member, final, timeout_s=max(status_timeout_s, deadline - time.monotonic()))
         if self._own_loop:
             self.loop.stop()
         for d in {id(d): d for d in self.drivers.values()}.values():

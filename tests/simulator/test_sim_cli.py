@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -128,6 +129,12 @@ def test_run_per_device_is_one_client_per_pole(mosquitto: Mosquitto, tmp_path: P
         assert res.exit_code == 0, res.output
         m = RUN_LINE.search(res.output)
         assert m, res.output
+        # the broker forwards each agent's last status after acknowledging it to the agent: wait for the
+        # four (bounded) instead of reading what has arrived at the moment the run returned
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and len({json.loads(p)["pole"] for _t, p in sub.of("status")
+                                                    if json.loads(p)["state"] == "offline"}) < 4:
+            time.sleep(0.05)
     finally:
         sub.close()
     status = [json.loads(p) for _t, p in sub.of("status")]
