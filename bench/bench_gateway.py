@@ -89,14 +89,20 @@ def summarise(results: dict[str, SystemResult], sim: dict[str, float], agents: i
     raw = results["raw"].msgs_s if "raw" in results else 0.0
     naive = results["naive"].msgs_s if "naive" in results else 0.0
     gw_rate = gw.msgs_s if gw else 0.0
-    lost = sum(t.lost for g in (g1, g2) if g is not None for t in g.trials if t.drained)
+    lost = sum(t.lost for g in (g1, g2) if g is not None for t in [*g.trials, *([g.at80] if g.at80 else [])]
+               if t.drained)
 
     def us(res: SystemResult | None) -> float:
         b = res.best if res is not None else None
         return b.cpu_us.get("consumer", 0.0) if b else 0.0
 
     gw_us, raw_us = us(g1), us(results.get("raw"))
+    b1 = g1.best if g1 is not None else None
+    a80 = g1.at80 if g1 is not None else None
     return {
+        "p99_at80_ms": a80.p99_ms if a80 is not None and a80.sustained and a80.p99_ms is not None else -1.0,
+        "at80_msgs_s": a80.rate if a80 is not None else 0,
+        "gw_first_us_per_msg": b1.first_cpu_us.get("consumer", 0.0) if b1 and b1.first_cpu_us else 0.0,
         "gw_us_per_msg": gw_us, "raw_us_per_msg": raw_us, "cpu_ratio": gw_us / raw_us if raw_us else 0.0,
         "two_proc_ratio": (g2.msgs_s / g1.msgs_s) if (g1 and g2 and g1.msgs_s) else 0.0,
         "gateway_msgs_s": gw_rate, "gateway_mode": gw.system if gw else "-",
@@ -110,15 +116,16 @@ def summarise(results: dict[str, SystemResult], sim: dict[str, float], agents: i
         "lost": lost,
         "sim_msgs_s": sim.get("msgs_s", 0.0), "sim_values_s": sim.get("values_s", 0.0),
         "agents": agents, "agents_note": agents_note,
-        "systems": {k: {"msgs_s": v.msgs_s, "note": v.note, "trials": [asdict(t) for t in v.trials]}
+        "systems": {k: {"msgs_s": v.msgs_s, "note": v.note, "trials": [asdict(t) for t in v.trials],
+                        "at80": asdict(v.at80) if v.at80 is not None else None}
                     for k, v in results.items()},
     }
 
 
 def table(r: dict[str, Any]) -> Table:
     t = Table(title="lampwatch ingest: highest offered rate sustained with zero loss (real Mosquitto + InfluxDB 1.6.7)")
-    for col in ("system", "msgs/s", "values/s", "p50 ms", "p99 ms", "RSS MB", "CPU us/msg: consumer broker "
-                "influxd loadgen", "rates tried", "note"):
+    for col in ("system", "msgs/s", "poles", "values/s", "p50 ms", "p99 ms", "RSS MB", "CPU us/msg: consumer broker "
+                "influxd loadgen", "first interval: CPU us/msg (held)", "rates tried", "note"):
         t.add_column(col, overflow="fold")
     for name, s in r["systems"].items():
         trials = s["trials"]
@@ -134,18 +141,29 @@ def table(r: dict[str, Any]) -> Table:
                                          f"{'' if fail['drained'] else ' (still draining)'}") if x)
         elif fail is not None:
             note = "; ".join(x for x in (note, fail["note"]) if x)
+        a80 = s.get("at80")
+        if a80:
+            p99 = "-" if a80["p99_ms"] is None else f"{a80['p99_ms']:.0f}"
+            held = "held" if a80["sustained"] else "not held"
+            note = "; ".join(x for x in (note, f"at 80 % ({a80['rate']}): {held}, p99 {p99} ms") if x)
         if name == r["gateway_mode"]:
             note = "; ".join(x for x in ("<- gateway result", note) if x)
 
         def ms(v: float | None) -> str:
             return "-" if v is None else f"{v:.0f}"
 
-        t.add_row(name, f"{s['msgs_s']:.0f}", f"{s['msgs_s'] * b['values_per_msg']:.0f}" if b else "0",
+        def cpu(c: dict[str, float]) -> str:
+            return " ".join(f"{c.get(k, 0):.0f}" for k in ("consumer", "broker", "influxd", "loadgen"))
+
+        first = "-"
+        if b and b["first_cpu_us"]:
+            first = f"{cpu(b['first_cpu_us'])} ({'held' if b['first_held'] else 'late'})"
+        t.add_row(name, f"{s['msgs_s']:.0f}", f"{b['poles']}" if b else "-",
+                  f"{s['msgs_s'] * b['values_per_msg']:.0f}" if b else "0",
                   ms(b["p50_ms"]) if b else "-", ms(b["p99_ms"]) if b else "-",
                   "+".join(f"{m:.0f}" for m in b["rss_mb"]) if b else "-",
-                  " ".join(f"{b['cpu_us'].get(k, 0):.0f}" for k in ("consumer", "broker", "influxd", "loadgen"))
-                  if b else "-", tried or "-", note)
-    t.add_row("simulator", f"{r['sim_msgs_s']:.0f}", f"{r['sim_values_s']:.0f}", "-", "-", "-", "-", "-",
+                  cpu(b["cpu_us"]) if b else "-", first, tried or "-", note)
+    t.add_row("simulator", f"{r['sim_msgs_s']:.0f}", "-", f"{r['sim_values_s']:.0f}", "-", "-", "-", "-", "-", "-",
               f"multiplexed generate+publish, one process, unpaced; agents={r['agents']}: {r['agents_note']}")
     return t
 
@@ -156,7 +174,8 @@ def lines(r: dict[str, Any]) -> list[str]:
             f"naive_msgs_s={r['naive_msgs_s']:.0f} ratio_raw={r['ratio_raw']:.2f} ratio_naive={r['ratio_naive']:.1f} "
             f"gw_us_per_msg={r['gw_us_per_msg']:.0f} raw_us_per_msg={r['raw_us_per_msg']:.0f} "
             f"cpu_ratio={r['cpu_ratio']:.2f} two_proc_msgs_s={r['gateway_2_msgs_s']:.0f} "
-            f"p99_ms={r['p99_ms']:.0f} lost={r['lost']}"]
+            f"p99_ms={r['p99_ms']:.0f} lost={r['lost']} gw_first_interval_us_per_msg={r['gw_first_us_per_msg']:.0f} "
+            f"p99_at_80pct_ms={r['p99_at80_ms']:.0f} at_80pct_msgs_s={r['at80_msgs_s']:.0f}"]
 
 
 def report(r: dict[str, Any]) -> None:
@@ -175,6 +194,8 @@ def main(argv: list[str] | None = None) -> None:
     b.add_argument("--hold", type=float, default=0.0, help="seconds each rate is held (default: the spec's)")
     b.add_argument("--pyspy", default="", help="directory: py-spy records each gateway process during the load")
     b.add_argument("--json", default="", help="also write the whole result as JSON to this file")
+    b.add_argument("--first-interval", action="store_true", help="no steady state: every trial is a "
+                   "100,000-pole city's first interval (each message a pole not seen before)")
     c = sub.add_parser("consume")
     c.add_argument("kind", choices=("raw", "raw-buffered", "naive"))
     c.add_argument("--host", default="127.0.0.1")
@@ -205,6 +226,7 @@ def main(argv: list[str] | None = None) -> None:
         if a.hold:
             sp.hold_s = a.hold
         sp.pyspy_dir = a.pyspy or None
+        sp.steady = not a.first_interval
         r = run(sp)
         report(r)
         if a.json:

@@ -19,7 +19,7 @@ from rich.console import Console
 from bench.latency import Poller, percentile
 from bench.loadgen import probe_poles
 from bench.m2i import m2i_config
-from bench.procs import LineProc, children_cpu_s, cpu_s, terminate, vm_hwm_mb
+from bench.procs import LineProc, cpu_s, terminate, vm_hwm_mb
 from ingest.influx1 import Influx1Store
 from simulator.city import City, CityConfig
 from testbed.gateway import GatewayProcess, wait_gateway_online
@@ -54,11 +54,20 @@ class Spec:
     agents: tuple[int, ...] = (2000,)  # per-device agents: how many of n hold (0: skip)
     quiet: bool = False
     rates: tuple[int, ...] = ()  # a targeted run: exactly these rates, each once, no ladder search
+    # Steady state (every system but raw, which keeps no state and writes nothing): the city of a trial has
+    # rate x report_s poles, so each pole reports once per report_s of wall time, as a real city at that
+    # rate does; its first interval (every pole once: every series and per-pole state new) is published
+    # first at the same rate and must be stored before the measured hold_s starts. Its CPU is reported
+    # apart ("first interval"). Without it (steady=False) every trial is a 100,000-pole city's first
+    # interval, the worst case for the store (series creation) and the gateway (state growth).
+    steady: bool = True
+    report_s: float = 10.0
+    latency_at80: bool = True  # after gateway-1's ladder, one more trial at 80 % of its best rate
     pyspy_dir: str | None = None  # record each gateway process with py-spy (collapsed stacks) during the load
 
 
 def quick_spec() -> Spec:
-    return Spec(poles=5_000, hold_s=3.0, drain_s=15.0, ladder=(250, 1000, 2000),
+    return Spec(poles=5_000, hold_s=3.0, drain_s=15.0, ladder=(250, 1000, 2000), latency_at80=False,
                 start={"raw": 2000, "naive": 250, "gateway-1": 1000, "gateway-2": 1000, "mqtt2influxdb": 250},
                 max_trials=1, systems=("raw", "naive", "gateway-1", "gateway-2"), sim_s=2.0, agents=(50,))
 
@@ -83,6 +92,10 @@ class Trial:
     rss_mb: list[float] = field(default_factory=list)
     # CPU microseconds per published message, from /proc, over the trial (load start to settle/drain)
     cpu_us: dict[str, float] = field(default_factory=dict)  # consumer, broker, influxd, loadgen
+    poles: int = 0  # the trial's city
+    # steady state: the first interval (poles messages at the same rate, before the measured load)
+    first_cpu_us: dict[str, float] = field(default_factory=dict)
+    first_held: bool | None = None  # stored within settle_s of its last PUBACK (None: not a steady trial)
     note: str = ""
 
 
@@ -91,6 +104,7 @@ class SystemResult:
     system: str
     trials: list[Trial] = field(default_factory=list)
     note: str = ""
+    at80: Trial | None = None  # gateway-1: a trial at 80 % of its highest rate held, for the latency there
 
     @property
     def best(self) -> Trial | None:
@@ -108,7 +122,6 @@ class Bench:
         self.spec, self.influx, self.workdir = spec, influx, workdir
         self.city_districts = City(CityConfig(seed=7, poles=min(spec.poles, 2000),
                                               districts=spec.districts)).districts
-        self.probes = probe_poles(spec.poles, spec.probe_every)
         self.m2i: Path | None = None
         self._n = 0
 
@@ -117,14 +130,14 @@ class Bench:
             err.print(f"[dim]bench:[/] {text}", highlight=False)
 
     @contextlib.contextmanager
-    def _consumers(self, system: str, broker: Mosquitto, db: str, tag: str) -> Iterator[Any]:
+    def _consumers(self, system: str, broker: Mosquitto, db: str, tag: str, poles: int) -> Iterator[Any]:
         """Start the system's consumer process(es); yield an object with .count() / .pids / .seen."""
         tmp = self.workdir
         url = self.influx.url
         if system in ("raw", "raw-buffered", "naive"):
             lp = LineProc([sys.executable, "-m", "bench.bench_gateway", "consume", system, "--port", str(broker.port),
                             "--client-id", f"bench-{system}-{tag}", "--influx-url", url, "--db", db,
-                            "--probe-every", str(self.spec.probe_every), "--poles", str(self.spec.poles)],
+                            "--probe-every", str(self.spec.probe_every), "--poles", str(poles)],
                            tmp / f"{system}-{tag}.log")
             try:
                 lp.wait_ready()
@@ -177,13 +190,14 @@ class Bench:
         tag = f"{self._n}"
         db = f"bench_{self._n}"
         tr = Trial(system, rate)
+        raw = system.startswith("raw")
+        steady = sp.steady and not raw
+        tr.poles = max(1, int(rate * sp.report_s)) if steady else sp.poles
+        probes_of = probe_poles(tr.poles, sp.probe_every)
         store = Influx1Store(self.influx.url, db)
-        with Mosquitto() as broker, self._consumers(system, broker, db, tag) as cons:
+        with Mosquitto() as broker, self._consumers(system, broker, db, tag, tr.poles) as cons:
             pids = [cons.proc.pid] if isinstance(cons, LineProc) else \
                 [g.proc.pid for g in cons] if isinstance(cons, list) else [cons.pid]
-            raw = system.startswith("raw")
-            poller = None if raw else Poller(Influx1Store(self.influx.url, db, create=False),
-                                                          self.probes, sp.poll_s)
 
             def count() -> int:
                 if isinstance(cons, LineProc) and raw:
@@ -194,10 +208,28 @@ class Bench:
                     return -1
 
             others = {"broker": broker.pid, "influxd": self.influx.pid}
-            cpu0 = {"consumer": sum(cpu_s(p) for p in pids), **{k: cpu_s(v) for k, v in others.items()},
-                    "loadgen": children_cpu_s()}
+
+            def cpu() -> dict[str, float]:
+                return {"consumer": sum(cpu_s(p) for p in pids), **{k: cpu_s(v) for k, v in others.items()}}
+
+            go = self.workdir / f"go-{tag}"
+            c_first = cpu()
+            procs, outs = self._start_load(broker, rate, tag, tr.poles, warm=steady, go=go)
+            base = 0
+            if steady:
+                first = self._first_interval(procs, outs, count, tr)
+                if first is None:  # not absorbed: the trial fails here; the measured load never starts
+                    for p in procs:
+                        terminate(p)
+                    return self._end(tr, store, db)
+                base = first["published"]
+                tr.first_cpu_us = {k: round((v - c_first[k]) * 1e6 / max(1, base), 1) for k, v in cpu().items()}
+                tr.first_cpu_us["loadgen"] = round(first["cpu_s"] * 1e6 / max(1, base), 1)
+            poller = None if raw else Poller(Influx1Store(self.influx.url, db, create=False), probes_of, sp.poll_s)
+            cpu0 = cpu()
             spies = self._pyspy(system, pids, rate, tag)
-            load = self._load(broker, rate, tag)
+            go.touch()
+            load = self._finish_load(procs, outs)
             for spy in spies:  # SIGINT: py-spy writes its file and exits
                 spy.send_signal(signal.SIGINT)
                 try:
@@ -206,30 +238,19 @@ class Bench:
                     terminate(spy)
             tr.published, tr.achieved_rate = load["acked"], load["achieved_rate"]
             tr.values_per_msg = load["values"] / max(1, load["published"])
-            tr.stored_at_end = count()
+            tr.stored_at_end = count() - base
             deadline = load["t_all_acked"] + sp.settle_s
             n = tr.stored_at_end
             while n < tr.published and time.time() < deadline:
                 time.sleep(0.1)
-                n = count()
+                n = count() - base
             tr.stored_settled = n
-            last_n, last_t, t_drain = n, time.monotonic(), time.monotonic() + sp.drain_s
-            while n < tr.published:
-                time.sleep(0.25)
-                n = count()
-                now = time.monotonic()
-                if n != last_n:
-                    last_n, last_t = n, now
-                elif now - last_t > sp.idle_s:
-                    break
-                if now > t_drain:
-                    tr.drained = False
-                    break
+            n = self._drain(n, tr.published, lambda: count() - base, tr)
             tr.stored_final = n
             tr.lost = max(0, tr.published - n)
-            cpu1 = {"consumer": sum(cpu_s(p) for p in pids), **{k: cpu_s(v) for k, v in others.items()},
-                    "loadgen": children_cpu_s()}
+            cpu1 = cpu()
             tr.cpu_us = {k: round((cpu1[k] - cpu0[k]) * 1e6 / max(1, tr.published), 1) for k in cpu0}
+            tr.cpu_us["loadgen"] = round(load["cpu_s"] * 1e6 / max(1, tr.published), 1)
             if poller is not None:
                 time.sleep(sp.poll_s * 2)
                 poller.stop()
@@ -248,34 +269,88 @@ class Bench:
             tr.note = f"load generator reached only {tr.achieved_rate:.0f} msg/s"
         if system == "mqtt2influxdb" and tr.stored_final > tr.published:
             tr.note = "more points than messages?"
+        return self._end(tr, store, db)
+
+    def _drain(self, n: int, want: int, count: Any, tr: Trial) -> int:
+        """After the settle: keep counting while the consumer makes progress (idle_s), at most drain_s."""
+        sp = self.spec
+        last_n, last_t, t_drain = n, time.monotonic(), time.monotonic() + sp.drain_s
+        while n < want:
+            time.sleep(0.25)
+            n = count()
+            now = time.monotonic()
+            if n != last_n:
+                last_n, last_t = n, now
+            elif now - last_t > sp.idle_s:
+                break
+            if now > t_drain:
+                tr.drained = False
+                break
+        return int(n)
+
+    def _first_interval(self, procs: list[subprocess.Popen[bytes]], outs: list[Path], count: Any,
+                        tr: Trial) -> dict[str, Any] | None:
+        """Wait for the load generators' warm phase and for the consumer to store all of it. Returns the
+        warm phase's merged figures, or None (trial failed, note set) if it was not absorbed."""
+        sp = self.spec
+        ready = [o.with_suffix(".ready") for o in outs]
+        while not all(r.exists() for r in ready):
+            if any(p.poll() is not None for p in procs):
+                raise RuntimeError("load generator exited in its warm phase")
+            time.sleep(0.05)
+        parts = [json.loads(r.read_text()) for r in ready]
+        warm = {"published": sum(x["published"] for x in parts), "cpu_s": sum(x["cpu_s"] for x in parts),
+                "t_all_acked": max(x["t_all_acked"] for x in parts)}
+        n, deadline = count(), warm["t_all_acked"] + sp.settle_s
+        while n < warm["published"] and time.time() < deadline:
+            time.sleep(0.1)
+            n = count()
+        tr.first_held = n >= warm["published"]
+        if not tr.first_held:
+            n = self._drain(n, warm["published"], count, tr)
+        if n < warm["published"]:
+            tr.note = f"first interval not absorbed: {n}/{warm['published']} stored"
+            tr.stored_final = 0
+            return None
+        return warm
+
+    def _end(self, tr: Trial, store: Influx1Store, db: str) -> Trial:
         with contextlib.suppress(Exception):
             self.influx.drop_database(db)
         store.close()
         p99 = f"{tr.p99_ms:.0f}" if tr.p99_ms is not None else "-"
-        self.log(f"{system} @ {rate} msg/s: published={tr.published} achieved={tr.achieved_rate:.0f}/s "
-                 f"at_end={tr.stored_at_end} settled={tr.stored_settled} final={tr.stored_final} "
-                 f"{'OK' if tr.sustained else 'FAIL'} p99={p99} ms rss={tr.rss_mb} {tr.note}")
+        first = "" if tr.first_held is None else f" first_interval={'held' if tr.first_held else 'late'}"
+        self.log(f"{tr.system} @ {tr.rate} msg/s: poles={tr.poles}{first} published={tr.published} "
+                 f"achieved={tr.achieved_rate:.0f}/s at_end={tr.stored_at_end} settled={tr.stored_settled} "
+                 f"final={tr.stored_final} {'OK' if tr.sustained else 'FAIL'} p99={p99} ms rss={tr.rss_mb} {tr.note}")
         return tr
 
-    def _load(self, broker: Mosquitto, rate: int, tag: str) -> dict[str, Any]:
-        """Run the load generator(s) to completion; two processes above ONE_LOADGEN_MAX, merged."""
+    def _start_load(self, broker: Mosquitto, rate: int, tag: str, poles: int, *, warm: bool,
+                    go: Path) -> tuple[list[subprocess.Popen[bytes]], list[Path]]:
+        """Start the load generator(s): two processes above ONE_LOADGEN_MAX. With ``warm``, each publishes
+        the city's first interval, writes ``<out>.ready`` and waits for ``go`` before the measured load."""
         sp = self.spec
         n = 1 if rate <= ONE_LOADGEN_MAX else 2
         procs, outs = [], []
         for k in range(n):
             out = self.workdir / f"load-{tag}-{k}.json"
             outs.append(out)
+            extra = ["--warm-ticks", "1", "--ready", str(out.with_suffix(".ready")), "--go", str(go)] if warm else []
             procs.append(subprocess.Popen(
                 [sys.executable, "-m", "bench.loadgen", "--port", str(broker.port), "--rate", str(rate),
-                 "--seconds", str(sp.hold_s), "--poles", str(sp.poles), "--districts", str(sp.districts),
+                 "--seconds", str(sp.hold_s), "--poles", str(poles), "--districts", str(sp.districts),
                  "--probe-every", str(sp.probe_every), "--tag", f"{tag}-{k}", "--shard", f"{k}/{n}",
-                 "--out", str(out)], stdout=subprocess.DEVNULL))
+                 "--out", str(out), *extra], stdout=subprocess.DEVNULL))
+        return procs, outs
+
+    def _finish_load(self, procs: list[subprocess.Popen[bytes]], outs: list[Path]) -> dict[str, Any]:
+        """Wait for the load generators to finish; their results merged."""
         for p in procs:
             if p.wait() != 0:
                 raise RuntimeError(f"load generator exited {p.returncode}")
         loads = [json.loads(o.read_text()) for o in outs]
         merged = dict(loads[0])
-        for key in ("published", "acked", "refused", "values", "achieved_rate", "max_outstanding"):
+        for key in ("published", "acked", "refused", "values", "achieved_rate", "max_outstanding", "cpu_s"):
             merged[key] = sum(x[key] for x in loads)
         merged["t_all_acked"] = max(x["t_all_acked"] for x in loads)
         merged["probes"] = [pr for x in loads for pr in x["probes"]]
@@ -319,5 +394,8 @@ class Bench:
             if (direction == 1 and not tr.sustained) or (direction == -1 and tr.sustained):
                 break
             i += direction
+        if system == "gateway-1" and sp.latency_at80 and res.best is not None:
+            # the latency target is set at 80 % of the highest rate held, rarely a ladder step
+            res.at80 = self.trial(system, max(100, round(0.8 * res.best.rate / 100) * 100))
         return res
 

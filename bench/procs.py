@@ -30,14 +30,6 @@ def cpu_s(pid: int | None) -> float:
     return 0.0
 
 
-def children_cpu_s() -> float:
-    """CPU of the waited-for children of this process (the load generators, once they have exited)."""
-    import resource
-
-    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return ru.ru_utime + ru.ru_stime
-
-
 def terminate(proc: subprocess.Popen[Any], timeout: float = 20.0) -> None:
     if proc.poll() is None:
         with contextlib.suppress(ProcessLookupError):

@@ -20,19 +20,26 @@ def _servers() -> None:
 
 
 def test_bench_gateway_tiny() -> None:
+    # steady state: a city of 200 msg/s x 2 s = 400 poles reports once (unmeasured), then 400 messages
     spec = bg.Spec(poles=1_000, hold_s=2.0, settle_s=5.0, drain_s=10.0, ladder=(200,), max_trials=1,
                    start={s: 200 for s in bg.SYSTEMS}, systems=("raw", "naive", "gateway-1"), sim_s=0.0,
-                   agents=(), quiet=True)
+                   agents=(), quiet=True, report_s=2.0)
     r = bg.run(spec)
     assert KEYS <= set(r)
     assert set(r["systems"]) == {"raw", "naive", "gateway-1"}
     gw = r["systems"]["gateway-1"]["trials"]
-    assert len(gw) == 1 and gw[0]["published"] == 400
+    assert len(gw) == 1 and gw[0]["published"] == 400 and gw[0]["poles"] == 400
     assert gw[0]["lost"] == 0 and r["lost"] == 0
+    # the measured count excludes the first interval: the store holds 800 points, the trial counts 400
     assert gw[0]["stored_final"] == gw[0]["published"]
+    assert gw[0]["first_held"] is not None and gw[0]["first_cpu_us"]["consumer"] > 0
     for name in ("raw", "naive"):
         t = r["systems"][name]["trials"][0]
         assert t["published"] == 400 and t["lost"] == 0
+    raw = r["systems"]["raw"]["trials"][0]
+    assert raw["first_held"] is None and raw["poles"] == 1_000  # raw keeps no state: no first interval
+    # the probes are the measured phase's (seq 1), and each was seen
+    assert gw[0]["probes"] == 2 and gw[0]["probes_seen"] == 2
     lines = bg.lines(r)
     assert lines[-1].startswith("bench: gateway_msgs_s=") and "lost=0" in lines[-1]
     assert lines[0].startswith("sim: msgs_s=")
