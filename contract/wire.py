@@ -35,7 +35,6 @@ _Boot = Annotated[str, Meta(pattern=r"\A[A-Za-z0-9-]{1,64}\Z")]
 #: the metric-name pattern is checked here, not by msgspec (which calls ``re`` once per key, 20 times a
 #: message): a catalog name is known to match, so only an unknown name pays for the regex
 _METRIC_RE = re.compile(r"[a-z][a-z0-9_]{0,63}")
-_KNOWN = frozenset(RANGES)  # the catalog table the decoder range-checks against
 
 
 class WireSample(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -67,16 +66,30 @@ class WireTelemetry(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 _DECODER = msgspec.json.Decoder(WireTelemetry)
 
 
-def decode_telemetry(payload: bytes | str) -> WireTelemetry | None:
-    """The decoded message when msgspec accepts it and every value is finite; ``None`` otherwise (then
-    ask :class:`contract.models.Telemetry` for the verdict and the reason)."""
+def decode_telemetry(payload: bytes | str) -> tuple[WireTelemetry, bool] | None:
+    """``(message, clean)`` when msgspec accepts the message and every value is finite; ``None`` otherwise
+    (then ask :class:`contract.models.Telemetry` for the verdict and the reason).
+
+    ``clean`` is True when every metric is in the catalog and within its :data:`RANGES` bounds (the test
+    :func:`contract.catalog.admits` makes): the decoder then takes each sample's values as they are,
+    without its per-value loop, which could only have kept every one of them. One pass over the values
+    here does both checks (a value outside finite bounds, NaN and infinities included, is the rare case
+    that looks further)."""
     try:
         msg = _DECODER.decode(payload)
     except msgspec.DecodeError:  # ValidationError is a DecodeError
         return None
-    isfinite, known, name_ok = math.isfinite, _KNOWN, _METRIC_RE.fullmatch
+    isfinite, ranges, name_ok = math.isfinite, RANGES, _METRIC_RE.fullmatch
+    clean = True
     for s in msg.samples:
         for k, v in s.m.items():
-            if not isfinite(v) or (k not in known and name_ok(k) is None):
-                return None
-    return msg
+            b = ranges.get(k)
+            if b is None:
+                if name_ok(k) is None:
+                    return None
+                clean = False  # an unknown metric: the decoder refuses that value, keeps the rest
+            elif not (b[0] <= v <= b[1]) or (b[2] and v != 0.0 and v != 1.0):
+                if not isfinite(v):
+                    return None
+                clean = False  # out of range: the decoder refuses that value with its reason
+    return msg, clean

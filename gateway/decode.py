@@ -93,8 +93,10 @@ def decode_telemetry(topic: str, payload: bytes, *, now_ms: int, limits: Limits 
     # the compiled fast path accepts; anything it refuses is judged (and explained) by the pydantic schema
     fast = wire.decode_telemetry(payload)
     msg: WireTelemetry | Telemetry
+    clean = False  # every value known and in range (the fast path checked): no per-value loop below
     if fast is not None:
-        msg, members, evicted = fast, fast.members(), fast.evicted_n
+        msg, clean = fast
+        members, evicted = msg.members(), msg.evicted_n
     else:
         try:
             msg = Telemetry.model_validate_json(text)
@@ -120,6 +122,9 @@ def decode_telemetry(topic: str, payload: bytes, *, now_ms: int, limits: Limits 
             continue
         if s.ts < lo:
             reject("ts_past", f"device time {s.ts} is {now_ms - s.ts} ms old", pole=t.pole, seq=s.seq)
+            continue
+        if clean:  # the loop below would keep every value: take them as decoded (a fresh dict per sample)
+            out.readings.append(Reading(t.pole, t.district, msg.boot, s.seq, s.ts, s.m))
             continue
         values: dict[str, float] = {}
         for name, v in s.m.items():
