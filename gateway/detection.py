@@ -56,9 +56,10 @@ from contract import schema, topics
 from contract.models import AckRequest, Alert, MaintenanceRequest
 from contract.readings import FieldValue, Point
 from gateway.detect.clock import CLOCK_REASONS
-from gateway.detect.engine import STATE_VERSION, STREAM_METRICS, Change, Detector
+from gateway.detect.engine import STATE_VERSION, STREAM_METRICS, STREAM_STRIDE, Change, Detector
 from gateway.detect.params import RuleParams
 from gateway.detect.spatial import SpatialParams
+from gateway.detect.state import N_METRICS
 from gateway.detect.types import Conditions
 from gateway.inventory import Inventory
 from gateway.pipeline import Outcome
@@ -297,6 +298,8 @@ class DetectionStage:
             memo[id(self.det.stream)] = None
         det = copy.deepcopy(self.det, memo)
         arrays = self.det.stream_arrays() if full else None
+        if arrays is not None:  # how series map to pole rows (a file without it is of the 21-a-row layout)
+            arrays[_STRIDE_KEY] = np.array(STREAM_STRIDE)
         return _Snapshot(det, arrays, int(self.clock() * 1000), dict(self.counts))
 
     def _write(self, snap: _Snapshot) -> None:
@@ -386,12 +389,39 @@ class DetectionStage:
         if self.det.stream is not None and self._stream_path().exists():
             try:
                 with np.load(self._stream_path()) as z:
-                    self.det.load_stream_arrays({k: z[k] for k in z.files})
+                    self.det.load_stream_arrays(restride({k: z[k] for k in z.files}, self.det.stream_cols()))
             except (OSError, ValueError, KeyError) as exc:
                 log.error("streaming detector state unreadable (%s): it warms up again", exc)
         # the time the gateway was down is not the poles' silence (a deploy must not raise, or clear,
         # offline alarms): from the last save, which a crash may leave a save interval behind
         self.det.rules.excuse(int(self.clock() * 1000) - saved_at)
+
+
+_STRIDE_KEY = "series_stride"
+
+
+def restride(arrays: dict[str, np.ndarray], cols: np.ndarray) -> dict[str, np.ndarray]:
+    """Saved streaming-detector arrays in today's series layout (``row * STREAM_STRIDE + j``, ``j`` the
+    metric's place in STREAM_METRICS, catalog column ``cols[j]``). A file saved before the layout was
+    recorded has one series per catalog metric (``row * N_METRICS + col``): its streamed series move to
+    their new slots (the others were never written) and keep every learned value."""
+    arrays = dict(arrays)
+    stride = int(arrays.pop(_STRIDE_KEY, N_METRICS))
+    if stride == STREAM_STRIDE:
+        return arrays
+    if stride != N_METRICS or len(cols) != STREAM_STRIDE:
+        raise ValueError(f"streaming state of an unknown layout ({stride} series a row)")
+    cap = len(arrays["n"])
+    rows = -(-cap // stride)
+    out: dict[str, np.ndarray] = {}
+    for k, a in arrays.items():
+        if a.ndim == 0 or len(a) != cap:  # the parameters
+            out[k] = a
+            continue
+        pad = np.zeros((rows * stride - cap, *a.shape[1:]), a.dtype)  # zeros: a fresh series
+        full = np.concatenate((a, pad)).reshape(rows, stride, *a.shape[1:])
+        out[k] = np.ascontiguousarray(full[:, cols]).reshape(rows * len(cols), *a.shape[1:])
+    return out
 
 
 class _Snapshot:
