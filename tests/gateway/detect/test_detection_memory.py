@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import copy
+import os
 from pathlib import Path
+from unittest.mock import patch
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from contract.readings import Reading
+from gateway.detect import state
 from gateway.detect.engine import STREAM_METRICS, STREAM_STRIDE
-from gateway.detect.state import N_METRICS
+from gateway.detect.state import N_METRICS, NO_TS, Reserve
 from gateway.detect.stream import StreamDetector
 from gateway.detect.types import Conditions
 from gateway.detection import DetectionStage
@@ -136,3 +141,67 @@ def test_a_state_file_of_the_previous_layout_restores_every_series(tmp_path: Pat
             assert np.array_equal(a[k][:used], b[k][:used], equal_nan=True), k
     for batch in feed[70:]:  # and both go on deciding alike
         assert again(Outcome(readings=batch)) == cont(Outcome(readings=batch))
+
+
+grow_steps = st.lists(st.tuples(st.integers(1, 300), st.integers(0, 2**31)), min_size=1, max_size=12)
+
+
+@settings(max_examples=80, deadline=None)
+@given(grow_steps, st.sampled_from([np.float64, np.int64, np.int8, np.bool_]), st.sampled_from([(), (3,), (2, 5)]),
+       st.booleans(), st.integers(1, 4))
+def test_growing_in_place_keeps_what_it_holds_and_fills_new_rows(steps: list[tuple[int, int]], dtype: type,
+                                                                  tail: tuple[int, ...], zero: bool,
+                                                                  ahead: int) -> None:
+    """Reserve.grow against the allocate-and-copy it replaces (``np.full`` of the new size, old rows copied),
+    in reservations (every size reserved, ``ahead`` times the rows: some growths outgrow theirs) and not."""
+    fill = 0 if zero else {np.float64: np.nan, np.int64: NO_TS, np.int8: -1, np.bool_: True}[dtype]
+    dt = np.dtype(dtype)
+    for min_bytes in (0, 1 << 40):
+        with patch.object(state, "RESERVE_MIN_BYTES", min_bytes), patch.object(state, "RESERVE_AHEAD", ahead):
+            res, arr, ref, cap = Reserve(), None, None, 0
+            for add, seed in steps:
+                new_cap = cap + add
+                arr = res.grow(arr, cap, new_cap, tail, dt, fill)
+                fresh = np.full((new_cap, *tail), fill, dt)
+                if ref is not None:
+                    fresh[:cap] = ref
+                ref, cap = fresh, new_cap
+                assert arr.shape == ref.shape and arr.dtype == ref.dtype
+                assert np.array_equal(arr, ref, equal_nan=True)
+                rng = np.random.default_rng(seed)  # write some rows, as the tables do
+                rows = rng.integers(0, cap, 5)
+                val = rng.integers(-100, 100, (5, *tail)).astype(dt)
+                arr[rows] = val
+                ref[rows] = val
+            snap = copy.deepcopy(res), copy.deepcopy(arr)
+            assert np.array_equal(snap[1], ref, equal_nan=True)  # a deep copy holds the rows in use
+            again = snap[0].grow(snap[1], cap, cap + 1, tail, dt, fill)  # and grows on its own
+            assert np.array_equal(again[:cap], ref, equal_nan=True)
+
+
+def _resident(a: np.ndarray) -> int:
+    """Bytes of ``a``'s pages the kernel backs with memory (/proc/self/pagemap, bit 63: present)."""
+    page = os.sysconf("SC_PAGE_SIZE")
+    addr = a.__array_interface__["data"][0]
+    p0, p1 = addr // page, (addr + a.nbytes - 1) // page
+    with open("/proc/self/pagemap", "rb") as f:
+        f.seek(p0 * 8)
+        raw = np.frombuffer(f.read((p1 - p0 + 1) * 8), np.uint64)
+    return int((raw >> np.uint64(63)).sum()) * page
+
+
+@pytest.mark.skipif(not Path("/proc/self/pagemap").exists(), reason="needs Linux's pagemap")
+def test_reserved_and_spare_rows_are_not_resident() -> None:
+    """What the in-place growth is for: rows reserved ahead and zero-filled spare rows cost no memory, and a
+    growth within the reservation moves nothing."""
+    res = Reserve()
+    a = res.grow(None, 0, 1 << 16, (256,), np.dtype(np.float64), np.nan)  # 128 MiB of NaN: resident
+    b = res.grow(a, 1 << 16, 1 << 17, (256,), np.dtype(np.float64), np.nan)
+    assert b.__array_interface__["data"][0] == a.__array_interface__["data"][0]  # in place
+    assert _resident(b) >= b.nbytes * 0.99
+    z = Reserve().grow(None, 0, 1 << 17, (256,), np.dtype(np.float32), 0)  # 128 MiB of zeros
+    z[:16] = 1.0
+    assert _resident(z) < 1 << 20
+    stream = StreamDetector(capacity=1 << 20)  # 1,048,576 series (218 MB), 100 of them written
+    stream.update(np.arange(100), np.ones(100, np.float32), np.full(100, 1.7e9))
+    assert _resident(stream._s) < 1 << 20
