@@ -114,8 +114,9 @@ class AlarmPolicy:
     # (rows, specs) arrays: level (int8), the two counters (int8, or int32 if a rule counts past 127); and
     # pend_since (int64) as (rows, timed specs): the time a pending rise began matters only to a rule with a
     # raise_ms (32 of the gateway's 80 rules), for the others it was 8 bytes a cell never read (21 of the 29 MB
-    # of 32,768 rows). It is read only where pend_n > 0, which writes it first, so a fresh row's cells may
-    # hold anything: zeros, which the kernel backs only when written (every array grows in place: Reserve).
+    # of 32,768 rows). It is read only where pend_n > 0, and the step that makes pend_n > 0 writes it, so it is
+    # written only then, and a cell that is not pending may hold anything: a fresh row's are zeros, which the
+    # kernel backs only when written (every array grows in place: Reserve).
     # raised_at, ts, value, ref and score of an *active* alarm only, by (row, spec): written on a state
     # change, read by active()/export(). Dense (rows, specs) arrays of them were 40 of the 57 bytes a cell
     # (at 80 rules, 105 MB of 149 MB for 32,768 rows), for the few cells that ever hold an alarm.
@@ -196,9 +197,8 @@ class AlarmPolicy:
         pn = np.where(up, pend_n + 1, 0)
         tc = self._tcol[k]
         timed = np.flatnonzero(tc >= 0)
-        rt, ct = r[timed], tc[timed]
         ps = np.full(len(r), NO_TS)  # read only for a timed rule (rms > 0 below)
-        ps[timed] = a["pend_since"][rt, ct]
+        ps[timed] = a["pend_since"][r[timed], tc[timed]]
         ps = np.where(up & (pend_n == 0), ts, ps)
         rms = self._raise_ms[k]
         go_up = up & (self._fast[k, g] | (pn >= self._raise_n[k]) | ((rms > 0) & (ts - ps >= rms)))
@@ -206,7 +206,10 @@ class AlarmPolicy:
         go_down = down & (cn >= self._clear_n[k])
         move = go_up | go_down
         a["pend_n"][r, k] = np.where(move, 0, pn)
-        a["pend_since"][rt, ct] = np.where(up & ~move, ps, NO_TS)[timed]
+        # written only where a timed rise is (still) pending: elsewhere it is never read (pend_n is 0), so a
+        # cell that never pends is never written and its page never made resident
+        pend = timed[(up & ~move)[timed]]
+        a["pend_since"][r[pend], tc[pend]] = ps[pend]
         a["clr_n"][r, k] = np.where(move, 0, cn)
         idx = np.flatnonzero(move)
         if len(idx) == 0:
