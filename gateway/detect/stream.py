@@ -176,6 +176,31 @@ class StreamDetector:
         self._reserve = Reserve()  # the loaded rows are a plain array: a reservation is made when they grow
         self._set(s)
 
+    # --- rows as stored (the state saver's format: one row per series, copied a slice at a time) ----------
+    def row_layout(self) -> str:
+        """What a stored row is: rows saved under another layout are refused by :meth:`load_rows`."""
+        return repr(("cells", self._width, "t_prev f8 0-1, n i4 2", _F32_FIELDS, "profile", self._nb,
+                     self._pdt.str, _P0))
+
+    def params_key(self) -> str:
+        return repr(sorted(asdict(self.params).items()))
+
+    def copy_rows(self, start: int, stop: int) -> np.ndarray:
+        """A copy of the rows of series ``start .. stop - 1`` (fewer past the capacity), in the stored layout."""
+        return self._s[start:stop].copy()
+
+    def load_rows(self, rows: np.ndarray, layout: str, params: str) -> None:
+        """Rows saved by :meth:`copy_rows` (under :meth:`row_layout` and :meth:`params_key`)."""
+        if params != self.params_key():
+            raise ValueError("state was saved with different detector parameters")
+        if layout != self.row_layout():
+            raise ValueError("state was saved with another row layout")
+        s = np.asarray(rows, F32)
+        if s.ndim != 2 or s.shape[1] != self._width:
+            raise ValueError("stored rows of the wrong width")
+        self._reserve = Reserve()
+        self._set(np.array(s, F32))
+
     @property
     def warmup_samples(self) -> int:
         """Valid samples a series needs before its scores are known (earlier ones are NaN)."""
