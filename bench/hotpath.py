@@ -7,19 +7,25 @@ validate, dedup, points) for every message, the detection stage over the batch's
 line-protocol encoding of the batch's points (what ``Influx1Store.write`` sends). Prints one line
 ``hotpath: us_per_msg=<all> decode_us=<d> detect_us=<x> encode_us=<e> msgs=<n>`` from process CPU time
 (``time.process_time``), so it is robust to other load on the machine. ``--profile`` prints the top
-functions of a cProfile run instead (by own time). This isolates the per-message work the gateway does
-between paho's callback and the HTTP write; the whole-process figure comes from ``bench_gateway``.
+functions of a cProfile run instead (by own time); ``--memory`` what the run keeps (tracemalloc),
+``--rss [--save]`` what is resident (VmRSS/VmHWM, each detection table by pagemap). This isolates the
+per-message work the gateway does between paho's callback and the HTTP write; the whole-process figure
+comes from ``bench_gateway``.
 """
 
 from __future__ import annotations
 
 import argparse
 import cProfile
+import mmap
+import os
 import pstats
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from bench.loadgen import make_stream
 from gateway.detection import DetectionStage
@@ -112,6 +118,112 @@ def memory(msgs: list[tuple[str, bytes]], *, batch: int = 250, detect: bool = Tr
     return [("total", total / 1e6)] + [(k, v / 1e6) for k, v in by.most_common(top)]
 
 
+def _status_mb() -> dict[str, float]:
+    out = {}
+    with open("/proc/self/status") as f:
+        for line in f:
+            k, _, v = line.partition(":")
+            if k in ("VmRSS", "VmHWM"):
+                out[k] = int(v.split()[0]) / 1024
+    return out
+
+
+def _reset_hwm() -> None:
+    """Start VmHWM afresh at the current VmRSS (Linux: /proc/self/clear_refs, "5")."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def _pagemap(addr: int, nbytes: int) -> np.ndarray:
+    page = os.sysconf("SC_PAGE_SIZE")
+    p0, p1 = addr // page, (addr + nbytes - 1) // page
+    with open("/proc/self/pagemap", "rb") as f:
+        f.seek(p0 * 8)
+        return np.frombuffer(f.read((p1 - p0 + 1) * 8), np.uint64)
+
+
+_PFN = np.uint64((1 << 55) - 1)
+
+
+def _zero_pfn() -> int:
+    """The page frame of the kernel's shared zero page (a page only ever read maps it: it is not in VmRSS);
+    0 where page frames are hidden (not root), and then no page is told apart."""
+    mm = mmap.mmap(-1, mmap.PAGESIZE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    a = np.frombuffer(mm, np.uint8)
+    int(a[0])  # a read: maps the zero page
+    pfn = int(_pagemap(a.__array_interface__["data"][0], 1)[0] & _PFN)
+    del a
+    mm.close()
+    return pfn
+
+
+def _resident(a: np.ndarray, zero_pfn: int) -> int:
+    """Bytes of ``a``'s pages backed by memory of their own (/proc/self/pagemap: present, bit 63, and not
+    the shared zero page), not merely reserved or read."""
+    if a.nbytes == 0:
+        return 0
+    raw = _pagemap(a.__array_interface__["data"][0], a.nbytes)
+    present = (raw >> np.uint64(63)).astype(bool)
+    if zero_pfn:
+        present &= (raw & _PFN) != np.uint64(zero_pfn)
+    return int(present.sum()) * mmap.PAGESIZE
+
+
+def rss(msgs: list[tuple[str, bytes]], *, batch: int = 250, save: bool = False) -> list[str]:
+    """Residency of decode + dedup + detection over ``msgs``, in this process: VmRSS before, VmHWM after
+    (the high-water mark includes every moment of growth), the largest rise of VmHWM within one batch,
+    and each detection table's bytes and resident bytes (pagemap: reserved rows are not resident). With
+    ``save``: what one full state save (snapshot + write, on this thread) adds to the high-water mark."""
+    from gateway.detect.engine import Detector
+
+    now_ms = int(time.time() * 1000)
+    lines = []
+    with tempfile.TemporaryDirectory(prefix="lampwatch-hotpath-") as tmp:
+        before = _status_mb()
+        _reset_hwm()
+        pipe = Pipeline()
+        stage = DetectionStage(state_path=str(Path(tmp) / "alarms.json"), background_save=False,
+                               save_every_s=1e12, save_min_interval_s=1e12)
+        jump, peak = (0.0, 0), 0.0
+        for i in range(0, len(msgs), batch):
+            r0 = _status_mb()["VmRSS"]
+            _reset_hwm()
+            outs = [pipe.telemetry(topic, payload, now_ms) for topic, payload in msgs[i:i + batch]]
+            points = [p for o in outs for p in o.points]
+            points += stage(Outcome(readings=[r for o in outs for r in o.readings]))
+            encode_many(points)
+            hwm = _status_mb()["VmHWM"]
+            peak, rise = max(peak, hwm), hwm - r0
+            if rise > jump[0]:
+                jump = (rise, i)
+        del outs, points
+        after = _status_mb()
+        lines.append(f"rss: before={before['VmRSS']:.1f} MB after={after['VmRSS']:.1f} MB high-water={peak:.1f} MB "
+                     f"largest_batch_rise={jump[0]:.1f} MB (at message {jump[1]})")
+        det: Detector = stage.det
+        parts: list[tuple[str, list[np.ndarray]]] = [(type(t).__name__, list(t._arrays.values()))
+                                                     for t in det.state.tables]
+        if det.stream is not None:
+            parts.append(("StreamDetector", [det.stream._s]))
+        parts.append(("AlarmPolicy (poles)", list(det.poles._a.values())))
+        tot, zp = [0, 0], _zero_pfn()
+        for name, arrays in parts:
+            nb, res = sum(a.nbytes for a in arrays), sum(_resident(a, zp) for a in arrays)
+            tot[0] += nb
+            tot[1] += res
+            lines.append(f"rss: {name:22s} {nb / 1e6:7.1f} MB allocated {res / 1e6:7.1f} MB resident")
+        lines.append(f"rss: {'detection arrays':22s} {tot[0] / 1e6:7.1f} MB allocated {tot[1] / 1e6:7.1f} MB resident "
+                     f"(fleet capacity {det.state.capacity}, poles {det.state.n})")
+        if save:
+            r0 = _status_mb()["VmRSS"]
+            _reset_hwm()
+            stage.save()
+            lines.append(f"rss: full save adds {_status_mb()['VmHWM'] - r0:.1f} MB to the high-water mark")
+        stage._saver = None
+        stage._closed = True  # no save at exit: it would be measured by nobody
+    return lines
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m bench.hotpath", description=__doc__.splitlines()[0] if __doc__ else "")
     ap.add_argument("--poles", type=int, default=20_000)
@@ -121,12 +233,19 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--profile", action="store_true", help="print cProfile's top functions by own time")
     ap.add_argument("--memory", action="store_true",
                     help="tracemalloc: what the run keeps, by the code that allocated it")
+    ap.add_argument("--rss", action="store_true",
+                    help="VmRSS/VmHWM around the same hot path and each detection table's resident bytes")
+    ap.add_argument("--save", action="store_true", help="with --rss: what one full state save adds")
     ap.add_argument("--compare-decoder", action="store_true",
                     help="alternate the msgspec fast path and the pydantic-only decoder, two rounds each")
     a = ap.parse_args(argv)
     msgs = render(a.poles, a.ticks)
     if a.compare_decoder:
         compare_decoder(msgs, batch=a.batch)
+        return
+    if a.rss:
+        for line in rss(msgs, batch=a.batch, save=a.save):
+            print(line)
         return
     if a.memory:
         for where, mb in memory(msgs, batch=a.batch, detect=not a.no_detect):

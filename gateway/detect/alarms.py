@@ -32,7 +32,7 @@ from typing import Any, Literal
 import numpy as np
 
 from contract.catalog import Severity
-from gateway.detect.state import NO_TS, doubled, occurrence_rank
+from gateway.detect.state import NO_TS, Reserve, doubled, occurrence_rank
 from gateway.detect.types import AlarmSpec, Conditions
 
 Change = Literal["raised", "escalated", "deescalated", "cleared"]
@@ -111,10 +111,12 @@ def explain(spec: AlarmSpec, level: int, value: float, ref: float, *, cleared: b
 class AlarmPolicy:
     """Alarm state for ``entities x specs``; entity rows grow on demand (doubling)."""
 
-    _I8 = ("level",)
-    _I32 = ("pend_n", "clr_n")
-    _I64 = ("pend_since",)
-    _F64: tuple[str, ...] = ()
+    # (rows, specs) arrays: level (int8), the two counters (int8, or int32 if a rule counts past 127); and
+    # pend_since (int64) as (rows, timed specs): the time a pending rise began matters only to a rule with a
+    # raise_ms (32 of the gateway's 80 rules), for the others it was 8 bytes a cell never read (21 of the 29 MB
+    # of 32,768 rows). It is read only where pend_n > 0, and the step that makes pend_n > 0 writes it, so it is
+    # written only then, and a cell that is not pending may hold anything: a fresh row's are zeros, which the
+    # kernel backs only when written (every array grows in place: Reserve).
     # raised_at, ts, value, ref and score of an *active* alarm only, by (row, spec): written on a state
     # change, read by active()/export(). Dense (rows, specs) arrays of them were 40 of the 57 bytes a cell
     # (at 80 rules, 105 MB of 149 MB for 32,768 rows), for the few cells that ever hold an alarm.
@@ -139,22 +141,27 @@ class AlarmPolicy:
         # pend_n < raise_n and clr_n < clear_n always (they reset when they reach it): int8 unless a rule
         # asks for more than 127 samples
         self._count_dt = np.int8 if max(max(s.raise_n, s.clear_n) for s in self.specs) <= 127 else np.int32
+        # the column of each timed rule (raise_ms > 0) in pend_since, -1 for the others
+        timed = np.flatnonzero(self._raise_ms > 0)
+        self._tcol = np.full(k, -1, np.int64)
+        self._tcol[timed] = np.arange(len(timed))
+        self._n_timed = len(timed)
         self._cap = 0
         self._a: dict[str, np.ndarray] = {}
+        self._res: dict[str, Reserve] = {}
         self._held: dict[tuple[int, int], tuple[int, int, float, float, float]] = {}
         self._alloc(max(int(capacity), 1))
         self.counts: Counter[str] = Counter()  # "<change>_<kind>", e.g. raised_leakage
 
     def _alloc(self, cap: int) -> None:
         k = len(self.specs)
-        fresh: dict[str, np.ndarray] = {}
-        for names, dt, fill in ((self._I8, np.int8, 0), (self._I32, self._count_dt, 0),
-                                (self._I64, np.int64, NO_TS), (self._F64, np.float64, np.nan)):
-            for n in names:
-                fresh[n] = np.full((cap, k), fill, dt)
-                if n in self._a:
-                    fresh[n][: self._cap] = self._a[n]
-        self._a, self._cap = fresh, cap
+        for n, dt, width in (("level", np.int8, k), ("pend_n", self._count_dt, k), ("clr_n", self._count_dt, k),
+                             ("pend_since", np.int64, max(self._n_timed, 1))):
+            res = self._res.get(n)
+            if res is None:
+                res = self._res[n] = Reserve()
+            self._a[n] = res.grow(self._a.get(n), self._cap, cap, (width,), np.dtype(dt), 0)
+        self._cap = cap
 
     def ensure(self, n_rows: int) -> None:
         cap = doubled(self._cap, n_rows)
@@ -188,14 +195,21 @@ class AlarmPolicy:
         up, down = g > lvl, g < lvl
         pend_n = a["pend_n"][r, k]
         pn = np.where(up, pend_n + 1, 0)
-        ps = np.where(up & (pend_n == 0), ts, a["pend_since"][r, k])
+        tc = self._tcol[k]
+        timed = np.flatnonzero(tc >= 0)
+        ps = np.full(len(r), NO_TS)  # read only for a timed rule (rms > 0 below)
+        ps[timed] = a["pend_since"][r[timed], tc[timed]]
+        ps = np.where(up & (pend_n == 0), ts, ps)
         rms = self._raise_ms[k]
         go_up = up & (self._fast[k, g] | (pn >= self._raise_n[k]) | ((rms > 0) & (ts - ps >= rms)))
         cn = np.where(down, a["clr_n"][r, k] + 1, 0)
         go_down = down & (cn >= self._clear_n[k])
         move = go_up | go_down
         a["pend_n"][r, k] = np.where(move, 0, pn)
-        a["pend_since"][r, k] = np.where(up & ~move, ps, NO_TS)
+        # written only where a timed rise is (still) pending: elsewhere it is never read (pend_n is 0), so a
+        # cell that never pends is never written and its page never made resident
+        pend = timed[(up & ~move)[timed]]
+        a["pend_since"][r[pend], tc[pend]] = ps[pend]
         a["clr_n"][r, k] = np.where(move, 0, cn)
         idx = np.flatnonzero(move)
         if len(idx) == 0:

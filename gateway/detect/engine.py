@@ -37,7 +37,7 @@ from gateway.detect.params import RuleParams
 from gateway.detect.physics import PhysicsRule
 from gateway.detect.rules import Rules
 from gateway.detect.spatial import DISTRICT_POLE, Spatial, SpatialParams
-from gateway.detect.state import N_METRICS, NO_TS, Batch, FleetState
+from gateway.detect.state import NO_TS, Batch, FleetState
 from gateway.detect.trend import TrendRule
 from gateway.detect.types import AlarmSpec, Conditions, Tier, levels
 
@@ -51,6 +51,8 @@ ACK_FIELDS = ("acked_by", "acked_at", "ack_note", "shelved_until", "silence_id")
 #: dawn as a level shift (in the simulated city they were ~95 % of its false alarms); layer 1 already
 #: judges the lamp against its expected power.
 STREAM_METRICS: tuple[str, ...] = STREAMED
+#: streaming-detector series per pole row: series = row * STREAM_STRIDE + the metric's place in STREAM_METRICS
+STREAM_STRIDE = len(STREAM_METRICS)
 
 #: pole notices from the inventory check (info; raised and cleared at once)
 NOTICE_SPECS: tuple[AlarmSpec, ...] = (
@@ -132,9 +134,9 @@ class Detector:
         self.state = FleetState()
         self.rules = Rules(self.state, rule_params)
         self.spatial = Spatial(self.state, spatial) if spatial is not None else None
-        # series = row * N_METRICS + col: slots sized in step with the fleet rows, so both double together
-        # (from 1,024 slots they doubled past them: 1,048,576 for 32,768 rows, 688,128 needed)
-        self.stream = (_StreamDetector(capacity=N_METRICS * self.state.capacity)
+        # series = row * len(STREAM_METRICS) + j (j: the metric's place in STREAM_METRICS): slots only for the
+        # streamed metrics (21 a row before, 8 of them never used), sized in step with the fleet rows
+        self.stream = (_StreamDetector(capacity=STREAM_STRIDE * self.state.capacity)
                        if (stream and _StreamDetector is not None) else None)
         specs: list[AlarmSpec] = list(self.rules.specs)
         self._spatial_off = len(specs)
@@ -300,9 +302,8 @@ class Detector:
         if len(ii) == 0:
             return Conditions.empty()
         rows = batch.rows[order][ii]
-        cols = self._anomaly_cols[jj]
         ts = batch.ts[order][ii]
-        score = np.asarray(self.stream.update(rows * N_METRICS + cols, vals[ii, jj], ts / 1000.0),  # seconds
+        score = np.asarray(self.stream.update(rows * STREAM_STRIDE + jj, vals[ii, jj], ts / 1000.0),  # seconds
                            np.float64)
         ok = ~np.isnan(score)
         trig, hold = levels(score[ok], ">=", (self.anomaly_on,), (self.anomaly_off,))
@@ -417,6 +418,10 @@ class Detector:
 
     def stream_arrays(self) -> dict[str, np.ndarray] | None:
         return self.stream.state_dict() if self.stream is not None else None
+
+    def stream_cols(self) -> np.ndarray:
+        """The catalog column of each streamed metric, in series order within a pole row."""
+        return self._anomaly_cols.copy()
 
     def load_stream_arrays(self, arrays: dict[str, np.ndarray]) -> None:
         if self.stream is not None:

@@ -3,7 +3,8 @@
 Every layer of the detector keeps its per-pole and per-pole x metric state in one :class:`FleetState`.
 Rows are handed out in the order poles first appear and never move (the saved state records that
 order, so a restored gateway gives every pole the same row). Arrays are allocated for ``capacity``
-rows and grow by doubling.
+rows and grow in place by an eighth (:func:`stepped`, :class:`Reserve`): a pole's rows are resident,
+reserved rows are not, and growing copies nothing until a reservation is outgrown.
 
 Each rule family keeps its state in its own typed table: a :class:`Columns` subclass that declares
 its arrays as :class:`Col` attributes (dtype, fill, and the shape of one pole's share) and is
@@ -18,6 +19,7 @@ a Python object per reading.
 
 from __future__ import annotations
 
+import mmap
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -129,11 +131,90 @@ def occurrence_rank(keys: np.ndarray) -> np.ndarray:
 
 
 def doubled(cap: int, need: int) -> int:
-    """The capacity that holds ``need`` rows, doubling from ``cap`` (every growing array here grows so)."""
+    """The capacity that holds ``need`` rows, doubling from ``cap`` (the zero-filled arrays grow so: their
+    spare rows are reserved address space, never written, so never resident; see :class:`Reserve`)."""
     cap = max(int(cap), 1)
     while cap < need:
         cap *= 2
     return cap
+
+
+def stepped(cap: int, need: int) -> int:
+    """The capacity that holds ``need`` rows, growing from ``cap`` by an eighth (at least 64 rows): the fleet
+    tables fill every row they have (NaN, "never"), so a spare row costs memory; in place (:class:`Reserve`),
+    a small step costs no copy. Doubling left up to half the rows spare, and resident."""
+    cap = max(int(cap), 1)
+    while cap < need:
+        cap += max(cap // 8, 64)
+    return cap
+
+
+#: Arrays of at least this many bytes grow in place in a reservation (smaller ones are copied on growth).
+RESERVE_MIN_BYTES = 1 << 20
+#: A reservation holds this many times the rows asked for when it is made.
+RESERVE_AHEAD = 8
+
+
+class Reserve:
+    """Address space reserved ahead for one growing array of rows, so that it grows in place.
+
+    Growing by allocate-and-copy keeps the old and the new array at once: ``VmHWM`` counted both (a doubling
+    of an N-byte table peaked at 3N when the new one was filled, N + 2N). Here the rows live in an anonymous
+    private mapping of ``RESERVE_AHEAD`` times the rows first asked for: the kernel backs a page with memory
+    only when it is first written, so the reserved rows cost address space, not memory, and growing within
+    the reservation writes only the new rows' fill (nothing at all for a zero fill). Past the reservation a
+    new one is made and the rows copied (the old one is freed when its last view goes). A deep copy (the
+    state saver's snapshot) copies only the rows in use and reserves nothing until it grows itself.
+    """
+
+    __slots__ = ("_base",)
+
+    def __init__(self) -> None:
+        self._base: np.ndarray | None = None
+
+    def __deepcopy__(self, memo: dict[int, object]) -> Reserve:
+        return Reserve()
+
+    def grow(self, old: np.ndarray | None, n_old: int, cap: int, tail: tuple[int, ...], dtype: np.dtype,
+             fill: object) -> np.ndarray:
+        """An array of ``cap`` rows: the first ``n_old`` rows of ``old``, then ``fill``."""
+        base = self._base
+        row_bytes = int(np.prod(tail, dtype=np.int64)) * dtype.itemsize
+        inside = (base is not None and old is not None and cap <= len(base) and n_old <= len(old)
+                  and old.__array_interface__["data"][0] == base.__array_interface__["data"][0])
+        if not inside:
+            base = None
+            if cap * row_bytes >= RESERVE_MIN_BYTES:
+                base = _reserved(cap * RESERVE_AHEAD, tail, dtype)
+            fresh = base[:cap] if base is not None else np.zeros((cap, *tail), dtype)
+            if old is not None and n_old:
+                fresh[:n_old] = old[:n_old]
+            self._base = base
+        else:
+            assert base is not None
+            fresh = base[:cap]
+        if cap > n_old and not _is_zero(fill):
+            fresh[n_old:cap] = fill
+        return fresh
+
+
+def _is_zero(fill: object) -> bool:
+    try:
+        return bool(fill == 0)  # NaN != 0: filled
+    except (TypeError, ValueError):  # pragma: no cover - a fill numpy cannot compare
+        return False
+
+
+def _reserved(rows: int, tail: tuple[int, ...], dtype: np.dtype) -> np.ndarray | None:
+    """Zeroed ``(rows, *tail)`` in its own anonymous private mapping (None where one cannot be had: strict
+    overcommit accounting, an address-space limit; the caller then copies on growth as before)."""
+    count = rows * int(np.prod(tail, dtype=np.int64))
+    try:
+        mm = mmap.mmap(-1, max(count * dtype.itemsize, 1), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    except (OSError, ValueError, OverflowError):
+        return None
+    # the array keeps the mapping alive (its buffer's owner); it is unmapped when the last view goes
+    return np.frombuffer(mm, dtype, count=count).reshape(rows, *tail)
 
 
 class Col:
@@ -162,6 +243,7 @@ class Columns:
 
     def __init__(self, fleet: FleetState | None = None) -> None:
         self._arrays: dict[str, np.ndarray] = {}
+        self._reserves: dict[str, Reserve] = {}
         self._cap = 0
         self._resize(fleet.capacity if fleet is not None else 1)
         if fleet is not None:
@@ -175,12 +257,14 @@ class Columns:
         return list(seen.values())
 
     def _resize(self, cap: int) -> None:
+        """Grow every column to ``cap`` rows, in place where it can (:class:`Reserve`): the new rows get the
+        column's fill, the old ones keep their values."""
         for c in self.columns():
-            fresh = np.full((cap, *c.shape_of(self)), c.fill, c.dtype)
-            old = self._arrays.get(c.name)
-            if old is not None:
-                fresh[: self._cap] = old
-            self._arrays[c.name] = fresh
+            res = self._reserves.get(c.name)
+            if res is None:
+                res = self._reserves[c.name] = Reserve()
+            self._arrays[c.name] = res.grow(self._arrays.get(c.name), self._cap, cap, c.shape_of(self), c.dtype,
+                                            c.fill)
         self._cap = cap
 
     @property
@@ -234,7 +318,7 @@ class FleetState(Columns):
         return tuple(self._tables)
 
     def _grow(self, need: int) -> None:
-        cap = doubled(self._cap, need)
+        cap = stepped(self._cap, need)
         if cap == self._cap:
             return
         for t in self._tables:

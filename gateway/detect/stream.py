@@ -48,7 +48,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from gateway.detect.state import doubled
+from gateway.detect.state import Reserve, doubled
 
 F32 = np.float32
 #: Series per vectorised step (see StreamDetector._chunks): ~64 KB per float32 temporary.
@@ -116,6 +116,7 @@ class StreamDetector:
         cells = -(-self._nb * self._pdt.itemsize // 4)
         self._width = _P0 + cells + (_P0 + cells) % 2  # even: the float64 t_prev stays 8-aligned
         self._cap = 0
+        self._reserve = Reserve()
         self._alloc(max(int(capacity), 1))
 
     # ------------------------------------------------------------------ state
@@ -125,11 +126,10 @@ class StreamDetector:
     def _alloc(self, cap: int) -> None:
         # zeros, which the kernel backs only when a series first writes its row: a fresh row (n == 0) gets
         # its NaNs (t_prev, every profile bin "never visited") at its first sample (``_step``). NaN-filling
-        # here made every slot resident at once, the spare ones too (68 MB for 344,064 slots)
-        s = np.zeros((cap, self._width), F32)
-        if self._cap:
-            s[: self._cap] = self._s
-        self._set(s)
+        # here made every slot resident at once, the spare ones too (68 MB for 344,064 slots). The rows grow in
+        # place (Reserve): a doubling copies nothing, and its spare rows are address space only
+        self._set(self._reserve.grow(self._s if self._cap else None, self._cap, cap, (self._width,), np.dtype(F32),
+                                     0))
 
     def _set(self, s: np.ndarray) -> None:
         self._s = np.ascontiguousarray(s)
@@ -173,7 +173,33 @@ class StreamDetector:
             self._prof(s)[:] = np.asarray(state["season"], self._pdt)
         else:
             self._prof(s)[:] = np.nan
+        self._reserve = Reserve()  # the loaded rows are a plain array: a reservation is made when they grow
         self._set(s)
+
+    # --- rows as stored (the state saver's format: one row per series, copied a slice at a time) ----------
+    def row_layout(self) -> str:
+        """What a stored row is: rows saved under another layout are refused by :meth:`load_rows`."""
+        return repr(("cells", self._width, "t_prev f8 0-1, n i4 2", _F32_FIELDS, "profile", self._nb,
+                     self._pdt.str, _P0))
+
+    def params_key(self) -> str:
+        return repr(sorted(asdict(self.params).items()))
+
+    def copy_rows(self, start: int, stop: int) -> np.ndarray:
+        """A copy of the rows of series ``start .. stop - 1`` (fewer past the capacity), in the stored layout."""
+        return self._s[start:stop].copy()
+
+    def load_rows(self, rows: np.ndarray, layout: str, params: str) -> None:
+        """Rows saved by :meth:`copy_rows` (under :meth:`row_layout` and :meth:`params_key`)."""
+        if params != self.params_key():
+            raise ValueError("state was saved with different detector parameters")
+        if layout != self.row_layout():
+            raise ValueError("state was saved with another row layout")
+        s = np.asarray(rows, F32)
+        if s.ndim != 2 or s.shape[1] != self._width:
+            raise ValueError("stored rows of the wrong width")
+        self._reserve = Reserve()
+        self._set(np.array(s, F32))
 
     @property
     def warmup_samples(self) -> int:

@@ -3,10 +3,13 @@ must decide exactly as the dense policy did (``dense_alarms_ref.DenseAlarmPolicy
 
 from __future__ import annotations
 
+from unittest.mock import patch
+
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gateway.detect import state
 from gateway.detect.alarms import AlarmPolicy
 from gateway.detect.rules import AlarmSpec, Conditions, Tier
 from tests.gateway.detect.dense_alarms_ref import DenseAlarmPolicy
@@ -46,8 +49,15 @@ def _name(row: int) -> tuple[str, str]:
 
 
 @settings(max_examples=150, deadline=None)
-@given(batches, st.sampled_from([1, 4, 64]))
-def test_same_transitions_active_and_export_as_the_dense_policy(feed: list[list[tuple]], capacity: int) -> None:
+@given(batches, st.sampled_from([1, 4, 64]), st.booleans())
+def test_same_transitions_active_and_export_as_the_dense_policy(feed: list[list[tuple]], capacity: int,
+                                                               in_place: bool) -> None:
+    """Also with every array growing in place in a reservation (``in_place``), as large fleets' arrays do."""
+    with patch.object(state, "RESERVE_MIN_BYTES", 0 if in_place else state.RESERVE_MIN_BYTES):
+        _same_as_dense(feed, capacity)
+
+
+def _same_as_dense(feed: list[list[tuple]], capacity: int) -> None:
     new, ref = AlarmPolicy(SPECS, capacity=capacity), DenseAlarmPolicy(SPECS, capacity=capacity)
     t0 = 1_700_000_000_000
     for batch in feed:
@@ -72,9 +82,10 @@ def test_same_transitions_active_and_export_as_the_dense_policy(feed: list[list[
 
 
 def test_the_dense_fields_are_gone() -> None:
-    """What the change was for: per (row, rule) cell only level, the two counters (int8 here) and the pending time."""
+    """What the change was for: per (row, rule) cell only level and the two counters (int8 here), and the
+    pending time only for the rules with a raise_ms (a and c)."""
     p = AlarmPolicy(SPECS, capacity=1024)
-    assert sum(a.nbytes for a in p._a.values()) == 1024 * len(SPECS) * (1 + 1 + 1 + 8)
+    assert sum(a.nbytes for a in p._a.values()) == 1024 * (len(SPECS) * (1 + 1 + 1) + 2 * 8)
 
 
 def test_counters_reach_a_long_minimum_duration() -> None:

@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import copy
+import os
+from pathlib import Path
+from unittest.mock import patch
+
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from contract.readings import Reading
-from gateway.detect.state import N_METRICS
+from gateway import detection
+from gateway.detect import state
+from gateway.detect.engine import STREAM_METRICS, STREAM_STRIDE
+from gateway.detect.state import N_METRICS, NO_TS, Batch, Reserve
 from gateway.detect.stream import StreamDetector
+from gateway.detect.types import Conditions
 from gateway.detection import DetectionStage
 from gateway.pipeline import Outcome
 
@@ -32,4 +42,203 @@ def test_the_stream_grows_in_step_with_the_fleet_rows() -> None:
     stage(Outcome(readings=readings))
     assert stage.stream is not None
     assert stage.state.capacity == 256
-    assert stage.stream.capacity == N_METRICS * stage.state.capacity
+    assert stage.stream.capacity == STREAM_STRIDE * stage.state.capacity
+
+
+class WideStream(StreamDetector):
+    """The previous series layout, one slot per catalog metric (``row * N_METRICS + col``): the reference
+    for the layout with slots for the streamed metrics only."""
+
+    def __init__(self, cols: np.ndarray, capacity: int) -> None:
+        super().__init__(capacity=capacity)
+        self.cols = cols
+
+    def update(self, series_idx: np.ndarray, values: np.ndarray, t: np.ndarray | None = None) -> np.ndarray:
+        idx = np.asarray(series_idx, np.int64)
+        return super().update(idx // STREAM_STRIDE * N_METRICS + self.cols[idx % STREAM_STRIDE], values, t)
+
+
+def _wide(stage: DetectionStage) -> WideStream:
+    assert stage.stream is not None
+    wide = WideStream(stage.det.stream_cols(), N_METRICS * stage.state.capacity)
+    stage.det.stream = wide
+    return wide
+
+
+T0 = 1_700_000_000_000
+KITS = (STREAM_METRICS, STREAM_METRICS[::2], (*STREAM_METRICS[1::3], "lamp_power_w"), ("supply_voltage_v",))
+
+
+def _feed(seed: int, poles: int, steps: int) -> list[list[Reading]]:
+    """Readings of ``poles`` poles of mixed sensor kits, 10 s apart, with spikes and steps: enough samples
+    (past the warm-up) for anomalies to be raised and cleared."""
+    rng = np.random.default_rng(seed)
+    kit = rng.integers(0, len(KITS), poles)
+    base = rng.uniform(1, 100, (poles, len(STREAM_METRICS) + 1))
+    names = (*STREAM_METRICS, "lamp_power_w")
+    out = []
+    for i in range(steps):
+        batch = []
+        for p in rng.permutation(poles):
+            vals = {}
+            for m in KITS[kit[p]]:
+                j = names.index(m)
+                v = base[p, j] * (1 + rng.normal(0, 0.01))
+                if rng.random() < 0.01:
+                    v *= 3  # a spike
+                vals[m] = float(v)
+            batch.append(Reading(f"p-{p}", f"d{p % 3}", "b", i, T0 + i * 10_000 + int(p), vals))
+        out.append(batch)
+    return out
+
+
+def _same_conditions(a: Conditions, b: Conditions) -> None:
+    for f in ("rows", "spec", "trig", "hold", "value", "ref", "score", "ts"):
+        assert np.array_equal(getattr(a, f), getattr(b, f), equal_nan=True), f
+
+
+@settings(max_examples=5, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.integers(1, 10))
+def test_slots_for_streamed_metrics_only_decide_as_a_slot_per_catalog_metric(seed: int, poles: int) -> None:
+    new, ref = DetectionStage(clock=lambda: T0 / 1000), DetectionStage(clock=lambda: T0 / 1000)
+    _wide(ref)
+    scored = 0
+    for i, batch in enumerate(_feed(seed, poles, 70)):
+        now = T0 + i * 10_000
+        (ca, da), (cb, db) = new.det.readings(batch, now), ref.det.readings(batch, now)
+        _same_conditions(ca, cb)  # every layer's conditions, the anomaly scores among them
+        _same_conditions(da, db)
+        scored += int(((ca.spec >= new.det._anomaly_off) & ~np.isnan(ca.score)).sum())
+        assert new.det.step(ca, da) == ref.det.step(cb, db)
+    assert scored > 0  # past the warm-up: the streaming layer scored
+    assert new.active() == ref.active()
+
+
+def test_a_state_file_of_the_previous_layout_restores_every_series(tmp_path: Path) -> None:
+    old_path, new_path = tmp_path / "old.json", tmp_path / "new.json"
+    old = DetectionStage(state_path=str(old_path), clock=lambda: T0 / 1000, background_save=False)
+    new = DetectionStage(state_path=str(new_path), clock=lambda: T0 / 1000, background_save=False)
+    wide = _wide(old)
+    feed = _feed(5, 10, 80)
+    for batch in feed[:70]:
+        old(Outcome(readings=batch))
+        new(Outcome(readings=batch))
+    old.save()
+    new.save()
+    # the previous gateway wrote its stream state as state_dict's arrays, without a layout key
+    saved = wide.state_dict()
+    assert len(saved["n"]) == wide.capacity
+    np.savez(old_path.with_name("old.json.stream.npz"), **saved)  # type: ignore[arg-type]
+    again = DetectionStage(state_path=str(old_path), clock=lambda: T0 / 1000, background_save=False)
+    cont = DetectionStage(state_path=str(new_path), clock=lambda: T0 / 1000, background_save=False)
+    assert again.stream is not None and cont.stream is not None and new.stream is not None
+    a, b = again.stream.state_dict(), new.stream.state_dict()
+    used = new.state.n * STREAM_STRIDE
+    for k in a:
+        if k != "params":
+            assert np.array_equal(a[k][:used], b[k][:used], equal_nan=True), k
+    for batch in feed[70:]:  # and both go on deciding alike
+        assert again(Outcome(readings=batch)) == cont(Outcome(readings=batch))
+
+
+grow_steps = st.lists(st.tuples(st.integers(1, 300), st.integers(0, 2**31)), min_size=1, max_size=12)
+
+
+@settings(max_examples=80, deadline=None)
+@given(grow_steps, st.sampled_from([np.float64, np.int64, np.int8, np.bool_]), st.sampled_from([(), (3,), (2, 5)]),
+       st.booleans(), st.integers(1, 4))
+def test_growing_in_place_keeps_what_it_holds_and_fills_new_rows(steps: list[tuple[int, int]], dtype: type,
+                                                                  tail: tuple[int, ...], zero: bool,
+                                                                  ahead: int) -> None:
+    """Reserve.grow against the allocate-and-copy it replaces (``np.full`` of the new size, old rows copied),
+    in reservations (every size reserved, ``ahead`` times the rows: some growths outgrow theirs) and not."""
+    fill = 0 if zero else {np.float64: np.nan, np.int64: NO_TS, np.int8: -1, np.bool_: True}[dtype]
+    dt = np.dtype(dtype)
+    for min_bytes in (0, 1 << 40):
+        with patch.object(state, "RESERVE_MIN_BYTES", min_bytes), patch.object(state, "RESERVE_AHEAD", ahead):
+            res, arr, ref, cap = Reserve(), None, None, 0
+            for add, seed in steps:
+                new_cap = cap + add
+                arr = res.grow(arr, cap, new_cap, tail, dt, fill)
+                fresh = np.full((new_cap, *tail), fill, dt)
+                if ref is not None:
+                    fresh[:cap] = ref
+                ref, cap = fresh, new_cap
+                assert arr.shape == ref.shape and arr.dtype == ref.dtype
+                assert np.array_equal(arr, ref, equal_nan=True)
+                rng = np.random.default_rng(seed)  # write some rows, as the tables do
+                rows = rng.integers(0, cap, 5)
+                val = rng.integers(-100, 100, (5, *tail)).astype(dt)
+                arr[rows] = val
+                ref[rows] = val
+            snap = copy.deepcopy(res), copy.deepcopy(arr)
+            assert np.array_equal(snap[1], ref, equal_nan=True)  # a deep copy holds the rows in use
+            again = snap[0].grow(snap[1], cap, cap + 1, tail, dt, fill)  # and grows on its own
+            assert np.array_equal(again[:cap], ref, equal_nan=True)
+
+
+def _resident(a: np.ndarray) -> int:
+    """Bytes of ``a``'s pages the kernel backs with memory (/proc/self/pagemap, bit 63: present)."""
+    page = os.sysconf("SC_PAGE_SIZE")
+    addr = a.__array_interface__["data"][0]
+    p0, p1 = addr // page, (addr + a.nbytes - 1) // page
+    with open("/proc/self/pagemap", "rb") as f:
+        f.seek(p0 * 8)
+        raw = np.frombuffer(f.read((p1 - p0 + 1) * 8), np.uint64)
+    return int((raw >> np.uint64(63)).sum()) * page
+
+
+@pytest.mark.skipif(not Path("/proc/self/pagemap").exists(), reason="needs Linux's pagemap")
+def test_reserved_and_spare_rows_are_not_resident() -> None:
+    """What the in-place growth is for: rows reserved ahead and zero-filled spare rows cost no memory, and a
+    growth within the reservation moves nothing."""
+    res = Reserve()
+    a = res.grow(None, 0, 1 << 16, (256,), np.dtype(np.float64), np.nan)  # 128 MiB of NaN: resident
+    b = res.grow(a, 1 << 16, 1 << 17, (256,), np.dtype(np.float64), np.nan)
+    assert b.__array_interface__["data"][0] == a.__array_interface__["data"][0]  # in place
+    assert _resident(b) >= b.nbytes * 0.99
+    z = Reserve().grow(None, 0, 1 << 17, (256,), np.dtype(np.float32), 0)  # 128 MiB of zeros
+    z[:16] = 1.0
+    assert _resident(z) < 1 << 20
+    stream = StreamDetector(capacity=1 << 20)  # 1,048,576 series (218 MB), 100 of them written
+    stream.update(np.arange(100), np.ones(100, np.float32), np.full(100, 1.7e9))
+    assert _resident(stream._s) < 1 << 20
+
+
+@settings(max_examples=8, deadline=None)
+@given(st.integers(1, 4000), st.integers(0, 2**32 - 1))
+def test_a_full_save_written_a_slice_at_a_time_restores_every_row(slice_bytes: int, seed: int) -> None:
+    """The saver writes the streaming detector's rows from the live detector, ``STREAM_SAVE_BYTES`` at a
+    time: whatever the slice, the restored detector holds the same rows (bit for bit) and scores alike."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp, patch.object(detection, "STREAM_SAVE_BYTES", slice_bytes):
+        path = Path(tmp) / "s.json"
+        a = DetectionStage(state_path=str(path), clock=lambda: T0 / 1000, background_save=False)
+        feed = _feed(seed, 6, 75)
+        for batch in feed[:65]:
+            a(Outcome(readings=batch))
+        a.save()
+        b = DetectionStage(state_path=str(path), clock=lambda: T0 / 1000, background_save=False)
+        assert a.stream is not None and b.stream is not None
+        assert b.stream.capacity == a.stream.capacity
+        assert a.stream._s.tobytes() == b.stream._s.tobytes()
+        for batch in feed[65:]:  # the streaming layer goes on scoring alike (other rules' state is not saved)
+            _same_conditions(a.det._anomalies(Batch.from_readings(a.state, batch)),
+                             b.det._anomalies(Batch.from_readings(b.state, batch)))
+
+
+def test_a_stream_file_of_another_row_layout_warms_up_again(tmp_path: Path) -> None:
+    path = tmp_path / "s.json"
+    a = DetectionStage(state_path=str(path), clock=lambda: T0 / 1000, background_save=False)
+    for batch in _feed(1, 3, 5):
+        a(Outcome(readings=batch))
+    a.save()
+    npz = path.with_name("s.json.stream.npz")
+    with np.load(npz) as z:
+        saved = {k: z[k] for k in z.files}
+    saved["row_layout"] = np.array("another layout")
+    np.savez(npz, **saved)  # type: ignore[arg-type]
+    b = DetectionStage(state_path=str(path), clock=lambda: T0 / 1000, background_save=False)
+    assert b.stream is not None and b.state.n == 3  # the registry is back, the stream learns again
+    assert int(b.stream.state_dict()["n"].max()) == 0

@@ -97,10 +97,10 @@ def test_batch_from_long_arrays_equals_batch_from_readings() -> None:
     assert np.array_equal(b1.values, b2.values, equal_nan=True)
 
 
-def test_fleet_state_grows_by_doubling_and_keeps_what_it_holds() -> None:
+def test_fleet_state_grows_by_steps_and_keeps_what_it_holds() -> None:
     st = FleetState(capacity=2)
     rows = [st.row(f"p-{i}", "north") for i in range(70)]
-    assert rows == list(range(70)) and st.capacity == 128
+    assert rows == list(range(70)) and st.capacity == 2 + 64 + 64  # an eighth, at least 64 rows a step
     b = Batch.from_arrays(np.arange(70), np.full(70, INDEX["tilt_deg"]), np.arange(70) / 10, np.full(70, T0))
     st.observe(b)
     st.row("p-200", "south")
