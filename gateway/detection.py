@@ -311,9 +311,13 @@ class DetectionStage:
         del doc
         _atomic_write(self.state_path, lambda f: f.write(body))
         if snap.stream:
-            _atomic_write(self._stream_path(), self._write_stream)
+            # the series of the poles in this snapshot; rows past them are written as fresh (zeros): they belong
+            # to poles that registered after the copy, and the restored registry would hand such a row, with
+            # its learned state, to whichever new pole came first
+            n_series = snap.det.state.n * STREAM_STRIDE
+            _atomic_write(self._stream_path(), lambda f: self._write_stream(f, n_series))
 
-    def _write_stream(self, f: BinaryIO) -> None:
+    def _write_stream(self, f: BinaryIO, n_series: int) -> None:
         """The streaming detector's rows as ``rows.npy`` in an npz, with their layout, the detector's
         parameters and the series stride. The rows are copied from the live detector STREAM_SAVE_BYTES at a
         time, each slice under the lock: a full save used to copy every array at once first (65 MB more
@@ -340,6 +344,7 @@ class DetectionStage:
                         part = self.det.stream.copy_rows(a, min(a + step, cap)) if self.det.stream is not None else None
                     if part is None or len(part) != min(step, cap - a):  # pragma: no cover - replaced meanwhile
                         raise OSError("the streaming detector changed during the save")
+                    part[max(0, n_series - a):] = 0
                     m.write(part.tobytes())
 
     def _write_safely(self, snap: _Snapshot) -> bool:
