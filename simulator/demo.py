@@ -223,6 +223,7 @@ def run_demo(*, poles: int = 200, duration: float | None = None, seed: int = 42,
                         published += 1
                     n_hostile = int(rng.binomial(poles, hostile_pct / 100.0))
                     for topic, payload, _kind in hostile_messages(rng, n_hostile, city, now_ms=t_sim,
+                                                                  clock_ms=int(time.time() * 1000),
                                                                   kinds=REFUSED_KINDS):
                         pub.publish(topic, payload)
                         hostile_sent += 1

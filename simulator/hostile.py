@@ -8,6 +8,11 @@ attacks live inside topic levels and payloads, where a broker would deliver them
 Every kind is refused by ``gateway.decode.decode_telemetry`` as a whole (no reading survives) except
 those in ``ACCEPTED_KINDS``: a replay is a valid message with an old seq (a duplicate for the dedup
 stage, not a reject) and an out-of-order message is valid but older than what the pole sent since.
+
+``now_ms`` is the device time the traffic pretends to be sent at; ``clock_ms`` is the receiving
+gateway's clock (default: the same). A simulated city often runs behind the wall clock (a demo starts a
+day back), and a "future" timestamp must be ahead of the *gateway's* clock, or it is a valid reading
+that the dedup stage counts as a duplicate: one demo lost a message to exactly that.
 """
 
 from __future__ import annotations
@@ -246,14 +251,18 @@ def hostile_message(kind: str, rng: np.random.Generator, city: City, pole: PoleS
 
 
 def hostile_messages(rng: np.random.Generator, n: int, city: City, *, now_ms: int = DEFAULT_NOW_MS,
-                     kinds: Sequence[str] = HOSTILE_KINDS,
+                     clock_ms: int | None = None, kinds: Sequence[str] = HOSTILE_KINDS,
                      poles: Sequence[PoleSpec] | None = None) -> list[tuple[str, bytes, str]]:
-    """``n`` hostile messages cycling through ``kinds``, aimed at random poles of ``city``."""
+    """``n`` hostile messages cycling through ``kinds``, aimed at random poles of ``city``, sent at
+    device time ``now_ms`` to a gateway whose clock reads ``clock_ms`` (default ``now_ms``)."""
     targets = list(poles) if poles is not None else city.poles
+    clock = now_ms if clock_ms is None else clock_ms
+    # the time-window attacks are judged against the gateway's clock: out of the window on both clocks
+    ref = {"future_ts": max(now_ms, clock), "stale_ts": min(now_ms, clock)}
     out: list[tuple[str, bytes, str]] = []
     for i in range(n):
         kind = kinds[i % len(kinds)]
         pole = targets[int(rng.integers(len(targets)))]
-        topic, payload = hostile_message(kind, rng, city, pole, now_ms)
+        topic, payload = hostile_message(kind, rng, city, pole, ref.get(kind, now_ms))
         out.append((topic, payload, kind))
     return out

@@ -221,6 +221,7 @@ def run_multiplexed(host: str, port: int, plan: CityPlan, *, mqtt_version: int =
                     if hostile_pct > 0:
                         k = int(rng.binomial(n, hostile_pct / 100.0))
                         for topic, payload, _kind in hostile_messages(rng, k, plan.city, now_ms=t_sim,
+                                                                      clock_ms=int(time.time() * 1000),
                                                                       kinds=REFUSED_KINDS):
                             pub.publish(topic, payload)
                             st.hostile += 1
@@ -407,6 +408,7 @@ def run_per_device(host: str, port: int, plan: CityPlan, *, workdir: Path, speed
                         k = int(rng.binomial(max(1, round(n * (now - last) * speed / step_s)), hostile_pct / 100))
                         t_dev = int(clock.time() * 1000)
                         for topic, payload, _kind in hostile_messages(rng, k, plan.city, now_ms=t_dev,
+                                                                      clock_ms=int(time.time() * 1000),
                                                                       kinds=REFUSED_KINDS):
                             inv.publish(topic, payload)
                             st.hostile += 1

@@ -113,7 +113,8 @@ def _publish_city(broker: Mosquitto, spec: DrillSpec, *, hostile_frac: float = 0
         for topic, payload in msgs:
             pub.publish(topic, payload)
         n_h = int(rng.binomial(len(msgs), hostile_frac)) if hostile_frac else 0
-        for topic, payload, _kind in hostile_messages(rng, n_h, city, now_ms=t_sim, kinds=REFUSED_KINDS):
+        for topic, payload, _kind in hostile_messages(rng, n_h, city, now_ms=t_sim, clock_ms=int(time.time() * 1000),
+                                                   kinds=REFUSED_KINDS):
             pub.publish(topic, payload)
             # a topic outside lampwatch/v1/+/+/telemetry is never routed to the gateway at all
             refusable += mqtt.topic_matches_sub(TELEMETRY_FILTER, topic)
