@@ -134,3 +134,12 @@ def test_device_evictions_are_summed_per_pole_and_boot() -> None:
     send("p-2", "b1", 1, 3)
     send("p-1", "b2", 3, 1)  # rebooted: a new since-boot count
     assert pl.counts["device_evictions_reported"] == 7 + 3 + 1
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from("abc"), st.sampled_from("xyzuv"), st.integers(0, 300)), max_size=200))
+def test_the_running_gap_total_is_the_sum_of_every_window(checks: list[tuple[str, str, int]]) -> None:
+    t = SeqTracker(window=64, fp_window=8, max_boots=2)  # small: windows slide and boots are evicted
+    for pole, boot, seq in checks:
+        t.check(pole, seq, boot=boot)
+        assert t.total_missing() == sum(w.missing for boots in t._poles.values() for w in boots.values()) >= 0
