@@ -177,6 +177,8 @@ class Gateway:
         c.on_connect_fail = self._on_connect_fail
         c.on_disconnect = self._on_disconnect
         c.on_message = self._on_message
+        # buffered PUBLISHes skip paho's per-packet path (gateway.mqttsock): the same (topic, payload, mid, qos)
+        c.publish_sink = self._inbox.put
         c.on_subscribe = self._on_subscribe
         return c
 
