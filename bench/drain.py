@@ -1,15 +1,19 @@
-"""paho's own cost per message, plain against buffered socket: ``python -m bench.drain [--n N] [--rounds R]``.
+"""paho's own cost per message, plain against buffered socket against the gateway's PUBLISH splitter:
+``python -m bench.drain [--n N] [--rounds R]``.
 
 A real Mosquitto (testbed.servers) holds ``n`` QoS 1 lampwatch telemetry messages for a persistent
 session that is offline while they are published; then a subscriber connects, counts them as they
 arrive (automatic PUBACK) and stops at ``n``. The publisher is done before the clock starts, so the
 subscriber's process CPU (``time.process_time``) is paho's alone: one line per variant and round,
-``drain: client=<plain|buffered> us_per_msg=<cpu> msgs_s=<n / wall>``, alternating the variants.
+``drain: client=<plain|buffered|split> us_per_msg=<cpu> msgs_s=<n / wall>``, alternating the variants.
+``split`` is the gateway's client: buffered, manual acknowledgement, whole PUBLISHes cut out of the buffer
+(``gateway.mqttsock.split_publishes``) and acknowledged 100 at a time in one buffer, as the gateway does.
 """
 
 from __future__ import annotations
 
 import argparse
+import struct
 import threading
 import time
 
@@ -24,10 +28,13 @@ from gateway.mqttsock import BufferedClient
 from simulator.publisher import Publisher
 from testbed.servers import Mosquitto
 
+PUBACK = 0x40
+_PUBACK = struct.Struct("!BBH")
+
 
 def _client(kind: str, cid: str) -> mqtt.Client:
-    cls = BufferedClient if kind == "buffered" else mqtt.Client
-    return cls(CallbackAPIVersion.VERSION2, client_id=cid, protocol=mqtt.MQTTv5)
+    cls = mqtt.Client if kind == "plain" else BufferedClient
+    return cls(CallbackAPIVersion.VERSION2, client_id=cid, protocol=mqtt.MQTTv5, manual_ack=kind == "split")
 
 
 def drain(broker: Mosquitto, kind: str, msgs: list[tuple[str, bytes]], tag: str) -> tuple[float, float]:
@@ -62,6 +69,20 @@ def drain(broker: Mosquitto, kind: str, msgs: list[tuple[str, bytes]], tag: str)
 
     sub = _client(kind, cid)
     sub.on_message = on_message
+    if isinstance(sub, BufferedClient) and kind == "split":
+        mids: list[int] = []
+
+        def sink(item: tuple[str, bytes, int, int]) -> None:
+            mids.append(item[2])
+            if len(mids) >= 100 or n["got"] + len(mids) >= len(msgs):
+                sub._packet_queue(PUBACK, b"".join([_PUBACK.pack(PUBACK, 2, m) for m in mids]), 0, 1)
+                n["got"] += len(mids)
+                mids.clear()
+                if n["got"] >= len(msgs):
+                    done.set()
+
+        sub.publish_sink = sink
+        sub.on_message = lambda _c, _u, m: (sub.ack(m.mid, m.qos), on_message())  # paho's path: the odd packet
     c0, w0 = time.process_time(), time.monotonic()
     sub.connect(broker.host, broker.port, 30, clean_start=False, properties=props)
     sub.loop_start()
@@ -82,7 +103,7 @@ def main(argv: list[str] | None = None) -> None:
     msgs = render(a.n, 1)
     with Mosquitto() as broker:
         for r in range(a.rounds):
-            for kind in ("plain", "buffered"):
+            for kind in ("plain", "buffered", "split"):
                 us, rate = drain(broker, kind, msgs, f"{r}")
                 print(f"drain: client={kind} us_per_msg={us:.1f} msgs_s={rate:.0f}", flush=True)
 
