@@ -104,22 +104,48 @@ def ops_result(request_id: str) -> str:
     return f"{OPS}/result/{request_id}"
 
 
+#: ids already validated, by their text: the gateway parses every message's topic, and checking and
+#: building the same two ids again each time was a third of the topic parse (at most _MAX_IDS of each are
+#: kept, so a flood of made-up pole ids costs a bounded dictionary, then only the check)
+_POLES: dict[str, PoleId] = {}
+_DISTRICTS: dict[str, District] = {}
+_MAX_IDS = 1 << 18
+
+
+def _pole_id(text: str) -> PoleId:
+    pid = _POLES.get(text)
+    if pid is None:
+        if POLE_RE.fullmatch(text) is None:
+            raise TopicError(f"invalid pole id in topic: {text[:80]!r}")
+        pid = PoleId(text)
+        if len(_POLES) < _MAX_IDS:
+            _POLES[text] = pid
+    return pid
+
+
+def _district(text: str) -> District:
+    d = _DISTRICTS.get(text)
+    if d is None:
+        if DISTRICT_RE.fullmatch(text) is None:
+            raise TopicError(f"invalid district in topic: {text[:80]!r}")
+        d = District(text)
+        if len(_DISTRICTS) < _MAX_IDS:
+            _DISTRICTS[text] = d
+    return d
+
+
 def parse(topic: str) -> PoleTopic:
     """Parse a per-pole topic; raises :class:`TopicError` for anything else."""
     parts = topic.split("/")
     if len(parts) < 5 or parts[0] != "lampwatch" or parts[1] != "v1":
         raise TopicError(f"not a lampwatch per-pole topic: {topic[:200]!r}")
-    district, pole, rest = parts[2], parts[3], parts[4:]
-    if DISTRICT_RE.fullmatch(district) is None:
-        raise TopicError(f"invalid district in topic: {district[:80]!r}")
-    if POLE_RE.fullmatch(pole) is None:
-        raise TopicError(f"invalid pole id in topic: {pole[:80]!r}")
+    district, pole, rest = _district(parts[2]), _pole_id(parts[3]), parts[4:]
     if rest == ["telemetry"] or rest == ["status"] or rest == ["cmd"]:
-        return PoleTopic(District(district), PoleId(pole), rest[0])  # type: ignore[arg-type]
+        return PoleTopic(district, pole, rest[0])  # type: ignore[arg-type]
     if rest == ["cmd", "ack"]:
-        return PoleTopic(District(district), PoleId(pole), "cmd/ack")
+        return PoleTopic(district, pole, "cmd/ack")
     if len(rest) == 2 and rest[0] == "alert" and _KEY_RE.fullmatch(rest[1]):
-        return PoleTopic(District(district), PoleId(pole), "alert", rest[1])
+        return PoleTopic(district, pole, "alert", rest[1])
     raise TopicError(f"unknown per-pole topic kind: {'/'.join(rest)[:80]!r}")
 
 

@@ -107,8 +107,10 @@ class Pipeline:
                 continue
             out.readings.append(r)
             out.points.append(schema.telemetry_point(r))
-        c["samples_rejected"] += d.rejected_samples
-        c["values_rejected"] += len(d.rejects) - d.rejected_samples
+        if d.rejects:
+            whole = d.rejected_samples
+            c["samples_rejected"] += whole
+            c["values_rejected"] += len(d.rejects) - whole
         c["samples_accepted"] += len(out.readings)
         c["values_accepted"] += sum(len(r.values) for r in out.readings)
         out.points.extend(self._reject_points(d.rejects, now_ms))

@@ -136,3 +136,21 @@ def test_models_are_frozen_strict_and_versioned() -> None:
                 '{"v":1,"pole":"p-1","boot":"b","samples":[]}']:
         with pytest.raises(ValidationError):
             Telemetry.model_validate_json(bad.replace("%d", str(TS_MIN_MS)))
+
+
+def test_topic_ids_are_checked_once_and_kept_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    from contract import topics as tp
+
+    a = tp.parse("lampwatch/v1/north/p-cache-1/telemetry")
+    b = tp.parse("lampwatch/v1/north/p-cache-1/status")
+    assert a.pole is b.pole and a.district is b.district  # one validated id per text
+    assert isinstance(a.pole, PoleId) and isinstance(a.district, District)
+    for bad in ("lampwatch/v1/north/P-BAD/telemetry", "lampwatch/v1/No rth/p-1/telemetry"):
+        with pytest.raises(tp.TopicError):
+            tp.parse(bad)
+        with pytest.raises(tp.TopicError):  # a refused id is never remembered as valid
+            tp.parse(bad)
+    assert "P-BAD" not in tp._POLES and "No rth" not in tp._DISTRICTS
+    monkeypatch.setattr(tp, "_MAX_IDS", len(tp._POLES))  # full: still parsed and checked, not kept
+    c = tp.parse("lampwatch/v1/north/p-cache-2/telemetry")
+    assert c.pole == "p-cache-2" and "p-cache-2" not in tp._POLES
