@@ -11,17 +11,19 @@ read. :func:`open_reader` maps the CLI spelling (``sqlite:PATH`` or an InfluxDB 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeAlias
 
 from pydantic import BaseModel, ConfigDict, SecretStr
 
 from contract.errors import ConfigError, StoreError
 from ingest.influx1 import Influx1Store
-from ingest.influx2 import Influx2Store
 from ingest.sqlite import SqliteStore
 
+if TYPE_CHECKING:  # imported when opened: influxdb-client (and reactivex, dateutil) is 12 MB of a gateway
+    from ingest.influx2 import Influx2Store  # that stores to InfluxDB 1.x or SQLite and never uses it
+
 StoreKind = Literal["auto", "sqlite", "influx1", "influx2"]
-Store = SqliteStore | Influx1Store | Influx2Store
+Store: TypeAlias = "SqliteStore | Influx1Store | Influx2Store"
 
 
 class StoreConfig(BaseModel):
@@ -56,6 +58,8 @@ def open_store(cfg: StoreConfig) -> Store:
         return Influx1Store(cfg.influx_url, cfg.influx_db, username=cfg.influx_username, password=pw)
     if not cfg.influx_token:
         raise ConfigError("store influx2 needs influx_token")
+    from ingest.influx2 import Influx2Store
+
     return Influx2Store(cfg.influx_url, token=cfg.influx_token.get_secret_value(), org=cfg.influx_org,
                         bucket=cfg.influx_bucket)
 
