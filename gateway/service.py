@@ -3,7 +3,8 @@
 One shape for delivery (Telegraf's input -> processor -> output, with a buffer and acknowledgements
 released by a delivered-callback), three threads:
 
-    paho network thread   on_message -> inbox.put_nowait (never blocks: keepalive keeps running). The
+    paho network thread   whole PUBLISHes cut from the receive buffer (gateway.mqttsock), or paho's
+                          on_message -> inbox.put (never blocks: keepalive keeps running). The
                           inbox cannot overflow: every message in it is unacknowledged, and the CONNECT's
                           Receive Maximum (= inbox_max) caps how many unacknowledged messages the
                           broker may send us (MQTT 3.1.1 has no such field: there the broker's own
