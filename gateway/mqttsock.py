@@ -30,12 +30,15 @@ time is stamped once a gulp.
 
 from __future__ import annotations
 
+import logging
 import socket
 from collections.abc import Callable
 from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import MQTTErrorCode
+
+log = logging.getLogger("lampwatch.gateway")
 
 RECV_BYTES = 65_536
 #: at most this many buffered packets handled per wake-up before paho's loop runs again (its writes:
@@ -171,7 +174,13 @@ class BufferedClient(mqtt.Client):
     def _take_publishes(self, sock: BufferedSocket, limit: int) -> int:
         sink = self.publish_sink
         assert sink is not None
-        got, sock._pos = split_publishes(sock._buf, sock._pos, self._protocol == mqtt.MQTTv5, limit)
+        try:
+            got, pos = split_publishes(sock._buf, sock._pos, self._protocol == mqtt.MQTTv5, limit)
+        except Exception:  # a bug here must not kill paho's network thread: paho reads everything from now on
+            log.exception("the PUBLISH splitter failed; paho handles every packet from now on")
+            self.publish_sink = None
+            return 0
+        sock._pos = pos
         if got:
             with self._msgtime_mutex:
                 self._last_bytes_received = mqtt.time_func()  # paho's clock

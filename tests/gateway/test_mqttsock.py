@@ -116,3 +116,25 @@ def test_the_splitter_stops_at_what_is_not_its_own() -> None:
         assert [g[0] for g in got] == ["a/b"] and pos == len(ok), other
     got, pos = split_publishes(ok * 5, 0, False, 3)  # the limit
     assert len(got) == 3 and pos == 3 * len(ok)
+
+
+def test_a_failing_splitter_hands_everything_to_paho(monkeypatch: pytest.MonkeyPatch) -> None:
+    # a bug in the splitter must not kill paho's network thread (the gateway would go deaf): it is logged,
+    # switched off, and the packets it would have taken go through paho
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    def broken(*_a: object) -> tuple[list[mqttsock.Publish], int]:
+        raise IndexError("a bug")
+
+    monkeypatch.setattr(mqttsock, "split_publishes", broken)
+    a, b = socket.socketpair()
+    try:
+        c = mqttsock.BufferedClient(CallbackAPIVersion.VERSION2, client_id="t", manual_ack=True)
+        got: list[object] = []
+        c.publish_sink = got.append
+        sock = BufferedSocket(b)
+        sock._buf, sock._pos = _publish(b"a/b", b"x", 0, 0, False) * 2, 0
+        assert c._take_publishes(sock, 10) == 0 and c.publish_sink is None and sock._pos == 0 and not got
+    finally:
+        a.close()
+        b.close()
