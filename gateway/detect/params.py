@@ -37,3 +37,7 @@ class RuleParams:
     stuck_a_eq: float = 0.002  # EW rate of the repeat rate (slow: it spans day and night regimes)
     stuck_warm: int = 144  # transitions seen before a series is judged
     stuck_warm_safety: int = 12  # ... on a safety channel (its catalog prior is trusted sooner)
+    #: the catalog prior counts as this many learned transitions on a safety channel (0 elsewhere: the
+    #: first finished run replaces it): a water sensor drifting below its resting 0 reads runs of 0.00 that
+    #: would otherwise teach the pole, within hours, that a dead sensor's 0.00 is normal
+    stuck_prior_n_safety: int = 144

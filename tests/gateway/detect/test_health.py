@@ -46,6 +46,20 @@ def test_a_dead_water_sensor_reading_the_range_edge_is_stuck() -> None:
     assert n <= 24  # within two hours of 5-minute samples
 
 
+def test_a_water_sensor_drifting_below_its_resting_zero_from_the_first_sample_is_stuck() -> None:
+    """The simulator's drift on a water sensor: -1.5 cm (30 x its noise) over 12 h from the first
+    sample, clipped at the range's 0. Its early runs of 0.00 end (a noise peak still shows through), and
+    learnt alone they taught the pole that long runs of 0.00 are normal: the dead reading was never
+    called stuck. The catalog prior counts as 144 learned transitions on a safety channel."""
+    for seed in range(4):
+        p = Pole()
+        p.rng = np.random.default_rng(seed)
+        n = next((k for k in range(144) if any(
+            a["kind"] == "sensor_stuck" and a["state"] == "raised"
+            for a in p.send(water_level_cm=max(0.0, round(p.water() - 1.5 * k / 144, 2))))), None)
+        assert n is not None and n <= 24, (seed, n)  # within two hours of 5-minute samples
+
+
 def test_a_live_water_sensor_at_rest_is_never_stuck() -> None:
     p = Pole()
     for _ in range(2000):  # a week of readings
