@@ -80,8 +80,9 @@ def derive_rules(metrics: Sequence[Metric] = METRICS, params: RuleParams = RuleP
                           for t in ths)
             spec = AlarmSpec(
                 key=f"{m.name}.{kind}" if kind in dup else kind, kind=kind, metric=m.name, tiers=tiers,
-                raise_n=(params.raise_n_safety if m.critical else
-                         params.raise_n_mains if m.name == "supply_voltage_v" else params.raise_n),
+                raise_n=(params.raise_n_mains if m.name == "supply_voltage_v" else
+                         params.raise_n_leakage if m.name == "leakage_current_ma" else
+                         params.raise_n_safety if m.critical else params.raise_n),
                 raise_ms=params.raise_ms,
                 clear_n=params.clear_n, unit=m.unit, ref_label=ref_label, ref_unit=ref_unit,
                 decimals=m.decimals)

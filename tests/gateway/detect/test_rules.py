@@ -163,11 +163,11 @@ def test_leakage_explanation_carries_the_value() -> None:
 
 def test_warning_tier_needs_a_minimum_duration_and_an_interruption_resets_it() -> None:
     p = Pole()
-    assert p.feed(leakage_current_ma=16.0) == []
-    assert p.feed(leakage_current_ma=10.0) == []
-    assert p.feed(leakage_current_ma=16.0) == []
-    (a,) = p.feed(leakage_current_ma=16.0)
-    assert a["severity"] == "warning"
+    assert p.feed(water_level_cm=6.0) == []
+    assert p.feed(water_level_cm=2.0) == []
+    assert p.feed(water_level_cm=6.0) == []
+    (a,) = p.feed(water_level_cm=6.0)
+    assert (a["key"], a["severity"]) == ("flood", "warning")
 
 
 # --- lamp-on context -------------------------------------------------------------------------------------
