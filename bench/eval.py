@@ -277,20 +277,21 @@ def _median(xs: list[float]) -> float:
     return v[len(v) // 2] if len(v) % 2 else (v[len(v) // 2 - 1] + v[len(v) // 2]) / 2
 
 
-def _first_hits(run: FaultRun, labels: list[Label]) -> list[int | None]:
-    """Earliest matching alarm time of each label (the score's matching rules), None if missed."""
+def _matching(run: FaultRun, labels: list[Label]) -> list[list[Alarm]]:
+    """The alarms that match each label (the score's matching rules)."""
     from simulator.score import compatible
 
     grace = run.score.grace_ms
     by_pole: dict[str, list[Alarm]] = {}
     for a in run.alarms:
         by_pole.setdefault(a.pole, []).append(a)
-    out: list[int | None] = []
-    for lb in labels:
-        ts = [a.raised_ms for a in by_pole.get(lb.pole, ())
-              if lb.start_ms <= a.raised_ms <= lb.end_ms + grace and compatible(lb, a)]
-        out.append(min(ts) if ts else None)
-    return out
+    return [[a for a in by_pole.get(lb.pole, ())
+             if lb.start_ms <= a.raised_ms <= lb.end_ms + grace and compatible(lb, a)] for lb in labels]
+
+
+def _first_hits(run: FaultRun, labels: list[Label]) -> list[int | None]:
+    """Earliest matching alarm time of each label (the score's matching rules), None if missed."""
+    return [min(a.raised_ms for a in als) if als else None for als in _matching(run, labels)]
 
 
 def sensor_line(run: FaultRun) -> str:
@@ -311,6 +312,11 @@ def sensor_line(run: FaultRun) -> str:
     per.append("missed=" + (",".join(f"{k}x{n}" for k, n in sorted(missed.items())) or "none"))
     gone = [lb for lb in run.labels if lb.kind == "sensor_dropout"]  # one safety sensor silent (not in recall)
     per.append(f"dropout={sum(h is not None for h in _first_hits(run, gone))}/{len(gone)}")
+    # drifts found only by tilt_trend ("pole leaning or tilt sensor drifting"): one inclinometer cannot
+    # say which, so these finds are ambiguous by nature (simulator.score.COMPATIBLE)
+    drifts = [lb for lb in labels if lb.kind == "drift"]
+    lean = sum(1 for als in _matching(run, drifts) if als and all(a.kind == "tilt_trend" for a in als))
+    per.append(f"drift_as_lean_or_drift={lean}")
     # drifts that blind a safety rule: a reading drifting low (magnitude < 0) on cabinet or leakage
     mags = {(f.pole, f.metric, f.kind, f.start_ms): f.mag for f in run.faults}
     low = [h for lb, h in zip(labels, hits, strict=True) if lb.kind == "drift"

@@ -66,7 +66,9 @@ COMPATIBLE: Mapping[str, frozenset[str]] = {
     # a sensor named broken is found whichever way it is named: a sensor drifting to the end of its
     # range reads a constant there (stuck), a stuck one walks away from its peers (drift)
     "stuck": frozenset({"anomaly", "flatline", "drift"}),
-    "drift": frozenset({"anomaly", "stuck"}),
+    # one inclinometer cannot tell its own drift from a lean (the same slow ramp in the same noise):
+    # ``tilt_trend`` says "pole leaning or tilt sensor drifting" and finds a tilt drift (same metric)
+    "drift": frozenset({"anomaly", "stuck", "tilt_trend"}),
     "sensor_dropout": frozenset(),
     # a pole whose messages are lost for longer than its silence limit *is* offline to the gateway
     "dropout": frozenset({"gap", "stale", "offline"}),

@@ -238,8 +238,9 @@ class Detector:
         rule_c = self.sensor_fault(rule_raw, phys)
         pole_c = [rule_c, shift(self.clock_rule.accepted(batch.rows, batch.ts), self._clock_off)]
         tilt = rule_c.spec == self._tilt_spec
-        pole_c.append(shift(self.trend.evaluate(rule_c.rows[tilt], rule_c.ts[tilt], rule_c.value[tilt],
-                                                rule_c.ref[tilt], rule_c.hold[tilt]), self._trend_off))
+        pole_c.append(shift(self.trend.evaluate(
+            rule_c.rows[tilt], rule_c.ts[tilt], rule_c.value[tilt], rule_c.ref[tilt], rule_c.hold[tilt],
+            self.rules.thresholds.installed(rule_c.rows[tilt], "tilt_deg")), self._trend_off))
         pole_c.append(shift(self.dropout.evaluate(batch), self._dropout_off))
         pole_c.append(shift(phys, self._physics_off))
         dist_c = Conditions.empty()

@@ -15,6 +15,10 @@ class RuleParams:
     #: the mains (voltage_high / voltage_low): a swell or sag beyond 15 % is the event even when it lasts one
     #: 5-minute sample; a sensor that only reads it so is reported as the sensor (engine.sensor_fault)
     raise_n_mains: int = 1
+    #: leakage past half the RCD trip level (15 mA) is the event on its first sample: a leak that ramps
+    #: within minutes reaches the 30 mA tier before a second 5-minute sample confirms the warning, and a
+    #: live sensor's noise (0.3 mA around ~2) never reaches 15
+    raise_n_leakage: int = 1
     raise_ms: int = 60_000
     clear_n: int = 3
     tilt_learn_n: int = BASELINE_LEARN_N  # readings whose median becomes the installed tilt baseline
@@ -37,3 +41,7 @@ class RuleParams:
     stuck_a_eq: float = 0.002  # EW rate of the repeat rate (slow: it spans day and night regimes)
     stuck_warm: int = 144  # transitions seen before a series is judged
     stuck_warm_safety: int = 12  # ... on a safety channel (its catalog prior is trusted sooner)
+    #: the catalog prior counts as this many learned transitions on a safety channel (0 elsewhere: the
+    #: first finished run replaces it): a water sensor drifting below its resting 0 reads runs of 0.00 that
+    #: would otherwise teach the pole, within hours, that a dead sensor's 0.00 is normal
+    stuck_prior_n_safety: int = 144

@@ -3,7 +3,10 @@ repeats itself.
 
 The repeat rate is learned per pole x metric (from the catalog's noise and decimals at first,
 :func:`repeat_prior`) from finished runs that were not called stuck: a stuck sensor cannot teach
-itself that repeats are normal. A run is stuck when it is less likely than ``exp(-stuck_nats)``
+itself that repeats are normal. On a safety channel the prior counts as ``stuck_prior_n_safety``
+learned transitions (elsewhere the first finished run replaces it), so a few hours of a sensor
+drifting into its range edge (runs of 0.00 that end) cannot teach the pole that a dead sensor's
+reading is normal. A run is stuck when it is less likely than ``exp(-stuck_nats)``
 (within ``[stuck_min_n, stuck_max_n]`` readings). A value at the edge of the valid range is saturated,
 not stuck - except on a safety channel, where a dead sensor reads its range edge (a water-level sensor
 reads 0) and its own learned repeat rate says whether resting there is normal for it. A reading that a
@@ -66,6 +69,7 @@ class Stuck:
                                    np.int64)
         self.safety = np.array([m.safety_channel for m in sm], np.bool_)
         self.warm = np.where(self.safety, params.stuck_warm_safety, params.stuck_warm).astype(np.int64)
+        self.prior_n = np.where(self.safety, params.stuck_prior_n_safety, 0).astype(np.int64)
         self.st = StuckState(fleet, len(sm))
 
     def limit(self, p_eq: np.ndarray) -> np.ndarray:
@@ -93,7 +97,7 @@ class Stuck:
         # a run is learnt when it ends (its run - 1 repeats, then the change), and only if it was not
         # called stuck: the run being judged is never evidence about the series' usual repeat rate
         learn = seen & ~same & (run < self.limit(pe))
-        rate = np.maximum(1.0 / np.maximum(nn + run, 1), p.stuck_a_eq)
+        rate = np.maximum(1.0 / np.maximum(nn + self.prior_n + run, 1), p.stuck_a_eq)
         after = 1.0 - (1.0 - pe) * (1.0 - rate) ** np.maximum(run - 1, 0)
         pe = np.where(learn, after * (1.0 - rate), pe)
         nn = nn + np.where(learn, run, 0)
@@ -101,7 +105,7 @@ class Stuck:
         st.last[rows] = np.where(has, x, last)
         st.run[rows], st.p[rows], st.seen[rows] = run, pe, nn
         limit = self.limit(pe)
-        judged = has & (nn >= self.warm) & (pe <= p.stuck_p_max) & ~explained
+        judged = has & (nn + self.prior_n >= self.warm) & (pe <= p.stuck_p_max) & ~explained
         ii, jj = np.nonzero(judged)
         xv = x[ii, jj]
         inside = self.safety[jj] | ((xv > self.lo[jj]) & (xv < self.hi[jj]))

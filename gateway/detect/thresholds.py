@@ -80,8 +80,9 @@ def derive_rules(metrics: Sequence[Metric] = METRICS, params: RuleParams = RuleP
                           for t in ths)
             spec = AlarmSpec(
                 key=f"{m.name}.{kind}" if kind in dup else kind, kind=kind, metric=m.name, tiers=tiers,
-                raise_n=(params.raise_n_safety if m.critical else
-                         params.raise_n_mains if m.name == "supply_voltage_v" else params.raise_n),
+                raise_n=(params.raise_n_mains if m.name == "supply_voltage_v" else
+                         params.raise_n_leakage if m.name == "leakage_current_ma" else
+                         params.raise_n_safety if m.critical else params.raise_n),
                 raise_ms=params.raise_ms,
                 clear_n=params.clear_n, unit=m.unit, ref_label=ref_label, ref_unit=ref_unit,
                 decimals=m.decimals)
@@ -100,6 +101,7 @@ class ThresholdState(Columns):
     base = Col(np.float64, np.nan, "n_base")  # learned (or installed) baseline of each baseline metric
     base_buf = Col(np.float64, np.nan, "n_base", "learn_n")  # its first readings while learning
     base_n = Col(np.int32, 0, "n_base")  # how many of them
+    base_given = Col(np.bool_, False, "n_base")  # the baseline is the installed one (inventory, birth, set_pole)
 
     def __init__(self, fleet: FleetState, n_means: int, n_base: int, learn_n: int) -> None:
         self.n_means, self.n_base, self.learn_n = n_means, n_base, learn_n
@@ -159,8 +161,10 @@ class Thresholds:
             "mean_slot": np.array([self._mean_slot[rs[i].col] for i in mean_rule], np.int64),
         }
 
-    def set_baseline(self, pole: str, district: str, metric: str, value: float) -> None:
-        """Give a pole its installed baseline for a ``relative_to="baseline"`` metric (no learning)."""
+    def set_baseline(self, pole: str, district: str, metric: str, value: float, *, installed: bool = True
+                     ) -> None:
+        """Give a pole its installed baseline for a ``relative_to="baseline"`` metric (no learning);
+        ``installed=False``: a learned one restored from the state file."""
         slot = self._base_slot.get(INDEX.get(metric, -1))
         if slot is None:
             raise ValueError(f"no baseline-relative rule on {metric!r}")
@@ -169,6 +173,11 @@ class Thresholds:
         r = self.fleet.row(pole, district)
         self.st.base[r, slot] = value
         self.st.base_n[r, slot] = 0
+        self.st.base_given[r, slot] = installed
+
+    def installed(self, rows: np.ndarray, metric: str) -> np.ndarray:
+        """Per row: is the baseline of ``metric`` the installed one (not learned from the first readings)?"""
+        return self.st.base_given[rows, self._base_slot[INDEX[metric]]].copy()
 
     def baseline(self, pole: str, metric: str) -> float | None:
         r, slot = self.fleet.find(pole), self._base_slot.get(INDEX.get(metric, -1))
@@ -268,14 +277,20 @@ class Thresholds:
                 if not np.isnan(st.base[r, i])}
         if base:
             d["baseline"] = base
+            given = [str(NAMES[c]) for i, c in enumerate(self.base_cols)
+                     if not np.isnan(st.base[r, i]) and st.base_given[r, i]]
+            if given:
+                d["baseline_installed"] = given
         means = {str(NAMES[c]): [float(st.mean_m[r, i]), float(st.mean_w[r, i]), int(st.mean_t[r, i])]
                  for i, c in enumerate(self.mean_cols) if st.mean_t[r, i] != NO_TS}
         if means:
             d["means"] = means
 
     def restore_pole(self, r: int, d: dict[str, object]) -> None:
+        given = {str(m) for m in list(d.get("baseline_installed", []))}  # type: ignore[call-overload]
         for metric, v in dict(d.get("baseline", {})).items():  # type: ignore[call-overload]
-            self.set_baseline(str(d["pole"]), str(d["district"]), str(metric), float(v))
+            self.set_baseline(str(d["pole"]), str(d["district"]), str(metric), float(v),
+                              installed=str(metric) in given)
         for metric, (ms, mw, mt) in dict(d.get("means", {})).items():  # type: ignore[call-overload]
             slot = self._mean_slot.get(INDEX.get(str(metric), -1))
             if slot is not None:

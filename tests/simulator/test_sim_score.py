@@ -107,6 +107,14 @@ def test_compatibility_and_pole_days() -> None:
     assert pole_days(100, 0, 2 * 86_400_000) == 200.0
 
 
+def test_a_tilt_trend_finds_a_tilt_sensor_drift_and_nothing_else() -> None:
+    """One inclinometer cannot tell its own drift from a lean: ``tilt_trend`` finds a tilt drift."""
+    drift = Label("p-1", "tilt_deg", "drift", 0, 1)
+    assert compatible(drift, Alarm("p-1", "tilt_deg", "tilt_trend", 0))
+    assert not compatible(Label("p-1", "humidity_pct", "drift", 0, 1), Alarm("p-1", "tilt_deg", "tilt_trend", 0))
+    assert not compatible(Label("p-1", "tilt_deg", "stuck", 0, 1), Alarm("p-1", "tilt_deg", "tilt_trend", 0))
+
+
 @settings(max_examples=50, deadline=None)
 @given(st.lists(st.tuples(st.sampled_from(["p-1", "p-2"]), st.integers(0, 10**6), st.integers(1, 10**5)),
                 max_size=8),

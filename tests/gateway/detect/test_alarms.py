@@ -42,8 +42,8 @@ class Feed:
 # --- latency -------------------------------------------------------------------------------------------
 def test_leakage_step_to_35_ma_is_raised_on_the_first_sample() -> None:
     f = Feed()
-    for _ in range(20):
-        assert f(leakage_current_ma=2.0) == []
+    for k in range(20):  # a live sensor wavers (twenty identical readings would be a stuck one)
+        assert f(leakage_current_ma=2.0 + 0.01 * (k % 4)) == []
     (a,) = f(leakage_current_ma=35.0)
     assert (a["kind"], a["severity"], a["state"], a["value"]) == ("leakage", "critical", "raised", 35.0)
 
@@ -75,17 +75,26 @@ def test_minimum_duration_by_time_when_samples_are_sparse() -> None:
 # --- escalation and de-duplication ------------------------------------------------------------------------
 def test_escalation_updates_the_same_alarm_key_and_keeps_raised_at() -> None:
     f = Feed()
-    f(leakage_current_ma=16.0)
-    (w,) = f(leakage_current_ma=16.0)
+    (w,) = f(leakage_current_ma=16.0)  # the leakage warning is raised on its first sample
+    assert f(leakage_current_ma=16.0) == []  # held: no second raise
     (c,) = f(leakage_current_ma=31.0)
     assert (w["key"], w["severity"]) == ("leakage", "warning")
     assert (c["key"], c["severity"], c["state"]) == ("leakage", "critical", "raised")
     (active,) = f.stage.active()
     assert active.key == "leakage" and active.severity == "critical"
-    assert active.raised_at == T0 + 2000 and active.ts == T0 + 3000
+    assert active.raised_at == T0 + 1000 and active.ts == T0 + 3000
     assert f.stage.counters()["alarms_escalated_leakage"] == 1
     assert [json.loads(p)["severity"] for t, p, _r in f.published] == ["warning", "critical"]
     assert {t for t, _p, _r in f.published} == {topics.alert("north", "p-1", "leakage")}
+
+
+def test_a_leakage_warning_is_raised_on_its_first_sample_and_a_flood_warning_on_its_second() -> None:
+    f = Feed()
+    (a,) = f(leakage_current_ma=15.5)  # a leak past half the RCD trip level: one 5-minute sample may be all
+    assert (a["key"], a["severity"], a["state"]) == ("leakage", "warning", "raised")  # there is before 30 mA
+    assert f(water_level_cm=6.0) == []  # the other fast-path warning tiers still confirm on a second sample
+    (b,) = f(water_level_cm=6.0)
+    assert (b["key"], b["severity"]) == ("flood", "warning")
 
 
 def test_a_held_condition_raises_once() -> None:
@@ -155,7 +164,7 @@ def test_alarm_survives_a_restart_and_clears_exactly_once(tmp_path: Path) -> Non
 
     g = Feed(path, t=f.t)  # a new gateway process
     (a,) = g.stage.active()
-    assert (a.pole, a.key, a.severity, a.raised_at) == ("p-1", "leakage", "warning", T0 + 2000)
+    assert (a.pole, a.key, a.severity, a.raised_at) == ("p-1", "leakage", "warning", T0 + 1000)
     assert g.stage.rules.baseline("p-1", "tilt_deg") == pytest.approx(0.7)
     assert g(leakage_current_ma=14.0) == []  # hysteresis survives: 14 > 12 holds the alarm
     got = [x for _ in range(6) for x in g(leakage_current_ma=1.0)]
