@@ -385,15 +385,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=None, help="keep NAB result files here")
     ap.add_argument("--no-faults", action="store_true", help="skip the simulator ground-truth run")
     ap.add_argument("--no-nab", action="store_true", help="skip the NAB corpus")
-    ap.add_argument("--seeds", type=int, default=len(EVAL_SEEDS), help="evaluation seeds (from 101)")
+    ap.add_argument("--seeds", type=int, default=len(EVAL_SEEDS), help="evaluation seeds (from --first-seed)")
+    ap.add_argument("--first-seed", type=int, default=EVAL_SEEDS[0],
+                    help="the first seed (a held-out block: seeds no decision was taken on, run once)")
     ap.add_argument("--poles", type=int, default=100, help="poles per simulated city")
     ap.add_argument("--days", type=float, default=2.0, help="simulated days per seed")
     ap.add_argument("--full", action="store_true", help="the issue's full size: 200 poles x 3 days per seed")
     args = ap.parse_args(argv)
     if args.full:
         args.poles, args.days = 200, 3.0
-    if args.seeds < 1 or args.poles < 1 or args.days <= 0:
-        print("error: --seeds and --poles must be >= 1 and --days > 0", file=sys.stderr)
+    if args.seeds < 1 or args.poles < 1 or args.days <= 0 or args.first_seed < 0:
+        print("error: --seeds and --poles must be >= 1, --days > 0 and --first-seed >= 0", file=sys.stderr)
         return 2
     if not args.no_nab:
         nab_dir = args.nab or default_nab_dir()
@@ -401,7 +403,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: no NAB corpus at {nab_dir} (use --nab DIR or LAMPWATCH_NAB_DIR)", file=sys.stderr)
             return 2
         print(nab_line(nab_dir, args.out), flush=True)
-    seeds = tuple(range(101, 101 + args.seeds))
+    seeds = tuple(range(args.first_seed, args.first_seed + args.seeds))
     extra = None if args.no_faults else faults_line(seeds=seeds, poles=args.poles, days=args.days, progress=True)
     if extra is not None:
         print(extra)

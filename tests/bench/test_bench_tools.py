@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from bench import flame, hotpath
 
 RAW = """\
@@ -30,3 +32,14 @@ def test_hotpath_runs_every_stage_over_real_messages() -> None:
     assert r["us_per_msg"] >= r["decode_us"] > 0 and r["encode_us"] > 0
     mem = dict(hotpath.memory(msgs, batch=100))
     assert mem["total"] > 0 and any(k.startswith("gateway/dedup.py") for k in mem)
+
+
+def test_eval_runs_the_seed_block_it_is_given(capsys: pytest.CaptureFixture[str]) -> None:
+    from bench import eval as ev
+
+    assert ev.main(["--no-nab", "--first-seed", "-1"]) == 2
+    assert "--first-seed >= 0" in capsys.readouterr().err
+    assert ev.main(["--no-nab", "--seeds", "2", "--first-seed", "777", "--poles", "4", "--days", "0.05"]) == 0
+    out = capsys.readouterr()
+    assert "seed 777:" in out.err and "seed 778:" in out.err and "seed 101:" not in out.err
+    assert "seeds=2" in out.out
