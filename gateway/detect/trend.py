@@ -13,7 +13,8 @@ first readings, :mod:`contract.levels`)::
 
 ``sigma`` is the pole's own reading-to-reading noise (``E|x_t - x_t-1| = 2 sigma / sqrt(pi)`` for a
 standing pole, learnt as an EW mean of the steps, each step winsorised at ``clip_sigma`` sigmas so a
-knock or a jump teaches nothing, not learnt while the tilt rule holds a tier; never under ``floor`` x
+knock or a jump teaches nothing, not learnt while the tilt rule holds a tier nor from a frozen reading
+(repeated ``frozen_n`` times in a row or more: it adds nothing to the sums either); never under ``floor`` x
 the catalog's noise, the catalog's noise until ``warm_n`` steps are learnt). ``k`` is ``k_sigma``
 against an installed baseline and ``k_learned`` against a learned one (a median of 10 readings is
 itself off by ~0.4 sigma, one in a thousand by 1.2). Against an exact baseline the two-sided false rate
@@ -24,7 +25,7 @@ One inclinometer cannot tell a lean from a sensor drifting (the same slow ramp i
 the alarm says both: "pole leaning or tilt sensor drifting". A baseline that is wrong says the same,
 truthfully: the pole does not stand as recorded.
 
-State: per pole both sums, the previous reading, the learned step mean and its count (not in the state
+State: per pole both sums, the previous reading, its repeat run, the learned step mean and its count (not in the state
 file: after a restart they build up again). Pure numpy; it reads the tilt rule's own conditions
 (reading and the baseline at that moment, in processing order), so a batch gives what one reading at a
 time gives.
@@ -54,6 +55,7 @@ class TrendParams:
     warm_n: int = 24  # ... and is the catalog's until this many steps are learnt
     a_noise: float = 0.01  # EW rate of the learned step mean (1/n before)
     clip_sigma: float = 4.0  # a step beyond this many sigmas (x sqrt 2) is learnt as that
+    frozen_n: int = 2  # a reading repeated this many times in a row (and on) adds nothing, teaches nothing
 
 
 def trend_specs() -> tuple[AlarmSpec, ...]:
@@ -72,6 +74,7 @@ class TrendState(Columns):
     last = Col(np.float64, np.nan)  # previous tilt reading
     step = Col(np.float64, 0.0)  # EW mean of |reading - previous reading| (winsorised)
     steps = Col(np.int32, 0)  # steps learnt
+    run = Col(np.int32, 0)  # times in a row the reading repeated the one before
 
 
 class TrendRule:
@@ -117,12 +120,19 @@ class TrendRule:
         z = (x - base) / sigma
         k = np.where(installed, p.k_sigma, p.k_learned)
         cap = p.cap_h * self.h
-        up = np.clip(st.up[rows] + z - k, 0.0, cap)
-        down = np.clip(st.down[rows] - z - k, 0.0, cap)
+        prev = st.last[rows]
+        # a frozen sensor (the same reading again and again) says nothing about the pole: its readings add
+        # nothing to the sums, and its steps of zero would shrink the learnt noise until the live readings
+        # after a repair looked like a trend (a live sensor repeats twice in a row now and then, at its
+        # resolution; the stuck rule speaks for a frozen one)
+        run = np.where(x == prev, st.run[rows] + 1, 0)
+        st.run[rows] = run
+        live = run < p.frozen_n
+        up = np.where(live, np.clip(st.up[rows] + z - k, 0.0, cap), st.up[rows])
+        down = np.where(live, np.clip(st.down[rows] - z - k, 0.0, cap), st.down[rows])
         st.up[rows], st.down[rows] = up, down
         # the pole's own noise, from its steps (a knock teaches nothing: winsorised, and not while a tier holds)
-        prev = st.last[rows]
-        learn = ~np.isnan(prev) & (tier == 0)
+        learn = ~np.isnan(prev) & (tier == 0) & live
         n = st.steps[rows]
         step = np.minimum(np.abs(x - prev), p.clip_sigma * math.sqrt(2.0) * sigma)
         rate = np.maximum(1.0 / (n + 1.0), p.a_noise)

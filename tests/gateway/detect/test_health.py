@@ -192,3 +192,16 @@ def test_whether_a_tilt_baseline_is_installed_survives_a_restart(tmp_path: Path)
     rows = np.array([again.det.state.find("p-1"), again.det.state.find("p-2")])
     assert th.installed(rows, "tilt_deg").tolist() == [True, False]  # the learned one keeps the wider slack
     again.close()
+
+
+def test_a_tilt_sensor_back_from_being_stuck_does_not_trend() -> None:
+    """A stuck sensor's repeated reading teaches the pole's noise nothing: learnt as steps of zero, 13 h
+    of them had shrunk the noise to a fifth, and the live readings after the repair added up to a false
+    tilt_trend (held-out eval seed 1007). Nor does it add to the sums: the stuck rule speaks for it."""
+    for seed in range(10):
+        p = Pole()
+        p.rng = np.random.default_rng(200 + seed)
+        p.stage.set_pole("p-1", "north", tilt_baseline_deg=1.0)
+        for i in range(864):  # 1 day live, 13 h stuck, 1.7 days live again
+            x = 1.03 if 288 <= i < 444 else round(1.0 + 0.02 * float(p.rng.normal()), 2)
+            assert [a for a in p.send(tilt_deg=x) if a["kind"] == "tilt_trend"] == [], (seed, i)
