@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, TypeVar
 
 from contract.ids import DISTRICT_RE, GATEWAY_ID_RE, POLE_RE, District, PoleId
 
@@ -112,26 +112,18 @@ _DISTRICTS: dict[str, District] = {}
 _MAX_IDS = 1 << 18
 
 
-def _pole_id(text: str) -> PoleId:
-    pid = _POLES.get(text)
-    if pid is None:
-        if POLE_RE.fullmatch(text) is None:
-            raise TopicError(f"invalid pole id in topic: {text[:80]!r}")
-        pid = PoleId(text)
-        if len(_POLES) < _MAX_IDS:
-            _POLES[text] = pid
-    return pid
+_Id = TypeVar("_Id", PoleId, District)
 
 
-def _district(text: str) -> District:
-    d = _DISTRICTS.get(text)
-    if d is None:
-        if DISTRICT_RE.fullmatch(text) is None:
-            raise TopicError(f"invalid district in topic: {text[:80]!r}")
-        d = District(text)
-        if len(_DISTRICTS) < _MAX_IDS:
-            _DISTRICTS[text] = d
-    return d
+def _checked(cache: dict[str, _Id], rx: re.Pattern[str], make: type[_Id], what: str, text: str) -> _Id:
+    got = cache.get(text)
+    if got is None:
+        if rx.fullmatch(text) is None:
+            raise TopicError(f"invalid {what} in topic: {text[:80]!r}")
+        got = make(text)
+        if len(cache) < _MAX_IDS:
+            cache[text] = got
+    return got
 
 
 def parse(topic: str) -> PoleTopic:
@@ -139,7 +131,8 @@ def parse(topic: str) -> PoleTopic:
     parts = topic.split("/")
     if len(parts) < 5 or parts[0] != "lampwatch" or parts[1] != "v1":
         raise TopicError(f"not a lampwatch per-pole topic: {topic[:200]!r}")
-    district, pole, rest = _district(parts[2]), _pole_id(parts[3]), parts[4:]
+    district = _checked(_DISTRICTS, DISTRICT_RE, District, "district", parts[2])
+    pole, rest = _checked(_POLES, POLE_RE, PoleId, "pole id", parts[3]), parts[4:]
     if rest == ["telemetry"] or rest == ["status"] or rest == ["cmd"]:
         return PoleTopic(district, pole, rest[0])  # type: ignore[arg-type]
     if rest == ["cmd", "ack"]:

@@ -84,6 +84,19 @@ class BufferedSocket:
 Publish = tuple[str, bytes, int, int]
 
 
+def _varint(buf: bytes, i: int, end: int) -> tuple[int, int]:
+    """MQTT's variable-byte integer at ``buf[i:end]`` (1-4 bytes, 7 bits each, least significant first):
+    ``(value, position after it)``, or ``(0, -1)`` if it runs past ``end`` or past four bytes."""
+    value = shift = 0
+    for k in range(i, min(end, i + 4)):
+        b = buf[k]
+        value |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return value, k + 1
+        shift += 7
+    return 0, -1
+
+
 def split_publishes(buf: bytes, pos: int, v5: bool, limit: int) -> tuple[list[Publish], int]:
     """The complete QoS 0/1 PUBLISH packets at ``buf[pos:]`` (at most ``limit``) and the position after
     the last one taken. Stops, taking nothing more, at the first packet it does not fully understand
@@ -95,18 +108,9 @@ def split_publishes(buf: bytes, pos: int, v5: bool, limit: int) -> tuple[list[Pu
         qos = (head & 0x06) >> 1
         if head & 0xF0 != 0x30 or qos > 1:  # not a PUBLISH, or QoS 2 (and the invalid 3)
             break
-        # remaining length: 1-4 bytes, 7 bits each, least significant first
-        rl = shift = 0
-        i = pos + 1
-        while True:
-            if i >= end or i - pos > 4:
-                return out, pos
-            b = buf[i]
-            rl |= (b & 0x7F) << shift
-            shift += 7
-            i += 1
-            if not b & 0x80:
-                break
+        rl, i = _varint(buf, pos + 1, end)  # the remaining length
+        if i < 0:
+            break
         stop = i + rl
         if stop > end:
             break  # not whole yet: paho reads the rest
@@ -121,19 +125,9 @@ def split_publishes(buf: bytes, pos: int, v5: bool, limit: int) -> tuple[list[Pu
             mid = buf[j] << 8 | buf[j + 1]
             j += 2
         if v5:  # the properties: a variable-byte length, then skipped (the gateway reads none)
-            plen = shift = 0
-            k = j
-            while True:
-                if k >= stop or k - j >= 4:
-                    return out, pos
-                b = buf[k]
-                plen |= (b & 0x7F) << shift
-                shift += 7
-                k += 1
-                if not b & 0x80:
-                    break
+            plen, k = _varint(buf, j, stop)
             j = k + plen
-            if j > stop:
+            if k < 0 or j > stop:
                 break
         try:
             topic = buf[i + 2:i + 2 + tlen].decode("utf-8")
