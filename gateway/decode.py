@@ -50,7 +50,7 @@ class Decoded:
 
     @property
     def rejected_samples(self) -> int:
-        return sum(1 for r in self.rejects if r.whole_sample) if self.rejects else 0
+        return sum(1 for r in self.rejects if r.whole_sample)
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,14 +32,17 @@ from __future__ import annotations
 
 import logging
 import socket
+import struct
 from collections.abc import Callable
 from typing import Any
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.client import PUBACK
 from paho.mqtt.enums import MQTTErrorCode
 
 log = logging.getLogger("lampwatch.gateway")
 
+_PUBACK = struct.Struct("!BBH")  # fixed header, remaining length 2, packet id
 RECV_BYTES = 65_536
 #: at most this many buffered packets handled per wake-up before paho's loop runs again (its writes:
 #: the PUBACKs; its keepalive), however fast bytes keep arriving
@@ -144,6 +147,16 @@ class BufferedClient(mqtt.Client):
 
     publish_sink: Callable[[Publish], None] | None = None
     split_taken = 0  # PUBLISHes handed to the sink by the splitter (the rest went through paho's path)
+
+    def send_pubacks(self, mids: list[int]) -> None:
+        """The PUBACKs released together (in arrival order), queued as one buffer: one socket write and one
+        wake-up of paho's network thread for the whole flush, instead of one of each per message (paho's
+        ``ack`` queues every 4-byte PUBACK as its own packet). Each is the short form MQTT 3.1.1 and 5
+        both accept (remaining length 2: with MQTT 5 it means reason code 0, success). paho sends it as
+        any packet of its own: after a reconnect its queue is dropped, and the broker redelivers what was
+        not acknowledged, as it would for single acks."""
+        body = b"".join([_PUBACK.pack(PUBACK, 2, mid) for mid in mids])
+        self._packet_queue(PUBACK, body, 0, 1)  # the private queue of paho 2.x (pinned >= 2.1)
 
     def _create_socket(self) -> Any:
         sock = super()._create_socket()

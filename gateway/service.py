@@ -30,7 +30,6 @@ from __future__ import annotations
 import json
 import logging
 import queue
-import struct
 import threading
 import time
 from collections.abc import Callable
@@ -39,7 +38,6 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.client import PUBACK
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -102,7 +100,6 @@ class GatewayConfig:
     limits: Limits = field(default_factory=Limits)
 
 
-_PUBACK = struct.Struct("!BBH")  # fixed header, remaining length 2, packet id
 _Item = tuple[str, bytes, int, int]  # topic, payload, mid, qos
 _Batched = tuple[list[Point], int, Outcome | None, QEntry | None]  # points, tracking id (-1: none), outcome, quarantine
 
@@ -153,13 +150,13 @@ class Gateway:
                                         "inbox_high": 0.0, "disconnects": 0.0}
         self._broker = 0  # index into addresses of the broker used or tried now
         self._client = self._make_client()
-        self.acks = AckTracker(self._client.ack, send_many=self._send_pubacks)
+        self.acks = AckTracker(self._client.ack, send_many=self._client.send_pubacks)
         self.output = Output(sink, self.spool, delivered=self.acks.delivered, quarantine_put=self.quarantine.put_many,
                              on_store_rejected=self._store_rejected, set_health=self.set_health,
                              retry_s=cfg.store_retry_s, clock=clock)
 
     # --- MQTT adapter ------------------------------------------------------------------------------
-    def _make_client(self) -> mqtt.Client:
+    def _make_client(self) -> BufferedClient:
         v5 = self.cfg.mqtt_version == 5
         c = BufferedClient(CallbackAPIVersion.VERSION2, client_id=self.cfg.client_id,
                            protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311, manual_ack=True,
@@ -265,16 +262,6 @@ class Gateway:
 
     def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
         self._inbox.put((msg.topic, bytes(msg.payload), msg.mid, msg.qos))  # SimpleQueue: never blocks
-
-    def _send_pubacks(self, mids: list[int]) -> None:
-        """The PUBACKs released together (in arrival order), queued as one buffer: one socket write and one
-        wake-up of paho's network thread for the whole flush, instead of one of each per message (paho's
-        ``ack`` queues every 4-byte PUBACK as its own packet). Each is the short form MQTT 3.1.1 and 5
-        both accept (remaining length 2: with MQTT 5 it means reason code 0, success). paho sends it as
-        any packet of its own: after a reconnect its queue is dropped, and the broker redelivers what was
-        not acknowledged, as it would for single acks."""
-        body = b"".join([_PUBACK.pack(PUBACK, 2, mid) for mid in mids])
-        self._client._packet_queue(PUBACK, body, 0, 1)  # the private queue of paho 2.x (pinned >= 2.1)
 
     # --- health ------------------------------------------------------------------------------------------
     def set_health(self, key: str, problem: str | None) -> None:

@@ -175,7 +175,7 @@ def test_malformed_and_out_of_range_are_dead_lettered_valid_ones_stored(mosquitt
 
 @pytest.mark.parametrize("mqtt_version", [5, 311])
 def test_pubacks_released_together_reach_the_broker(mosquitto: Mosquitto, tmp_path: Path, mqtt_version: int) -> None:
-    """A flush's PUBACKs go out as one buffer (gateway.service._send_pubacks): the broker must take every
+    """A flush's PUBACKs go out as one buffer (gateway.mqttsock.BufferedClient.send_pubacks): the broker must take every
     one. A gateway with the same identity started afterwards gets nothing redelivered: a marker published
     after it subscribed is the first and only message it sees (the broker resends unacknowledged
     messages of a session before new ones)."""
