@@ -217,8 +217,13 @@ def rss(msgs: list[tuple[str, bytes]], *, batch: int = 250, save: bool = False) 
         if save:
             r0 = _status_mb()["VmRSS"]
             _reset_hwm()
-            stage.save()
-            lines.append(f"rss: full save adds {_status_mb()['VmHWM'] - r0:.1f} MB to the high-water mark")
+            with stage._lock:
+                snap = stage._snapshot(True)
+            copied = _status_mb()["VmHWM"] - r0
+            stage._write(snap)
+            del snap
+            lines.append(f"rss: full save adds {_status_mb()['VmHWM'] - r0:.1f} MB to the high-water mark "
+                         f"(its copy under the lock {copied:.1f} MB)")
         stage._saver = None
         stage._closed = True  # no save at exit: it would be measured by nobody
     return lines

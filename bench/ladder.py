@@ -29,6 +29,9 @@ LADDER = (250, 500, 1000, 1500, 2000, 3000, 4000, 6000, 8000, 10_000, 12_000, 14
           28_000, 32_000)
 #: above this offered rate the load comes from two load-generator processes (one tops out near here)
 ONE_LOADGEN_MAX = 10_000
+#: the gateways' full state save cadence in a trial (default 30 s, longer than a trial): a save is part of
+#: what a running gateway holds, so its high-water mark is in the RSS column
+DETECT_SAVE_EVERY_S = 5.0
 SYSTEMS = ("raw", "naive", "gateway-1", "gateway-2", "mqtt2influxdb")
 #: also runnable (--systems): the raw counter on the gateway's buffered socket (gateway.mqttsock)
 EXTRA_SYSTEMS = ("raw-buffered",)
@@ -153,7 +156,8 @@ class Bench:
                 for i, part in enumerate(parts):
                     cid = f"bench-gw{i}-{tag}"
                     gw = GatewayProcess(broker, tmp / cid, tmp / f"{cid}.log", influx_url=url, influx_db=db,
-                                        client_id=cid, districts=part, selfmetrics_interval_s=5)
+                                        client_id=cid, districts=part, selfmetrics_interval_s=5,
+                                        detect_save_every_s=DETECT_SAVE_EVERY_S)
                     since = int(time.time() * 1000)
                     gw.start()
                     gws.append(gw)

@@ -19,11 +19,13 @@ baselines; the streaming detector's rows go beside it (``<state_path>.stream.npz
 after a call that changed an alarm (at most once per ``save_min_interval_s``, so an alarm storm does
 not turn into an fsync storm; a change held back is saved by the first call or tick after that), every
 ``save_every_s`` otherwise, and on ``close``. A save is off the message path: the call that decides it
-only copies the detector (``copy.deepcopy``: numpy arrays are one memcpy each), a saver thread
-serialises and fsyncs the copy; a newer copy replaces one not yet written, and ``close`` writes
-the last state itself. The streaming detector (most of the bytes) is not in that copy: a full save's
-thread writes its rows from the live detector, a few MB at a time under the lock (memory: a slice,
-not a second copy of every row). The time the gateway could not listen (down, or its broker lost) is excused:
+only copies what the document reads (:meth:`~gateway.detect.engine.Detector.export_view`: the
+active alarms and acknowledgements, and copies of the few per-pole columns saved, a few hundred bytes
+a pole), a saver thread makes the document from that copy a few hundred records at a time and fsyncs
+it; a newer copy replaces one not yet written, and ``close`` writes the last state itself. The
+streaming detector (most of the bytes) is not in that copy: a full save's thread writes its rows from
+the live detector, a few MB at a time under the lock (memory: a slice, not a second copy of every
+row). The time the gateway could not listen (down, or its broker lost) is excused:
 no pole is called offline, and no offline alarm cleared, for the gateway's own deafness.
 
 People (docs/operators.md): every transition is also handed to ``on_alert`` (the notifier,
@@ -41,7 +43,6 @@ not list (policy ``flag``) gets the ``unregistered`` notice.
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import os
@@ -59,7 +60,7 @@ from contract import schema, topics
 from contract.models import AckRequest, Alert, MaintenanceRequest
 from contract.readings import FieldValue, Point
 from gateway.detect.clock import CLOCK_REASONS
-from gateway.detect.engine import STATE_VERSION, STREAM_METRICS, STREAM_STRIDE, Change, Detector
+from gateway.detect.engine import STATE_VERSION, STREAM_METRICS, STREAM_STRIDE, Change, Detector, StateView
 from gateway.detect.params import RuleParams
 from gateway.detect.spatial import SpatialParams
 from gateway.detect.state import N_METRICS
@@ -293,28 +294,23 @@ class DetectionStage:
             self._write_safely(self._snapshot(full))
 
     def _snapshot(self, full: bool) -> _Snapshot:
-        """A private copy of the detector (taken under the lock; serialised later, elsewhere). The
-        streaming detector is not copied with it: a full save writes its rows straight from the live
-        detector, a slice at a time (:meth:`_write_stream`)."""
-        memo: dict[int, Any] = {id(self.det.inventory): self.det.inventory}  # shared, never written
-        if self.det.stream is not None:
-            memo[id(self.det.stream)] = None
-        det = copy.deepcopy(self.det, memo)
-        return _Snapshot(det, full and self.det.stream is not None, int(self.clock() * 1000), dict(self.counts))
+        """What a save writes, taken under the lock and serialised later, elsewhere: the detector's
+        :class:`~gateway.detect.engine.StateView` (copies of just the columns the document reads). The
+        streaming detector is not copied: a full save writes its rows straight from the live detector, a
+        slice at a time (:meth:`_write_stream`)."""
+        return _Snapshot(self.det.export_view(self._lock), full and self.det.stream is not None,
+                         int(self.clock() * 1000), dict(self.counts))
 
     def _write(self, snap: _Snapshot) -> None:
         assert self.state_path is not None
-        doc = snap.det.export()
-        doc["saved_at"] = snap.saved_at
-        doc["counts"] = snap.counts
-        body = json.dumps(doc, separators=(",", ":")).encode()
-        del doc
-        _atomic_write(self.state_path, lambda f: f.write(body))
+        view = snap.view
+        _atomic_write(self.state_path, lambda f: view.write_json(f.write, {"saved_at": snap.saved_at,
+                                                                           "counts": snap.counts}))
         if snap.stream:
             # the series of the poles in this snapshot; rows past them are written as fresh (zeros): they belong
             # to poles that registered after the copy, and the restored registry would hand such a row, with
             # its learned state, to whichever new pole came first
-            n_series = snap.det.state.n * STREAM_STRIDE
+            n_series = view.n * STREAM_STRIDE
             _atomic_write(self._stream_path(), lambda f: self._write_stream(f, n_series))
 
     def _write_stream(self, f: BinaryIO, n_series: int) -> None:
@@ -468,12 +464,12 @@ def restride(arrays: dict[str, np.ndarray], cols: np.ndarray) -> dict[str, np.nd
 
 
 class _Snapshot:
-    """The detector's copy and whether the streaming detector's rows are written too (a full save)."""
+    """The detector's state view and whether the streaming detector's rows are written too (a full save)."""
 
-    __slots__ = ("counts", "det", "saved_at", "stream")
+    __slots__ = ("counts", "saved_at", "stream", "view")
 
-    def __init__(self, det: Detector, stream: bool, saved_at: int, counts: dict[str, int]) -> None:
-        self.det, self.stream, self.saved_at, self.counts = det, stream, saved_at, counts
+    def __init__(self, view: StateView, stream: bool, saved_at: int, counts: dict[str, int]) -> None:
+        self.view, self.stream, self.saved_at, self.counts = view, stream, saved_at, counts
 
 
 class _Saver:

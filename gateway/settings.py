@@ -56,6 +56,10 @@ class GatewaySettings(FileSettings):
     influx_bucket: str = "lampwatch"
     # pipeline
     state_dir: str = ".lampwatch"  # spool and alarm state live here
+    # the whole detection state (every pole's learned state, the streaming detector's rows) is saved this
+    # often; the alarms also within a second of every change. Longer: less disk I/O at a large city,
+    # more learning redone after a crash (what alarms are raised is never lost)
+    detect_save_every_s: float = Field(30.0, gt=0)
     batch_max_points: int = Field(5000, ge=1)
     batch_max_age_s: float = Field(0.2, gt=0)
     spool_max_mb: int = Field(1024, ge=1)

@@ -46,6 +46,13 @@ class Maintenance:
         s, e = self.st.start[r], self.st.end[r]
         return sorted((int(a), int(b)) for a, b in zip(s, e, strict=True) if b != NO_TS)
 
+    def windows_of_rows(self, n: int) -> dict[int, list[tuple[int, int]]]:
+        """:meth:`windows` of every one of the first ``n`` rows that has any, by row (a copy: a state save
+        takes it under the stage's lock)."""
+        s, e = self.st.start[:n], self.st.end[:n]
+        return {int(r): sorted((int(a), int(b)) for a, b in zip(s[r], e[r], strict=True) if b != NO_TS)
+                for r in np.flatnonzero((e != NO_TS).any(axis=1))}
+
     def active(self, rows: np.ndarray, ts: np.ndarray) -> np.ndarray:
         """Whether each sample (row, device time) falls inside one of its pole's windows."""
         return np.any((ts[:, None] >= self.st.start[rows]) & (ts[:, None] < self.st.end[rows]), axis=1)

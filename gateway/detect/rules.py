@@ -22,7 +22,7 @@ known, so a failed lamp stays flagged through the day until it is seen working.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -32,7 +32,7 @@ from gateway.detect.flicker import Flicker, flicker_spec
 from gateway.detect.maintenance import Maintenance
 from gateway.detect.params import RuleParams
 from gateway.detect.presence import Presence, offline_spec
-from gateway.detect.state import NO_TS, Batch, FleetState, occurrence_rank
+from gateway.detect.state import NO_TS, Batch, FleetState, frozen, occurrence_rank
 from gateway.detect.stuck import Stuck, repeat_prior, stuck_metrics, stuck_specs
 from gateway.detect.thresholds import LampContext, Rule, Thresholds, derive_rules
 from gateway.detect.types import AlarmSpec, Conditions, Tier, levels
@@ -192,26 +192,40 @@ class Rules:
     _ATTRS = ("rated_w", "nominal_v", "interval_ms", "interval_ew")
 
     def export(self) -> list[dict[str, object]]:
-        f = self.state
-        out: list[dict[str, object]] = []
-        for r, pole in enumerate(f.poles):
-            d: dict[str, object] = {"pole": pole, "district": f.pole_district[r]}
-            for name in self._ATTRS:
-                v = float(getattr(f, name)[r])
-                if not np.isnan(v):
-                    d[name] = v
-            self.thresholds.export_pole(r, d)
-            if f.last_ts[r] != NO_TS:
-                d["last_ts"] = int(f.last_ts[r])
-            if self.presence_.st.said_offline[r]:
-                d["said_offline"] = True
-            if f.arrival_ms[r] != NO_TS:
-                d["arrival_ms"] = int(f.arrival_ms[r])  # gateway clock: silence resumes where it was
-            maint = self.maint.windows(pole)
-            if maint:
-                d["maintenance"] = [list(w) for w in maint]
-            out.append(d)
-        return out
+        return list(self.export_view()())
+
+    def export_view(self) -> Callable[[], Iterator[dict[str, object]]]:
+        """The records of :meth:`export` to be made later: what they read is copied now (the registry,
+        a few columns of the fleet, threshold and presence tables, the maintenance windows: a few bytes
+        a pole), the records (Python objects, most of a save's memory) are made one at a time by the
+        returned function, which needs no lock."""
+        f, n = self.state, self.state.n
+        poles, districts = list(f.poles), list(f.pole_district)
+        fv = frozen(f, n, (*self._ATTRS, "last_ts", "arrival_ms"))
+        tv = frozen(self.thresholds.st, n, self.thresholds.EXPORTED)
+        said_offline = self.presence_.st.said_offline[:n].copy()
+        maint = self.maint.windows_of_rows(n)
+        export_pole = self.thresholds.export_pole
+
+        def records() -> Iterator[dict[str, object]]:
+            for r, pole in enumerate(poles):
+                d: dict[str, object] = {"pole": pole, "district": districts[r]}
+                for name in self._ATTRS:
+                    v = float(getattr(fv, name)[r])
+                    if not np.isnan(v):
+                        d[name] = v
+                export_pole(r, d, tv)
+                if fv.last_ts[r] != NO_TS:
+                    d["last_ts"] = int(fv.last_ts[r])
+                if said_offline[r]:
+                    d["said_offline"] = True
+                if fv.arrival_ms[r] != NO_TS:
+                    d["arrival_ms"] = int(fv.arrival_ms[r])  # gateway clock: silence resumes where it was
+                if r in maint:
+                    d["maintenance"] = [list(w) for w in maint[r]]
+                yield d
+
+        return records
 
     def restore(self, poles: Sequence[dict[str, object]], heard_ms: int | None = None) -> None:
         """Rows are re-created in the saved order, so every pole gets back the row it had. A pole saved

@@ -44,7 +44,8 @@ each judgement covers comes from the catalog too (``Metric.detect``), not from l
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -525,26 +526,50 @@ class Spatial:
     def export(self) -> list[dict[str, Any]]:
         """District baselines (one entry per district x metric) and the poles' usual places (one entry
         per pole x drift metric, with a ``pole`` key)."""
-        out: list[dict[str, Any]] = []
+        return list(self.export_view()())
+
+    #: the drift columns a saved entry holds, in its ``drift`` list's order
+    _DRIFT_SAVED = ("dz", "du", "dw", "dlearn", "dt", "dch", "dcl", "dn")
+
+    #: pole rows of drift state copied at a time while a save writes them (16 metrics: ~1 KB a row)
+    EXPORT_ROWS = 2048
+
+    def export_view(self, lock: AbstractContextManager[Any] | None = None
+                    ) -> Callable[[], Iterator[dict[str, Any]]]:
+        """:meth:`export`'s entries, to be made later by the returned function. The district entries (a
+        few per district) are made now; the poles' drift state (8 values per pole x drift metric, ~1 KB a
+        pole: 30 MB at 30,000 poles) is not copied now but :data:`EXPORT_ROWS` rows at a time while the
+        entries are made, each slice under ``lock`` (the stage's; ``None``: the caller holds it
+        throughout). The rows are those of the poles registered now; two slices may be a batch apart,
+        which is no different to a pole's usual place than a crash between batches."""
+        districts: list[dict[str, Any]] = []
         for d, name in enumerate(self.state.districts[: self._d_cap]):
             for j, m in enumerate(self.metrics):
                 if self.n_eval[d, j] > 0:
-                    out.append({"district": name, "metric": m.name, "base": float(self.base[d, j]),
-                                "spread": float(self.spread[d, j]), "spread_w": float(self.spread_w[d, j]),
-                                "n": int(self.n_eval[d, j]), "last_ms": int(self.last_ms[d, j]),
-                                "first_ms": int(self.first_ms[d, j]),
-                                "prof": [float(v) for v in self.prof[d, j]],
-                                "bin_w": [float(v) for v in self.bin_w[d, j]]})
-        dst = self.dst
-        for r, pole in enumerate(self.state.poles):
-            for j, m in enumerate(self.drift):
-                if dst.dt[r, j] != NO_TS:
-                    out.append({"pole": pole, "district": self.state.pole_district[r], "metric": m.name,
-                                "drift": [float(dst.dz[r, j]), float(dst.du[r, j]),
-                                          float(dst.dw[r, j]), float(dst.dlearn[r, j]),
-                                          int(dst.dt[r, j]), float(dst.dch[r, j]),
-                                          float(dst.dcl[r, j]), float(dst.dn[r, j])]})
-        return out
+                    districts.append({"district": name, "metric": m.name, "base": float(self.base[d, j]),
+                                      "spread": float(self.spread[d, j]), "spread_w": float(self.spread_w[d, j]),
+                                      "n": int(self.n_eval[d, j]), "last_ms": int(self.last_ms[d, j]),
+                                      "first_ms": int(self.first_ms[d, j]),
+                                      "prof": [float(v) for v in self.prof[d, j]],
+                                      "bin_w": [float(v) for v in self.bin_w[d, j]]})
+        n = self.state.n
+        poles, pole_district = list(self.state.poles), list(self.state.pole_district)
+        names = [m.name for m in self.drift]
+        guard = lock if lock is not None else nullcontext()
+
+        def entries() -> Iterator[dict[str, Any]]:
+            yield from districts
+            for a in range(0, n, self.EXPORT_ROWS):
+                b = min(a + self.EXPORT_ROWS, n)
+                with guard:  # self.dst is looked up again: growth replaces its arrays (rows keep their place)
+                    part = np.stack([getattr(self.dst, c)[a:b].astype(np.float64) for c in self._DRIFT_SAVED])
+                    dt = self.dst.dt[a:b].copy()
+                for i, j in zip(*np.nonzero(dt != NO_TS), strict=True):  # row-major: pole by pole
+                    v = part[:, i, j].tolist()
+                    v[4] = int(dt[i, j])
+                    yield {"pole": poles[a + i], "district": pole_district[a + i], "metric": names[j], "drift": v}
+
+        return entries
 
     def restore(self, entries: Sequence[dict[str, Any]]) -> None:
         names = {m.name: j for j, m in enumerate(self.metrics)}

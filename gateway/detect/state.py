@@ -22,6 +22,7 @@ from __future__ import annotations
 import mmap
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -270,6 +271,13 @@ class Columns:
     @property
     def nbytes(self) -> int:
         return sum(a.nbytes for a in self._arrays.values())
+
+
+def frozen(table: Columns, n: int, names: Iterable[str]) -> SimpleNamespace:
+    """Copies of the first ``n`` rows of the named columns of ``table``, under the same names: what a
+    state save reads of a table, taken under the stage's lock and read later by the saver thread
+    without it (a deep copy of the whole detector copied every table, most of which a save never reads)."""
+    return SimpleNamespace(**{k: getattr(table, k)[:n].copy() for k in names})
 
 
 class FleetState(Columns):

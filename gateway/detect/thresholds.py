@@ -22,6 +22,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -271,8 +272,13 @@ class Thresholds:
                            (hh > 0).astype(np.float64), ts[ii]), hold)
 
     # --- persistence (entries of the pole's record in the state file) -------------------------------
-    def export_pole(self, r: int, d: dict[str, object]) -> None:
-        st = self.st
+    #: the columns :meth:`export_pole` reads (a state save copies just these: :func:`frozen`)
+    EXPORTED = ("base", "base_given", "mean_m", "mean_w", "mean_t")
+
+    def export_pole(self, r: int, d: dict[str, object], st: ThresholdState | SimpleNamespace | None = None) -> None:
+        """Pole ``r``'s baselines and running means into its state record ``d``, read from ``st`` (a
+        :func:`frozen` copy of :data:`EXPORTED`) or the live table."""
+        st = self.st if st is None else st
         base = {str(NAMES[c]): float(st.base[r, i]) for i, c in enumerate(self.base_cols)
                 if not np.isnan(st.base[r, i])}
         if base:

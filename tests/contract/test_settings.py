@@ -126,3 +126,24 @@ def test_quiet_logs_restores_levels() -> None:
 
     assert inner() == logging.ERROR
     assert lg.level == logging.DEBUG
+
+
+def test_the_gateway_saves_its_detection_state_as_often_as_set(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from gateway.app import build_with_store
+    from gateway.opsbus import OperatorStage
+    from ingest.sqlite import SqliteStore
+
+    monkeypatch.setenv("LAMPWATCH_GATEWAY_DETECT_SAVE_EVERY_S", "5")
+    settings = GatewaySettings(state_dir=str(tmp_path), store="sqlite", ops_listen=False)
+    store = SqliteStore(tmp_path / "lw.sqlite")
+    try:
+        ops = build_with_store(settings, store).on_outcome
+        assert isinstance(ops, OperatorStage)
+        assert ops.stage.save_every_s == 5.0
+        ops.close()
+    finally:
+        store.close()
+    monkeypatch.setenv("LAMPWATCH_GATEWAY_DETECT_SAVE_EVERY_S", "0")
+    with pytest.raises(ValueError, match="detect_save_every_s"):
+        GatewaySettings()
