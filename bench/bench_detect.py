@@ -14,8 +14,8 @@ bytes_per_series=<n>``:
 Then ``detect_state: poles=<n> active_alarms=<n> save_ms=<ms> bytes=<n> alarm_save_ms=<ms> alarm_bytes=<n>
 snapshot_ms=<ms>``: one save of the whole detection state for a 10,000-pole fleet, and one without the
 streaming detector's arrays (see :func:`state_save`; the state file at most once a second after an alarm
-change, everything every 30 s), and ``snapshot_ms``, the part the gateway's worker pays (a copy of the
-detector; a saver thread serialises and writes it).
+change, everything every 30 s), and ``snapshot_ms``, the part the gateway's worker pays (the active
+alarms as records and copies of the few per-pole columns saved; a saver thread makes and writes the rest).
 """
 
 from __future__ import annotations
