@@ -220,10 +220,14 @@ def rss(msgs: list[tuple[str, bytes]], *, batch: int = 250, save: bool = False) 
             with stage._lock:
                 snap = stage._snapshot(True)
             copied = _status_mb()["VmHWM"] - r0
+            c0 = time.process_time()
             stage._write(snap)
+            cpu_s = time.process_time() - c0
             del snap
+            size = sum(f.stat().st_size for f in Path(tmp).iterdir()) / 1e6
             lines.append(f"rss: full save adds {_status_mb()['VmHWM'] - r0:.1f} MB to the high-water mark "
-                         f"(its copy under the lock {copied:.1f} MB)")
+                         f"(its copy under the lock {copied:.1f} MB); writing it took {cpu_s:.2f} CPU-s, "
+                         f"{size:.1f} MB on disk")
         stage._saver = None
         stage._closed = True  # no save at exit: it would be measured by nobody
     return lines

@@ -62,7 +62,7 @@ from contract.readings import FieldValue, Point
 from gateway.detect.clock import CLOCK_REASONS
 from gateway.detect.engine import STATE_VERSION, STREAM_METRICS, STREAM_STRIDE, Change, Detector, StateView
 from gateway.detect.params import RuleParams
-from gateway.detect.spatial import SpatialParams
+from gateway.detect.spatial import DRIFT_SAVED, SpatialParams
 from gateway.detect.state import N_METRICS
 from gateway.detect.types import Conditions
 from gateway.inventory import Inventory
@@ -296,52 +296,83 @@ class DetectionStage:
     def _snapshot(self, full: bool) -> _Snapshot:
         """What a save writes, taken under the lock and serialised later, elsewhere: the detector's
         :class:`~gateway.detect.engine.StateView` (copies of just the columns the document reads). The
-        streaming detector is not copied: a full save writes its rows straight from the live detector, a
-        slice at a time (:meth:`_write_stream`)."""
-        return _Snapshot(self.det.export_view(self._lock), full and self.det.stream is not None,
-                         int(self.clock() * 1000), dict(self.counts))
+        learned per-pole arrays (the streaming detector's rows, the poles' drift state) are not copied: a
+        full save writes them straight from the live detector, a slice at a time (:meth:`_write_rows`)."""
+        return _Snapshot(self.det.export_view(), full, self.det.stream is not None, int(self.clock() * 1000),
+                         dict(self.counts), list(self.state.poles) if full and self.det.spatial is not None else [])
 
     def _write(self, snap: _Snapshot) -> None:
         assert self.state_path is not None
         view = snap.view
         _atomic_write(self.state_path, lambda f: view.write_json(f.write, {"saved_at": snap.saved_at,
                                                                            "counts": snap.counts}))
-        if snap.stream:
+        if snap.full and snap.stream:
             # the series of the poles in this snapshot; rows past them are written as fresh (zeros): they belong
             # to poles that registered after the copy, and the restored registry would hand such a row, with
             # its learned state, to whichever new pole came first
             n_series = view.n * STREAM_STRIDE
             _atomic_write(self._stream_path(), lambda f: self._write_stream(f, n_series))
+        if snap.full and snap.poles:
+            _atomic_write(self._drift_path(), lambda f: self._write_drift(f, snap.poles))
 
     def _write_stream(self, f: BinaryIO, n_series: int) -> None:
         """The streaming detector's rows as ``rows.npy`` in an npz, with their layout, the detector's
-        parameters and the series stride. The rows are copied from the live detector STREAM_SAVE_BYTES at a
-        time, each slice under the lock: a full save used to copy every array at once first (65 MB more
-        resident at 24,000 poles, 270 at 100,000, every ``save_every_s``). Each series' row is copied
-        whole; two slices may be a batch or two apart, which is no different to a series than a crash
-        between batches (every series learns on its own, and the alarm state is saved apart anyway)."""
+        parameters and the series stride. Each series' row is copied whole; rows of series past
+        ``n_series`` are written as zeros (a fresh series)."""
         with self._lock:
             stream = self.det.stream
             assert stream is not None
             cap, width = stream.capacity, stream.bytes_per_series() // 4
             small = {_STRIDE_KEY: np.array(STREAM_STRIDE), _LAYOUT_KEY: np.array(stream.row_layout()),
                      "params": np.array(stream.params_key())}
-        step = max(1, STREAM_SAVE_BYTES // (width * 4))
+
+        def rows(a: int, b: int) -> np.ndarray:
+            part = self.det.stream.copy_rows(a, b) if self.det.stream is not None else None
+            if part is None or len(part) != b - a:  # pragma: no cover - replaced meanwhile
+                raise OSError("the streaming detector changed during the save")
+            part[max(0, n_series - a):] = 0
+            return part
+
+        self._write_rows(f, small, np.dtype(np.float32), (cap, width), rows)
+
+    def _write_drift(self, f: BinaryIO, poles: list[str]) -> None:
+        """The poles' drift state (:meth:`~gateway.detect.spatial.Spatial.drift_rows`) as ``rows.npy`` in an
+        npz, one row per pole of the snapshot, with the poles' and the drift metrics' names (restored by
+        name)."""
+        with self._lock:
+            spatial = self.det.spatial
+            assert spatial is not None
+            small = {"poles": np.array(poles, dtype=str), "metrics": np.array(spatial.drift_names(), dtype=str)}
+            k = len(spatial.drift)
+
+        def rows(a: int, b: int) -> np.ndarray:
+            if self.det.spatial is None:  # pragma: no cover - replaced meanwhile
+                raise OSError("the spatial detector changed during the save")
+            return self.det.spatial.drift_rows(a, b)
+
+        self._write_rows(f, small, DRIFT_SAVED, (len(poles), k), rows)
+
+    def _write_rows(self, f: BinaryIO, small: dict[str, np.ndarray], dtype: np.dtype, shape: tuple[int, int],
+                    rows: Callable[[int, int], np.ndarray]) -> None:
+        """An npz of the ``small`` arrays and ``rows.npy``, a ``shape`` array of ``dtype`` whose rows
+        ``rows(a, b)`` returns: STREAM_SAVE_BYTES at a time, each slice copied under the lock. A full save
+        used to copy every array at once first (the streaming detector's alone: 65 MB more resident at
+        24,000 poles, 270 at 100,000, every ``save_every_s``). Two slices may be a batch or two apart,
+        which is no different to a learned row than a crash between batches (every row learns on its own,
+        and the alarm state is saved apart anyway)."""
+        n, width = shape
+        step = max(1, STREAM_SAVE_BYTES // max(1, width * dtype.itemsize))
         with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
             for name, arr in small.items():
                 with zf.open(f"{name}.npy", "w", force_zip64=True) as m:
                     np.lib.format.write_array(m, arr)
             with zf.open(f"{_ROWS_KEY}.npy", "w", force_zip64=True) as m:
                 np.lib.format.write_array_header_1_0(
-                    m, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)), "fortran_order": False,
-                        "shape": (cap, width)})
-                for a in range(0, cap, step):
+                    m, {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": shape})
+                for a in range(0, n, step):
                     with self._lock:
-                        part = self.det.stream.copy_rows(a, min(a + step, cap)) if self.det.stream is not None else None
-                    if part is None or len(part) != min(step, cap - a):  # pragma: no cover - replaced meanwhile
-                        raise OSError("the streaming detector changed during the save")
-                    part[max(0, n_series - a):] = 0
-                    m.write(part.tobytes())
+                        part = rows(a, min(a + step, n))
+                    m.write(np.ascontiguousarray(part, dtype).tobytes())
 
     def _write_safely(self, snap: _Snapshot) -> bool:
         """Write one snapshot; a failure is counted, logged once and set as ``state_error``, and the
@@ -399,6 +430,10 @@ class DetectionStage:
         assert self.state_path is not None
         return self.state_path.with_name(self.state_path.name + ".stream.npz")
 
+    def _drift_path(self) -> Path:
+        assert self.state_path is not None
+        return self.state_path.with_name(self.state_path.name + ".drift.npz")
+
     def _load(self, path: Path) -> None:
         saved_at = int(self.clock() * 1000)
         try:
@@ -416,6 +451,12 @@ class DetectionStage:
             self.counts.clear()
             self.counts["state_load_errors"] += 1
             return
+        if self.det.spatial is not None and self._drift_path().exists():
+            try:
+                with np.load(self._drift_path()) as z:
+                    self.det.spatial.restore_drift(z["poles"].tolist(), z["metrics"].tolist(), z[_ROWS_KEY])
+            except (OSError, ValueError, KeyError) as exc:
+                log.error("drift state unreadable (%s): the poles' usual places are learnt again", exc)
         if self.det.stream is not None and self._stream_path().exists():
             try:
                 with np.load(self._stream_path()) as z:
@@ -464,12 +505,15 @@ def restride(arrays: dict[str, np.ndarray], cols: np.ndarray) -> dict[str, np.nd
 
 
 class _Snapshot:
-    """The detector's state view and whether the streaming detector's rows are written too (a full save)."""
+    """The detector's state view and whether the learned rows (streaming detector, drift) are written
+    too (a full save)."""
 
-    __slots__ = ("counts", "saved_at", "stream", "view")
+    __slots__ = ("counts", "full", "poles", "saved_at", "stream", "view")
 
-    def __init__(self, view: StateView, stream: bool, saved_at: int, counts: dict[str, int]) -> None:
-        self.view, self.stream, self.saved_at, self.counts = view, stream, saved_at, counts
+    def __init__(self, view: StateView, full: bool, stream: bool, saved_at: int, counts: dict[str, int],
+                 poles: list[str]) -> None:
+        self.view, self.full, self.stream, self.saved_at, self.counts = view, full, stream, saved_at, counts
+        self.poles = poles  # a full save: the registry the drift rows are written for
 
 
 class _Saver:
@@ -490,8 +534,9 @@ class _Saver:
         with self._cv:
             if self._stop:  # the stage is closed: close() wrote the last state itself
                 return
-            if self._next is not None and self._next.stream:
-                snap.stream = True  # a pending full save is not downgraded by a newer alarm-only one
+            if self._next is not None and self._next.full and not snap.full:
+                # a pending full save is not downgraded by a newer alarm-only one
+                snap.full, snap.poles = True, self._next.poles
             self._next = snap
             self._cv.notify()
 

@@ -25,7 +25,6 @@ import itertools
 import json
 import logging
 from collections.abc import Callable, Iterable, Sequence
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -448,13 +447,14 @@ class Detector:
     def export(self) -> dict[str, Any]:
         """The state document (JSON-ready; ``v`` :data:`STATE_VERSION`): the pole registry in row order
         with per-pole attributes and learned state, every active alarm, the district baselines and the
-        acknowledgements. The streaming detector's arrays are separate (:meth:`stream_arrays`)."""
+        acknowledgements. The streaming detector's arrays and the poles' drift state are separate
+        (:meth:`stream_arrays`, :meth:`Spatial.drift_rows`)."""
         return self.export_view().doc()
 
-    def export_view(self, lock: AbstractContextManager[Any] | None = None) -> StateView:
-        """:meth:`export` as a :class:`StateView`: taken under the stage's ``lock``, written without it
-        (the spatial drift state, the one large per-pole part, is copied slice by slice under ``lock``
-        while it is written)."""
+    def export_view(self) -> StateView:
+        """:meth:`export` as a :class:`StateView`: taken under the stage's lock, written without it. The
+        poles' drift state is not in it (:meth:`Spatial.drift_rows`, saved as rows with the streaming
+        detector's)."""
         st = self.state
         return StateView([
             ("v", STATE_VERSION),
@@ -462,7 +462,7 @@ class Detector:
             ("alarms", self.poles.export(lambda r: (st.pole_district[r], st.poles[r]))),
             ("district_alarms", (self.districts.export(lambda d: (st.districts[d], DISTRICT_POLE))
                                  if self.districts is not None else [])),
-            ("spatial", self.spatial.export_view(lock) if self.spatial is not None else []),
+            ("spatial", self.spatial.export() if self.spatial is not None else []),
             ("next_spatial_ms", int(self.next_spatial_ms)),
             ("acks", [{"district": d, "pole": p, "key": k, **rec} for (d, p, k), rec in sorted(self.acks.items())]),
         ], st.n)

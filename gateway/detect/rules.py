@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -40,6 +41,9 @@ from gateway.detect.types import AlarmSpec, Conditions, Tier, levels
 # the names layers and callers import from here (the layer-1 facade)
 __all__ = ["AlarmSpec", "Conditions", "Rule", "RuleParams", "Rules", "Tier", "derive_rules", "levels",
            "repeat_prior", "stuck_metrics", "stuck_specs"]
+
+_NO_TS = int(NO_TS)
+_EXPORT_ROWS = 4096  # pole rows a state save turns into records at a time
 
 _DIM = INDEX["dimming_pct"]
 _LUX = INDEX["illuminance_lux"]
@@ -208,22 +212,26 @@ class Rules:
         export_pole = self.thresholds.export_pole
 
         def records() -> Iterator[dict[str, object]]:
-            for r, pole in enumerate(poles):
-                d: dict[str, object] = {"pole": pole, "district": districts[r]}
-                for name in self._ATTRS:
-                    v = float(getattr(fv, name)[r])
-                    if not np.isnan(v):
-                        d[name] = v
-                export_pole(r, d, tv)
-                if fv.last_ts[r] != NO_TS:
-                    d["last_ts"] = int(fv.last_ts[r])
-                if said_offline[r]:
-                    d["said_offline"] = True
-                if fv.arrival_ms[r] != NO_TS:
-                    d["arrival_ms"] = int(fv.arrival_ms[r])  # gateway clock: silence resumes where it was
-                if r in maint:
-                    d["maintenance"] = [list(w) for w in maint[r]]
-                yield d
+            for a in range(0, n, _EXPORT_ROWS):  # a few thousand rows' columns as Python lists at a time
+                b = min(a + _EXPORT_ROWS, n)
+                attrs = [(name, getattr(fv, name)[a:b].tolist()) for name in self._ATTRS]
+                last, arrival, off = fv.last_ts[a:b].tolist(), fv.arrival_ms[a:b].tolist(), said_offline[a:b].tolist()
+                th = SimpleNamespace(**{k: getattr(tv, k)[a:b].tolist() for k in self.thresholds.EXPORTED})
+                for i in range(b - a):
+                    d: dict[str, object] = {"pole": poles[a + i], "district": districts[a + i]}
+                    for name, col in attrs:
+                        if col[i] == col[i]:  # not NaN
+                            d[name] = col[i]
+                    export_pole(i, d, th)
+                    if last[i] != _NO_TS:
+                        d["last_ts"] = last[i]
+                    if off[i]:
+                        d["said_offline"] = True
+                    if arrival[i] != _NO_TS:
+                        d["arrival_ms"] = arrival[i]  # gateway clock: silence resumes where it was
+                    if a + i in maint:
+                        d["maintenance"] = [list(w) for w in maint[a + i]]
+                    yield d
 
         return records
 

@@ -44,8 +44,7 @@ each judgement covers comes from the catalog too (``Metric.detect``), not from l
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -175,6 +174,12 @@ def group_median(g: np.ndarray, x: np.ndarray, n_groups: int) -> tuple[np.ndarra
 
 def _gain(dt_ms: np.ndarray, tau_ms: float) -> np.ndarray:
     return -np.expm1(-np.asarray(dt_ms, np.float64) / tau_ms)
+
+
+#: the drift state a save keeps, per pole x drift metric (the rest is relearnt in a few samples)
+DRIFT_SAVED = np.dtype([("dz", "f8"), ("du", "f8"), ("dw", "f8"), ("dlearn", "f8"), ("dt", "i8"), ("dch", "f8"),
+                        ("dcl", "f8"), ("dn", "f8")])
+_DRIFT_FIELDS: tuple[str, ...] = DRIFT_SAVED.names or ()
 
 
 class DriftState(Columns):
@@ -524,54 +529,55 @@ class Spatial:
 
     # --- persistence --------------------------------------------------------------------------------
     def export(self) -> list[dict[str, Any]]:
-        """District baselines (one entry per district x metric) and the poles' usual places (one entry
-        per pole x drift metric, with a ``pole`` key)."""
-        return list(self.export_view()())
-
-    #: the drift columns a saved entry holds, in its ``drift`` list's order
-    _DRIFT_SAVED = ("dz", "du", "dw", "dlearn", "dt", "dch", "dcl", "dn")
-
-    #: pole rows of drift state copied at a time while a save writes them (16 metrics: ~1 KB a row)
-    EXPORT_ROWS = 2048
-
-    def export_view(self, lock: AbstractContextManager[Any] | None = None
-                    ) -> Callable[[], Iterator[dict[str, Any]]]:
-        """:meth:`export`'s entries, to be made later by the returned function. The district entries (a
-        few per district) are made now; the poles' drift state (8 values per pole x drift metric, ~1 KB a
-        pole: 30 MB at 30,000 poles) is not copied now but :data:`EXPORT_ROWS` rows at a time while the
-        entries are made, each slice under ``lock`` (the stage's; ``None``: the caller holds it
-        throughout). The rows are those of the poles registered now; two slices may be a batch apart,
-        which is no different to a pole's usual place than a crash between batches."""
-        districts: list[dict[str, Any]] = []
+        """District baselines, one entry per district x metric (the state document's ``spatial``; the
+        poles' drift state is saved apart, as rows: :meth:`drift_rows`)."""
+        out: list[dict[str, Any]] = []
         for d, name in enumerate(self.state.districts[: self._d_cap]):
             for j, m in enumerate(self.metrics):
                 if self.n_eval[d, j] > 0:
-                    districts.append({"district": name, "metric": m.name, "base": float(self.base[d, j]),
-                                      "spread": float(self.spread[d, j]), "spread_w": float(self.spread_w[d, j]),
-                                      "n": int(self.n_eval[d, j]), "last_ms": int(self.last_ms[d, j]),
-                                      "first_ms": int(self.first_ms[d, j]),
-                                      "prof": [float(v) for v in self.prof[d, j]],
-                                      "bin_w": [float(v) for v in self.bin_w[d, j]]})
-        n = self.state.n
-        poles, pole_district = list(self.state.poles), list(self.state.pole_district)
-        names = [m.name for m in self.drift]
-        guard = lock if lock is not None else nullcontext()
+                    out.append({"district": name, "metric": m.name, "base": float(self.base[d, j]),
+                                "spread": float(self.spread[d, j]), "spread_w": float(self.spread_w[d, j]),
+                                "n": int(self.n_eval[d, j]), "last_ms": int(self.last_ms[d, j]),
+                                "first_ms": int(self.first_ms[d, j]),
+                                "prof": [float(v) for v in self.prof[d, j]],
+                                "bin_w": [float(v) for v in self.bin_w[d, j]]})
+        return out
 
-        def entries() -> Iterator[dict[str, Any]]:
-            yield from districts
-            for a in range(0, n, self.EXPORT_ROWS):
-                b = min(a + self.EXPORT_ROWS, n)
-                with guard:  # self.dst is looked up again: growth replaces its arrays (rows keep their place)
-                    part = np.stack([getattr(self.dst, c)[a:b].astype(np.float64) for c in self._DRIFT_SAVED])
-                    dt = self.dst.dt[a:b].copy()
-                for i, j in zip(*np.nonzero(dt != NO_TS), strict=True):  # row-major: pole by pole
-                    v = part[:, i, j].tolist()
-                    v[4] = int(dt[i, j])
-                    yield {"pole": poles[a + i], "district": pole_district[a + i], "metric": names[j], "drift": v}
+    def drift_names(self) -> list[str]:
+        return [m.name for m in self.drift]
 
-        return entries
+    def drift_rows(self, a: int, b: int) -> np.ndarray:
+        """A copy of pole rows ``a:b`` of the drift state that is saved, ``(b - a, len(drift))`` of
+        :data:`DRIFT_SAVED` (a state save writes them as binary rows, a slice at a time: as JSON entries,
+        one per pole x drift metric, they were 85 % of the state file's bytes and most of a save's CPU)."""
+        out = np.empty((b - a, len(self.drift)), DRIFT_SAVED)
+        for name in _DRIFT_FIELDS:
+            out[name] = getattr(self.dst, name)[a:b]
+        return out
+
+    def restore_drift(self, poles: Sequence[str], metrics: Sequence[str], rows: np.ndarray) -> int:
+        """Put saved :meth:`drift_rows` back: ``rows[i, j]`` is pole ``poles[i]`` x drift metric
+        ``metrics[j]``. A pole not registered (the registry is restored first) or a metric no longer
+        judged is skipped, as is a field this version does not save. Returns the poles restored."""
+        if rows.shape != (len(poles), len(metrics)):
+            raise ValueError(f"drift rows of shape {rows.shape} for {len(poles)} poles x {len(metrics)} metrics")
+        mine = {m.name: j for j, m in enumerate(self.drift)}
+        cols = [(j, mine[m]) for j, m in enumerate(metrics) if m in mine]
+        found = [(i, self.state.find(str(p))) for i, p in enumerate(poles)]
+        src = np.array([i for i, r in found if r is not None], np.int64)
+        dst_rows = np.array([r for _, r in found if r is not None], np.int64)
+        if len(src) == 0 or not cols:
+            return 0
+        for name in _DRIFT_FIELDS:
+            if name in (rows.dtype.names or ()):
+                arr = getattr(self.dst, name)
+                for js, jd in cols:
+                    arr[dst_rows, jd] = rows[name][src, js]
+        return len(src)
 
     def restore(self, entries: Sequence[dict[str, Any]]) -> None:
+        """District baselines; entries with a ``pole`` key are drift state as state files before the
+        binary drift rows held it (still read)."""
         names = {m.name: j for j, m in enumerate(self.metrics)}
         drift_names = {m.name: j for j, m in enumerate(self.drift)}
         nb = self.params.n_bins

@@ -31,6 +31,8 @@ from gateway.detect.params import RuleParams
 from gateway.detect.state import NO_TS, Col, Columns, FleetState
 from gateway.detect.types import AlarmSpec, Conditions, Tier
 
+_NO_TS = int(NO_TS)
+
 _DOOR = INDEX["door_open"]
 
 
@@ -136,6 +138,8 @@ class Thresholds:
         self.mean_tau_s = np.array([means[int(c)] for c in self.mean_cols], np.float64)
         self._mean_slot = {int(c): i for i, c in enumerate(self.mean_cols)}
         self.st = ThresholdState(fleet, len(self.mean_cols), len(self.base_cols), params.tilt_learn_n)
+        self._base_names = [str(NAMES[c]) for c in self.base_cols]
+        self._mean_names = [str(NAMES[c]) for c in self.mean_cols]
         self._tbl = self._table()
 
     def _table(self) -> dict[str, np.ndarray]:
@@ -275,20 +279,19 @@ class Thresholds:
     #: the columns :meth:`export_pole` reads (a state save copies just these: :func:`frozen`)
     EXPORTED = ("base", "base_given", "mean_m", "mean_w", "mean_t")
 
-    def export_pole(self, r: int, d: dict[str, object], st: ThresholdState | SimpleNamespace | None = None) -> None:
-        """Pole ``r``'s baselines and running means into its state record ``d``, read from ``st`` (a
-        :func:`frozen` copy of :data:`EXPORTED`) or the live table."""
-        st = self.st if st is None else st
-        base = {str(NAMES[c]): float(st.base[r, i]) for i, c in enumerate(self.base_cols)
-                if not np.isnan(st.base[r, i])}
+    def export_pole(self, i: int, d: dict[str, object], st: SimpleNamespace) -> None:
+        """A pole's baselines and running means into its state record ``d``: row ``i`` of ``st``, the
+        :data:`EXPORTED` columns of a range of rows as Python lists (``.tolist()``: a save makes records a
+        few thousand poles at a time, and list items cost a tenth of numpy scalars)."""
+        base_row = st.base[i]
+        base = {nm: v for nm, v in zip(self._base_names, base_row, strict=True) if v == v}  # not NaN
         if base:
             d["baseline"] = base
-            given = [str(NAMES[c]) for i, c in enumerate(self.base_cols)
-                     if not np.isnan(st.base[r, i]) and st.base_given[r, i]]
+            given = [nm for nm, v, g in zip(self._base_names, base_row, st.base_given[i], strict=True) if v == v and g]
             if given:
                 d["baseline_installed"] = given
-        means = {str(NAMES[c]): [float(st.mean_m[r, i]), float(st.mean_w[r, i]), int(st.mean_t[r, i])]
-                 for i, c in enumerate(self.mean_cols) if st.mean_t[r, i] != NO_TS}
+        means = {nm: [m, w, t] for nm, m, w, t in zip(self._mean_names, st.mean_m[i], st.mean_w[i], st.mean_t[i],
+                                                      strict=True) if t != _NO_TS}
         if means:
             d["means"] = means
 

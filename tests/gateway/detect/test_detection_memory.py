@@ -18,7 +18,7 @@ from contract.readings import Reading
 from gateway import detection
 from gateway.detect import state
 from gateway.detect.engine import STREAM_METRICS, STREAM_STRIDE, StateView
-from gateway.detect.spatial import Spatial
+from gateway.detect.spatial import DRIFT_SAVED
 from gateway.detect.state import N_METRICS, NO_TS, Batch, Reserve
 from gateway.detect.stream import StreamDetector
 from gateway.detect.types import Conditions
@@ -303,30 +303,84 @@ def _city_stage(path: Path, poles: int = 40, ticks: int = 150) -> DetectionStage
     return stage
 
 
-@pytest.mark.parametrize(("chunk", "rows"), [(1, 1), (3, 7), (512, 2048)])
+@pytest.mark.parametrize("chunk", [1, 3, 512])
 def test_a_state_written_a_few_records_at_a_time_is_the_json_of_the_whole_document(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chunk: int, rows: int) -> None:
-    """The saver makes the document's records from column copies a chunk at a time (the spatial drift
-    rows copied a slice at a time under the lock): the bytes are those ``json.dumps`` of the whole
-    document makes, and they restore the same document."""
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chunk: int) -> None:
+    """The saver makes the document's records from column copies a chunk at a time: the bytes are those
+    ``json.dumps`` of the whole document makes, and they restore the same document."""
     stage = _city_stage(tmp_path / "s.json")
     monkeypatch.setattr(StateView, "CHUNK", chunk)
-    monkeypatch.setattr(Spatial, "EXPORT_ROWS", rows)
     with stage._lock:
-        view = stage.det.export_view(stage._lock)
+        view = stage.det.export_view()
     doc = view.doc()
     assert len(stage.active()) > 0 and len(doc["alarms"]) == len(stage.active())
-    assert sum("pole" in e for e in doc["spatial"]) > 40  # poles' drift entries, several slices of them
     assert [p["pole"] for p in doc["poles"] if "maintenance" in p] == [stage.state.poles[0], stage.state.poles[3]]
+    assert sum("baseline" in p for p in doc["poles"]) == stage.state.n  # the births' installed tilt
     extra = {"saved_at": 5, "counts": {"state_saves": 2}}
     out = bytearray()
     view.write_json(out.extend, extra)
     assert bytes(out) == json.dumps({**doc, **extra}, separators=(",", ":")).encode()
     fresh = DetectionStage(clock=lambda: T0 / 1000, background_save=False)
     fresh.det.restore(json.loads(bytes(out)), heard_ms=T0)
-    again = fresh.det.export()
-    assert again["poles"] == doc["poles"] and again["spatial"] == doc["spatial"]
-    assert again["alarms"] == doc["alarms"]
+    assert fresh.det.export() == doc
+
+
+@pytest.mark.parametrize("slice_bytes", [64, 3000, 4 << 20])
+def test_the_drift_state_is_saved_as_rows_and_restored_by_pole_name(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, slice_bytes: int) -> None:
+    """A full save writes the poles' drift state as binary rows, a slice at a time, for the poles of its
+    snapshot; a restart puts every value back on the pole of that name. A state file of the JSON drift
+    entries (before) restores the same arrays."""
+    monkeypatch.setattr(detection, "STREAM_SAVE_BYTES", slice_bytes)
+    path = tmp_path / "s.json"
+    a = _city_stage(path)
+    assert a.spatial is not None
+    dst, n = a.spatial.dst, a.state.n
+    assert int((dst.dt[:n] != NO_TS).sum()) > 100  # drift judged on most poles x metrics
+    a.save()
+    b = DetectionStage(state_path=str(path), clock=lambda: T0 / 1000, background_save=False)
+    assert b.spatial is not None and b.state.poles == a.state.poles
+    for k in DRIFT_SAVED.names or ():
+        assert np.array_equal(getattr(b.spatial.dst, k)[:n], getattr(dst, k)[:n], equal_nan=True), k
+    # the same state as a file of the JSON drift entries restores the same arrays
+    doc = json.loads(path.read_bytes())
+    names = a.spatial.drift_names()
+    doc["spatial"] += [{"pole": a.state.poles[r], "district": a.state.pole_district[r], "metric": names[j],
+                        "drift": [float(dst.dz[r, j]), float(dst.du[r, j]), float(dst.dw[r, j]),
+                                  float(dst.dlearn[r, j]), int(dst.dt[r, j]), float(dst.dch[r, j]),
+                                  float(dst.dcl[r, j]), float(dst.dn[r, j])]}
+                       for r, j in zip(*np.nonzero(dst.dt[:n] != NO_TS), strict=True)]
+    old = tmp_path / "old" / "s.json"
+    old.parent.mkdir()
+    old.write_text(json.dumps(doc))
+    c = DetectionStage(state_path=str(old), clock=lambda: T0 / 1000, background_save=False)
+    assert c.spatial is not None
+    for k in DRIFT_SAVED.names or ():
+        assert np.array_equal(getattr(c.spatial.dst, k)[:n], getattr(dst, k)[:n], equal_nan=True), k
+    b._closed = c._closed = True
+
+
+def test_drift_rows_go_back_by_name_and_skip_what_is_gone(tmp_path: Path) -> None:
+    a = _city_stage(tmp_path / "s.json")
+    assert a.spatial is not None
+    n, names = a.state.n, a.spatial.drift_names()
+    rows = a.spatial.drift_rows(0, n)
+    fresh = DetectionStage(clock=lambda: T0 / 1000, background_save=False)
+    assert fresh.spatial is not None
+    for r in (5, 2):  # registered in another order; the others not at all
+        fresh.state.row(a.state.poles[r], a.state.pole_district[r])
+    saved = np.concatenate([rows[:, ::-1], rows[:, :1]], axis=1)  # metrics in another order, and one more
+    saved = np.concatenate([saved, saved[:1]])  # a pole this gateway never registered
+    got = fresh.spatial.restore_drift([*a.state.poles, "p-unknown"], [*names[::-1], "no_such_metric"], saved)
+    assert got == 2
+    for r, fr in ((5, 0), (2, 1)):
+        back = fresh.spatial.drift_rows(fr, fr + 1)[0]
+        for k in DRIFT_SAVED.names or ():
+            assert np.array_equal(back[k], rows[r][k], equal_nan=True), k
+    assert int((rows["dt"] != NO_TS).sum()) > 0
+    with pytest.raises(ValueError, match="shape"):
+        fresh.spatial.restore_drift(a.state.poles, names, rows[:-1])
+    a._closed = True
 
 
 def test_a_save_copies_a_few_hundred_bytes_a_pole_not_the_detector(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ import numpy as np
 
 from contract.readings import Reading
 from gateway.detect.spatial import SpatialParams
+from gateway.detect.state import NO_TS
 from gateway.detection import DetectionStage, alerts_of
 from gateway.pipeline import Outcome
 
@@ -134,6 +135,9 @@ def test_the_cusum_state_survives_export_and_restore() -> None:
     fresh = Lit()
     assert fresh.stage.spatial is not None
     fresh.stage.spatial.restore(sp.export())
+    for p, d in zip(sp.state.poles, sp.state.pole_district, strict=True):
+        fresh.stage.state.row(p, d)  # the registry comes back first (the state document's poles)
+    fresh.stage.spatial.restore_drift(sp.state.poles, sp.drift_names(), sp.drift_rows(0, sp.state.n))
     r2 = fresh.stage.spatial.state.poles.index("n-07")
     assert [float(getattr(fresh.stage.spatial.dst, k)[r2, j]) for k in ("dch", "dcl", "dn")] == before
 
@@ -143,7 +147,11 @@ def test_state_saved_before_the_cusum_restores_with_a_fresh_cusum() -> None:
     lit.run(_slow_cabinet, n=240)
     sp = lit.stage.spatial
     assert sp is not None
-    old = [dict(e, drift=e["drift"][:5]) if "pole" in e else e for e in sp.export()]
+    d = sp.dst  # a state file of JSON drift entries from before the CUSUM: 5 values each
+    old = sp.export() + [{"pole": p, "district": sp.state.pole_district[r], "metric": m.name,
+                          "drift": [float(d.dz[r, k]), float(d.du[r, k]), float(d.dw[r, k]), float(d.dlearn[r, k]),
+                                    int(d.dt[r, k])]}
+                         for r, p in enumerate(sp.state.poles) for k, m in enumerate(sp.drift) if d.dt[r, k] != NO_TS]
     fresh = Lit()
     assert fresh.stage.spatial is not None
     fresh.stage.spatial.restore(old)
