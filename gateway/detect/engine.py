@@ -21,7 +21,6 @@ fault (:meth:`Detector.sensor_fault`); a pole with a layer-1 fault pauses its dr
 from __future__ import annotations
 
 import functools
-import itertools
 import json
 import logging
 from collections.abc import Callable, Iterable, Sequence
@@ -46,7 +45,7 @@ from gateway.detect.types import AlarmSpec, Conditions, Tier, levels
 
 log = logging.getLogger("lampwatch.detect")
 
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: the pole table as columns (one JSON list per attribute); 1 (one object per pole) still loads
 ACK_FIELDS = ("acked_by", "acked_at", "ack_note", "shelved_until", "silence_id")
 
 #: Metrics scored by the streaming detector (layer 2): every float metric whose catalog hints do not say it
@@ -134,51 +133,34 @@ class StateView:
     """A detector's state document, copied under the stage's lock and serialised later without it.
 
     Each part is ``(key, value)``: a JSON-ready value (the active alarms, the acknowledgements: sized by
-    what is raised, not by the fleet) or a function returning an iterator of records (the per-pole
-    parts: one record per pole or pole x metric, made from column copies only while they are written).
-    A save used to deep-copy the whole detector and build the whole document at once: at 30,000 poles
-    that added ~150 MB to the gateway's high-water mark every ``save_every_s``, most of it fleet tables
-    the document never reads and the document's own Python objects. ``n``: the poles it holds."""
+    what is raised, not by the fleet) or a function returning ``(key, value)`` pairs of an object made
+    only while it is written (the pole table: one column at a time, from copies taken with the view). A
+    save used to deep-copy the whole detector and build the whole document at once, one JSON object per
+    pole: at 30,000 poles that added ~150 MB to the gateway's high-water mark every ``save_every_s`` and
+    took ~1.5 s of CPU every save, alarm-only ones too. ``n``: the poles it holds."""
 
     __slots__ = ("n", "parts")
-
-    #: records encoded per ``json.dumps`` call while writing (one list: fewer calls, bounded memory)
-    CHUNK = 512
 
     def __init__(self, parts: list[tuple[str, Any]], n: int) -> None:
         self.parts, self.n = parts, n
 
     def doc(self) -> dict[str, Any]:
-        return {k: list(v()) if callable(v) else v for k, v in self.parts}
+        return {k: dict(v()) if callable(v) else v for k, v in self.parts}
 
     def write_json(self, write: Callable[[bytes], object], extra: dict[str, Any]) -> None:
         """Write the document followed by ``extra``'s keys as one JSON object: the same bytes as
-        ``json.dumps({**doc(), **extra}, separators=(",", ":"))``, a few hundred records at a time."""
-        out: list[str] = ["{"]
-        size = 0
-
-        def put(text: str) -> None:
-            nonlocal size
-            out.append(text)
-            size += len(text)
-            if size >= 1 << 20:
-                write("".join(out).encode())
-                out.clear()
-                size = 0
-
+        ``json.dumps({**doc(), **extra}, separators=(",", ":"))``, a column at a time."""
+        write(b"{")
         for i, (k, v) in enumerate([*self.parts, *extra.items()]):
-            put(("," if i else "") + _dumps(k) + ":")
+            write((("," if i else "") + _dumps(k) + ":").encode())
             if not callable(v):
-                put(_dumps(v))
+                write(_dumps(v).encode())
                 continue
-            put("[")
-            first, it = True, v()
-            while chunk := list(itertools.islice(it, self.CHUNK)):
-                put(("" if first else ",") + _dumps(chunk)[1:-1])
-                first = False
-            put("]")
-        put("}")
-        write("".join(out).encode())
+            write(b"{")
+            for j, (kk, vv) in enumerate(v()):
+                write((("," if j else "") + _dumps(kk) + ":" + _dumps(vv)).encode())
+            write(b"}")
+        write(b"}")
 
 
 class Detector:
@@ -445,10 +427,10 @@ class Detector:
 
     # --- persistence format ---------------------------------------------------------------------------
     def export(self) -> dict[str, Any]:
-        """The state document (JSON-ready; ``v`` :data:`STATE_VERSION`): the pole registry in row order
-        with per-pole attributes and learned state, every active alarm, the district baselines and the
-        acknowledgements. The streaming detector's arrays and the poles' drift state are separate
-        (:meth:`stream_arrays`, :meth:`Spatial.drift_rows`)."""
+        """The state document (JSON-ready; ``v`` :data:`STATE_VERSION`): the pole table (registry in row
+        order, per-pole attributes and learned baselines, as columns: :meth:`Rules.export_columns`), every
+        active alarm, the district baselines and the acknowledgements. The streaming detector's arrays
+        and the poles' drift state are separate (:meth:`stream_arrays`, :meth:`Spatial.drift_rows`)."""
         return self.export_view().doc()
 
     def export_view(self) -> StateView:
@@ -458,7 +440,7 @@ class Detector:
         st = self.state
         return StateView([
             ("v", STATE_VERSION),
-            ("poles", self.rules.export_view()),
+            ("poles", self.rules.export_columns()),
             ("alarms", self.poles.export(lambda r: (st.pole_district[r], st.poles[r]))),
             ("district_alarms", (self.districts.export(lambda d: (st.districts[d], DISTRICT_POLE))
                                  if self.districts is not None else [])),
@@ -469,9 +451,12 @@ class Detector:
 
     def restore(self, doc: dict[str, Any], heard_ms: int) -> None:
         """Load a state document into this fresh detector (raises on a damaged one)."""
-        if not isinstance(doc, dict) or doc.get("v") != STATE_VERSION:
-            raise ValueError(f"not a detection state file of version {STATE_VERSION}")
-        self.rules.restore(doc.get("poles", []), heard_ms=heard_ms)
+        if not isinstance(doc, dict) or doc.get("v") not in (1, STATE_VERSION):
+            raise ValueError(f"not a detection state file of version 1 to {STATE_VERSION}")
+        if doc["v"] == 1:
+            self.rules.restore(doc.get("poles", []), heard_ms=heard_ms)
+        else:
+            self.rules.restore_columns(doc.get("poles", {}), heard_ms=heard_ms)
         self.poles.restore(doc.get("alarms", []), lambda d, p: self.state.row(p, d))
         if self.spatial is not None and self.districts is not None:
             self.spatial.restore(doc.get("spatial", []))

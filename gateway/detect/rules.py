@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 
@@ -42,8 +42,14 @@ from gateway.detect.types import AlarmSpec, Conditions, Tier, levels
 __all__ = ["AlarmSpec", "Conditions", "Rule", "RuleParams", "Rules", "Tier", "derive_rules", "levels",
            "repeat_prior", "stuck_metrics", "stuck_specs"]
 
+
+
+def _never_as_none(a: np.ndarray) -> list[int | None]:
+    """An int64 time column as a list, ``NO_TS`` (never) as ``None``."""
+    return [None if v == _NO_TS else v for v in a.tolist()]
+
+
 _NO_TS = int(NO_TS)
-_EXPORT_ROWS = 4096  # pole rows a state save turns into records at a time
 
 _DIM = INDEX["dimming_pct"]
 _LUX = INDEX["illuminance_lux"]
@@ -195,49 +201,71 @@ class Rules:
     # --- persistence: one record per pole, in row order (the state file's ``poles``) ---------------
     _ATTRS = ("rated_w", "nominal_v", "interval_ms", "interval_ew")
 
-    def export(self) -> list[dict[str, object]]:
-        return list(self.export_view()())
-
-    def export_view(self) -> Callable[[], Iterator[dict[str, object]]]:
-        """The records of :meth:`export` to be made later: what they read is copied now (the registry,
-        a few columns of the fleet, threshold and presence tables, the maintenance windows: a few bytes
-        a pole), the records (Python objects, most of a save's memory) are made one at a time by the
-        returned function, which needs no lock."""
+    def export_columns(self) -> Callable[[], Iterator[tuple[str, object]]]:
+        """The state document's pole table, to be made later: what it reads is copied now (the registry,
+        a few columns of the fleet, threshold and presence tables, the maintenance windows: ~100 bytes a
+        pole), and the returned function, which needs no lock, yields its entries one column at a time:
+        ``pole`` and ``district`` (row order), one list per attribute (``NaN``: unknown; ``null``: never),
+        the thresholds' baselines and means (:meth:`Thresholds.export_columns`) and ``maintenance`` by
+        pole. One list per column is what ``json`` encodes in C: a save of 30,000 poles made 30,000
+        objects in Python before (~1.5 s of CPU a save)."""
         f, n = self.state, self.state.n
         poles, districts = list(f.poles), list(f.pole_district)
         fv = frozen(f, n, (*self._ATTRS, "last_ts", "arrival_ms"))
         tv = frozen(self.thresholds.st, n, self.thresholds.EXPORTED)
         said_offline = self.presence_.st.said_offline[:n].copy()
-        maint = self.maint.windows_of_rows(n)
-        export_pole = self.thresholds.export_pole
+        maint = {poles[r]: [list(w) for w in ws] for r, ws in self.maint.windows_of_rows(n).items()}
 
-        def records() -> Iterator[dict[str, object]]:
-            for a in range(0, n, _EXPORT_ROWS):  # a few thousand rows' columns as Python lists at a time
-                b = min(a + _EXPORT_ROWS, n)
-                attrs = [(name, getattr(fv, name)[a:b].tolist()) for name in self._ATTRS]
-                last, arrival, off = fv.last_ts[a:b].tolist(), fv.arrival_ms[a:b].tolist(), said_offline[a:b].tolist()
-                th = SimpleNamespace(**{k: getattr(tv, k)[a:b].tolist() for k in self.thresholds.EXPORTED})
-                for i in range(b - a):
-                    d: dict[str, object] = {"pole": poles[a + i], "district": districts[a + i]}
-                    for name, col in attrs:
-                        if col[i] == col[i]:  # not NaN
-                            d[name] = col[i]
-                    export_pole(i, d, th)
-                    if last[i] != _NO_TS:
-                        d["last_ts"] = last[i]
-                    if off[i]:
-                        d["said_offline"] = True
-                    if arrival[i] != _NO_TS:
-                        d["arrival_ms"] = arrival[i]  # gateway clock: silence resumes where it was
-                    if a + i in maint:
-                        d["maintenance"] = [list(w) for w in maint[a + i]]
-                    yield d
+        def columns() -> Iterator[tuple[str, object]]:
+            yield "pole", poles
+            yield "district", districts
+            for name in self._ATTRS:
+                yield name, getattr(fv, name).tolist()
+            for name in ("last_ts", "arrival_ms"):
+                yield name, _never_as_none(getattr(fv, name))
+            yield "said_offline", said_offline.tolist()
+            yield from self.thresholds.export_columns(tv)
+            yield "maintenance", maint
 
-        return records
+        return columns
+
+    def restore_columns(self, cols: dict[str, Any], heard_ms: int | None = None) -> None:
+        """Load a pole table of :meth:`export_columns`: rows are re-created in the saved order, so every
+        pole gets back the row it had. A pole never heard counts as heard at ``heard_ms``."""
+        f = self.state
+        poles, districts = [str(p) for p in cols["pole"]], [str(d) for d in cols["district"]]
+        if len(poles) != len(districts):
+            raise ValueError("pole table: pole and district columns of different lengths")
+        rows = np.array([f.row(p, d) for p, d in zip(poles, districts, strict=True)], np.int64)
+
+        def col(name: str, dtype: type, none: object) -> np.ndarray | None:
+            v = cols.get(name)
+            if v is None:
+                return None
+            if len(v) != len(rows):
+                raise ValueError(f"pole table: column {name!r} of {len(v)} rows for {len(rows)} poles")
+            return np.array([none if x is None else x for x in v], dtype)
+
+        for name in self._ATTRS:
+            if (a := col(name, float, np.nan)) is not None:
+                getattr(f, name)[rows] = a
+        if (a := col("last_ts", np.int64, NO_TS)) is not None:
+            f.last_ts[rows] = a
+        if (a := col("arrival_ms", np.int64, NO_TS)) is not None:
+            f.arrival_ms[rows] = np.where(a == NO_TS, NO_TS if heard_ms is None else heard_ms, a)
+        if (a := col("said_offline", bool, False)) is not None:
+            self.presence_.st.said_offline[rows] = a
+        self.thresholds.restore_columns(rows, cols, len(rows))
+        for pole, windows in dict(cols.get("maintenance", {})).items():
+            r = f.find(str(pole))
+            if r is not None:
+                for start, end in windows:
+                    self.maint.add(str(pole), f.pole_district[r], int(start), int(end))
 
     def restore(self, poles: Sequence[dict[str, object]], heard_ms: int | None = None) -> None:
-        """Rows are re-created in the saved order, so every pole gets back the row it had. A pole saved
-        without its arrival time (an older file) counts as heard at ``heard_ms`` (the save time)."""
+        """Load the pole records of a version-1 state file (one object per pole). Rows are re-created in
+        the saved order, so every pole gets back the row it had. A pole saved without its arrival time (an
+        older file) counts as heard at ``heard_ms`` (the save time)."""
         f = self.state
         for d in poles:
             r = f.row(str(d["pole"]), str(d["district"]))

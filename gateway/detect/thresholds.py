@@ -20,9 +20,10 @@ at all while the lamp should be off or nothing is known (the lamp context comes 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 
@@ -32,6 +33,13 @@ from gateway.detect.state import NO_TS, Col, Columns, FleetState
 from gateway.detect.types import AlarmSpec, Conditions, Tier
 
 _NO_TS = int(NO_TS)
+
+
+def _column(values: Sequence[object], n: int, none: object) -> np.ndarray:
+    """A saved column of ``n`` values as an array, ``null`` as ``none``."""
+    if len(values) != n:
+        raise ValueError(f"pole table: a threshold column of {len(values)} rows for {n} poles")
+    return np.array([none if v is None else v for v in values])
 
 _DOOR = INDEX["door_open"]
 
@@ -276,24 +284,42 @@ class Thresholds:
                            (hh > 0).astype(np.float64), ts[ii]), hold)
 
     # --- persistence (entries of the pole's record in the state file) -------------------------------
-    #: the columns :meth:`export_pole` reads (a state save copies just these: :func:`frozen`)
+    #: the columns :meth:`export_columns` reads (a state save copies just these: :func:`frozen`)
     EXPORTED = ("base", "base_given", "mean_m", "mean_w", "mean_t")
 
-    def export_pole(self, i: int, d: dict[str, object], st: SimpleNamespace) -> None:
-        """A pole's baselines and running means into its state record ``d``: row ``i`` of ``st``, the
-        :data:`EXPORTED` columns of a range of rows as Python lists (``.tolist()``: a save makes records a
-        few thousand poles at a time, and list items cost a tenth of numpy scalars)."""
-        base_row = st.base[i]
-        base = {nm: v for nm, v in zip(self._base_names, base_row, strict=True) if v == v}  # not NaN
-        if base:
-            d["baseline"] = base
-            given = [nm for nm, v, g in zip(self._base_names, base_row, st.base_given[i], strict=True) if v == v and g]
-            if given:
-                d["baseline_installed"] = given
-        means = {nm: [m, w, t] for nm, m, w, t in zip(self._mean_names, st.mean_m[i], st.mean_w[i], st.mean_t[i],
-                                                      strict=True) if t != _NO_TS}
-        if means:
-            d["means"] = means
+    def export_columns(self, st: SimpleNamespace) -> Iterator[tuple[str, object]]:
+        """The pole table's threshold columns from ``st`` (a :func:`frozen` copy of :data:`EXPORTED`):
+        ``baseline`` {metric: [value or NaN]}, ``baseline_installed`` {metric: [bool]}, ``means`` {metric:
+        {"m": [...], "w": [...], "t": [device ms or null]}}."""
+        yield "baseline", {nm: st.base[:, i].tolist() for i, nm in enumerate(self._base_names)}
+        yield "baseline_installed", {nm: st.base_given[:, i].tolist() for i, nm in enumerate(self._base_names)}
+        yield "means", {nm: {"m": st.mean_m[:, i].tolist(), "w": st.mean_w[:, i].tolist(),
+                             "t": [None if t == _NO_TS else t for t in st.mean_t[:, i].tolist()]}
+                        for i, nm in enumerate(self._mean_names)}
+
+    def restore_columns(self, rows: np.ndarray, cols: dict[str, Any], n: int) -> None:
+        """Load the columns of :meth:`export_columns` for the pole table's ``rows`` (metrics this version
+        has no slot for are skipped)."""
+        given = dict(cols.get("baseline_installed", {}))
+        for metric, values in dict(cols.get("baseline", {})).items():
+            slot = self._base_slot.get(INDEX.get(str(metric), -1))
+            if slot is None:
+                continue
+            v = _column(values, n, np.nan)
+            ok = np.isfinite(v)
+            self.st.base[rows[ok], slot] = v[ok]
+            self.st.base_n[rows[ok], slot] = 0
+            g = _column(given.get(metric, [False] * n), n, False).astype(bool)
+            self.st.base_given[rows[ok], slot] = g[ok]
+        for metric, m in dict(cols.get("means", {})).items():
+            slot = self._mean_slot.get(INDEX.get(str(metric), -1))
+            if slot is None:
+                continue
+            t = _column(m["t"], n, NO_TS).astype(np.int64)
+            ok = t != NO_TS
+            self.st.mean_m[rows[ok], slot] = _column(m["m"], n, 0.0)[ok]
+            self.st.mean_w[rows[ok], slot] = _column(m["w"], n, 0.0)[ok]
+            self.st.mean_t[rows[ok], slot] = t[ok]
 
     def restore_pole(self, r: int, d: dict[str, object]) -> None:
         given = {str(m) for m in list(d.get("baseline_installed", []))}  # type: ignore[call-overload]

@@ -16,7 +16,7 @@ from contract.models import Alert
 from contract.readings import Reading
 from gateway.detect.alarms import AlarmPolicy, explain
 from gateway.detect.rules import AlarmSpec, Conditions, Tier
-from gateway.detection import DetectionStage, alerts_of
+from gateway.detection import STATE_VERSION, DetectionStage, alerts_of
 from gateway.pipeline import Outcome
 
 T0 = 1_700_000_000_000
@@ -195,7 +195,7 @@ def test_a_damaged_state_file_is_set_aside(tmp_path: Path) -> None:
     assert (tmp_path / "detect.json.corrupt").read_text() == "{not json"
     f(smoke=1.0)
     f.stage.flush()
-    assert json.loads(path.read_text())["v"] == 1
+    assert json.loads(path.read_text())["v"] == STATE_VERSION
 
 
 def test_restart_gives_every_pole_a_grace_period_before_offline(tmp_path: Path) -> None:

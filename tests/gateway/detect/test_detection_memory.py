@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from contract.readings import Reading
 from gateway import detection
 from gateway.detect import state
-from gateway.detect.engine import STREAM_METRICS, STREAM_STRIDE, StateView
+from gateway.detect.engine import STREAM_METRICS, STREAM_STRIDE
 from gateway.detect.spatial import DRIFT_SAVED
 from gateway.detect.state import N_METRICS, NO_TS, Batch, Reserve
 from gateway.detect.stream import StreamDetector
@@ -303,26 +303,92 @@ def _city_stage(path: Path, poles: int = 40, ticks: int = 150) -> DetectionStage
     return stage
 
 
-@pytest.mark.parametrize("chunk", [1, 3, 512])
-def test_a_state_written_a_few_records_at_a_time_is_the_json_of_the_whole_document(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chunk: int) -> None:
-    """The saver makes the document's records from column copies a chunk at a time: the bytes are those
-    ``json.dumps`` of the whole document makes, and they restore the same document."""
+def _pole_tables(stage: DetectionStage) -> dict[str, np.ndarray]:
+    """What the pole table saves, as the live arrays hold it."""
+    n, th = stage.state.n, stage.det.rules.thresholds.st
+    out = {k: getattr(stage.state, k)[:n].copy() for k in ("rated_w", "nominal_v", "interval_ms", "interval_ew",
+                                                           "last_ts", "arrival_ms")}
+    out |= {k: getattr(th, k)[:n].copy() for k in ("base", "base_given", "mean_m", "mean_w", "mean_t")}
+    out["said_offline"] = stage.det.rules.presence_.st.said_offline[:n].copy()
+    out["maint"] = stage.det.rules.maint.st.end[:n].copy()
+    return out
+
+
+def _v1_poles(stage: DetectionStage) -> list[dict[str, object]]:
+    """The pole records of a version-1 state file (one object per pole), made from the live state: the
+    reference the version-2 columns replace."""
+    f, th, rules = stage.state, stage.det.rules.thresholds, stage.det.rules
+    out: list[dict[str, object]] = []
+    for r, pole in enumerate(f.poles):
+        d: dict[str, object] = {"pole": pole, "district": f.pole_district[r]}
+        for name in ("rated_w", "nominal_v", "interval_ms", "interval_ew"):
+            if not np.isnan(getattr(f, name)[r]):
+                d[name] = float(getattr(f, name)[r])
+        base = {str(th._base_names[i]): float(th.st.base[r, i]) for i in range(len(th._base_names))
+                if not np.isnan(th.st.base[r, i])}
+        if base:
+            d["baseline"] = base
+            given = [nm for i, nm in enumerate(th._base_names)
+                     if not np.isnan(th.st.base[r, i]) and th.st.base_given[r, i]]
+            if given:
+                d["baseline_installed"] = given
+        means = {nm: [float(th.st.mean_m[r, i]), float(th.st.mean_w[r, i]), int(th.st.mean_t[r, i])]
+                 for i, nm in enumerate(th._mean_names) if th.st.mean_t[r, i] != NO_TS}
+        if means:
+            d["means"] = means
+        if f.last_ts[r] != NO_TS:
+            d["last_ts"] = int(f.last_ts[r])
+        if rules.presence_.st.said_offline[r]:
+            d["said_offline"] = True
+        if f.arrival_ms[r] != NO_TS:
+            d["arrival_ms"] = int(f.arrival_ms[r])
+        if rules.maintenance(pole):
+            d["maintenance"] = [list(w) for w in rules.maintenance(pole)]
+        out.append(d)
+    return out
+
+
+def _same_tables(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert np.array_equal(a[k], b[k], equal_nan=True), k
+
+
+def test_the_state_document_is_written_a_column_at_a_time_and_restores_the_pole_tables(tmp_path: Path) -> None:
+    """The saver writes the pole table a column at a time from the copies taken under the lock: the bytes
+    are those ``json.dumps`` of the whole document makes, and a fresh stage restores the same tables,
+    alarms and document. A version-1 file (one object per pole) of the same state restores them too."""
     stage = _city_stage(tmp_path / "s.json")
-    monkeypatch.setattr(StateView, "CHUNK", chunk)
     with stage._lock:
         view = stage.det.export_view()
     doc = view.doc()
+    assert doc["v"] == 2 and len(doc["poles"]["pole"]) == stage.state.n
     assert len(stage.active()) > 0 and len(doc["alarms"]) == len(stage.active())
-    assert [p["pole"] for p in doc["poles"] if "maintenance" in p] == [stage.state.poles[0], stage.state.poles[3]]
-    assert sum("baseline" in p for p in doc["poles"]) == stage.state.n  # the births' installed tilt
+    assert list(doc["poles"]["maintenance"]) == [stage.state.poles[0], stage.state.poles[3]]
     extra = {"saved_at": 5, "counts": {"state_saves": 2}}
     out = bytearray()
     view.write_json(out.extend, extra)
     assert bytes(out) == json.dumps({**doc, **extra}, separators=(",", ":")).encode()
+    tables = _pole_tables(stage)
+    assert int((tables["mean_t"] != NO_TS).sum()) > 0 and int(tables["base_given"].sum()) > 0
     fresh = DetectionStage(clock=lambda: T0 / 1000, background_save=False)
     fresh.det.restore(json.loads(bytes(out)), heard_ms=T0)
-    assert fresh.det.export() == doc
+    assert json.dumps(fresh.det.export()) == json.dumps(doc)  # NaN too (NaN != NaN as floats)
+    _same_tables(_pole_tables(fresh), tables)
+    assert fresh.active() == stage.active()
+    v1 = DetectionStage(clock=lambda: T0 / 1000, background_save=False)
+    v1.det.restore(json.loads(json.dumps({**doc, "v": 1, "poles": _v1_poles(stage)})), heard_ms=T0)
+    _same_tables(_pole_tables(v1), tables)
+    assert json.dumps(v1.det.export()) == json.dumps(doc)
+
+
+def test_a_damaged_pole_table_is_refused_whole() -> None:
+    stage = DetectionStage(clock=lambda: T0 / 1000, background_save=False)
+    with pytest.raises(ValueError, match="rated_w"):
+        stage.det.restore({"v": 2, "poles": {"pole": ["p-1", "p-2"], "district": ["d", "d"], "rated_w": [1.0]}},
+                          heard_ms=T0)
+    with pytest.raises(ValueError, match="version"):
+        stage.det.restore({"v": 3}, heard_ms=T0)
 
 
 @pytest.mark.parametrize("slice_bytes", [64, 3000, 4 << 20])
@@ -408,4 +474,4 @@ def test_a_save_copies_a_few_hundred_bytes_a_pole_not_the_detector(tmp_path: Pat
     assert tables / poles > 1500  # what a deep copy would have copied, at the least
     assert peak / poles < 300, f"{peak / poles:.0f} bytes a pole copied for a save"
     stage._write(snap)
-    assert json.loads((tmp_path / "s.json").read_bytes())["poles"][-1]["pole"] == stage.state.poles[-1]
+    assert json.loads((tmp_path / "s.json").read_bytes())["poles"]["pole"][-1] == stage.state.poles[-1]
