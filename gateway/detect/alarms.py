@@ -244,6 +244,12 @@ class AlarmPolicy:
         a = self._a
         return np.asarray(((a["level"][:n_rows, :n_specs] > 0) | (a["pend_n"][:n_rows, :n_specs] > 0)).any(axis=1))
 
+    def engaged_cols(self, n_rows: int, specs: Sequence[int]) -> np.ndarray:
+        """Bool (rows ``< n_rows``) x ``specs``: that alarm is active or pending."""
+        self.ensure(n_rows)
+        a, k = self._a, list(specs)
+        return np.asarray((a["level"][:n_rows, k] > 0) | (a["pend_n"][:n_rows, k] > 0))
+
     def active_block(self, n_rows: int, start: int, stop: int) -> np.ndarray:
         """Bool (rows ``< n_rows``) x (rules ``start`` .. ``stop - 1``): that alarm is active."""
         self.ensure(n_rows)

@@ -15,7 +15,8 @@ District-level alarms (``district_event``) have their own policy, entity :data:`
 
 Cross-layer decisions live here: an anomaly on a pole a rule already explains raises nothing; a
 lamp_failure / voltage condition explained by a suspect sensor of the same metric is that sensor's
-fault (:meth:`Detector.sensor_fault`); a pole with a layer-1 fault pauses its drift judgement.
+fault (:meth:`Detector.sensor_fault`); a pole with a layer-1 fault pauses its drift judgement, a sensor
+that is stuck or under a sensor alarm pauses that channel's (:meth:`Detector._paused`).
 """
 
 from __future__ import annotations
@@ -214,6 +215,18 @@ class Detector:
         # a pole whose ambient sensor is an active sensor alarm gives the cabinet no reference (spatial.PHYSICS)
         self._ambient_alarms = [i for i, x in enumerate(specs) if x.metric == "ambient_temp_c"
                                 and x.kind in ("sensor_stuck", "sensor_drift", "sensor_suspect")]
+        # per drift channel, what pauses its judgement (spatial.evaluate's ``paused``): its sensor's stuck run
+        # (the stuck rule's column, -1 for a metric it does not follow) and its sensor alarms (stuck, physics)
+        stuck_names = [m.name for m in self.rules.stuck.metrics]
+        drift_names = [m.name for m in self.spatial.drift] if self.spatial is not None else []
+        self._pause_stuck = np.array([stuck_names.index(n) if n in stuck_names else -1 for n in drift_names],
+                                     np.int64)
+        at = {x.key: i for i, x in enumerate(specs)}
+        self._pause_alarms = [[at[k] for k in (f"sensor_stuck.{n}", f"sensor_physics.{n}") if k in at]
+                              for n in drift_names]
+        self._pause_phys = np.array([drift_names.index(str(x.metric)) if x.metric in drift_names else -1
+                                     for x in self.physics.specs], np.int64)
+        self._ambient_stuck = stuck_names.index("ambient_temp_c") if "ambient_temp_c" in stuck_names else -1
         self.poles = AlarmPolicy(specs)
         self.districts = AlarmPolicy(self.spatial.district_specs) if self.spatial is not None else None
         self.next_spatial_ms = NO_TS
@@ -289,7 +302,7 @@ class Detector:
             # is down, the impact of a knock-down) is that fault's effect: it raises nothing new
             pole_c.append(self._anomalies(batch, self._busy(rule_c)))
         if self.spatial is not None:
-            sp, dist_c = self._spatial(int(batch.ts.max()), rule_c)
+            sp, dist_c = self._spatial(int(batch.ts.max()), rule_c, phys)
             pole_c.append(sp)
         return Conditions.concat(pole_c), dist_c
 
@@ -297,16 +310,47 @@ class Detector:
         return self.rules.silence(now_ms)
 
     # --- cross-layer decisions ------------------------------------------------------------------------
-    def _spatial(self, t_ms: int, rule_c: Conditions) -> tuple[Conditions, Conditions]:
+    def _spatial(self, t_ms: int, rule_c: Conditions, phys: Conditions) -> tuple[Conditions, Conditions]:
         assert self.spatial is not None
         if t_ms < self.next_spatial_ms:
             return Conditions.empty(), Conditions.empty()
         self.next_spatial_ms = t_ms + self.spatial.params.every_ms
+        n = self.state.n
         d0 = self._spatial_off + self.spatial.DRIFT
-        pc, dc = self.spatial.evaluate(t_ms, self._busy(rule_c),
-                                       ref_bad=self.poles.any_active(self.state.n, self._ambient_alarms),
-                                       drifting=self.poles.active_block(self.state.n, d0, d0 + len(self.spatial.drift)))
+        frozen = self.rules.stuck.frozen(n)
+        ref_bad = self.poles.any_active(n, self._ambient_alarms)
+        if self._ambient_stuck >= 0:  # a stuck ambient sensor is no reference either, alarm or not
+            ref_bad |= frozen[:, self._ambient_stuck]
+        pc, dc = self.spatial.evaluate(t_ms, self._busy(rule_c), ref_bad=ref_bad,
+                                       drifting=self.poles.active_block(n, d0, d0 + len(self.spatial.drift)),
+                                       paused=self._paused(phys), stuck=self._stuck_channels(frozen))
         return shift(pc, self._spatial_off), dc
+
+    def _stuck_channels(self, frozen: np.ndarray) -> np.ndarray:
+        """Bool pole row x drift channel: the channel's sensor reads a stuck run (at the stuck rule's limit,
+        judged or not: :meth:`gateway.detect.stuck.Stuck.frozen`)."""
+        out = np.zeros((self.state.n, len(self._pause_stuck)), np.bool_)
+        has = self._pause_stuck >= 0
+        out[:, has] = frozen[:, self._pause_stuck[has]]
+        return out
+
+    def _paused(self, phys: Conditions) -> np.ndarray:
+        """Bool pole row x drift channel: the channel's sensor is under a sensor alarm of its own
+        (sensor_stuck, sensor_physics: active, pending or triggered in this batch). Its readings say nothing
+        about its place among its peers: a frozen power reading against a lamp dimmed after it froze read
+        1.6 x the expected power, and the short mean that took it in still called the repaired sensor
+        drifting hours later (held-out seed 1003). The channel's drift judgement pauses (per channel, as a
+        layer-1 fault pauses the whole pole's)."""
+        n, k = self.state.n, len(self._pause_stuck)
+        out = np.zeros((n, k), np.bool_)
+        for j, specs in enumerate(self._pause_alarms):
+            if specs:
+                out[:, j] |= self.poles.engaged_cols(n, specs).any(axis=1)
+        if len(phys):
+            hit = phys.trig > 0
+            j = self._pause_phys[phys.spec[hit]]
+            out[phys.rows[hit][j >= 0], j[j >= 0]] = True
+        return out
 
     def _busy(self, rule_c: Conditions) -> np.ndarray:
         """Poles with a layer-1 fault on (an active or pending rule alarm, or a rule condition in this

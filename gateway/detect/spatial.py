@@ -196,6 +196,7 @@ class DriftState(Columns):
     dx = Col(np.float64, np.nan, "k")  # the last reading judged
     dxt = Col(np.int64, NO_TS, "k")  # its device time
     drep = Col(np.bool_, False, "k")  # the last reading repeated the one before
+    dstk = Col(np.bool_, False, "k")  # the channel's sensor was stuck at the last evaluation
 
     def __init__(self, fleet: FleetState, k: int) -> None:
         self.k = k
@@ -296,18 +297,38 @@ class Spatial:
         return int((now_ms % 86_400_000) * nb // 86_400_000)
 
     def evaluate(self, now_ms: int, frozen: np.ndarray | None = None, ref_bad: np.ndarray | None = None,
-                 drifting: np.ndarray | None = None) -> tuple[Conditions, Conditions]:
+                 drifting: np.ndarray | None = None, paused: np.ndarray | None = None,
+                 stuck: np.ndarray | None = None) -> tuple[Conditions, Conditions]:
         """(pole conditions, district conditions); spec indices into ``pole_specs``/``district_specs``.
         District condition rows are district indices of the fleet state. ``frozen`` (bool per pole row):
         poles whose drift judgement pauses (no condition; the short mean starts afresh after it, so what
-        the fault did to the reading is not taken for drift), e.g. while another fault is on. ``ref_bad``
-        (bool per pole row): the pole's ambient sensor is known bad (the cabinet is judged against the
-        district's ambient instead). ``drifting`` (bool pole row x drift channel): that drift alarm is
-        active (its short mean is kept while the pole is frozen)."""
+        the fault did to the reading is not taken for drift), e.g. while another fault is on. ``paused``
+        (bool pole row x drift channel): the same for one channel of the pole (its sensor is stuck or
+        under a sensor alarm: its reading says nothing about its place). ``ref_bad`` (bool per pole row):
+        the pole's ambient sensor is known bad (the cabinet is judged against the district's ambient
+        instead). ``drifting`` (bool pole row x drift channel): that drift alarm is active (its short mean
+        is kept while the pole or the channel is paused). ``stuck`` (bool pole row x drift channel): the
+        channel's sensor reads a stuck run: it is still judged (a stuck sensor left behind by its peers is
+        found as a drift too), but its usual place learns nothing, and when the run ends (the sensor is
+        back) the short mean restarts from the usual place and the CUSUM from 0, drift alarm or not: what
+        the frozen reading did to them is not the repaired sensor's."""
         st, p = self.state, self.params
         self._ref_bad = ref_bad
-        if frozen is not None and frozen.any():  # the short mean restarts from the usual place, unless that
-            f = frozen[: st.n, None]  # channel's drift alarm is already raised
+        dst = self.dst
+        now_stuck = np.zeros((st.n, len(self.drift)), np.bool_) if stuck is None else stuck[: st.n]
+        back = dst.dstk[: st.n] & ~now_stuck
+        if back.any():
+            dst.dz[: st.n][back] = dst.du[: st.n][back]
+            dst.dch[: st.n][back] = 0.0
+            dst.dcl[: st.n][back] = 0.0
+        dst.dstk[: st.n] = now_stuck
+        stop = np.zeros((st.n, len(self.drift)), np.bool_)
+        if frozen is not None:
+            stop |= frozen[: st.n, None]
+        if paused is not None:
+            stop |= paused[: st.n]
+        if stop.any():  # the short mean restarts from the usual place, unless that channel's drift alarm is
+            f = stop  # already raised
             if drifting is not None:
                 f = f & ~drifting[: st.n]
             self.dst.dz[: st.n][f] = self.dst.du[: st.n][f]
@@ -344,9 +365,8 @@ class Spatial:
             newest = np.full(n_d, NO_TS, np.int64)
             np.maximum.at(newest, district[rows], ts)
             ok &= ts >= newest[district[rows]] - p.drift_lag_ms
-            if frozen is not None:
-                ok &= ~frozen[rows]
-            pole_parts.append(self._drift(j, rows[ok], z[ok], now_ms, x[ok], ts[ok]))
+            ok &= ~stop[rows, j]
+            pole_parts.append(self._drift(j, rows[ok], z[ok], now_ms, x[ok], ts[ok], now_stuck[rows[ok], j]))
         return Conditions.concat(pole_parts), Conditions.concat(dist_parts)
 
     def _peers(self, col: int, floor: float, district: np.ndarray, n_d: int, now_ms: int
@@ -411,9 +431,11 @@ class Spatial:
         return rows, x, med, cnt, dev / scale[g]
 
     def _drift(self, j: int, rows: np.ndarray, z: np.ndarray, now_ms: int, x: np.ndarray | None = None,
-               ts: np.ndarray | None = None) -> Conditions:
+               ts: np.ndarray | None = None, stuck: np.ndarray | None = None) -> Conditions:
         """Per pole: short mean of its place ``z`` among its peers against its usual place. ``x``/``ts``: the
-        judged value and its device time (a new reading equal to the one before teaches nothing)."""
+        judged value and its device time (a new reading equal to the one before teaches nothing); ``stuck``:
+        the sensor reads a stuck run (its usual place learns nothing, even where the judged value moves: a
+        frozen lamp power over a changed dimming)."""
         if len(rows) == 0:
             return Conditions.empty()
         dst, p = self.dst, self.params
@@ -428,6 +450,8 @@ class Spatial:
             dst.drep[rows, j] = rep
         else:
             rep = np.zeros(len(rows), np.bool_)
+        if stuck is not None:
+            rep = rep | stuck
         zs, zu, wander = dst.dz[rows, j], dst.du[rows, j], dst.dw[rows, j]
         learned, last = dst.dlearn[rows, j], dst.dt[rows, j]
         dt = np.where(last == NO_TS, 0.0, np.clip(now_ms - last, 0, p.max_step_ms)).astype(np.float64)

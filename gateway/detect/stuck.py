@@ -81,6 +81,15 @@ class Stuck:
         return np.clip(np.nan_to_num(n, nan=p.stuck_max_n, posinf=p.stuck_min_n), p.stuck_min_n,
                        p.stuck_max_n).astype(np.int64)
 
+    def frozen(self, n_rows: int) -> np.ndarray:
+        """Bool (pole rows ``< n_rows``) x (stuck metrics): the reading has repeated itself for at least the
+        series' stuck limit (a run less likely than ``exp(-stuck_nats)`` for a live sensor of it), whether or
+        not the rule judges it now (a dimmed lamp's power, a reading a rule explains): the reading is no
+        evidence about the world. A series repeating itself more often than ``stuck_p_max`` never is."""
+        st = self.st  # grown with the fleet registry: every row < n_rows is there
+        pe = np.where(np.isnan(st.p[:n_rows]), self.prior, st.p[:n_rows])
+        return np.asarray((st.run[:n_rows] >= self.limit(pe)) & (pe <= self.params.stuck_p_max))
+
     def evaluate(self, rows: np.ndarray, ts: np.ndarray, vals: np.ndarray, explained: np.ndarray) -> Conditions:
         """One sample per row; ``explained`` (samples x stuck metrics) marks readings another rule
         accounts for."""
