@@ -15,18 +15,20 @@ key)``. District-level alarms use the pole segment :data:`gateway.detect.spatial
 Restart: the state file (JSON, :meth:`gateway.detect.engine.Detector.export`, written atomically:
 temp file + fsync + rename, then the directory is fsynced) holds the pole registry in row order,
 per-pole attributes and learned baselines, maintenance windows, every active alarm and the district
-baselines; the streaming detector's rows go beside it (``<state_path>.stream.npz``). It is saved
+baselines (the pole table as columns); the learned rows go beside it, written on the full-save cadence
+only (``<state_path>.stream.npz``: the streaming detector; ``<state_path>.drift.npz``: each pole's
+usual place for the drift check, restored by pole name). It is saved
 after a call that changed an alarm (at most once per ``save_min_interval_s``, so an alarm storm does
 not turn into an fsync storm; a change held back is saved by the first call or tick after that), every
 ``save_every_s`` otherwise, and on ``close``. A save is off the message path: the call that decides it
 only copies what the document reads (:meth:`~gateway.detect.engine.Detector.export_view`: the
 active alarms and acknowledgements, and copies of the few per-pole columns saved, a few hundred bytes
-a pole), a saver thread makes the document from that copy a few hundred records at a time and fsyncs
-it; a newer copy replaces one not yet written, and ``close`` writes the last state itself. The
-streaming detector (most of the bytes) is not in that copy: a full save's thread writes its rows from
-the live detector, a few MB at a time under the lock (memory: a slice, not a second copy of every
-row). The time the gateway could not listen (down, or its broker lost) is excused:
-no pole is called offline, and no offline alarm cleared, for the gateway's own deafness.
+a pole), a saver thread writes the document from that copy a column at a time and fsyncs it; a newer
+copy replaces one not yet written, and ``close`` writes the last state itself. The learned rows (most
+of the bytes) are not in that copy: a full save's thread writes them from the live detector, a few MB
+at a time under the lock (memory: a slice, not a second copy of every row). The time the gateway
+could not listen (down, or its broker lost) is excused: no pole is called offline, and no offline
+alarm cleared, for the gateway's own deafness.
 
 People (docs/operators.md): every transition is also handed to ``on_alert`` (the notifier,
 :mod:`gateway.notify`) and logged as one ``alarm <change> key=value ...`` line. :meth:`acknowledge`
