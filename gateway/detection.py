@@ -45,6 +45,7 @@ not list (policy ``flag``) gets the ``unregistered`` notice.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -306,8 +307,8 @@ class DetectionStage:
     def _write(self, snap: _Snapshot) -> None:
         assert self.state_path is not None
         view = snap.view
-        _atomic_write(self.state_path, lambda f: view.write_json(f.write, {"saved_at": snap.saved_at,
-                                                                           "counts": snap.counts}))
+        _atomic_write(self.state_path, lambda f: write_view(view, f.write, {"saved_at": snap.saved_at,
+                                                                            "counts": snap.counts}))
         if snap.full and snap.stream:
             # the series of the poles in this snapshot; rows past them are written as fresh (zeros): they belong
             # to poles that registered after the copy, and the restored registry would hand such a row, with
@@ -504,6 +505,25 @@ def restride(arrays: dict[str, np.ndarray], cols: np.ndarray) -> dict[str, np.nd
         full = np.concatenate((a, pad)).reshape(rows, stride, *a.shape[1:])
         out[k] = np.ascontiguousarray(full[:, cols]).reshape(rows * len(cols), *a.shape[1:])
     return out
+
+
+_dumps = functools.partial(json.dumps, separators=(",", ":"))
+
+
+def write_view(view: StateView, write: Callable[[bytes], object], extra: dict[str, Any]) -> None:
+    """Write ``view``'s document followed by ``extra``'s keys as one JSON object: the same bytes as
+    ``json.dumps({**view.doc(), **extra}, separators=(",", ":"))``, a column at a time."""
+    write(b"{")
+    for i, (k, v) in enumerate([*view.parts, *extra.items()]):
+        write((("," if i else "") + _dumps(k) + ":").encode())
+        if not callable(v):
+            write(_dumps(v).encode())
+            continue
+        write(b"{")
+        for j, (kk, vv) in enumerate(v()):
+            write((("," if j else "") + _dumps(kk) + ":" + _dumps(vv)).encode())
+        write(b"}")
+    write(b"}")
 
 
 class _Snapshot:

@@ -21,10 +21,8 @@ that is stuck or under a sensor alarm pauses that channel's (:meth:`Detector._pa
 
 from __future__ import annotations
 
-import functools
-import json
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -127,17 +125,14 @@ def num(v: float) -> float | None:
 
 
 
-_dumps = functools.partial(json.dumps, separators=(",", ":"))
-
-
 class StateView:
     """A detector's state document, copied under the stage's lock and serialised later without it.
 
     Each part is ``(key, value)``: a JSON-ready value (the active alarms, the acknowledgements: sized by
     what is raised, not by the fleet) or a function returning ``(key, value)`` pairs of an object made
-    only while it is written (the pole table: one column at a time, from copies taken with the view). A
-    save used to deep-copy the whole detector and build the whole document at once, one JSON object per
-    pole: at 30,000 poles that added ~150 MB to the gateway's high-water mark every ``save_every_s`` and
+    only while it is written (the pole table: one column at a time, from copies taken with the view;
+    ``gateway.detection.write_view`` writes it: this package does no I/O). A save used to deep-copy the
+    whole detector and build the whole document at once, one JSON object per pole: at 30,000 poles that added ~150 MB to the gateway's high-water mark every ``save_every_s`` and
     took ~1.5 s of CPU every save, alarm-only ones too. ``n``: the poles it holds."""
 
     __slots__ = ("n", "parts")
@@ -147,21 +142,6 @@ class StateView:
 
     def doc(self) -> dict[str, Any]:
         return {k: dict(v()) if callable(v) else v for k, v in self.parts}
-
-    def write_json(self, write: Callable[[bytes], object], extra: dict[str, Any]) -> None:
-        """Write the document followed by ``extra``'s keys as one JSON object: the same bytes as
-        ``json.dumps({**doc(), **extra}, separators=(",", ":"))``, a column at a time."""
-        write(b"{")
-        for i, (k, v) in enumerate([*self.parts, *extra.items()]):
-            write((("," if i else "") + _dumps(k) + ":").encode())
-            if not callable(v):
-                write(_dumps(v).encode())
-                continue
-            write(b"{")
-            for j, (kk, vv) in enumerate(v()):
-                write((("," if j else "") + _dumps(kk) + ":" + _dumps(vv)).encode())
-            write(b"}")
-        write(b"}")
 
 
 class Detector:

@@ -367,7 +367,7 @@ def test_the_state_document_is_written_a_column_at_a_time_and_restores_the_pole_
     assert list(doc["poles"]["maintenance"]) == [stage.state.poles[0], stage.state.poles[3]]
     extra = {"saved_at": 5, "counts": {"state_saves": 2}}
     out = bytearray()
-    view.write_json(out.extend, extra)
+    detection.write_view(view, out.extend, extra)
     assert bytes(out) == json.dumps({**doc, **extra}, separators=(",", ":")).encode()
     tables = _pole_tables(stage)
     assert int((tables["mean_t"] != NO_TS).sum()) > 0 and int(tables["base_given"].sum()) > 0
