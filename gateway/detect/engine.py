@@ -132,8 +132,9 @@ class StateView:
     what is raised, not by the fleet) or a function returning ``(key, value)`` pairs of an object made
     only while it is written (the pole table: one column at a time, from copies taken with the view;
     ``gateway.detection.write_view`` writes it: this package does no I/O). A save used to deep-copy the
-    whole detector and build the whole document at once, one JSON object per pole: at 30,000 poles that added ~150 MB to the gateway's high-water mark every ``save_every_s`` and
-    took ~1.5 s of CPU every save, alarm-only ones too. ``n``: the poles it holds."""
+    whole detector and build the whole document at once, one JSON object per pole: at 30,000 poles that
+    added ~150 MB to the gateway's high-water mark every ``save_every_s`` and took ~1.5 s of CPU every
+    save, alarm-only ones too. ``n``: the poles it holds."""
 
     __slots__ = ("n", "parts")
 
