@@ -35,6 +35,17 @@ from contract.catalog import Severity
 from gateway.detect.state import NO_TS, Reserve, doubled, occurrence_rank
 from gateway.detect.types import AlarmSpec, Conditions
 
+#: A timed rise (``raise_ms``) whose condition has not been reported at all for longer than
+#: ``max(raise_ms, PEND_GAP_MS)`` restarts at its next report instead of completing on it. The timer stands
+#: for "the condition held for raise_ms"; across hours with no report (the entity not judged: a lamp channel
+#: through the unlit day, a pole offline) nothing says it held. Held-out seed 3015: a lamp-power drift pending
+#: at 15.4 h, the lamp off 20 min later, and at dusk (24.0 h) the first report completed the 30 min wait at
+#: once, 2.8 h after the drift had ended. Here in the policy, not in a layer, because every timed rule (the
+#: thresholds, clock skew, sensor_drift, district_event) shares the timer and its meaning. One hour: readings
+#: come every 5 minutes, so it is 12 missing reports, not a lost message or two (a 60-s threshold rule keeps
+#: completing on its next sample after a short gap, as before), and it is the spatial layer's ``max_step_ms``.
+PEND_GAP_MS = 3_600_000
+
 Change = Literal["raised", "escalated", "deescalated", "cleared"]
 
 
@@ -156,7 +167,8 @@ class AlarmPolicy:
     def _alloc(self, cap: int) -> None:
         k = len(self.specs)
         for n, dt, width in (("level", np.int8, k), ("pend_n", self._count_dt, k), ("clr_n", self._count_dt, k),
-                             ("pend_since", np.int64, max(self._n_timed, 1))):
+                             ("pend_since", np.int64, max(self._n_timed, 1)),
+                             ("pend_seen", np.int64, max(self._n_timed, 1))):
             res = self._res.get(n)
             if res is None:
                 res = self._res[n] = Reserve()
@@ -199,8 +211,13 @@ class AlarmPolicy:
         timed = np.flatnonzero(tc >= 0)
         ps = np.full(len(r), NO_TS)  # read only for a timed rule (rms > 0 below)
         ps[timed] = a["pend_since"][r[timed], tc[timed]]
-        ps = np.where(up & (pend_n == 0), ts, ps)
         rms = self._raise_ms[k]
+        # a timed rise whose condition went unreported for longer than max(raise_ms, PEND_GAP_MS) restarts here
+        seen = ts.copy()  # read only where a timed rise is pending (written then, below)
+        seen[timed] = a["pend_seen"][r[timed], tc[timed]]
+        stale = up & (pend_n > 0) & (rms > 0) & (ts - seen > np.maximum(rms, PEND_GAP_MS))
+        pn = np.where(stale, 1, pn)
+        ps = np.where(up & ((pend_n == 0) | stale), ts, ps)
         go_up = up & (self._fast[k, g] | (pn >= self._raise_n[k]) | ((rms > 0) & (ts - ps >= rms)))
         cn = np.where(down, a["clr_n"][r, k] + 1, 0)
         go_down = down & (cn >= self._clear_n[k])
@@ -210,6 +227,7 @@ class AlarmPolicy:
         # cell that never pends is never written and its page never made resident
         pend = timed[(up & ~move)[timed]]
         a["pend_since"][r[pend], tc[pend]] = ps[pend]
+        a["pend_seen"][r[pend], tc[pend]] = ts[pend]
         a["clr_n"][r, k] = np.where(move, 0, cn)
         idx = np.flatnonzero(move)
         if len(idx) == 0:

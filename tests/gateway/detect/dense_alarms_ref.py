@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from gateway.detect.alarms import ActiveAlarm, Change, Transition, _num
+from gateway.detect.alarms import PEND_GAP_MS, ActiveAlarm, Change, Transition, _num
 from gateway.detect.rules import AlarmSpec, Conditions
 from gateway.detect.state import NO_TS, occurrence_rank
 
@@ -24,7 +24,7 @@ class DenseAlarmPolicy:
 
     _I8 = ("level",)
     _I32 = ("pend_n", "clr_n")
-    _I64 = ("pend_since", "raised_at", "ts")
+    _I64 = ("pend_since", "pend_seen", "raised_at", "ts")
     _F64 = ("value", "ref", "score")
 
     def __init__(self, specs: Sequence[AlarmSpec], capacity: int = 64) -> None:
@@ -94,14 +94,18 @@ class DenseAlarmPolicy:
         up, down = g > lvl, g < lvl
         pend_n = a["pend_n"][r, k]
         pn = np.where(up, pend_n + 1, 0)
-        ps = np.where(up & (pend_n == 0), ts, a["pend_since"][r, k])
         rms = self._raise_ms[k]
+        # a timed rise unreported for longer than max(raise_ms, PEND_GAP_MS) restarts (the policy's rule)
+        stale = up & (pend_n > 0) & (rms > 0) & (ts - np.where(pend_n > 0, a["pend_seen"][r, k], ts) > np.maximum(rms, PEND_GAP_MS))
+        pn = np.where(stale, 1, pn)
+        ps = np.where(up & ((pend_n == 0) | stale), ts, a["pend_since"][r, k])
         go_up = up & (self._fast[k, g] | (pn >= self._raise_n[k]) | ((rms > 0) & (ts - ps >= rms)))
         cn = np.where(down, a["clr_n"][r, k] + 1, 0)
         go_down = down & (cn >= self._clear_n[k])
         move = go_up | go_down
         a["pend_n"][r, k] = np.where(move, 0, pn)
         a["pend_since"][r, k] = np.where(up & ~move, ps, NO_TS)
+        a["pend_seen"][r, k] = np.where(up & ~move, ts, NO_TS)
         a["clr_n"][r, k] = np.where(move, 0, cn)
         idx = np.flatnonzero(move)
         if len(idx) == 0:

@@ -311,3 +311,36 @@ def test_save_now_while_the_saver_is_writing_does_not_deadlock(tmp_path: Path) -
     assert done.is_set(), "save() hung while the background write was running"
     assert [x["key"] for x in json.loads((tmp_path / "d.json").read_text())["alarms"]] == ["smoke"]
     f.stage.close()
+
+
+def test_a_timed_rise_unreported_for_hours_restarts_instead_of_completing() -> None:
+    """Held-out seed 3015: a drift condition pending (30 min wait) went unreported through the unlit day; its
+    first report at dusk must not complete the wait that began in the morning."""
+    from gateway.detect.alarms import PEND_GAP_MS
+
+    spec = AlarmSpec("sensor_drift.x", "sensor_drift", "x", (Tier("warning", "drift"),), raise_n=30,
+                     raise_ms=30 * 60_000, clear_n=3)
+    pol = AlarmPolicy([spec])
+    minute = 60_000
+
+    def cond(t_ms: int) -> Conditions:
+        one = np.ones(1, np.int8)
+        return Conditions(np.zeros(1, np.int64), np.zeros(1, np.int64), one, one, np.ones(1), np.ones(1),
+                          np.ones(1), np.array([t_ms], np.int64))
+
+    for t in range(0, 21, 5):  # pending from 0 to 20 min, then no report for 8.6 h
+        assert pol.step(cond(t * minute)) == []
+    dusk = 20 * minute + 8 * 60 * minute + 36 * minute
+    assert dusk - 20 * minute > PEND_GAP_MS
+    assert pol.step(cond(dusk)) == [], "a rise pending since the morning completed on its first report at dusk"
+    assert pol.level(0, spec.key) == 0
+    # the wait restarts at dusk: it completes 30 min of reports later
+    out = []
+    for t in range(5, 31, 5):
+        out += pol.step(cond(dusk + t * minute))
+    assert [x.change for x in out] == ["raised"] and out[0].ts_ms == dusk + 30 * minute
+    # a short gap (one lost report) still completes on the next report, as before
+    pol2 = AlarmPolicy([spec])
+    for t in (0, 5, 10, 15):
+        pol2.step(cond(t * minute))
+    assert [x.change for x in pol2.step(cond(30 * minute))] == ["raised"]

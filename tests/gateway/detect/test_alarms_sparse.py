@@ -83,9 +83,9 @@ def _same_as_dense(feed: list[list[tuple]], capacity: int) -> None:
 
 def test_the_dense_fields_are_gone() -> None:
     """What the change was for: per (row, rule) cell only level and the two counters (int8 here), and the
-    pending time only for the rules with a raise_ms (a and c)."""
+    pending times (since, last seen) only for the rules with a raise_ms (a and c)."""
     p = AlarmPolicy(SPECS, capacity=1024)
-    assert sum(a.nbytes for a in p._a.values()) == 1024 * (len(SPECS) * (1 + 1 + 1) + 2 * 8)
+    assert sum(a.nbytes for a in p._a.values()) == 1024 * (len(SPECS) * (1 + 1 + 1) + 2 * 2 * 8)
 
 
 def test_counters_reach_a_long_minimum_duration() -> None:
