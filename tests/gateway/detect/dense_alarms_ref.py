@@ -96,7 +96,8 @@ class DenseAlarmPolicy:
         pn = np.where(up, pend_n + 1, 0)
         rms = self._raise_ms[k]
         # a timed rise unreported for longer than max(raise_ms, PEND_GAP_MS) restarts (the policy's rule)
-        stale = up & (pend_n > 0) & (rms > 0) & (ts - np.where(pend_n > 0, a["pend_seen"][r, k], ts) > np.maximum(rms, PEND_GAP_MS))
+        seen = np.where(pend_n > 0, a["pend_seen"][r, k], ts)
+        stale = up & (pend_n > 0) & (rms > 0) & (ts - seen > np.maximum(rms, PEND_GAP_MS))
         pn = np.where(stale, 1, pn)
         ps = np.where(up & ((pend_n == 0) | stale), ts, a["pend_since"][r, k])
         go_up = up & (self._fast[k, g] | (pn >= self._raise_n[k]) | ((rms > 0) & (ts - ps >= rms)))
