@@ -33,7 +33,7 @@ from gateway.detect.flicker import Flicker, flicker_spec
 from gateway.detect.maintenance import Maintenance
 from gateway.detect.params import RuleParams
 from gateway.detect.presence import Presence, offline_spec
-from gateway.detect.state import NO_TS, Batch, FleetState, frozen, occurrence_rank
+from gateway.detect.state import NO_TS, Batch, FleetState, frozen, never_as_none, occurrence_rank
 from gateway.detect.stuck import Stuck, repeat_prior, stuck_metrics, stuck_specs
 from gateway.detect.thresholds import LampContext, Rule, Thresholds, derive_rules
 from gateway.detect.types import AlarmSpec, Conditions, Tier, levels
@@ -42,11 +42,6 @@ from gateway.detect.types import AlarmSpec, Conditions, Tier, levels
 __all__ = ["AlarmSpec", "Conditions", "Rule", "RuleParams", "Rules", "Tier", "derive_rules", "levels",
            "repeat_prior", "stuck_metrics", "stuck_specs"]
 
-
-
-def _never_as_none(a: np.ndarray) -> list[int | None]:
-    """An int64 time column as a list, ``NO_TS`` (never) as ``None``."""
-    return [None if v == _NO_TS else v for v in a.tolist()]
 
 
 _NO_TS = int(NO_TS)
@@ -222,7 +217,7 @@ class Rules:
             for name in self._ATTRS:
                 yield name, getattr(fv, name).tolist()
             for name in ("last_ts", "arrival_ms"):
-                yield name, _never_as_none(getattr(fv, name))
+                yield name, never_as_none(getattr(fv, name))
             yield "said_offline", said_offline.tolist()
             yield from self.thresholds.export_columns(tv)
             yield "maintenance", maint

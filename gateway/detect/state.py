@@ -31,6 +31,7 @@ from contract.readings import Reading
 
 N_METRICS = len(METRICS)
 NO_TS = np.iinfo(np.int64).min  # "never" in int64 millisecond arrays
+_NO_TS_INT = int(NO_TS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,6 +272,11 @@ class Columns:
     @property
     def nbytes(self) -> int:
         return sum(a.nbytes for a in self._arrays.values())
+
+
+def never_as_none(a: np.ndarray) -> list[int | None]:
+    """An int64 time column as a list, ``NO_TS`` (never) as ``None`` (the state file's ``null``)."""
+    return [None if v == _NO_TS_INT else v for v in a.tolist()]
 
 
 def frozen(table: Columns, n: int, names: Iterable[str]) -> SimpleNamespace:

@@ -29,7 +29,7 @@ import numpy as np
 
 from contract.catalog import INDEX, METRICS, NAMES, SEVERITIES, Metric, Threshold
 from gateway.detect.params import RuleParams
-from gateway.detect.state import NO_TS, Col, Columns, FleetState
+from gateway.detect.state import NO_TS, Col, Columns, FleetState, never_as_none
 from gateway.detect.types import AlarmSpec, Conditions, Tier
 
 _NO_TS = int(NO_TS)
@@ -294,7 +294,7 @@ class Thresholds:
         yield "baseline", {nm: st.base[:, i].tolist() for i, nm in enumerate(self._base_names)}
         yield "baseline_installed", {nm: st.base_given[:, i].tolist() for i, nm in enumerate(self._base_names)}
         yield "means", {nm: {"m": st.mean_m[:, i].tolist(), "w": st.mean_w[:, i].tolist(),
-                             "t": [None if t == _NO_TS else t for t in st.mean_t[:, i].tolist()]}
+                             "t": never_as_none(st.mean_t[:, i])}
                         for i, nm in enumerate(self._mean_names)}
 
     def restore_columns(self, rows: np.ndarray, cols: dict[str, Any], n: int) -> None:
