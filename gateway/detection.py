@@ -15,20 +15,23 @@ key)``. District-level alarms use the pole segment :data:`gateway.detect.spatial
 Restart: the state file (JSON, :meth:`gateway.detect.engine.Detector.export`, written atomically:
 temp file + fsync + rename, then the directory is fsynced) holds the pole registry in row order,
 per-pole attributes and learned baselines, maintenance windows, every active alarm and the district
-baselines (the pole table as columns); the learned rows go beside it, written on the full-save cadence
-only (``<state_path>.stream.npz``: the streaming detector; ``<state_path>.drift.npz``: each pole's
-usual place for the drift check, restored by pole name). It is saved
-after a call that changed an alarm (at most once per ``save_min_interval_s``, so an alarm storm does
-not turn into an fsync storm; a change held back is saved by the first call or tick after that), every
-``save_every_s`` otherwise, and on ``close``. A save is off the message path: the call that decides it
-only copies what the document reads (:meth:`~gateway.detect.engine.Detector.export_view`: the
-active alarms and acknowledgements, and copies of the few per-pole columns saved, a few hundred bytes
-a pole), a saver thread writes the document from that copy a column at a time and fsyncs it; a newer
-copy replaces one not yet written, and ``close`` writes the last state itself. The learned rows (most
-of the bytes) are not in that copy: a full save's thread writes them from the live detector, a few MB
-at a time under the lock (memory: a slice, not a second copy of every row). The time the gateway
-could not listen (down, or its broker lost) is excused: no pole is called offline, and no offline
-alarm cleared, for the gateway's own deafness.
+baselines (the pole table as columns); the learned rows go beside it (``<state_path>.stream.npz``: the
+streaming detector; ``<state_path>.drift.npz``: each pole's usual place for the drift check, restored by
+pole name). Those are the full save, every ``save_every_s`` and on ``close``. After a call that changed an
+alarm, an acknowledgement or a maintenance window (at most once per ``save_min_interval_s``, so an alarm
+storm does not turn into an fsync storm; a change held back is saved by the first call or tick after
+that) only the recent document is saved (``<state_path>.recent.json``,
+:meth:`~gateway.detect.engine.Detector.export_recent_view`: alarms, acknowledgements, offline and
+maintenance marks, sized by what is raised, not by the fleet); every save is numbered, and a load
+lets a recent document replace those parts of an older state file. A save is off the message path: the
+call that decides it only copies what the document reads (the active alarms and acknowledgements, and
+for a full save copies of the few per-pole columns saved, a few hundred bytes a pole), a saver thread
+writes the document from that copy a column at a time and fsyncs it; a newer copy replaces one not
+yet written, and ``close`` writes the last state itself. The learned rows (most of the bytes) are not in
+that copy: a full save's thread writes them from the live detector, a few MB at a time under the lock
+(memory: a slice, not a second copy of every row). The time the gateway could not listen (down, or its
+broker lost) is excused: no pole is called offline, and no offline alarm cleared, for the gateway's own
+deafness.
 
 People (docs/operators.md): every transition is also handed to ``on_alert`` (the notifier,
 :mod:`gateway.notify`) and logged as one ``alarm <change> key=value ...`` line. :meth:`acknowledge`
@@ -73,7 +76,7 @@ from gateway.pipeline import Outcome
 
 log = logging.getLogger("lampwatch.detect")
 
-__all__ = ["STATE_VERSION", "STREAM_METRICS", "DetectionStage", "alert_point", "alerts_of"]
+__all__ = ["STATE_VERSION", "STREAM_METRICS", "DetectionStage", "alert_point", "alerts_of", "read_state"]
 
 Publish = Callable[[str, bytes, bool], None]
 OnAlert = Callable[[Alert], None]
@@ -131,8 +134,9 @@ class DetectionStage:
         self.det = Detector(inventory=inventory, **self._kw)
         self._dirty = self._unsaved_changes = False
         self._last_save = self._last_full_save = -float("inf")
+        self._seq = 0  # every save's number: a recent document newer than the state document overrides it
         self._closed = False
-        if self.state_path is not None and self.state_path.exists():
+        if self.state_path is not None and (self.state_path.exists() or self._recent_path().exists()):
             self._load(self.state_path)
         self._saver = _Saver(self) if (background_save and self.state_path is not None) else None
 
@@ -298,34 +302,40 @@ class DetectionStage:
 
     def _snapshot(self, full: bool) -> _Snapshot:
         """What a save writes, taken under the lock and serialised later, elsewhere: the detector's
-        :class:`~gateway.detect.engine.StateView` (copies of just the columns the document reads). The
+        :class:`~gateway.detect.engine.StateView` (copies of just the columns the document reads; an
+        alarm-only save: the recent view, what changed since is sized by the alarms, not the fleet). The
         learned per-pole arrays (the streaming detector's rows, the poles' drift state) are not copied: a
         full save writes them straight from the live detector, a slice at a time (:meth:`_write_rows`)."""
-        return _Snapshot(self.det.export_view(), full, self.det.stream is not None, int(self.clock() * 1000),
-                         dict(self.counts), list(self.state.poles) if full and self.det.spatial is not None else [])
+        self._seq += 1
+        view = self.det.export_view() if full else self.det.export_recent_view()
+        return _Snapshot(view, full, self.det.stream is not None, int(self.clock() * 1000), dict(self.counts),
+                         list(self.state.poles) if full and self.det.spatial is not None else [], self._seq)
 
     def _write(self, snap: _Snapshot) -> None:
         assert self.state_path is not None
-        view = snap.view
-        _atomic_write(self.state_path, lambda f: write_view(view, f.write, {"saved_at": snap.saved_at,
-                                                                            "counts": snap.counts}))
-        if snap.full and snap.stream:
-            # the series of the poles in this snapshot; rows past them are written as fresh (zeros): they belong
-            # to poles that registered after the copy, and the restored registry would hand such a row, with
-            # its learned state, to whichever new pole came first
+        view, extra = snap.view, {"saved_at": snap.saved_at, "seq": snap.seq, "counts": snap.counts}
+        if not snap.full:  # the recent document: alarms, acknowledgements, offline and maintenance marks
+            _atomic_write(self._recent_path(), lambda f: write_view(view, f.write, extra))
+            return
+        _atomic_write(self.state_path, lambda f: write_view(view, f.write, extra))
+        if snap.stream:
+            # the series of the poles in this snapshot, no more: the rows past them belong to poles that
+            # registered after the copy (the restored registry would hand such a row, with its learned state,
+            # to whichever new pole came first) or are spare capacity; they are restored fresh
             n_series = view.n * STREAM_STRIDE
             _atomic_write(self._stream_path(), lambda f: self._write_stream(f, n_series))
-        if snap.full and snap.poles:
+        if snap.poles:
             _atomic_write(self._drift_path(), lambda f: self._write_drift(f, snap.poles))
 
     def _write_stream(self, f: BinaryIO, n_series: int) -> None:
-        """The streaming detector's rows as ``rows.npy`` in an npz, with their layout, the detector's
-        parameters and the series stride. Each series' row is copied whole; rows of series past
-        ``n_series`` are written as zeros (a fresh series)."""
+        """The streaming detector's rows of the first ``n_series`` series as ``rows.npy`` in an npz, with
+        their layout, the detector's parameters and the series stride; each row copied whole. The spare
+        capacity is not written (it doubles: up to half the rows, ~36 % of them at 20,000 poles); a restored
+        detector grows again from the rows it was given."""
         with self._lock:
             stream = self.det.stream
             assert stream is not None
-            cap, width = stream.capacity, stream.bytes_per_series() // 4
+            cap, width = min(n_series, stream.capacity), stream.bytes_per_series() // 4
             small = {_STRIDE_KEY: np.array(STREAM_STRIDE), _LAYOUT_KEY: np.array(stream.row_layout()),
                      "params": np.array(stream.params_key())}
 
@@ -333,7 +343,6 @@ class DetectionStage:
             part = self.det.stream.copy_rows(a, b) if self.det.stream is not None else None
             if part is None or len(part) != b - a:  # pragma: no cover - replaced meanwhile
                 raise OSError("the streaming detector changed during the save")
-            part[max(0, n_series - a):] = 0
             return part
 
         self._write_rows(f, small, np.dtype(np.float32), (cap, width), rows)
@@ -375,7 +384,7 @@ class DetectionStage:
                 for a in range(0, n, step):
                     with self._lock:
                         part = rows(a, min(a + step, n))
-                    m.write(np.ascontiguousarray(part, dtype).tobytes())
+                    m.write(np.ascontiguousarray(part, dtype).data.cast("B"))  # no second copy
 
     def _write_safely(self, snap: _Snapshot) -> bool:
         """Write one snapshot; a failure is counted, logged once and set as ``state_error``, and the
@@ -386,6 +395,8 @@ class DetectionStage:
             with self._lock:
                 self.counts["state_save_errors"] += 1
                 self._dirty = self._unsaved_changes = True  # what this save held is still unsaved
+                if snap.full:  # and the next save is a full one again (the pole table on disk is older)
+                    self._last_full_save = -float("inf")
                 if self.state_error is None:
                     log.error("cannot save the alarm state to %s: %s", self.state_path, exc)
                 self.state_error = f"cannot save alarm state: {exc}"
@@ -437,19 +448,39 @@ class DetectionStage:
         assert self.state_path is not None
         return self.state_path.with_name(self.state_path.name + ".drift.npz")
 
+    def _recent_path(self) -> Path:
+        assert self.state_path is not None
+        return self.state_path.with_name(self.state_path.name + ".recent.json")
+
     def _load(self, path: Path) -> None:
         saved_at = int(self.clock() * 1000)
+        recent = _read_aside(self._recent_path(), "recent alarm state")
+        # numbered on from the newest file seen, so a recent file left behind never outranks a new save
+        self._seq = _seq_of(recent)
         try:
-            doc = json.loads(path.read_bytes())
-            if isinstance(doc, dict):
-                saved_at = int(doc.get("saved_at", saved_at))
-            self.det.restore(doc, heard_ms=saved_at)
+            doc: dict[str, Any] = (json.loads(path.read_bytes()) if path.exists()
+                                   else {"v": STATE_VERSION, "seq": -1})
+            if not isinstance(doc, dict):
+                raise ValueError("not a JSON object")
+            self._seq = max(self._seq, _seq_of(doc))
+            saved_at = int(doc.get("saved_at", saved_at))
+            if recent is not None and _seq_of(recent) > _seq_of(doc):
+                try:
+                    self.det.restore(doc, heard_ms=saved_at, recent=recent)
+                    doc = {**doc, "counts": recent.get("counts", doc.get("counts", {}))}
+                except Exception as exc:  # the state file alone, then: the alarms of up to a full-save ago
+                    log.error("recent alarm state unreadable (%s); the state file's alarms are restored", exc)
+                    self.det = Detector(inventory=self.det.inventory, **self._kw)
+                    self.det.restore(doc, heard_ms=saved_at)
+            else:
+                self.det.restore(doc, heard_ms=saved_at)
             self.counts.update({str(k): int(v) for k, v in dict(doc.get("counts", {})).items()})
         except Exception as exc:
             # a damaged file must not keep the gateway down: keep it aside for a human, start afresh
             aside = path.with_name(path.name + ".corrupt")
             log.error("detection state %s unreadable (%s); moved to %s", path, exc, aside)
-            os.replace(path, aside)
+            if path.exists():
+                os.replace(path, aside)
             self.det = Detector(inventory=self.det.inventory, **self._kw)
             self.counts.clear()
             self.counts["state_load_errors"] += 1
@@ -510,6 +541,45 @@ def restride(arrays: dict[str, np.ndarray], cols: np.ndarray) -> dict[str, np.nd
 _dumps = functools.partial(json.dumps, separators=(",", ":"))
 
 
+def _read_aside(path: Path, what: str) -> dict[str, Any] | None:
+    """A JSON object from ``path``, or None when there is none; a damaged one is moved aside (``.corrupt``)
+    and logged."""
+    if not path.exists():
+        return None
+    try:
+        doc = json.loads(path.read_bytes())
+        if not isinstance(doc, dict):
+            raise ValueError("not a JSON object")
+        return doc
+    except (OSError, ValueError) as exc:
+        aside = path.with_name(path.name + ".corrupt")
+        log.error("%s %s unreadable (%s); moved to %s", what, path, exc, aside)
+        os.replace(path, aside)
+        return None
+
+
+def _seq_of(doc: dict[str, Any] | None) -> int:
+    """A saved document's number (``-1``: none; ``0``: a file from before saves were numbered)."""
+    if doc is None:
+        return -1
+    seq = doc.get("seq", 0)
+    return seq if isinstance(seq, int) else 0
+
+
+def read_state(path: str | Path) -> dict[str, Any]:
+    """The state document a restart from ``path`` would load: the state file with the parts of a newer
+    recent document (``<path>.recent.json``: alarms, acknowledgements) in place of its own. For people
+    and tests reading what is saved; the learned rows are not in it."""
+    p = Path(path)
+    doc: dict[str, Any] = json.loads(p.read_bytes()) if p.exists() else {"v": STATE_VERSION, "seq": -1}
+    recent = json.loads(r.read_bytes()) if (r := p.with_name(p.name + ".recent.json")).exists() else None
+    if _seq_of(recent) > _seq_of(doc):
+        assert recent is not None
+        doc = {**doc, **{k: recent[k] for k in ("alarms", "district_alarms", "acks", "said_offline",
+                                                  "maintenance", "saved_at", "seq", "counts") if k in recent}}
+    return doc
+
+
 def write_view(view: StateView, write: Callable[[bytes], object], extra: dict[str, Any]) -> None:
     """Write ``view``'s document followed by ``extra``'s keys as one JSON object: the same bytes as
     ``json.dumps({**view.doc(), **extra}, separators=(",", ":"))``, a column at a time."""
@@ -530,23 +600,26 @@ class _Snapshot:
     """The detector's state view and whether the learned rows (streaming detector, drift) are written
     too (a full save)."""
 
-    __slots__ = ("counts", "full", "poles", "saved_at", "stream", "view")
+    __slots__ = ("counts", "full", "poles", "saved_at", "seq", "stream", "view")
 
     def __init__(self, view: StateView, full: bool, stream: bool, saved_at: int, counts: dict[str, int],
-                 poles: list[str]) -> None:
+                 poles: list[str], seq: int) -> None:
         self.view, self.full, self.stream, self.saved_at, self.counts = view, full, stream, saved_at, counts
         self.poles = poles  # a full save: the registry the drift rows are written for
+        self.seq = seq
 
 
 class _Saver:
     """One thread that writes the newest snapshot it was offered (an older one not yet written is
-    replaced: only the latest state matters). It never dies on an error: a failed write is counted and
-    retried with the next snapshot."""
+    replaced: only the latest state matters): the newest full one, then a newer alarm-only one (a full
+    snapshot holds everything an older alarm-only one does, which it drops). It never dies on an error:
+    a failed write is counted and retried with the next snapshot."""
 
     def __init__(self, stage: DetectionStage) -> None:
         self.stage = stage
         self._cv = threading.Condition()
-        self._next: _Snapshot | None = None
+        self._full: _Snapshot | None = None
+        self._recent: _Snapshot | None = None
         self._busy = False
         self._stop = False
         self._thread = threading.Thread(target=self._run, name="detect-saver", daemon=True)
@@ -556,16 +629,16 @@ class _Saver:
         with self._cv:
             if self._stop:  # the stage is closed: close() wrote the last state itself
                 return
-            if self._next is not None and self._next.full and not snap.full:
-                # a pending full save is not downgraded by a newer alarm-only one
-                snap.full, snap.poles = True, self._next.poles
-            self._next = snap
+            if snap.full:
+                self._full, self._recent = snap, None
+            else:
+                self._recent = snap  # written after a pending full one, which it is newer than
             self._cv.notify()
 
     def drain(self) -> None:
         """Wait until nothing is pending or being written."""
         with self._cv:
-            while (self._next is not None or self._busy) and self._thread.is_alive():
+            while (self._full is not None or self._recent is not None or self._busy) and self._thread.is_alive():
                 self._cv.wait(0.1)
 
     def stop(self) -> None:
@@ -578,11 +651,16 @@ class _Saver:
     def _run(self) -> None:
         while True:
             with self._cv:
-                while self._next is None and not self._stop:
+                while self._full is None and self._recent is None and not self._stop:
                     self._cv.wait()
-                if self._next is None:
+                snap = self._full or self._recent
+                if snap is None:
                     return
-                snap, self._next, self._busy = self._next, None, True
+                if snap is self._full:
+                    self._full = None
+                else:
+                    self._recent = None
+                self._busy = True
             try:
                 self.stage._write_safely(snap)
             except Exception:  # pragma: no cover - _write_safely catches; this keeps the thread alive anyway

@@ -474,15 +474,56 @@ class Detector:
             ("acks", [{"district": d, "pole": p, "key": k, **rec} for (d, p, k), rec in sorted(self.acks.items())]),
         ], st.n)
 
-    def restore(self, doc: dict[str, Any], heard_ms: int) -> None:
-        """Load a state document into this fresh detector (raises on a damaged one)."""
+    def export_recent_view(self) -> StateView:
+        """What can change within a second and must survive a crash (:data:`RECENT_PARTS`): the active
+        alarms, the acknowledgements, which poles said they were offline and the maintenance windows,
+        sized by what is raised or planned, not by the fleet. A save after an alarm change writes only this
+        (the ``recent`` document); the pole table and the learned state go on the full-save cadence.
+        Writing the whole pole table a second after every alarm change cost 0.25 CPU-s a save at 30,000
+        poles."""
+        st = self.state
+        n = st.n
+        said = np.flatnonzero(self.rules.presence_.st.said_offline[:n])
+        return StateView([
+            ("v", STATE_VERSION),
+            ("kind", "recent"),
+            ("alarms", self.poles.export(lambda r: (st.pole_district[r], st.poles[r]))),
+            ("district_alarms", (self.districts.export(lambda d: (st.districts[d], DISTRICT_POLE))
+                                 if self.districts is not None else [])),
+            ("acks", [{"district": d, "pole": p, "key": k, **rec} for (d, p, k), rec in sorted(self.acks.items())]),
+            ("said_offline", [[st.pole_district[r], st.poles[r]] for r in said.tolist()]),
+            ("maintenance", [[st.pole_district[r], st.poles[r], [list(w) for w in ws]]
+                             for r, ws in self.rules.maint.windows_of_rows(n).items()]),
+        ], n)
+
+    def restore(self, doc: dict[str, Any], heard_ms: int, recent: dict[str, Any] | None = None) -> None:
+        """Load a state document into this fresh detector (raises on a damaged one). ``recent``: a newer
+        :meth:`export_recent_view` document, whose parts replace the state document's (the pole table,
+        baselines and learned state stay the state document's: at most a full-save interval old)."""
         if not isinstance(doc, dict) or doc.get("v") not in (1, STATE_VERSION):
             raise ValueError(f"not a detection state file of version 1 to {STATE_VERSION}")
+        if recent is not None:
+            if not isinstance(recent, dict) or recent.get("v") != STATE_VERSION or recent.get("kind") != "recent":
+                raise ValueError("not a recent-alarms document of this version")
+            doc = {**doc, "alarms": recent["alarms"], "district_alarms": recent["district_alarms"],
+                   "acks": recent["acks"]}
         if doc["v"] == 1:
             self.rules.restore(doc.get("poles", []), heard_ms=heard_ms)
-        else:
-            self.rules.restore_columns(doc.get("poles", {}), heard_ms=heard_ms)
+        elif "poles" in doc:
+            cols = doc["poles"]
+            if recent is not None:  # these two come from the recent document, below
+                cols = {k: v for k, v in cols.items() if k not in ("said_offline", "maintenance")}
+            self.rules.restore_columns(cols, heard_ms=heard_ms)
         self.poles.restore(doc.get("alarms", []), lambda d, p: self.state.row(p, d))
+        if recent is not None:  # by name: a pole first heard after the pole table was saved gets a new row
+            pres = self.rules.presence_.st
+            pres.said_offline[: self.state.n] = False
+            for d, p in recent["said_offline"]:
+                r = self.state.row(str(p), str(d))  # first: a new row may grow the table
+                pres.said_offline[r] = True
+            for d, p, windows in recent["maintenance"]:
+                for start, end in windows:
+                    self.rules.maint.add(str(p), str(d), int(start), int(end))
         if self.spatial is not None and self.districts is not None:
             self.spatial.restore(doc.get("spatial", []))
             self.districts.restore(doc.get("district_alarms", []), lambda d, _e: self.state.district_index(d))

@@ -16,7 +16,7 @@ from contract.models import Alert
 from contract.readings import Reading
 from gateway.detect.alarms import AlarmPolicy, explain
 from gateway.detect.rules import AlarmSpec, Conditions, Tier
-from gateway.detection import STATE_VERSION, DetectionStage, alerts_of
+from gateway.detection import STATE_VERSION, DetectionStage, alerts_of, read_state
 from gateway.pipeline import Outcome
 
 T0 = 1_700_000_000_000
@@ -181,7 +181,7 @@ def test_changes_are_saved_at_once_without_close(tmp_path: Path) -> None:
     f = Feed(str(path))
     f(smoke=1.0)  # no close(): the change itself starts a save (off the message path) ...
     f.stage.flush()  # ... which lands without one
-    doc = json.loads(path.read_text())
+    doc = read_state(path)
     assert [(x["entity"], x["key"], x["level"]) for x in doc["alarms"]] == [("p-1", "smoke", 1)]
     assert Feed(str(path)).stage.active()[0].key == "smoke"
 
@@ -260,10 +260,10 @@ def test_an_alarm_storm_is_saved_at_most_once_per_interval_and_nothing_is_lost(t
     f(pole="p-1", smoke=1.0)  # saved at once
     f(pole="p-2", smoke=1.0, dt_ms=100)  # 0.1 s later: held back
     f.stage.flush()
-    assert [x["entity"] for x in json.loads(path.read_text())["alarms"]] == ["p-1"]
+    assert [x["entity"] for x in read_state(path)["alarms"]] == ["p-1"]
     f(pole="p-3", leakage_current_ma=1.0, dt_ms=1000)  # the next call after the interval saves it
     f.stage.flush()
-    assert sorted(x["entity"] for x in json.loads(path.read_text())["alarms"]) == ["p-1", "p-2"]
+    assert sorted(x["entity"] for x in read_state(path)["alarms"]) == ["p-1", "p-2"]
 
 
 def test_a_state_file_that_cannot_be_written_is_said_counted_and_retried(tmp_path: Path) -> None:
@@ -283,7 +283,7 @@ def test_a_state_file_that_cannot_be_written_is_said_counted_and_retried(tmp_pat
     f(pole="p-3", leakage_current_ma=1.0, dt_ms=2000)
     f.stage.flush()
     assert f.stage.state_error is None
-    doc = json.loads(path.read_text())
+    doc = read_state(path)
     assert sorted(x["entity"] for x in doc["alarms"]) == ["p-1", "p-2"]
     f.stage.close()
 
@@ -309,7 +309,7 @@ def test_save_now_while_the_saver_is_writing_does_not_deadlock(tmp_path: Path) -
     saver.start()  # ... when save() is called
     saver.join(timeout=20)
     assert done.is_set(), "save() hung while the background write was running"
-    assert [x["key"] for x in json.loads((tmp_path / "d.json").read_text())["alarms"]] == ["smoke"]
+    assert [x["key"] for x in read_state(tmp_path / "d.json")["alarms"]] == ["smoke"]
     f.stage.close()
 
 

@@ -224,8 +224,9 @@ def test_a_full_save_written_a_slice_at_a_time_restores_every_row(slice_bytes: i
         a.save()
         b = DetectionStage(state_path=str(path), clock=lambda: T0 / 1000, background_save=False)
         assert a.stream is not None and b.stream is not None
-        assert b.stream.capacity == a.stream.capacity
-        assert a.stream._s.tobytes() == b.stream._s.tobytes()
+        n_series = a.state.n * STREAM_STRIDE  # the used rows, not the spare capacity, are saved
+        assert b.stream.capacity == n_series < a.stream.capacity
+        assert a.stream._s[:n_series].tobytes() == b.stream._s.tobytes()
         for batch in feed[65:]:  # the streaming layer goes on scoring alike (other rules' state is not saved)
             _same_conditions(a.det._anomalies(Batch.from_readings(a.state, batch)),
                              b.det._anomalies(Batch.from_readings(b.state, batch)))
@@ -249,7 +250,7 @@ def test_a_stream_file_of_another_row_layout_warms_up_again(tmp_path: Path) -> N
 
 def test_a_full_save_leaves_out_the_rows_of_poles_registered_after_its_copy(tmp_path: Path) -> None:
     """The stream's rows are written after the snapshot was copied: a pole that registered in between is
-    not in the saved registry, so its row is saved fresh, not handed with its learned state to whichever
+    not in the saved registry, so its row is not saved, not handed with its learned state to whichever
     pole takes that row after a restart."""
     path = tmp_path / "s.json"
     a = DetectionStage(state_path=str(path), clock=lambda: T0 / 1000, background_save=False)
@@ -266,7 +267,7 @@ def test_a_full_save_leaves_out_the_rows_of_poles_registered_after_its_copy(tmp_
     assert b.stream is not None and b.state.n == 3
     n = b.stream.state_dict()["n"]
     assert int(n[:3 * STREAM_STRIDE].max()) > 0  # the saved poles' series are back
-    assert int(n[3 * STREAM_STRIDE:].max()) == 0  # the late pole's row is fresh
+    assert len(n) == 3 * STREAM_STRIDE  # the late pole's row is not saved: fresh when the stream grows to it
 
 
 def _city_stage(path: Path, poles: int = 40, ticks: int = 150) -> DetectionStage:

@@ -11,6 +11,7 @@ import pytest
 from contract.catalog import INDEX
 from contract.models import Alert, Status
 from contract.readings import Point, Reading
+from gateway.detect.engine import STREAM_STRIDE
 from gateway.detect.state import NO_TS, Batch, FleetState, occurrence_rank
 from gateway.detection import DetectionStage, alerts_of
 from gateway.pipeline import Outcome
@@ -167,4 +168,6 @@ def test_layer_2_stream_detector_is_optional_and_persisted(tmp_path: Path) -> No
     assert again.stream is not None
     before = s.stream.state_dict()  # type: ignore[union-attr]
     after = again.stream.state_dict()
-    assert np.array_equal(before["n"], after["n"])
+    used = s.state.n * STREAM_STRIDE  # the used rows are saved (not the spare capacity)
+    assert len(after["n"]) == used and np.array_equal(before["n"][:used], after["n"])
+    assert not before["n"][used:].any()
