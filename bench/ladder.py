@@ -29,10 +29,11 @@ LADDER = (250, 500, 1000, 1500, 2000, 3000, 4000, 6000, 8000, 10_000, 12_000, 14
           28_000, 32_000)
 #: above this offered rate the load comes from two load-generator processes (one tops out near here)
 ONE_LOADGEN_MAX = 10_000
-#: the gateways' full state save cadence in a trial. The default, 30 s, is longer than a trial (the first
-#: interval, 10 s, then the 8 s hold), so no trial saw a save; at 15 s one full save lands in each trial's
-#: hold: its memory is in the RSS column and its CPU in the gateway's, at about the rate the default costs
-#: a running gateway (one save per ~20 s trial against one per 30 s)
+#: the gateways' full state save cadence in a trial, the learned rows included. The defaults, 30 s (the
+#: pole table) and 300 s (the learned rows), are longer than a trial (the first interval, 10 s, then the
+#: 8 s hold), so no trial saw a save; at 15 s for both one full save with the learned rows lands in each
+#: trial's hold: its memory is in the RSS column and its CPU in the gateway's, more often than the
+#: defaults cost a running gateway (an upper bound: the learned rows are most of a save's CPU)
 DETECT_SAVE_EVERY_S = 15.0
 SYSTEMS = ("raw", "naive", "gateway-1", "gateway-2", "mqtt2influxdb")
 #: also runnable (--systems): the raw counter on the gateway's buffered socket (gateway.mqttsock)
@@ -159,7 +160,8 @@ class Bench:
                     cid = f"bench-gw{i}-{tag}"
                     gw = GatewayProcess(broker, tmp / cid, tmp / f"{cid}.log", influx_url=url, influx_db=db,
                                         client_id=cid, districts=part, selfmetrics_interval_s=5,
-                                        detect_save_every_s=DETECT_SAVE_EVERY_S)
+                                        detect_save_every_s=DETECT_SAVE_EVERY_S,
+                                        detect_learned_save_every_s=DETECT_SAVE_EVERY_S)
                     since = int(time.time() * 1000)
                     gw.start()
                     gws.append(gw)

@@ -89,7 +89,8 @@ def build_with_store(settings: GatewaySettings, store: Any) -> Gateway:
     """A wired gateway on an open store, without a lease (embedded uses: the demo, tests)."""
     cfg = settings.gateway_config()
     stage = DetectionStage(state_path=str(Path(settings.state_dir) / f"alarms-{cfg.client_id}.json"),
-                           save_every_s=settings.detect_save_every_s)
+                           save_every_s=settings.detect_save_every_s,
+                           learned_save_every_s=settings.detect_learned_save_every_s)
     gw = Gateway(cfg, store)
     stage.publish = gw.publish  # alerts and ops answers go out through the gateway's one connection
     ops = _operators(settings, cfg, stage, publish=gw.publish)

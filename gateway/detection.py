@@ -119,6 +119,7 @@ class DetectionStage:
                  clock: Callable[[], float] = time.time, rule_params: RuleParams = RuleParams(),
                  spatial: SpatialParams | None = SpatialParams(), stream: bool = True,
                  anomaly_on: float = 0.9998, anomaly_off: float = 0.86, save_every_s: float = 30.0,
+                 learned_save_every_s: float = 300.0,
                  save_min_interval_s: float = 1.0, on_alert: OnAlert | None = None,
                  inventory: Inventory | None = None, background_save: bool = True) -> None:
         self.state_path = Path(state_path) if state_path else None
@@ -126,6 +127,7 @@ class DetectionStage:
         self.on_alert = on_alert
         self._pending: list[Point] = []  # alert points from acknowledgements, out with the next call
         self.save_every_s, self.save_min_interval_s = save_every_s, save_min_interval_s
+        self.learned_save_every_s = learned_save_every_s
         self.state_error: str | None = None  # set while the state file cannot be written (the gateway alarms)
         self._kw: dict[str, Any] = dict(rule_params=rule_params, spatial=spatial, stream=stream,
                                         anomaly_on=anomaly_on, anomaly_off=anomaly_off)
@@ -134,6 +136,9 @@ class DetectionStage:
         self.det = Detector(inventory=inventory, **self._kw)
         self._dirty = self._unsaved_changes = False
         self._last_save = self._last_full_save = -float("inf")
+        # the learned rows first after a learned_save_every_s: what was just loaded is on disk already, and a
+        # table started afresh must not overwrite learned rows that go back to their poles by name
+        self._last_learned_save = clock()
         self._seq = 0  # every save's number: a recent document newer than the state document overrides it
         self._closed = False
         if self.state_path is not None and (self.state_path.exists() or self._recent_path().exists()):
@@ -289,27 +294,31 @@ class DetectionStage:
         since = now - self._last_save
         if not ((self._unsaved_changes and since >= self.save_min_interval_s) or since >= self.save_every_s):
             return
-        # the streaming detector's learned arrays (most of the bytes) go on the slow cadence only
+        # the pole table on the full-save cadence, the learned rows (most of the bytes) on the slowest
         full = now - self._last_full_save >= self.save_every_s
+        learned = full and now - self._last_learned_save >= self.learned_save_every_s
         self._dirty = self._unsaved_changes = False
         self._last_save = now
         if full:
             self._last_full_save = now
+        if learned:
+            self._last_learned_save = now
         if self._saver is not None:
-            self._saver.offer(self._snapshot(full))
+            self._saver.offer(self._snapshot(full, learned))
         else:
-            self._write_safely(self._snapshot(full))
+            self._write_safely(self._snapshot(full, learned))
 
-    def _snapshot(self, full: bool) -> _Snapshot:
+    def _snapshot(self, full: bool, learned: bool | None = None) -> _Snapshot:
         """What a save writes, taken under the lock and serialised later, elsewhere: the detector's
         :class:`~gateway.detect.engine.StateView` (copies of just the columns the document reads; an
         alarm-only save: the recent view, what changed since is sized by the alarms, not the fleet). The
         learned per-pole arrays (the streaming detector's rows, the poles' drift state) are not copied: a
         full save writes them straight from the live detector, a slice at a time (:meth:`_write_rows`)."""
         self._seq += 1
+        learned = full if learned is None else learned
         view = self.det.export_view() if full else self.det.export_recent_view()
-        return _Snapshot(view, full, self.det.stream is not None, int(self.clock() * 1000), dict(self.counts),
-                         list(self.state.poles) if full and self.det.spatial is not None else [], self._seq)
+        return _Snapshot(view, full, learned and full, self.det.stream is not None, int(self.clock() * 1000),
+                         dict(self.counts), list(self.state.poles) if full else [], self._seq)
 
     def _write(self, snap: _Snapshot) -> None:
         assert self.state_path is not None
@@ -318,26 +327,29 @@ class DetectionStage:
             _atomic_write(self._recent_path(), lambda f: write_view(view, f.write, extra))
             return
         _atomic_write(self.state_path, lambda f: write_view(view, f.write, extra))
+        if not snap.learned:
+            return
         if snap.stream:
             # the series of the poles in this snapshot, no more: the rows past them belong to poles that
             # registered after the copy (the restored registry would hand such a row, with its learned state,
             # to whichever new pole came first) or are spare capacity; they are restored fresh
-            n_series = view.n * STREAM_STRIDE
-            _atomic_write(self._stream_path(), lambda f: self._write_stream(f, n_series))
-        if snap.poles:
+            _atomic_write(self._stream_path(), lambda f: self._write_stream(f, snap.poles[:view.n]))
+        if self.det.spatial is not None:
             _atomic_write(self._drift_path(), lambda f: self._write_drift(f, snap.poles))
 
-    def _write_stream(self, f: BinaryIO, n_series: int) -> None:
-        """The streaming detector's rows of the first ``n_series`` series as ``rows.npy`` in an npz, with
-        their layout, the detector's parameters and the series stride; each row copied whole. The spare
-        capacity is not written (it doubles: up to half the rows, ~36 % of them at 20,000 poles); a restored
-        detector grows again from the rows it was given."""
+    def _write_stream(self, f: BinaryIO, poles: list[str]) -> None:
+        """The streaming detector's rows of ``poles`` (the registry's first rows) as ``rows.npy`` in an npz,
+        with the poles' names (the rows are restored by name: the pole table may be newer, or started
+        afresh), their layout, the detector's parameters and the series stride; each row copied whole. The
+        spare capacity is not written (it doubles: up to half the rows, ~36 % of them at 20,000 poles); a
+        restored detector grows again from the rows it was given."""
+        n_series = len(poles) * STREAM_STRIDE
         with self._lock:
             stream = self.det.stream
             assert stream is not None
             cap, width = min(n_series, stream.capacity), stream.bytes_per_series() // 4
             small = {_STRIDE_KEY: np.array(STREAM_STRIDE), _LAYOUT_KEY: np.array(stream.row_layout()),
-                     "params": np.array(stream.params_key())}
+                     "params": np.array(stream.params_key()), "poles": np.array(poles, dtype=str)}
 
         def rows(a: int, b: int) -> np.ndarray:
             part = self.det.stream.copy_rows(a, b) if self.det.stream is not None else None
@@ -397,6 +409,8 @@ class DetectionStage:
                 self._dirty = self._unsaved_changes = True  # what this save held is still unsaved
                 if snap.full:  # and the next save is a full one again (the pole table on disk is older)
                     self._last_full_save = -float("inf")
+                if snap.learned:
+                    self._last_learned_save = -float("inf")
                 if self.state_error is None:
                     log.error("cannot save the alarm state to %s: %s", self.state_path, exc)
                 self.state_error = f"cannot save alarm state: {exc}"
@@ -414,19 +428,19 @@ class DetectionStage:
             self._saver.drain()
 
     def save(self, full: bool = True) -> None:
-        """Save the state now, on the caller's thread (``full=False``: without the streaming detector's
-        arrays); raises OSError when it cannot be written."""
+        """Save the state now, on the caller's thread (``full=True``: everything, the learned rows too;
+        ``False``: the recent document only); raises OSError when it cannot be written."""
         if self.state_path is None:
             return
         if self._saver is not None:  # not under the lock: the saver takes it to record its outcome
             self._saver.drain()
         with self._lock:
-            self._write(self._snapshot(full))
+            self._write(self._snapshot(full, full))
             self.counts["state_saves"] += 1
             self._dirty = self._unsaved_changes = False
             self._last_save = self.clock()
             if full:
-                self._last_full_save = self._last_save
+                self._last_full_save = self._last_learned_save = self._last_save
 
     def close(self) -> None:
         with self._lock:
@@ -497,7 +511,10 @@ class DetectionStage:
                     if _ROWS_KEY in z.files:  # rows as stored (today's saver)
                         if int(z[_STRIDE_KEY]) != STREAM_STRIDE:
                             raise ValueError(f"streaming state of another series stride ({int(z[_STRIDE_KEY])})")
-                        self.det.stream.load_rows(z[_ROWS_KEY], str(z[_LAYOUT_KEY]), str(z["params"]))
+                        rows = z[_ROWS_KEY]
+                        if "poles" in z.files:  # by name (a file without names: the registry's order)
+                            rows = rows_by_name(rows, z["poles"].tolist(), self.det.state.find, self.det.state.n)
+                        self.det.stream.load_rows(rows, str(z[_LAYOUT_KEY]), str(z["params"]))
                     else:  # per-field arrays (state_dict), as earlier gateways saved them
                         self.det.load_stream_arrays(restride({k: z[k] for k in z.files}, self.det.stream_cols()))
             except (OSError, ValueError, KeyError) as exc:
@@ -512,6 +529,25 @@ _LAYOUT_KEY = "row_layout"
 _ROWS_KEY = "rows"
 #: bytes of streaming-detector rows a full save copies at a time (one lock hold each)
 STREAM_SAVE_BYTES = 4 << 20
+
+
+def rows_by_name(rows: np.ndarray, poles: Sequence[str], find: Callable[[str], int | None], n: int) -> np.ndarray:
+    """Saved streaming-detector rows (``STREAM_STRIDE`` a pole, ``poles[i]``'s from ``i * STREAM_STRIDE``)
+    for today's registry of ``n`` poles (``find``: a pole's row, or None): each pole's series move to its
+    row, a pole the registry lacks is dropped, one the file lacks is fresh (zeros). The learned rows are
+    saved less often than the pole table, which may have gained poles since, or started afresh (a damaged
+    file) in another order: by row number, a pole would inherit another's learning."""
+    dst = np.array([-1 if (r := find(str(p))) is None else r for p in poles], np.int64)
+    if len(dst) * STREAM_STRIDE > len(rows):
+        raise ValueError("streaming state: fewer rows than poles")
+    if np.array_equal(dst, np.arange(len(dst))):
+        return rows  # the common case: the same registry, perhaps grown since
+    out = np.zeros((n * STREAM_STRIDE, *rows.shape[1:]), rows.dtype)
+    keep = np.flatnonzero(dst >= 0)
+    src = (keep[:, None] * STREAM_STRIDE + np.arange(STREAM_STRIDE)).ravel()
+    to = (dst[keep][:, None] * STREAM_STRIDE + np.arange(STREAM_STRIDE)).ravel()
+    out[to] = rows[src]
+    return out
 
 
 def restride(arrays: dict[str, np.ndarray], cols: np.ndarray) -> dict[str, np.ndarray]:
@@ -600,11 +636,12 @@ class _Snapshot:
     """The detector's state view and whether the learned rows (streaming detector, drift) are written
     too (a full save)."""
 
-    __slots__ = ("counts", "full", "poles", "saved_at", "seq", "stream", "view")
+    __slots__ = ("counts", "full", "learned", "poles", "saved_at", "seq", "stream", "view")
 
-    def __init__(self, view: StateView, full: bool, stream: bool, saved_at: int, counts: dict[str, int],
-                 poles: list[str], seq: int) -> None:
+    def __init__(self, view: StateView, full: bool, learned: bool, stream: bool, saved_at: int,
+                 counts: dict[str, int], poles: list[str], seq: int) -> None:
         self.view, self.full, self.stream, self.saved_at, self.counts = view, full, stream, saved_at, counts
+        self.learned = learned  # the learned rows too (streaming detector, drift)
         self.poles = poles  # a full save: the registry the drift rows are written for
         self.seq = seq
 
@@ -630,6 +667,8 @@ class _Saver:
             if self._stop:  # the stage is closed: close() wrote the last state itself
                 return
             if snap.full:
+                if self._full is not None and self._full.learned:  # a pending learned write is not dropped
+                    snap.learned = True
                 self._full, self._recent = snap, None
             else:
                 self._recent = snap  # written after a pending full one, which it is newer than

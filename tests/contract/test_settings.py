@@ -135,12 +135,13 @@ def test_the_gateway_saves_its_detection_state_as_often_as_set(tmp_path: Path,
     from ingest.sqlite import SqliteStore
 
     monkeypatch.setenv("LAMPWATCH_GATEWAY_DETECT_SAVE_EVERY_S", "5")
+    monkeypatch.setenv("LAMPWATCH_GATEWAY_DETECT_LEARNED_SAVE_EVERY_S", "50")
     settings = GatewaySettings(state_dir=str(tmp_path), store="sqlite", ops_listen=False)
     store = SqliteStore(tmp_path / "lw.sqlite")
     try:
         ops = build_with_store(settings, store).on_outcome
         assert isinstance(ops, OperatorStage)
-        assert ops.stage.save_every_s == 5.0
+        assert (ops.stage.save_every_s, ops.stage.learned_save_every_s) == (5.0, 50.0)
         ops.close()
     finally:
         store.close()

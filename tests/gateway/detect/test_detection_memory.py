@@ -270,6 +270,54 @@ def test_a_full_save_leaves_out_the_rows_of_poles_registered_after_its_copy(tmp_
     assert len(n) == 3 * STREAM_STRIDE  # the late pole's row is not saved: fresh when the stream grows to it
 
 
+def test_the_learned_rows_are_saved_on_their_own_slower_cadence(tmp_path: Path) -> None:
+    """The pole table every ``save_every_s``, the learned rows every ``learned_save_every_s``: between
+    two learned saves the stream file holds what was learned at the last one."""
+    path = tmp_path / "s.json"
+    clock = [T0 / 1000]
+    a = DetectionStage(state_path=str(path), clock=lambda: clock[0], background_save=False, save_every_s=10,
+                       learned_save_every_s=100)
+    npz = path.with_name("s.json.stream.npz")
+    seen = []
+    for batch in _feed(4, 3, 30):  # 10 s apart: a table save each batch, a learned save every tenth
+        clock[0] += 10
+        a(Outcome(readings=batch))
+        n = None
+        if npz.exists():
+            with np.load(npz) as z:
+                n = int(z["rows"][:, 2].view(np.int32).max())  # samples the saved rows had seen
+        seen.append((json.loads(path.read_bytes())["saved_at"], n))
+    assert len({t for t, _ in seen}) == 30  # the table: every save
+    assert [n for _t, n in seen] == [None] * 9 + [10] * 10 + [20] * 10 + [30]  # the learned rows: every 100 s
+
+
+def test_the_learned_rows_go_back_to_their_poles_by_name(tmp_path: Path) -> None:
+    """The learned rows may be older than the pole table, which may have started afresh in another order
+    (a damaged file set aside): each pole gets its own row back, a pole the file lacks starts fresh."""
+    path = tmp_path / "s.json"
+    a = DetectionStage(state_path=str(path), clock=lambda: T0 / 1000, background_save=False)
+    feed = _feed(5, 4, 30)
+    for batch in feed:
+        a(Outcome(readings=[r for r in batch if r.pole != "p-3"]))
+    a.save()  # learned rows of p-0 .. p-2, in that order
+    learned = {p: a.stream._s[r * STREAM_STRIDE:(r + 1) * STREAM_STRIDE].copy()  # type: ignore[union-attr]
+               for r, p in enumerate(a.state.poles)}
+    path.unlink()
+    path.with_name("s.json.recent.json").unlink(missing_ok=True)
+    b = DetectionStage(state_path=str(path), clock=lambda: T0 / 1000, background_save=False)
+    for batch in feed[:1]:  # the table afresh (its first save: the table only), p-3 first, the others reversed
+        b(Outcome(readings=sorted(batch, key=lambda r: r.pole, reverse=True)))
+    assert json.loads(path.read_bytes())["poles"]["pole"] == ["p-3", "p-2", "p-1", "p-0"]
+    c = DetectionStage(state_path=str(path), clock=lambda: T0 / 1000, background_save=False)
+    assert c.stream is not None and c.state.poles[:4] == ["p-3", "p-2", "p-1", "p-0"]
+    for r, p in enumerate(c.state.poles):
+        got = c.stream._s[r * STREAM_STRIDE:(r + 1) * STREAM_STRIDE]
+        if p in learned:
+            assert got.tobytes() == learned[p].tobytes(), p
+        else:
+            assert not got.any(), "a pole the file lacks starts fresh"
+
+
 def _city_stage(path: Path, poles: int = 40, ticks: int = 150) -> DetectionStage:
     """A stage fed a simulated city with faults (alarms raised, drift judged, baselines installed by
     births), with two maintenance windows."""
