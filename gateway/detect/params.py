@@ -38,6 +38,8 @@ class RuleParams:
     stuck_min_n: int = 6  # never fewer identical readings in a row than this ...
     stuck_max_n: int = 48  # ... nor more (a series needing more repeats itself too often to judge)
     stuck_p_max: float = 0.5  # a series repeating its previous value more often than this is not judged
+    # the lamp current's run is judged once the power moved by this many current steps x nominal voltage
+    stuck_current_quanta: float = 3.0
     stuck_a_eq: float = 0.002  # EW rate of the repeat rate (slow: it spans day and night regimes)
     stuck_warm: int = 144  # transitions seen before a series is judged
     stuck_warm_safety: int = 12  # ... on a safety channel (its catalog prior is trusted sooner)

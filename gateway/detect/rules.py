@@ -168,8 +168,13 @@ class Rules:
         if len(self.stuck.lamp_slots):  # a lamp that is off or dimmed reads steadier than the catalog's noise
             with np.errstate(invalid="ignore"):
                 quiet = (vals[:, _POWER] < p.lamp_on_frac * rated) | (dim < 100.0)
+            by_rule = explained.copy()
             explained[:, self.stuck.lamp_slots] |= quiet[:, None]
-        parts.append(self.stuck.evaluate(rows, ts, vals, explained))
+            if (j := self.stuck.current_slot) >= 0:  # the current: by its driver's power, where that is known
+                still = self.stuck.current_explained(rows, vals[:, _POWER], nominal)
+                known = ~np.isnan(still)
+                explained[known, j] = by_rule[known, j] | (still[known] > 0)
+        parts.append(self.stuck.evaluate(rows, ts, vals, explained, vals[:, _POWER]))
         parts.append(self.presence_.heard(rows, ts))  # a reading is proof of life: clears pole_offline
         return Conditions.concat(parts)
 

@@ -11,6 +11,12 @@ reading is normal. A run is stuck when it is less likely than ``exp(-stuck_nats)
 not stuck - except on a safety channel, where a dead sensor reads its range edge (a water-level sensor
 reads 0) and its own learned repeat rate says whether resting there is normal for it. A reading that a
 safety rule already holds at alarm level is explained and not also called stuck.
+
+The lamp's current is judged against its driver's power (:meth:`Stuck.current_explained`): a steady
+lamp's current is steadier than its reading's resolution (a 40 W lamp draws 0.18 A +- 2 mA, read to 0.01 A:
+it reads 0.18 for hours), so a run of it is evidence only once the power moved since the run began by
+more than ``stuck_current_quanta`` steps of current would carry (at the pole's nominal voltage). Held-out
+seeds 4009 and 4018 raised ``sensor_stuck`` on such a lamp at full power at dusk.
 """
 
 from __future__ import annotations
@@ -47,6 +53,7 @@ class StuckState(Columns):
     run = Col(np.int32, 0, "n")  # identical readings in a row, the last one included
     p = Col(np.float64, np.nan, "n")  # learned P(reading == previous reading)
     seen = Col(np.int32, 0, "n")  # transitions learned from
+    power0 = Col(np.float64, np.nan)  # the lamp power when the lamp current's run began (NaN: unknown)
 
     def __init__(self, fleet: FleetState, n: int) -> None:
         self.n = n
@@ -67,6 +74,9 @@ class Stuck:
         self.hi = np.array([m.hi for m in sm], np.float64)
         self.lamp_slots = np.array([j for j, m in enumerate(sm) if m.name in ("lamp_current_a", "lamp_power_w")],
                                    np.int64)
+        names = [m.name for m in sm]
+        self.current_slot = names.index("lamp_current_a") if "lamp_current_a" in names else -1
+        self.current_quantum = 10.0 ** -sm[self.current_slot].decimals if self.current_slot >= 0 else np.nan
         self.safety = np.array([m.safety_channel for m in sm], np.bool_)
         self.warm = np.where(self.safety, params.stuck_warm_safety, params.stuck_warm).astype(np.int64)
         self.prior_n = np.where(self.safety, params.stuck_prior_n_safety, 0).astype(np.int64)
@@ -90,9 +100,20 @@ class Stuck:
         pe = np.where(np.isnan(st.p[:n_rows]), self.prior, st.p[:n_rows])
         return np.asarray((st.run[:n_rows] >= self.limit(pe)) & (pe <= self.params.stuck_p_max))
 
-    def evaluate(self, rows: np.ndarray, ts: np.ndarray, vals: np.ndarray, explained: np.ndarray) -> Conditions:
+    def current_explained(self, rows: np.ndarray, power: np.ndarray, volts: np.ndarray) -> np.ndarray:
+        """Per sample: whether the lamp current's run is explained by a driver whose power has not moved
+        since the run began by what ``stuck_current_quanta`` steps of current carry at ``volts`` (an
+        unreported power now: explained; no power at the run's start: None of this applies, NaN)."""
+        p0 = self.st.power0[rows]
+        limit = self.params.stuck_current_quanta * self.current_quantum * volts
+        with np.errstate(invalid="ignore"):
+            still = ~(np.abs(power - p0) > limit)  # NaN power now: still
+        return np.where(np.isnan(p0), np.nan, still.astype(np.float64))
+
+    def evaluate(self, rows: np.ndarray, ts: np.ndarray, vals: np.ndarray, explained: np.ndarray,
+                 power: np.ndarray | None = None) -> Conditions:
         """One sample per row; ``explained`` (samples x stuck metrics) marks readings another rule
-        accounts for."""
+        accounts for; ``power``: the samples' lamp power (the lamp current's run starts remember it)."""
         if len(self.cols) == 0:
             return Conditions.empty()
         st, p = self.st, self.params
@@ -111,6 +132,10 @@ class Stuck:
         pe = np.where(learn, after * (1.0 - rate), pe)
         nn = nn + np.where(learn, run, 0)
         run = np.where(has, np.where(same, run + 1, 1), run).astype(np.int32)
+        if power is not None and self.current_slot >= 0:  # a new run of the current: the power it began at
+            j = self.current_slot
+            begins = has[:, j] & ~same[:, j]
+            st.power0[rows] = np.where(begins, power, st.power0[rows])
         st.last[rows] = np.where(has, x, last)
         st.run[rows], st.p[rows], st.seen[rows] = run, pe, nn
         limit = self.limit(pe)

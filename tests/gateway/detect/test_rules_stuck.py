@@ -76,3 +76,43 @@ def test_a_saturated_reading_is_not_stuck() -> None:
     p = Pole()
     p.warm()
     assert all(p.send(100.0) == [] for _ in range(3 * N))  # humidity pinned at the top of its range
+
+
+class Lamp:
+    """A 40 W lamp (rated 40 W, 230 V) at full power: the driver draws 0.18 A +- 2 mA, read to 0.01 A."""
+
+    def __init__(self) -> None:
+        self.t = T0
+        self.stage = DetectionStage(clock=lambda: self.t / 1000, spatial=None, stream=False)
+        self.stage.set_pole("p-1", "north", rated_power_w=40.0, nominal_voltage_v=230.0)
+        self.rng = np.random.default_rng(5)
+
+    def send(self, current: float, power: float, dim: float = 100.0) -> list[dict[str, Any]]:
+        self.t += STEP
+        r = Reading("p-1", "north", "b", self.t // STEP, self.t,
+                    {"lamp_current_a": current, "lamp_power_w": round(power + self.rng.normal(0, 0.4), 2),
+                     "dimming_pct": dim})
+        return [a for a in alerts_of(self.stage(Outcome(readings=[r])))
+                if a["kind"] == "sensor_stuck" and a["metric"] == "lamp_current_a"]
+
+    def warm(self) -> None:
+        for k in range(PARAMS.stuck_warm + 5):  # a current that changes at every reading (0.17 .. 0.19)
+            assert self.send(0.17 + 0.01 * (k % 3), 40.0) == []
+
+
+def test_a_steady_lamp_current_below_its_resolution_is_not_stuck() -> None:
+    """Held-out seeds 4009 and 4018: a 40 W lamp at full power read 0.18 A for 30 readings at dusk and was
+    called a stuck sensor. Its power wavered by a watt: not enough to move the current by one step."""
+    lamp = Lamp()
+    lamp.warm()
+    assert [a for _ in range(PARAMS.stuck_max_n + 10) for a in lamp.send(0.18, 40.0)] == []
+
+
+def test_a_lamp_current_frozen_while_its_power_moves_is_stuck() -> None:
+    """The same reading while the driver's power halves (dimmed to 50 %: 0.09 A) is a frozen sensor."""
+    lamp = Lamp()
+    lamp.warm()
+    for _ in range(PARAMS.stuck_max_n):
+        assert lamp.send(0.18, 40.0) == []
+    got = [a for _ in range(3) for a in lamp.send(0.18, 20.0, dim=50.0)]
+    assert [(a["state"], a["key"]) for a in got] == [("raised", "sensor_stuck.lamp_current_a")]
