@@ -475,8 +475,8 @@ class Detector:
         ], st.n)
 
     def export_recent_view(self) -> StateView:
-        """What can change within a second and must survive a crash (:data:`RECENT_PARTS`): the active
-        alarms, the acknowledgements, which poles said they were offline and the maintenance windows,
+        """What can change within a second and must survive a crash: the active alarms (poles' and
+        districts'), the acknowledgements, which poles said they were offline and the maintenance windows,
         sized by what is raised or planned, not by the fleet. A save after an alarm change writes only this
         (the ``recent`` document); the pole table and the learned state go on the full-save cadence.
         Writing the whole pole table a second after every alarm change cost 0.25 CPU-s a save at 30,000
