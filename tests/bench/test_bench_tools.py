@@ -1,10 +1,12 @@
-"""The bench's own tools: the py-spy summary (bench.flame) and the in-process hot path (bench.hotpath)."""
+"""The bench's own tools: the py-spy summary (bench.flame), the in-process hot path (bench.hotpath) and the
+rate search of the ladder (bench.ladder.next_rung)."""
 
 from __future__ import annotations
 
 import pytest
 
 from bench import flame, hotpath
+from bench.ladder import LADDER, Spec, next_rung
 
 RAW = """\
 thread (11): gateway-pipeline;Thread.run (threading.py:982);Gateway._run (gateway/service.py:380);\
@@ -43,3 +45,38 @@ def test_eval_runs_the_seed_block_it_is_given(capsys: pytest.CaptureFixture[str]
     out = capsys.readouterr()
     assert "seed 777:" in out.err and "seed 778:" in out.err and "seed 101:" not in out.err
     assert "seeds=2" in out.out
+
+
+def _search(capacity: float, start: int, n: int, max_trials: int = 9) -> tuple[int | None, list[int]]:
+    """The search against a system that holds every rate up to ``capacity``: (highest held, rates tried)."""
+    seen: list[tuple[int, bool]] = []
+    i: int | None = start
+    while i is not None and len(seen) < max_trials:
+        seen.append((i, LADDER[i] <= capacity))
+        i = next_rung(seen, n)
+    held = [LADDER[j] for j, ok in seen if ok]
+    return (max(held) if held else None), [LADDER[j] for j, _ in seen]
+
+
+@pytest.mark.parametrize("capacity", [100, 250, 700, 3000, 3500, 9000, 17_000, 23_000, 31_000, 99_000])
+@pytest.mark.parametrize("start", [250, 2000, 4000])
+def test_the_rate_search_finds_the_highest_rung_held_within_the_trials_allowed(capacity: int, start: int) -> None:
+    n = len(LADDER)
+    best, tried = _search(capacity, LADDER.index(start), n)
+    expected = max((r for r in LADDER if r <= capacity), default=None)
+    assert best == expected, tried
+    if expected is not None and expected < LADDER[-1]:  # bracketed: the rung above was tried and failed
+        assert LADDER[LADDER.index(expected) + 1] in tried, tried
+    # a linear climb from 4,000 could not pass 16,000 in its seven trials: the bare client's rate was capped
+    assert len(tried) <= Spec().max_trials
+    if start == 4000 and capacity >= 16_000:
+        assert len(tried) <= 7
+
+
+def test_the_rate_search_stops_at_the_ladders_top_and_steps_down_from_a_failed_start() -> None:
+    n = len(LADDER)
+    assert _search(10**9, LADDER.index(4000), n)[0] == LADDER[-1]
+    best, tried = _search(1200, LADDER.index(4000), n)
+    assert best == 1000 and tried[0] == 4000 and tried[-1] == 1000
+    assert next_rung([(3, False), (2, True)], n) is None  # bracketed by neighbours
+    assert next_rung([(5, True), (9, False)], n) == 7  # bisect between held and failed

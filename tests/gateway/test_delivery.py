@@ -76,6 +76,11 @@ def test_pipeline_stores_a_rebooted_devices_samples_and_refuses_conflicts_loudly
     assert not forgot.readings and [r.reason for r in forgot.rejects] == ["seq_conflict"]
     again = p.telemetry(TOPIC, _msg(2, NOW + 2, "boot-a", tilt_deg=1.0), NOW)
     assert not again.readings and not again.rejects and p.counts["duplicates"] == 1
+    # the conflicting sample is a refused sample, not a refused value: every sample sent is accounted
+    # for as accepted, rejected or duplicate (the demo's and the drills' "lost" are built on that)
+    c = p.counts
+    assert (c["samples_accepted"], c["samples_rejected"], c["values_rejected"], c["conflicts"]) == (10, 1, 0, 1)
+    assert c["samples_accepted"] + c["samples_rejected"] + c["duplicates"] == 12
 
 
 def test_duplicate_json_keys_are_refused() -> None:
