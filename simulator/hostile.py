@@ -22,12 +22,14 @@ import re
 from collections.abc import Callable, Sequence
 
 import numpy as np
+import paho.mqtt.client as mqtt
 
 from contract.models import TS_MAX_MS
-from contract.topics import ROOT, telemetry
+from contract.topics import ROOT, filter_for, telemetry
 from simulator.city import City, PoleSpec, boot_id
 
 MAX_PAYLOAD_BYTES = 256 * 1024
+_TELEMETRY_FILTER = filter_for("telemetry")
 DEFAULT_NOW_MS = 1_705_334_400_000  # 2024-01-15T16:00:00Z
 
 HOSTILE_KINDS: tuple[str, ...] = (
@@ -250,18 +252,29 @@ def hostile_message(kind: str, rng: np.random.Generator, city: City, pole: PoleS
     return maker(rng, city, pole, now_ms)
 
 
+def routed_to_gateway(topic: str) -> bool:
+    """Whether the broker delivers ``topic`` to a gateway at all (it subscribes to ``lampwatch/v1/+/+/telemetry``
+    and the status topics). A hostile message on another topic (an extra level, another root) reaches no
+    gateway: it can be neither stored nor refused there, so a count of what must come back as a reject
+    leaves it out (a deployment's broker ACL, ``ingest/credentials.py``, lets a pole write its own
+    telemetry, status and command-ack topics only, so there it is refused at the broker)."""
+    return bool(mqtt.topic_matches_sub(_TELEMETRY_FILTER, topic))
+
+
 def hostile_messages(rng: np.random.Generator, n: int, city: City, *, now_ms: int = DEFAULT_NOW_MS,
                      clock_ms: int | None = None, kinds: Sequence[str] = HOSTILE_KINDS,
-                     poles: Sequence[PoleSpec] | None = None) -> list[tuple[str, bytes, str]]:
-    """``n`` hostile messages cycling through ``kinds``, aimed at random poles of ``city``, sent at
-    device time ``now_ms`` to a gateway whose clock reads ``clock_ms`` (default ``now_ms``)."""
+                     poles: Sequence[PoleSpec] | None = None, first: int = 0) -> list[tuple[str, bytes, str]]:
+    """``n`` hostile messages cycling through ``kinds`` from ``kinds[first % len(kinds)]``, aimed at random
+    poles of ``city``, sent at device time ``now_ms`` to a gateway whose clock reads ``clock_ms`` (default
+    ``now_ms``). A caller drawing a few at a time passes how many it drew before as ``first``: starting
+    every call at the first kind sent only the first two or three kinds at the demo's 1 % (two a tick)."""
     targets = list(poles) if poles is not None else city.poles
     clock = now_ms if clock_ms is None else clock_ms
     # the time-window attacks are judged against the gateway's clock: out of the window on both clocks
     ref = {"future_ts": max(now_ms, clock), "stale_ts": min(now_ms, clock)}
     out: list[tuple[str, bytes, str]] = []
     for i in range(n):
-        kind = kinds[i % len(kinds)]
+        kind = kinds[(first + i) % len(kinds)]
         pole = targets[int(rng.integers(len(targets)))]
         topic, payload = hostile_message(kind, rng, city, pole, ref.get(kind, now_ms))
         out.append((topic, payload, kind))

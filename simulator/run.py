@@ -222,7 +222,7 @@ def run_multiplexed(host: str, port: int, plan: CityPlan, *, mqtt_version: int =
                         k = int(rng.binomial(n, hostile_pct / 100.0))
                         for topic, payload, _kind in hostile_messages(rng, k, plan.city, now_ms=t_sim,
                                                                       clock_ms=int(time.time() * 1000),
-                                                                      kinds=REFUSED_KINDS):
+                                                                      kinds=REFUSED_KINDS, first=st.hostile):
                             pub.publish(topic, payload)
                             st.hostile += 1
                     st.sim_end_ms = stream.now_ms
@@ -409,7 +409,7 @@ def run_per_device(host: str, port: int, plan: CityPlan, *, workdir: Path, speed
                         t_dev = int(clock.time() * 1000)
                         for topic, payload, _kind in hostile_messages(rng, k, plan.city, now_ms=t_dev,
                                                                       clock_ms=int(time.time() * 1000),
-                                                                      kinds=REFUSED_KINDS):
+                                                                      kinds=REFUSED_KINDS, first=st.hostile):
                             inv.publish(topic, payload)
                             st.hostile += 1
                     last = now

@@ -22,14 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import paho.mqtt.client as mqtt
 
-from contract import topics
 from gateway.service import Gateway, GatewayConfig
 from ingest.influx1 import Influx1Store
 from simulator.city import City, CityConfig
 from simulator.drills import DrillResult
-from simulator.hostile import ACCEPTED_KINDS, HOSTILE_KINDS, hostile_messages
+from simulator.hostile import ACCEPTED_KINDS, HOSTILE_KINDS, hostile_messages, routed_to_gateway
 from simulator.publisher import Publisher
 from simulator.signals import SignalModel
 from simulator.stream import TelemetryStream
@@ -38,7 +36,6 @@ from testbed.servers import InfluxDB1, Mosquitto
 
 DRILL_DB = "drill"
 REFUSED_KINDS = tuple(k for k in HOSTILE_KINDS if k not in ACCEPTED_KINDS)
-TELEMETRY_FILTER = topics.filter_for("telemetry")
 Log = Callable[[str], None]
 
 
@@ -102,10 +99,10 @@ def _publish_city(broker: Mosquitto, spec: DrillSpec, *, hostile_frac: float = 0
     stream = TelemetryStream(city, SignalModel(city, spec.seed), (), start_ms=start_ms, step_ms=spec.step_ms,
                              seed=spec.seed)
     rng = np.random.default_rng(spec.seed)
-    refusable = extra = 0
+    refusable = extra = hostile = 0
 
     def tick(pub: Publisher, k: int) -> None:
-        nonlocal refusable, extra
+        nonlocal refusable, extra, hostile
         t_sim = start_ms + k * spec.step_ms
         msgs = stream.tick()
         if shuffle:  # out-of-order delivery inside each tick: valid, must all be stored
@@ -114,10 +111,10 @@ def _publish_city(broker: Mosquitto, spec: DrillSpec, *, hostile_frac: float = 0
             pub.publish(topic, payload)
         n_h = int(rng.binomial(len(msgs), hostile_frac)) if hostile_frac else 0
         for topic, payload, _kind in hostile_messages(rng, n_h, city, now_ms=t_sim, clock_ms=int(time.time() * 1000),
-                                                   kinds=REFUSED_KINDS):
+                                                   kinds=REFUSED_KINDS, first=hostile):
             pub.publish(topic, payload)
-            # a topic outside lampwatch/v1/+/+/telemetry is never routed to the gateway at all
-            refusable += mqtt.topic_matches_sub(TELEMETRY_FILTER, topic)
+            hostile += 1
+            refusable += routed_to_gateway(topic)  # elsewhere the broker routes it to no gateway at all
         n_r = int(rng.binomial(len(msgs), replay_frac)) if replay_frac else 0
         for i in rng.choice(len(msgs), size=min(n_r, len(msgs)), replace=False):
             pub.publish(*msgs[int(i)])
