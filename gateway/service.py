@@ -450,7 +450,10 @@ class Gateway:
     def _handle(self, item: _Item, now: float) -> tuple[list[Point], Outcome | None, QEntry | None]:
         topic, payload, _mid, _qos = item
         now_ms = int(now * 1000)
-        if self.ops_handler is not None and topic.startswith(topics.SYS):  # an operator's request
+        # an operator's request: exactly one of the ops topics. A prefix test took lampwatch/v1/_sys/<pole>/
+        # telemetry (the telemetry filter's district level matches "_sys") to the ops listener, which ignored
+        # it: acknowledged and never dead-lettered. Now it is refused as bad_topic like any other.
+        if self.ops_handler is not None and topic in self.ops_handler[0]:
             self.ops_handler[1](topic, payload)  # validated and queued, never blocks; acked with the batch
             return [], None, None
         # the gateway subscribes to telemetry and status only; both handlers parse and check the topic
