@@ -47,7 +47,7 @@ from rich.table import Table
 
 from bench.consumers import consume
 from bench.edgecap import agents_capability, run_agents, sim_capability
-from bench.ladder import LADDER, ONE_LOADGEN_MAX, SYSTEMS, Bench, Spec, SystemResult, Trial, quick_spec
+from bench.ladder import LADDER, ONE_LOADGEN_MAX, SYSTEMS, Bench, Spec, SystemResult, Trial, quick_spec, threads_text
 from bench.loadgen import probe_poles
 from bench.m2i import M2I_VERSION, m2i_venv
 from testbed.servers import InfluxDB1
@@ -146,6 +146,8 @@ def table(r: dict[str, Any]) -> Table:
             p99 = "-" if a80["p99_ms"] is None else f"{a80['p99_ms']:.0f}"
             held = "held" if a80["sustained"] else "not held"
             note = "; ".join(x for x in (note, f"at 80 % ({a80['rate']}): {held}, p99 {p99} ms") if x)
+        if b and threads_text(b.get("thread_us", {})):
+            note = "; ".join(x for x in (note, threads_text(b["thread_us"]).strip()) if x)
         if name == r["gateway_mode"]:
             note = "; ".join(x for x in ("<- gateway result", note) if x)
 

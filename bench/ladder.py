@@ -19,7 +19,7 @@ from rich.console import Console
 from bench.latency import Poller, percentile
 from bench.loadgen import probe_poles
 from bench.m2i import m2i_config
-from bench.procs import LineProc, cpu_s, terminate, vm_hwm_mb
+from bench.procs import LineProc, cpu_s, terminate, thread_cpu_s, vm_hwm_mb
 from ingest.influx1 import Influx1Store
 from simulator.city import City, CityConfig
 from testbed.gateway import GatewayProcess, wait_gateway_online
@@ -78,6 +78,13 @@ def quick_spec() -> Spec:
                 max_trials=1, systems=("raw", "naive", "gateway-1", "gateway-2"), sim_s=2.0, agents=(50,))
 
 
+def threads_text(us: dict[str, float]) -> str:
+    """The gateway's named threads' CPU per message (``lw-*``, gateway.osthread), e.g. ``threads us/msg:
+    pipeline 61 mqtt 25 output 18 saver 12``; empty for a consumer that names none."""
+    named = [(k.removeprefix("lw-"), v) for k, v in us.items() if k.startswith("lw-")]
+    return ("threads us/msg: " + " ".join(f"{k} {v:.0f}" for k, v in named) + " ") if named else ""
+
+
 def next_rung(seen: list[tuple[int, bool]], n: int) -> int | None:
     """The ladder index to try next after ``seen`` ((index, held) in the order tried), or None when the
     highest rung held is found: the one just below the lowest rung that failed (or the ladder's top).
@@ -124,6 +131,8 @@ class Trial:
     rss_mb: list[float] = field(default_factory=list)
     # CPU microseconds per published message, from /proc, over the trial (load start to settle/drain)
     cpu_us: dict[str, float] = field(default_factory=dict)  # consumer, broker, influxd, loadgen
+    # the consumer's share by thread (the gateway names its threads, gateway.osthread), same window and divisor
+    thread_us: dict[str, float] = field(default_factory=dict)
     poles: int = 0  # the trial's city
     # steady state: the first interval (poles messages at the same rate, before the measured load)
     first_cpu_us: dict[str, float] = field(default_factory=dict)
@@ -260,7 +269,14 @@ class Bench:
                 tr.first_cpu_us = {k: round((v - c_first[k]) * 1e6 / max(1, base), 1) for k, v in cpu().items()}
                 tr.first_cpu_us["loadgen"] = round(first["cpu_s"] * 1e6 / max(1, base), 1)
             poller = None if raw else Poller(Influx1Store(self.influx.url, db, create=False), probes_of, sp.poll_s)
-            cpu0 = cpu()
+            def threads() -> dict[str, float]:
+                out: dict[str, float] = {}
+                for p in pids:
+                    for k, v in thread_cpu_s(p).items():
+                        out[k] = out.get(k, 0.0) + v
+                return out
+
+            cpu0, thr0 = cpu(), threads()
             spies = self._pyspy(system, pids, rate, tag)
             go.touch()
             load = self._finish_load(procs, outs)
@@ -282,8 +298,10 @@ class Bench:
             n = self._drain(n, tr.published, lambda: count() - base, tr)
             tr.stored_final = n
             tr.lost = max(0, tr.published - n)
-            cpu1 = cpu()
+            cpu1, thr1 = cpu(), threads()
             tr.cpu_us = {k: round((cpu1[k] - cpu0[k]) * 1e6 / max(1, tr.published), 1) for k in cpu0}
+            tr.thread_us = {k: round((v - thr0.get(k, 0.0)) * 1e6 / max(1, tr.published), 1)
+                            for k, v in sorted(thr1.items(), key=lambda kv: -kv[1]) if v - thr0.get(k, 0.0) > 0}
             tr.cpu_us["loadgen"] = round(load["cpu_s"] * 1e6 / max(1, tr.published), 1)
             if poller is not None:
                 time.sleep(sp.poll_s * 2)
@@ -356,7 +374,8 @@ class Bench:
         first = "" if tr.first_held is None else f" first_interval={'held' if tr.first_held else 'late'}"
         self.log(f"{tr.system} @ {tr.rate} msg/s: poles={tr.poles}{first} published={tr.published} "
                  f"achieved={tr.achieved_rate:.0f}/s at_end={tr.stored_at_end} settled={tr.stored_settled} "
-                 f"final={tr.stored_final} {'OK' if tr.sustained else 'FAIL'} p99={p99} ms rss={tr.rss_mb} {tr.note}")
+                 f"final={tr.stored_final} {'OK' if tr.sustained else 'FAIL'} p99={p99} ms rss={tr.rss_mb} "
+                 f"{threads_text(tr.thread_us)}{tr.note}")
         return tr
 
     def _start_load(self, broker: Mosquitto, rate: int, tag: str, poles: int, *, warm: bool,

@@ -30,6 +30,23 @@ def cpu_s(pid: int | None) -> float:
     return 0.0
 
 
+def thread_cpu_s(pid: int | None) -> dict[str, float]:
+    """utime + stime of each thread of a live process by its OS name (``/proc/<pid>/task/<tid>/comm``;
+    the gateway names its threads: ``gateway.osthread``), threads of one name summed; {} when it is gone.
+    A thread that ended takes its CPU with it: read the long-lived ones."""
+    out: dict[str, float] = {}
+    if pid is None:
+        return out
+    tck = os.sysconf("SC_CLK_TCK")
+    with contextlib.suppress(OSError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                name = (task / "comm").read_text().strip()
+                fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+                out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tck
+    return out
+
+
 def terminate(proc: subprocess.Popen[Any], timeout: float = 20.0) -> None:
     if proc.poll() is None:
         with contextlib.suppress(ProcessLookupError):

@@ -65,6 +65,7 @@ import numpy as np
 from contract import schema, topics
 from contract.models import AckRequest, Alert, MaintenanceRequest
 from contract.readings import FieldValue, Point
+from gateway import osthread
 from gateway.detect.clock import CLOCK_REASONS
 from gateway.detect.engine import STATE_VERSION, STREAM_METRICS, STREAM_STRIDE, Change, Detector, StateView
 from gateway.detect.params import RuleParams
@@ -688,6 +689,7 @@ class _Saver:
         self._thread.join(timeout=30)
 
     def _run(self) -> None:
+        osthread.name_this_thread(osthread.SAVER)
         while True:
             with self._cv:
                 while self._full is None and self._recent is None and not self._stop:

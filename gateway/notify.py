@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from contract.models import Alert
+from gateway import osthread
 
 log = logging.getLogger("lampwatch.notify")
 
@@ -285,6 +286,7 @@ class AlertNotifier:
             self._queued = self._spool.depth()
 
     def _run(self) -> None:
+        osthread.name_this_thread(osthread.NOTIFIER)
         backoff = 0.0
         retry_at = 0.0
         next_resend = time.monotonic() + self.cfg.resend_s

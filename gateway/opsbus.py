@@ -26,6 +26,7 @@ from pydantic import ValidationError
 
 from contract import topics
 from contract.models import AckRequest, MaintenanceRequest, OpsResult
+from gateway import osthread
 from gateway.service import GatewayConfig
 
 log = logging.getLogger("lampwatch.ops")
@@ -96,6 +97,7 @@ class OpsListener:
         return self
 
     def _run(self) -> None:
+        osthread.name_this_thread(osthread.OPS)
         while not self._stop.is_set():
             try:
                 req = self._q.get(timeout=0.2)

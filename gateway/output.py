@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from contract import schema
 from contract.errors import SpoolFull, StoreAuthError, StoreRejected
 from contract.readings import Point
+from gateway import osthread
 from gateway.sink import Sink
 from gateway.spool import Spool
 
@@ -99,6 +100,7 @@ class Output:
 
     # --- the thread ----------------------------------------------------------------------------------
     def _main(self) -> None:
+        osthread.name_this_thread(osthread.OUTPUT)
         try:
             self._loop()
         except BaseException as exc:  # no thread dies silently

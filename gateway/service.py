@@ -45,7 +45,7 @@ from paho.mqtt.properties import Properties
 from contract import schema, topics
 from contract.models import GatewayStatus
 from contract.readings import Point
-from gateway import deadletter
+from gateway import deadletter, osthread
 from gateway.acks import AckTracker
 from gateway.batcher import Batcher
 from gateway.deadletter import Quarantine
@@ -184,6 +184,7 @@ class Gateway:
         return c
 
     def _on_connect(self, client: mqtt.Client, _u: Any, flags: Any, rc: Any, _p: Any) -> None:
+        osthread.name_this_thread(osthread.MQTT)  # paho's network thread runs this callback
         if rc.is_failure:
             self.set_health("mqtt", f"broker refused the gateway: {rc}")
             log.error("broker refused the gateway: %s", rc)
@@ -376,6 +377,7 @@ class Gateway:
 
     # --- pipeline thread ---------------------------------------------------------------------------
     def _main(self) -> None:
+        osthread.name_this_thread(osthread.PIPELINE)
         try:
             self._run()
         except BaseException as exc:  # no thread dies silently

@@ -83,7 +83,11 @@ def held_interrupts() -> Iterator[None]:
         yield
         return
     got: list[int] = []
-    old = {s: signal.signal(s, lambda n, _f: got.append(n)) for s in (signal.SIGINT, signal.SIGTERM)}
+    # a signal the process ignores stays ignored, and one whose handler Python did not set is left alone
+    old = {s: h for s in (signal.SIGINT, signal.SIGTERM)
+           if (h := signal.getsignal(s)) is not None and h is not signal.SIG_IGN}
+    for s in old:
+        signal.signal(s, lambda n, _f: got.append(n))
     try:
         yield
     finally:

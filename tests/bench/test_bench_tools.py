@@ -80,3 +80,40 @@ def test_the_rate_search_stops_at_the_ladders_top_and_steps_down_from_a_failed_s
     assert best == 1000 and tried[0] == 4000 and tried[-1] == 1000
     assert next_rung([(3, False), (2, True)], n) is None  # bracketed by neighbours
     assert next_rung([(5, True), (9, False)], n) == 7  # bisect between held and failed
+
+
+def test_thread_cpu_is_read_per_named_thread_from_proc() -> None:
+    import os
+    import sys
+    import threading
+    import time
+
+    from bench.ladder import threads_text
+    from bench.procs import thread_cpu_s
+    from gateway import osthread
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("/proc and prctl are Linux's")
+    done, ready = threading.Event(), threading.Event()
+
+    def burn() -> None:
+        osthread.name_this_thread(osthread.SAVER)
+        t_end = time.thread_time() + 0.1  # 100 ms of this thread's own CPU, then wait
+        while time.thread_time() < t_end:
+            pass
+        ready.set()
+        done.wait(10)
+
+    t = threading.Thread(target=burn)
+    t.start()
+    try:
+        assert ready.wait(30)
+        got = thread_cpu_s(os.getpid())
+        assert got["lw-saver"] >= 0.05, got
+    finally:
+        done.set()
+        t.join()
+    assert thread_cpu_s(None) == {}
+    assert threads_text({"lw-pipeline": 61.2, "python": 3.0, "lw-saver": 12.0}) == \
+        "threads us/msg: pipeline 61 saver 12 "
+    assert threads_text({"python": 3.0}) == ""
