@@ -8,19 +8,23 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from simulator.demo import run_demo
+from simulator.demo import DemoResult, run_demo
 from tests.servers import need
+
+
+def _demo(broker: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **kw: float) -> DemoResult:
+    """A short demo of 20 poles (seed 3) on the embedded SQLite store, its live view to a file."""
+    monkeypatch.delenv("LAMPWATCH_GATEWAY_INFLUX_URL", raising=False)
+    if broker == "mosquitto":
+        need("mosquitto")
+    with open(tmp_path / "view.txt", "w") as view:
+        return run_demo(poles=20, seed=3, broker=broker, workdir=tmp_path, console=Console(file=view), **kw)
 
 
 @pytest.mark.parametrize("broker", ["embedded", "mosquitto"])
 def test_demo_loses_nothing_and_counts_from_the_store(broker: str, tmp_path: Path,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("LAMPWATCH_GATEWAY_INFLUX_URL", raising=False)
-    if broker == "mosquitto":
-        need("mosquitto")
-    with open(tmp_path / "view.txt", "w") as view:
-        res = run_demo(poles=20, duration=4, seed=3, hostile_pct=5, broker=broker, workdir=tmp_path,
-                       console=Console(file=view))
+    res = _demo(broker, tmp_path, monkeypatch, duration=4, hostile_pct=5)
     assert re.fullmatch(r"demo: published=\d+ stored=\d+ rejected=\d+ alerts=\d+ lost=-?\d+", res.line())
     assert res.published >= 4 * 20
     assert res.hostile > 0 and res.replayed > 0
@@ -48,12 +52,7 @@ def test_every_hostile_kind_is_sent_and_only_what_reaches_the_gateway_is_expecte
     this run, on the old code, on lost=3 after waiting 120 s for acknowledgements that never come)."""
     from simulator.hostile import ACCEPTED_KINDS, HOSTILE_KINDS
 
-    monkeypatch.delenv("LAMPWATCH_GATEWAY_INFLUX_URL", raising=False)
-    if broker == "mosquitto":
-        need("mosquitto")
-    with open(tmp_path / "view.txt", "w") as view:
-        res = run_demo(poles=20, duration=3, seed=3, hostile_pct=60, broker=broker, workdir=tmp_path,
-                       console=Console(file=view))
+    res = _demo(broker, tmp_path, monkeypatch, duration=3, hostile_pct=60)
     assert res.lost == 0, res.line()
     assert res.rejected == res.hostile and res.duplicates == res.replayed
     assert set(res.kinds) == set(HOSTILE_KINDS) - ACCEPTED_KINDS  # every refused kind, evenly
