@@ -329,7 +329,7 @@ class AlertNotifier:
         try:
             self._post(self.cfg.url, body, self.cfg.timeout_s)
         except ValueError as exc:  # refused: retrying the same body would not help
-            self._count("notify_refused", len(head))
+            outcome = "notify_refused"
             self._last_error = str(exc)
             log.error("%s; %d alerts discarded", exc, len(head))
         except OSError as exc:
@@ -343,8 +343,9 @@ class AlertNotifier:
             if self._last_error:
                 log.info("alertmanager %s reachable again", self.cfg.url)
             self._last_error = ""
-            self._count("notify_sent", len(head))
+            outcome = "notify_sent"
         self._spool.remove([i for i, _a in head])
-        with self._lock:
+        with self._lock:  # counted with the queue it left: a reader never sees one sent and still queued
+            self._counts[outcome] += len(head)
             self._queued = self._spool.depth()
         return True

@@ -125,3 +125,27 @@ def test_am_alert_times() -> None:
     assert firing["startsAt"].endswith("Z") and "generatorURL" not in firing
     resolved = am_alert(_alert(state="cleared"), now, cfg)
     assert resolved["endsAt"] < firing["endsAt"]
+
+
+def test_a_sent_notification_is_never_counted_while_still_queued(tmp_path: Path) -> None:
+    """notify_sent used to be counted before the spool row was removed: a reader between the two saw it
+    sent and still queued (make test failed once on exactly that, notify_queued 1 after notify_sent 2)."""
+    posted: list[int] = []
+    n = AlertNotifier(_cfg("http://127.0.0.1:9", tmp_path), post=lambda _u, body, _t: posted.append(len(body)))
+    seen: list[dict[str, float]] = []
+    remove = n._spool.remove
+
+    def remove_and_look(ids: list[int]) -> None:  # the moment between the answer and the queue's update
+        seen.append(n.counters())
+        remove(ids)
+
+    n._spool.remove = remove_and_look  # type: ignore[method-assign]
+    n.start()
+    try:
+        n.offer(_alert())
+        _wait(lambda: n.counters()["notify_sent"] >= 1)
+        assert posted == [1] and seen
+        assert all(c["notify_sent"] + c["notify_queued"] <= 1 for c in seen), seen
+        assert n.counters()["notify_queued"] == 0
+    finally:
+        n.close()
