@@ -81,7 +81,7 @@ def quick_spec() -> Spec:
 def threads_text(us: dict[str, float]) -> str:
     """The gateway's named threads' CPU per message (``lw-*``, gateway.osthread), e.g. ``threads us/msg:
     pipeline 61 mqtt 25 output 18 saver 12``; empty for a consumer that names none."""
-    named = [(k.removeprefix("lw-"), v) for k, v in us.items() if k.startswith("lw-")]
+    named = [(k.removeprefix("lw-"), v) for k, v in us.items() if k.startswith("lw-") and v >= 0.5]
     return ("threads us/msg: " + " ".join(f"{k} {v:.0f}" for k, v in named) + " ") if named else ""
 
 

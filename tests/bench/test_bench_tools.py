@@ -114,6 +114,6 @@ def test_thread_cpu_is_read_per_named_thread_from_proc() -> None:
         done.set()
         t.join()
     assert thread_cpu_s(None) == {}
-    assert threads_text({"lw-pipeline": 61.2, "python": 3.0, "lw-saver": 12.0}) == \
+    assert threads_text({"lw-pipeline": 61.2, "python": 3.0, "lw-saver": 12.0, "lw-ops": 0.2}) == \
         "threads us/msg: pipeline 61 saver 12 "
     assert threads_text({"python": 3.0}) == ""
