@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from typing import NoReturn
 
 import pytest
@@ -24,3 +25,15 @@ def need(*binaries: str) -> None:
             require(b)
         except ServerMissing as exc:
             missing(exc)
+
+
+def need_root(why: str) -> None:
+    """Fail (CI) or skip (elsewhere) unless the tests run as root (CI does: it installs with apt-get)."""
+    if os.geteuid() != 0:
+        missing(f"needs root: {why}")
+
+
+def need_linux(why: str) -> None:
+    """Fail (CI) or skip (elsewhere) off Linux (/proc, prctl, pagemap)."""
+    if not sys.platform.startswith("linux"):
+        missing(f"needs Linux: {why}")

@@ -84,16 +84,15 @@ def test_the_rate_search_stops_at_the_ladders_top_and_steps_down_from_a_failed_s
 
 def test_thread_cpu_is_read_per_named_thread_from_proc() -> None:
     import os
-    import sys
     import threading
     import time
 
     from bench.ladder import threads_text
     from bench.procs import thread_cpu_s
     from gateway import osthread
+    from tests.servers import need_linux
 
-    if not sys.platform.startswith("linux"):
-        pytest.skip("/proc and prctl are Linux's")
+    need_linux("/proc and prctl")
     done, ready = threading.Event(), threading.Event()
 
     def burn() -> None:

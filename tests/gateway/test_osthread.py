@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import sys
 import threading
 from pathlib import Path
 
-import pytest
-
 from gateway import osthread
+from tests.servers import need_linux
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl(PR_SET_NAME) is Linux's")
 def test_a_thread_names_itself_for_the_os_and_only_itself() -> None:
+    need_linux("prctl(PR_SET_NAME)")
     names: list[str] = []
     step, done = threading.Semaphore(0), threading.Event()
 

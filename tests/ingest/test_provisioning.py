@@ -26,7 +26,7 @@ from ingest import broker as brokerfiles
 from ingest import credentials
 from ingest.cli import main
 from simulator.drills.identity_drills import ProductionBroker
-from tests.servers import need
+from tests.servers import need, need_root
 
 POLES = ["p-000000", "p-000001", "p-000002"]
 OK = 0
@@ -143,8 +143,8 @@ def test_refusals_are_one_line_and_change_nothing(tmp_path: Path) -> None:
         credentials.provision(tmp_path / "nowhere", "add", ["p-000001"])
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="ownership is only changed (and kept) as root")
 def test_rewrites_keep_the_owner_the_broker_needs(tmp_path: Path) -> None:
+    need_root("ownership is only changed (and kept) as root")
     d = tmp_path / "broker"
     credentials.write_credentials(d, POLES, hasher="python")
     os.chown(d / "passwd", 1, 1)  # any non-root owner (daemon), as user mosquitto would be

@@ -27,7 +27,7 @@ from ingest import credentials
 from ingest.cli import main
 from ingest.sqlite import SqliteStore
 from simulator.drills.identity_drills import ProductionBroker
-from tests.servers import need
+from tests.servers import need, need_root
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -146,8 +146,8 @@ def test_bare_metal_rendering_changes_only_paths_ports_and_the_plain_bind(tmp_pa
         brokerfiles.bare_metal_config(container.replace("/mosquitto/data/", "/var/lib/x/"), tmp_path)
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="the broker only drops to user mosquitto when started as root")
 def test_broker_config_refuses_a_directory_mosquitto_cannot_reach() -> None:
+    need_root("the broker only drops to user mosquitto when started as root")
     need("openssl")
     top = Path(tempfile.mkdtemp(prefix="lampwatch-reach-"))
     top.chmod(0o755)

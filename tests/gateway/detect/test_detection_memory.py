@@ -24,6 +24,7 @@ from gateway.detect.stream import StreamDetector
 from gateway.detect.types import Conditions
 from gateway.detection import DetectionStage
 from gateway.pipeline import Outcome
+from tests.servers import need_linux
 
 
 @settings(max_examples=30, deadline=None)
@@ -191,10 +192,10 @@ def _resident(a: np.ndarray) -> int:
     return int((raw >> np.uint64(63)).sum()) * page
 
 
-@pytest.mark.skipif(not Path("/proc/self/pagemap").exists(), reason="needs Linux's pagemap")
 def test_reserved_and_spare_rows_are_not_resident() -> None:
     """What the in-place growth is for: rows reserved ahead and zero-filled spare rows cost no memory, and a
     growth within the reservation moves nothing."""
+    need_linux("/proc/self/pagemap")
     res = Reserve()
     a = res.grow(None, 0, 1 << 16, (256,), np.dtype(np.float64), np.nan)  # 128 MiB of NaN: resident
     b = res.grow(a, 1 << 16, 1 << 17, (256,), np.dtype(np.float64), np.nan)

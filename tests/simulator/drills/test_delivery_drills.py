@@ -3,14 +3,13 @@ gateway process: each must PASS. `lampwatch-sim drill all` runs them full size."
 
 from __future__ import annotations
 
-import os
 import re
 
 import pytest
 
 from simulator.drills import delivery_drills as dd
 from simulator.drills.gateway_drills import DrillSpec
-from tests.servers import need
+from tests.servers import need, need_root
 
 LINE = re.compile(r"drill [a-z-]+: published=\d+ stored=\d+ duplicates=\d+ lost=-?\d+ verdict=(PASS|FAIL)")
 SHORT = DrillSpec(poles=40, seconds=6, rate_hz=5, settle_s=90)
@@ -48,9 +47,8 @@ def test_store_refusals_are_found_dead_lettered_and_counted_and_401_is_spooled()
     assert res.rejected > 0 and res.extra["refused_by_store"] == res.rejected
 
 
-@pytest.mark.skipif(os.geteuid() != 0 and os.environ.get("CI") != "true",
-                    reason="mounting a size-capped tmpfs needs root")
 def test_a_full_spool_disk_holds_acks_says_so_and_resumes_by_itself() -> None:
+    need_root("mounting a size-capped tmpfs")
     res = dd.spool_disk_full(DrillSpec(poles=40, seconds=10, rate_hz=5, settle_s=90), disk="512k",
                              log=lambda _m: None)
     _check(res)
