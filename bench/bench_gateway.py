@@ -146,8 +146,8 @@ def table(r: dict[str, Any]) -> Table:
             p99 = "-" if a80["p99_ms"] is None else f"{a80['p99_ms']:.0f}"
             held = "held" if a80["sustained"] else "not held"
             note = "; ".join(x for x in (note, f"at 80 % ({a80['rate']}): {held}, p99 {p99} ms") if x)
-        if b and threads_text(b.get("thread_us", {})):
-            note = "; ".join(x for x in (note, threads_text(b["thread_us"]).strip()) if x)
+        threads = threads_text(b.get("thread_us", {})).strip() if b else ""
+        note = "; ".join(x for x in (note, threads) if x)
         if name == r["gateway_mode"]:
             note = "; ".join(x for x in ("<- gateway result", note) if x)
 
