@@ -1,11 +1,14 @@
 """CPU per message of the gateway's pure hot path, in one process, no sockets:
-``python -m bench.hotpath [--poles N] [--ticks T] [--no-detect] [--profile]``.
+``python -m bench.hotpath [--poles N] [--ticks T] [--no-detect] [--no-births] [--profile]``.
 
-Renders ``poles * ticks`` lampwatch telemetry messages (the load generator's city and order), then
+Renders ``poles * ticks`` lampwatch telemetry messages (the load generator's city and order), hands
+the gateway each pole's birth first (untimed; ``--no-births`` leaves every lamp judged against the
+default rating, an alarm storm over half the city, which is what this measured before), then
 runs, per batch of ``batch`` messages as the pipeline thread does: ``Pipeline.telemetry`` (decode,
 validate, dedup, points) for every message, the detection stage over the batch's outcomes, and the
 line-protocol encoding of the batch's points (what ``Influx1Store.write`` sends). Prints one line
-``hotpath: us_per_msg=<all> decode_us=<d> detect_us=<x> encode_us=<e> msgs=<n>`` from process CPU time
+``hotpath: us_per_msg=<all> decode_us=<d> detect_us=<x> encode_us=<e> msgs=<n> bytes_per_msg=<b>
+births_us=<per birth>`` from process CPU time
 (``time.process_time``), so it is robust to other load on the machine. ``--profile`` prints the top
 functions of a cProfile run instead (by own time); ``--memory`` what the run keeps (tracemalloc),
 ``--rss [--save]`` what is resident (VmRSS/VmHWM, each detection table by pagemap). This isolates the
@@ -22,6 +25,7 @@ import os
 import pstats
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,24 +33,45 @@ import numpy as np
 
 from bench.loadgen import make_stream
 from gateway.detection import DetectionStage
+from simulator.stream import birth_messages
 from gateway.pipeline import Outcome, Pipeline
 from ingest.lineprotocol import encode_many
 
 
 def render(poles: int, ticks: int, seed: int = 7) -> list[tuple[str, bytes]]:
+    return city(poles, ticks, seed)[1]
+
+
+def city(poles: int, ticks: int, seed: int = 7) -> tuple[list[tuple[str, bytes]], list[tuple[str, bytes]]]:
+    """The load generator's city: each pole's birth (what its inventory record says, as ``bench.loadgen
+    --births`` sends it) and ``ticks`` rounds of its telemetry."""
     stream = make_stream(poles, seed, 8, ticks)
+    born = birth_messages(stream, stream.start_ms)
     out: list[tuple[str, bytes]] = []
     for _ in range(ticks):
         out += stream.tick()
-    return out
+    return born, out
 
 
-def run(msgs: list[tuple[str, bytes]], *, batch: int = 250, detect: bool = True) -> dict[str, float]:
-    """Process-CPU microseconds per message of each stage over ``msgs``."""
+def _announce(pipe: Pipeline, stage: DetectionStage | None, births: Sequence[tuple[str, bytes]],
+              now_ms: int) -> None:
+    """The births through the pipeline and detection, as the gateway takes them (untimed)."""
+    for topic, payload in births:
+        o = pipe.status(topic, payload, now_ms)
+        if stage is not None and o.status is not None:
+            stage(Outcome(status=o.status))
+
+
+def run(msgs: list[tuple[str, bytes]], *, batch: int = 250, detect: bool = True,
+        births: Sequence[tuple[str, bytes]] = ()) -> dict[str, float]:
+    """Process-CPU microseconds per message of each stage over ``msgs`` (``births`` first, untimed)."""
     now_ms = int(time.time() * 1000)
     pipe = Pipeline()
     with tempfile.TemporaryDirectory(prefix="lampwatch-hotpath-") as tmp:
         stage = DetectionStage(state_path=str(Path(tmp) / "alarms.json")) if detect else None
+        c_b = time.process_time()
+        _announce(pipe, stage, births, now_ms)
+        t_births = time.process_time() - c_b
         t_dec = t_det = t_enc = 0.0
         nbytes = 0
         for i in range(0, len(msgs), batch):
@@ -67,7 +92,7 @@ def run(msgs: list[tuple[str, bytes]], *, batch: int = 250, detect: bool = True)
     n = max(1, len(msgs))
     return {"us_per_msg": (t_dec + t_det + t_enc) * 1e6 / n, "decode_us": t_dec * 1e6 / n,
             "detect_us": t_det * 1e6 / n, "encode_us": t_enc * 1e6 / n, "msgs": float(len(msgs)),
-            "bytes_per_msg": nbytes / n}
+            "bytes_per_msg": nbytes / n, "births_us": t_births * 1e6 / max(1, len(births))}
 
 
 def compare_decoder(msgs: list[tuple[str, bytes]], *, batch: int = 250, rounds: int = 2) -> None:
@@ -86,7 +111,7 @@ def compare_decoder(msgs: list[tuple[str, bytes]], *, batch: int = 250, rounds: 
 
 
 def memory(msgs: list[tuple[str, bytes]], *, batch: int = 250, detect: bool = True,
-           top: int = 12) -> list[tuple[str, float]]:
+           top: int = 12, births: Sequence[tuple[str, bytes]] = ()) -> list[tuple[str, float]]:
     """What the pipeline, dedup and detection state keep after ``msgs`` (tracemalloc), by the first frame of
     lampwatch code that allocated it (a numpy array is charged to the lampwatch line that asked for it)."""
     import tracemalloc
@@ -97,6 +122,7 @@ def memory(msgs: list[tuple[str, bytes]], *, batch: int = 250, detect: bool = Tr
     pipe = Pipeline()
     with tempfile.TemporaryDirectory(prefix="lampwatch-hotpath-") as tmp:
         stage = DetectionStage(state_path=str(Path(tmp) / "alarms.json")) if detect else None
+        _announce(pipe, stage, births, now_ms)
         for i in range(0, len(msgs), batch):
             outs = [pipe.telemetry(topic, payload, now_ms) for topic, payload in msgs[i:i + batch]]
             points = [p for o in outs for p in o.points]
@@ -169,7 +195,8 @@ def _resident(a: np.ndarray, zero_pfn: int) -> int:
     return int(present.sum()) * mmap.PAGESIZE
 
 
-def rss(msgs: list[tuple[str, bytes]], *, batch: int = 250, save: bool = False) -> list[str]:
+def rss(msgs: list[tuple[str, bytes]], *, batch: int = 250, save: bool = False,
+        births: Sequence[tuple[str, bytes]] = ()) -> list[str]:
     """Residency of decode + dedup + detection over ``msgs``, in this process: VmRSS before, VmHWM after
     (the high-water mark includes every moment of growth), the largest rise of VmHWM within one batch,
     and each detection table's bytes and resident bytes (pagemap: reserved rows are not resident). With
@@ -184,6 +211,7 @@ def rss(msgs: list[tuple[str, bytes]], *, batch: int = 250, save: bool = False) 
         pipe = Pipeline()
         stage = DetectionStage(state_path=str(Path(tmp) / "alarms.json"), background_save=False,
                                save_every_s=1e12, save_min_interval_s=1e12)
+        _announce(pipe, stage, births, now_ms)
         jump, peak = (0.0, 0), 0.0
         for i in range(0, len(msgs), batch):
             r0 = _status_mb()["VmRSS"]
@@ -247,29 +275,33 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--save", action="store_true", help="with --rss: what one full state save adds")
     ap.add_argument("--compare-decoder", action="store_true",
                     help="alternate the msgspec fast path and the pydantic-only decoder, two rounds each")
+    ap.add_argument("--no-births", action="store_true",
+                    help="skip the poles' births: every lamp is judged against the default rating (an alarm storm)")
     a = ap.parse_args(argv)
-    msgs = render(a.poles, a.ticks)
+    born, msgs = city(a.poles, a.ticks)
+    born = [] if a.no_births else born
     if a.compare_decoder:
         compare_decoder(msgs, batch=a.batch)
         return
     if a.rss:
-        for line in rss(msgs, batch=a.batch, save=a.save):
+        for line in rss(msgs, batch=a.batch, save=a.save, births=born):
             print(line)
         return
     if a.memory:
-        for where, mb in memory(msgs, batch=a.batch, detect=not a.no_detect):
+        for where, mb in memory(msgs, batch=a.batch, detect=not a.no_detect, births=born):
             print(f"memory: {mb:8.1f} MB  {where}")
         return
     if a.profile:
         prof = cProfile.Profile()
         prof.enable()
-        r: dict[str, Any] = run(msgs, batch=a.batch, detect=not a.no_detect)
+        r: dict[str, Any] = run(msgs, batch=a.batch, detect=not a.no_detect, births=born)
         prof.disable()
         pstats.Stats(prof).sort_stats("tottime").print_stats(25)
     else:
-        r = run(msgs, batch=a.batch, detect=not a.no_detect)
+        r = run(msgs, batch=a.batch, detect=not a.no_detect, births=born)
     print(f"hotpath: us_per_msg={r['us_per_msg']:.1f} decode_us={r['decode_us']:.1f} detect_us={r['detect_us']:.1f} "
-          f"encode_us={r['encode_us']:.1f} msgs={r['msgs']:.0f} bytes_per_msg={r['bytes_per_msg']:.0f}", flush=True)
+          f"encode_us={r['encode_us']:.1f} msgs={r['msgs']:.0f} bytes_per_msg={r['bytes_per_msg']:.0f} "
+          f"births_us={r['births_us']:.1f}", flush=True)
 
 
 if __name__ == "__main__":

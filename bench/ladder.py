@@ -257,7 +257,8 @@ class Bench:
 
             go = self.workdir / f"go-{tag}"
             c_first = cpu()
-            procs, outs = self._start_load(broker, rate, tag, tr.poles, warm=steady, go=go)
+            procs, outs = self._start_load(broker, rate, tag, tr.poles, warm=steady, go=go,
+                                           births=system.startswith("gateway"))
             base = 0
             if steady:
                 first = self._first_interval(procs, outs, count, tr)
@@ -379,9 +380,11 @@ class Bench:
         return tr
 
     def _start_load(self, broker: Mosquitto, rate: int, tag: str, poles: int, *, warm: bool,
-                    go: Path) -> tuple[list[subprocess.Popen[bytes]], list[Path]]:
+                    go: Path, births: bool = False) -> tuple[list[subprocess.Popen[bytes]], list[Path]]:
         """Start the load generator(s): two processes above ONE_LOADGEN_MAX. With ``warm``, each publishes
-        the city's first interval, writes ``<out>.ready`` and waits for ``go`` before the measured load."""
+        the city's first interval, writes ``<out>.ready`` and waits for ``go`` before the measured load.
+        With ``births`` (the lampwatch gateways: the only consumers that read them), each pole's birth
+        goes first, as a real city's agents send them (``bench/loadgen.py``)."""
         sp = self.spec
         n = 1 if rate <= ONE_LOADGEN_MAX else 2
         procs, outs = [], []
@@ -389,6 +392,7 @@ class Bench:
             out = self.workdir / f"load-{tag}-{k}.json"
             outs.append(out)
             extra = ["--warm-ticks", "1", "--ready", str(out.with_suffix(".ready")), "--go", str(go)] if warm else []
+            extra += ["--births"] if births else []
             procs.append(subprocess.Popen(
                 [sys.executable, "-m", "bench.loadgen", "--port", str(broker.port), "--rate", str(rate),
                  "--seconds", str(sp.hold_s), "--poles", str(poles), "--districts", str(sp.districts),

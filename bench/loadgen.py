@@ -23,6 +23,15 @@ published first, at the same rate, unmeasured by the caller's clock; then the lo
 ``--go`` (after the consumer has stored the warm messages), and only then publishes the measured
 ``rate * seconds`` messages from the following ticks. ``cpu_s`` / ``warm_cpu_s`` are this process's own
 CPU (``RUSAGE_SELF``) over each publish phase, so rendering before the clock is not counted in either.
+
+**Births** (``--births``): before any telemetry, each pole's retained birth (its status with the rated lamp
+power, nominal voltage, installed tilt and sensor kit of its inventory record), at the same rate, as the
+simulator and every edge agent send them; with ``--shard k/n`` every n-th pole's from the k-th. They are
+part of the warm phase's time and the consumer's first-interval CPU, and never counted as published
+messages. Without them a lampwatch gateway judges every lamp against the catalog's default rating
+(120 W): the city's 60-100 W lamps, over half of them, read as failed, and a bench would measure an
+alarm storm instead of a city (``tests/bench/test_bench_tools.py``). Only the lampwatch gateways are sent
+them: every other consumer subscribes to telemetry alone, so the broker would route them to nobody.
 """
 
 from __future__ import annotations
@@ -43,7 +52,7 @@ import numpy as np
 from simulator.city import City, CityConfig
 from simulator.publisher import Publisher
 from simulator.signals import SignalModel
-from simulator.stream import TelemetryStream
+from simulator.stream import TelemetryStream, birth_messages
 
 STEP_MS = 10_000
 # keys of a Telemetry payload that are not metric values: v, pole, boot, samples, seq, ts, m, evicted
@@ -98,7 +107,8 @@ def _cpu_self() -> float:
 
 
 def _publish(pubs: list[Publisher], msgs: list[tuple[str, bytes]], rate: float, max_outstanding: int,
-             probe_at: dict[int, tuple[str, int]], res: LoadResult) -> list[tuple[str, int, float]]:
+             probe_at: dict[int, tuple[str, int]], res: LoadResult, *,
+             retain: bool = False) -> list[tuple[str, int, float]]:
     """Publish ``msgs`` paced at ``rate`` in 5 ms slots, outstanding PUBACKs bounded; wait for every PUBACK.
     Returns the probes' publish times; adds the message values to ``res.values``."""
     conns, total, slot = len(pubs), len(msgs), 0.005
@@ -109,7 +119,7 @@ def _publish(pubs: list[Publisher], msgs: list[tuple[str, bytes]], rate: float, 
         due = min(total, int((time.monotonic() - start) * rate) + 1)
         while k < due:
             topic, payload = msgs[k]
-            pubs[k % conns].publish(topic, payload)
+            pubs[k % conns].publish(topic, payload, retain=retain)
             res.values += _values(payload)
             if k in probe_at:
                 probes.append((*probe_at[k], time.time()))
@@ -139,7 +149,7 @@ def _wait_for(path: str, timeout_s: float) -> None:
 def run(host: str, port: int, rate: float, seconds: float, *, poles: int = 100_000, seed: int = 7,
         districts: int = 8, conns: int = 1, probe_every: int = 200, max_outstanding: int = 20_000,
         tag: str = "0", shard_k: int = 0, shard_n: int = 1, warm_ticks: int = 0, ready: str = "",
-        go: str = "", go_timeout_s: float = 300.0) -> LoadResult:
+        go: str = "", go_timeout_s: float = 300.0, births: bool = False) -> LoadResult:
     """Publish ``rate * seconds`` messages at ``rate`` msg/s (paced); see the module docstring."""
     total = max(1, int(rate * seconds))
     warm_n = warm_ticks * poles
@@ -147,6 +157,7 @@ def run(host: str, port: int, rate: float, seconds: float, *, poles: int = 100_0
     res = LoadResult(offered_rate=rate)
     t0 = time.perf_counter()
     stream = make_stream(poles, seed, districts, ticks)
+    born = birth_messages(stream, stream.start_ms)[shard_k::shard_n] if births else []
     rng = np.random.default_rng(seed)
     probe_ix = set(range(0, poles, probe_every))
     msgs: list[tuple[str, bytes]] = []
@@ -168,14 +179,21 @@ def run(host: str, port: int, rate: float, seconds: float, *, poles: int = 100_0
         res.offered_rate = rate
     res.gen_s = time.perf_counter() - t0
     pubs = _connect(host, port, conns, tag)
-    before = (0, 0, 0)  # (sent, acked, refused) of the warm phase, not counted as the measured load
+    before = (0, 0, 0)  # (sent, acked, refused) of the births and the warm phase, not the measured load
     try:
+        if born:
+            c0, w0 = _cpu_self(), time.time()
+            _publish(pubs, born, rate, max_outstanding, {}, res, retain=True)
+            res.warm_cpu_s = _cpu_self() - c0
+            before = (sum(p.sent for p in pubs), sum(p.acked for p in pubs), sum(p.refused for p in pubs))
+            res.values = 0
         if warm:
             c0, w0 = _cpu_self(), time.time()
             _publish(pubs, warm, rate, max_outstanding, {}, res)
-            res.warm_cpu_s = _cpu_self() - c0
+            res.warm_cpu_s += _cpu_self() - c0
+            sent_births = before[0]
             before = (sum(p.sent for p in pubs), sum(p.acked for p in pubs), sum(p.refused for p in pubs))
-            res.warm_published = before[0]
+            res.warm_published = before[0] - sent_births
             res.warm_achieved_rate = res.warm_published / max(1e-9, res.t_last_publish - w0)
             res.warm_t_all_acked = res.t_all_acked
             res.values = 0
@@ -249,6 +267,7 @@ def main(argv: list[str] | None = None) -> None:
                     "measured phase (steady state); with --ready/--go the caller decides when it starts")
     ap.add_argument("--ready", default="", help="file written when the warm phase is acknowledged")
     ap.add_argument("--go", default="", help="file whose existence starts the measured phase")
+    ap.add_argument("--births", action="store_true", help="publish each pole's retained birth first (see above)")
     ap.add_argument("--out", default="-")
     a = ap.parse_args(argv)
     res: dict[str, Any]
@@ -259,7 +278,7 @@ def main(argv: list[str] | None = None) -> None:
         res = asdict(run(a.host, a.port, a.rate, a.seconds, poles=a.poles, seed=a.seed, districts=a.districts,
                          conns=a.conns, probe_every=a.probe_every, tag=a.tag,
                          shard_k=int(a.shard.split("/")[0]), shard_n=int(a.shard.split("/")[1]),
-                         warm_ticks=a.warm_ticks, ready=a.ready, go=a.go))
+                         warm_ticks=a.warm_ticks, ready=a.ready, go=a.go, births=a.births))
     text = json.dumps(res)
     if a.out == "-":
         sys.stdout.write(text + "\n")
