@@ -54,12 +54,13 @@ def city(poles: int, ticks: int, seed: int = 7) -> tuple[list[tuple[str, bytes]]
 
 
 def _announce(pipe: Pipeline, stage: DetectionStage | None, births: Sequence[tuple[str, bytes]],
-              now_ms: int) -> None:
-    """The births through the pipeline and detection, as the gateway takes them (untimed)."""
-    for topic, payload in births:
-        o = pipe.status(topic, payload, now_ms)
-        if stage is not None and o.status is not None:
-            stage(Outcome(status=o.status))
+              now_ms: int, batch: int = 250) -> None:
+    """The births through the pipeline and detection, ``batch`` at a time as the gateway's worker hands
+    a run of status messages over (``Gateway._detect``)."""
+    for i in range(0, len(births), batch):
+        outs = [pipe.status(topic, payload, now_ms) for topic, payload in births[i:i + batch]]
+        if stage is not None:
+            stage(Outcome(statuses=[o.status for o in outs if o.status is not None]))
 
 
 def run(msgs: list[tuple[str, bytes]], *, batch: int = 250, detect: bool = True,
@@ -70,7 +71,7 @@ def run(msgs: list[tuple[str, bytes]], *, batch: int = 250, detect: bool = True,
     with tempfile.TemporaryDirectory(prefix="lampwatch-hotpath-") as tmp:
         stage = DetectionStage(state_path=str(Path(tmp) / "alarms.json")) if detect else None
         c_b = time.process_time()
-        _announce(pipe, stage, births, now_ms)
+        _announce(pipe, stage, births, now_ms, batch)
         t_births = time.process_time() - c_b
         t_dec = t_det = t_enc = 0.0
         nbytes = 0
@@ -122,7 +123,7 @@ def memory(msgs: list[tuple[str, bytes]], *, batch: int = 250, detect: bool = Tr
     pipe = Pipeline()
     with tempfile.TemporaryDirectory(prefix="lampwatch-hotpath-") as tmp:
         stage = DetectionStage(state_path=str(Path(tmp) / "alarms.json")) if detect else None
-        _announce(pipe, stage, births, now_ms)
+        _announce(pipe, stage, births, now_ms, batch)
         for i in range(0, len(msgs), batch):
             outs = [pipe.telemetry(topic, payload, now_ms) for topic, payload in msgs[i:i + batch]]
             points = [p for o in outs for p in o.points]
@@ -211,7 +212,7 @@ def rss(msgs: list[tuple[str, bytes]], *, batch: int = 250, save: bool = False,
         pipe = Pipeline()
         stage = DetectionStage(state_path=str(Path(tmp) / "alarms.json"), background_save=False,
                                save_every_s=1e12, save_min_interval_s=1e12)
-        _announce(pipe, stage, births, now_ms)
+        _announce(pipe, stage, births, now_ms, batch)
         jump, peak = (0.0, 0), 0.0
         for i in range(0, len(msgs), batch):
             r0 = _status_mb()["VmRSS"]

@@ -182,6 +182,8 @@ class DetectionStage:
             dist_c = Conditions.empty()
             if outcome.status is not None:
                 pole_c.append(self.det.status(outcome.status, now_ms))
+            for st in outcome.statuses:  # in order: the alarm step takes a pole's conditions in turn
+                pole_c.append(self.det.status(st, now_ms))
             if outcome.rejects:
                 pole_c.append(self.det.refused(((rj.pole, rj.reason) for rj in outcome.rejects
                                                 if rj.reason in CLOCK_REASONS and rj.pole is not None), now_ms))

@@ -40,7 +40,10 @@ class Outcome:
     points: list[Point] = field(default_factory=list)
     readings: list[Reading] = field(default_factory=list)
     rejects: list[Reject] = field(default_factory=list)
-    status: Status | None = None
+    status: Status | None = None  # the message's status (one message, one status)
+    # several status messages in arrival order, after ``status``: how the service hands detection a run of
+    # them at once (a city's births after a power cut), one alarm step for all instead of one each
+    statuses: list[Status] = field(default_factory=list)
 
 
 class Pipeline:

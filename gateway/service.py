@@ -521,13 +521,15 @@ class Gateway:
 
     def _detect(self, batch: list[_Batched]) -> list[Point]:
         """Run detection over a batch in arrival order: consecutive readings in one call (cheap per
-        reading), each status message in its own call where it arrived. (Statuses used to go first,
-        so a Last Will arriving just after a pole's last reading was undone by that older reading.)"""
+        reading), consecutive status messages in one call (each in turn, where it arrived: 40,000 births
+        after a power cut were 40,000 alarm steps, ~235 us each). (Statuses used to go first, so a Last
+        Will arriving just after a pole's last reading was undone by that older reading.)"""
         if self.on_outcome is None:
             return []
         out: list[Point] = []
         readings: list[Any] = []
         rejects: list[Any] = []  # refused samples still say a pole is alive (e.g. a clock-skewed one)
+        statuses: list[Any] = []
         for _p, _t, o, _q in batch:
             if o is None:
                 continue
@@ -535,9 +537,14 @@ class Gateway:
                 if readings or rejects:
                     out += self.on_outcome(Outcome(readings=readings, rejects=rejects))
                     readings, rejects = [], []
-                out += self.on_outcome(Outcome(status=o.status))
+                statuses.append(o.status)
+            if statuses and (o.readings or o.rejects):
+                out += self.on_outcome(Outcome(statuses=statuses))
+                statuses = []
             readings += o.readings
             rejects += o.rejects
+        if statuses:
+            out += self.on_outcome(Outcome(statuses=statuses))
         if readings or rejects:
             out += self.on_outcome(Outcome(readings=readings, rejects=rejects))
         return out

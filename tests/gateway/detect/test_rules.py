@@ -325,6 +325,34 @@ def test_last_will_raises_offline_at_once_and_birth_clears_it() -> None:
     assert b["state"] == "cleared"
 
 
+def test_a_run_of_status_messages_in_one_call_decides_as_one_call_each() -> None:
+    """The service hands detection consecutive statuses at once (``Outcome.statuses``): each pole's are
+    taken in turn, so a will then a birth of one pole, or a birth then a will, ends as one by one."""
+    def run(batched: bool) -> tuple[list[tuple[str, str, str]], list[tuple[str, str]]]:
+        p = Pole()
+        for pole in ("p-1", "p-2", "p-3"):
+            p.pole = pole
+            p.feed(1, leakage_current_ma=1.0, lamp_power_w=100.0)
+        sts = [Status(pole="p-1", district="north", state="offline", ts=T0 + 5000, reason="will"),
+               Status(pole="p-2", district="north", state="birth", ts=T0 + 5000, rated_power_w=250.0),
+               Status(pole="p-1", district="north", state="birth", ts=T0 + 6000),
+               Status(pole="p-3", district="north", state="offline", ts=T0 + 6000, reason="will"),
+               Status(pole="p-2", district="north", state="offline", ts=T0 + 7000, reason="will")]
+        got = []
+        if batched:
+            got = alerts_of(p.stage(Outcome(statuses=sts)))
+        else:
+            for st in sts:
+                got += alerts_of(p.stage(Outcome(status=st)))
+        active = sorted((a.pole, a.key) for a in p.stage.active())
+        return [(a["pole"], a["key"], a["state"]) for a in got], active
+
+    one_by_one = run(False)
+    assert one_by_one[0] == [("p-1", "pole_offline", "raised"), ("p-1", "pole_offline", "cleared"),
+                             ("p-3", "pole_offline", "raised"), ("p-2", "pole_offline", "raised")]
+    assert run(True) == one_by_one
+
+
 def test_backhaul_down_is_a_catalog_rule() -> None:
     p = Pole()
     p.feed(RuleParams().raise_n, backhaul_up=0.0)
