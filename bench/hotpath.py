@@ -33,20 +33,21 @@ import numpy as np
 
 from bench.loadgen import make_stream
 from gateway.detection import DetectionStage
-from simulator.stream import birth_messages
 from gateway.pipeline import Outcome, Pipeline
 from ingest.lineprotocol import encode_many
+from simulator.stream import birth_messages
 
 
 def render(poles: int, ticks: int, seed: int = 7) -> list[tuple[str, bytes]]:
-    return city(poles, ticks, seed)[1]
+    return city(poles, ticks, seed, births=False)[1]
 
 
-def city(poles: int, ticks: int, seed: int = 7) -> tuple[list[tuple[str, bytes]], list[tuple[str, bytes]]]:
+def city(poles: int, ticks: int, seed: int = 7, *,
+         births: bool = True) -> tuple[list[tuple[str, bytes]], list[tuple[str, bytes]]]:
     """The load generator's city: each pole's birth (what its inventory record says, as ``bench.loadgen
-    --births`` sends it) and ``ticks`` rounds of its telemetry."""
+    --births`` sends it; none without ``births``) and ``ticks`` rounds of its telemetry."""
     stream = make_stream(poles, seed, 8, ticks)
-    born = birth_messages(stream, stream.start_ms)
+    born = birth_messages(stream, stream.start_ms) if births else []
     out: list[tuple[str, bytes]] = []
     for _ in range(ticks):
         out += stream.tick()
@@ -279,8 +280,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--no-births", action="store_true",
                     help="skip the poles' births: every lamp is judged against the default rating (an alarm storm)")
     a = ap.parse_args(argv)
-    born, msgs = city(a.poles, a.ticks)
-    born = [] if a.no_births else born
+    born, msgs = city(a.poles, a.ticks, births=not a.no_births)
     if a.compare_decoder:
         compare_decoder(msgs, batch=a.batch)
         return

@@ -30,7 +30,7 @@ simulator and every edge agent send them; with ``--shard k/n`` every n-th pole's
 part of the warm phase's time and the consumer's first-interval CPU, and never counted as published
 messages. Without them a lampwatch gateway judges every lamp against the catalog's default rating
 (120 W): the city's 60-100 W lamps, over half of them, read as failed, and a bench would measure an
-alarm storm instead of a city (``tests/bench/test_bench_tools.py``). Only the lampwatch gateways are sent
+alarm storm instead of a city (``tests/bench/test_loadgen.py``). Only the lampwatch gateways are sent
 them: every other consumer subscribes to telemetry alone, so the broker would route them to nobody.
 """
 
