@@ -32,7 +32,7 @@ import struct
 import time
 from typing import Any, Self
 
-from testbed.servers import LOOPBACK, HarnessError, ServerStartError, _http, _Server, _tcp_open, free_port
+from testbed.servers import LOOPBACK, HarnessError, ServerStartError, _http, _Server, free_port, tcp_open
 
 #: MQTT packet ids per session: NATS splits them over the session's QoS 1 subscriptions
 PACKET_IDS = 65_535
@@ -118,7 +118,7 @@ class NatsNode(_Server):
         return [self.executable, "-c", str(self.conf_path)]
 
     def _ready(self) -> bool:  # the process listens; cluster readiness is NatsCluster.wait_ready
-        return _tcp_open(self.host, self.monitor_port) and _tcp_open(self.host, self.mqtt_port)
+        return tcp_open(self.host, self.monitor_port) and tcp_open(self.host, self.mqtt_port)
 
     def stop(self) -> None:
         self._signal_and_reap(signal.SIGTERM, NODE_STOP_TIMEOUT_S)

@@ -102,7 +102,7 @@ def free_port() -> int:
         return port
 
 
-def _tcp_open(host: str, port: int) -> bool:
+def tcp_open(host: str, port: int) -> bool:
     try:
         with socket.create_connection((host, port), timeout=0.5):
             return True
@@ -361,7 +361,7 @@ class Mosquitto(_Server):
         return [self.executable, "-c", str(self.conf_path)]
 
     def _ready(self) -> bool:
-        return _tcp_open(self.host, self.port)
+        return tcp_open(self.host, self.port)
 
 
 class InfluxDB1(_Server):

@@ -53,7 +53,7 @@ from simulator.drills.gateway_drills import Log
 from simulator.signals import SignalModel
 from simulator.stream import TelemetryStream
 from testbed.gateway import GatewayProcess
-from testbed.servers import Mosquitto, free_port
+from testbed.servers import Mosquitto, free_port, tcp_open
 
 WAIT_S = 30.0
 GATEWAY = credentials.GATEWAY_USER
@@ -63,10 +63,15 @@ class ProductionBroker(Mosquitto):
     """Mosquitto running the repository's mosquitto.conf as rendered for bare metal (see above)."""
 
     def __init__(self, broker_dir: Path, *, identity: bool = True) -> None:
-        super().__init__()  # self.port: the TLS listener, which the harness waits for
+        super().__init__()  # self.port: the TLS listener
         self.plain_port = free_port()
         self.broker_dir = broker_dir
         self.identity = identity
+
+    def _ready(self) -> bool:
+        # Mosquitto opens its listeners one after another, the TLS one first: ready on the TLS port
+        # alone let a plain login arrive before the plain port listened (CI: connection refused).
+        return tcp_open(self.host, self.port) and tcp_open(self.host, self.plain_port)
 
     def config_text(self) -> str:
         text = brokerfiles.bare_metal_config(brokerfiles.repository_config().read_text(), self.broker_dir,

@@ -182,9 +182,9 @@ class ModbusSimulator:
     def start(self) -> ModbusSimulator:
         self.thread.start()
         assert self.ready.wait(10)
-        from testbed.servers import _tcp_open
+        from testbed.servers import tcp_open
 
-        wait_until(lambda: _tcp_open("127.0.0.1", self.port), 10, "modbus simulator listening")
+        wait_until(lambda: tcp_open("127.0.0.1", self.port), 10, "modbus simulator listening")
         return self
 
     def stop(self) -> None:

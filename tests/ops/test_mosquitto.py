@@ -24,7 +24,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from contract import topics
 from ingest import credentials
-from testbed.servers import Mosquitto, ServerMissing, free_port, require
+from testbed.servers import Mosquitto, ServerMissing, free_port, require, tcp_open
 from tests.servers import missing
 
 REPO = Path(__file__).resolve().parents[2]
@@ -60,9 +60,12 @@ class RepoBroker(Mosquitto):
     """Mosquitto started from the repository's mosquitto.conf (test substitutions only)."""
 
     def __init__(self, certs: Path, creds: Path) -> None:
-        super().__init__()  # self.port: the TLS listener (the harness waits for it)
+        super().__init__()  # self.port: the TLS listener
         self.plain_port = free_port()
         self.certs, self.creds = certs, creds
+
+    def _ready(self) -> bool:  # both listeners: Mosquitto opens the TLS one first
+        return tcp_open(self.host, self.port) and tcp_open(self.host, self.plain_port)
 
     def config_text(self) -> str:
         text = (REPO / "mosquitto.conf").read_text()
