@@ -65,6 +65,9 @@ class Rules:
         p, fleet = self.params, self.state
         self.thresholds = Thresholds(fleet, p, self.metrics)
         self.rules: tuple[Rule, ...] = self.thresholds.rules
+        # a lamp reads healthy at or above the lamp_failure rule's clear level (x expected power)
+        self._healthy = max((max(r.clear_at) for r in self.rules if r.relative_to == "rated" and r.op == "<="),
+                            default=0.85)
         self.FLICKER, self.OFFLINE, self.STUCK = len(self.rules), len(self.rules) + 1, len(self.rules) + 2
         self.flicker = Flicker(fleet, p, self.FLICKER)
         self.presence_ = Presence(fleet, p, self.OFFLINE)
@@ -159,7 +162,8 @@ class Rules:
         with np.errstate(invalid="ignore"):
             should_on = np.where(~np.isnan(dim), dim > 0, lux < p.dusk_lux)
         should_on &= ~np.isnan(dim) | ~np.isnan(lux)  # the context is known
-        ctx = LampContext(rated, nominal, rated * np.where(np.isnan(dim), 100.0, dim) / 100.0, should_on,
+        judged = self._rating(rows, vals[:, _POWER], dim, should_on)
+        ctx = LampContext(judged, nominal, judged * np.where(np.isnan(dim), 100.0, dim) / 100.0, should_on,
                           self.maint.active(rows, ts))
         rule_c, hold = self.thresholds.evaluate(rows, ts, vals, ctx, self.presence_.interval_ms(rows))
         parts = [rule_c, self.flicker.evaluate(rows, ts, vals[:, _POWER], rated)]
@@ -177,6 +181,28 @@ class Rules:
         parts.append(self.stuck.evaluate(rows, ts, vals, explained, vals[:, _POWER]))
         parts.append(self.presence_.heard(rows, ts))  # a reading is proof of life: clears pole_offline
         return Conditions.concat(parts)
+
+    def _rating(self, rows: np.ndarray, power: np.ndarray, dim: np.ndarray, should_on: np.ndarray) -> np.ndarray:
+        """The rating the ``rated`` rules (lamp_failure) judge each row's lamp against: the declared one;
+        else the full-power draw learnt from the lamp's own lit readings (learnt here, see
+        ``RuleParams.unrated_floor_w``); else, never seen lit, ``unrated_floor_w``. Flicker, the stuck rule's
+        quiet lamp, physics and the district comparison keep the declared-else-default rating: a learnt
+        one follows a slowly drifting power sensor, which those rules exist to see."""
+        f, p = self.state, self.params
+        declared = f.rated_w[rows]
+        unknown = np.isnan(declared)
+        if not unknown.any():
+            return declared
+        cur = f.rated_learned[rows]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            implied = power * 100.0 / dim  # the draw at full power this reading implies
+            lit = unknown & should_on & (dim >= p.rating_min_dim) & np.isfinite(implied)
+            seed = lit & np.isnan(cur) & (implied >= self._healthy * p.unrated_floor_w)
+            move = lit & (implied >= self._healthy * cur)  # a failing lamp does not teach (NaN: False)
+            if seed.any() or move.any():
+                cur = np.where(seed, implied, np.where(move, cur + p.rating_rate * (implied - cur), cur))
+                f.rated_learned[rows] = cur
+        return np.where(unknown, np.where(np.isnan(cur), p.unrated_floor_w, cur), declared)
 
     # --- presence --------------------------------------------------------------------------------------
     def interval_ms(self, rows: np.ndarray) -> np.ndarray:
@@ -199,7 +225,7 @@ class Rules:
         self.presence_.excuse(ms)
 
     # --- persistence: one record per pole, in row order (the state file's ``poles``) ---------------
-    _ATTRS = ("rated_w", "nominal_v", "interval_ms", "interval_ew")
+    _ATTRS = ("rated_w", "rated_learned", "nominal_v", "interval_ms", "interval_ew")
 
     def export_columns(self) -> Callable[[], Iterator[tuple[str, object]]]:
         """The state document's pole table, to be made later: what it reads is copied now (the registry,

@@ -296,6 +296,7 @@ class FleetState(Columns):
     last_ts = Col(np.int64, NO_TS)  # newest device time seen from the pole
     arrival_ms = Col(np.int64, NO_TS)  # gateway clock when the pole was last heard
     rated_w = Col(np.float64, np.nan)  # per-pole attributes (inventory / birth): rated lamp power
+    rated_learned = Col(np.float64, np.nan)  # full-power draw learnt from lit readings (where rated_w is unknown)
     nominal_v = Col(np.float64, np.nan)  # nominal supply voltage
     interval_ms = Col(np.float64, np.nan)  # announced (status) reporting interval
     interval_ew = Col(np.float64, np.nan)  # reporting interval learned from device times

@@ -356,8 +356,8 @@ def _city_stage(path: Path, poles: int = 40, ticks: int = 150) -> DetectionStage
 def _pole_tables(stage: DetectionStage) -> dict[str, np.ndarray]:
     """What the pole table saves, as the live arrays hold it."""
     n, th = stage.state.n, stage.det.rules.thresholds.st
-    out = {k: getattr(stage.state, k)[:n].copy() for k in ("rated_w", "nominal_v", "interval_ms", "interval_ew",
-                                                           "last_ts", "arrival_ms")}
+    out = {k: getattr(stage.state, k)[:n].copy() for k in ("rated_w", "rated_learned", "nominal_v", "interval_ms",
+                                                           "interval_ew", "last_ts", "arrival_ms")}
     out |= {k: getattr(th, k)[:n].copy() for k in ("base", "base_given", "mean_m", "mean_w", "mean_t")}
     out["said_offline"] = stage.det.rules.presence_.st.said_offline[:n].copy()
     out["maint"] = stage.det.rules.maint.st.end[:n].copy()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -110,7 +111,7 @@ def _raw(rule_key: str, x: float) -> float:
 
 def _pole(metric: str) -> Pole:
     p = Pole(context={"dimming_pct": 100.0} if metric != "dimming_pct" else {})
-    p.stage.set_pole("p-1", "north", tilt_baseline_deg=TILT_BASE)
+    p.stage.set_pole("p-1", "north", tilt_baseline_deg=TILT_BASE, rated_power_w=DEFAULT_RATED_POWER_W)
     return p
 
 
@@ -171,33 +172,39 @@ def test_warning_tier_needs_a_minimum_duration_and_an_interruption_resets_it() -
 
 
 # --- lamp-on context -------------------------------------------------------------------------------------
+def _rated(watts: float = 120.0) -> Pole:
+    p = Pole()
+    p.stage.set_pole(p.pole, p.district, rated_power_w=watts)
+    return p
+
+
 def test_lamp_failure_uses_dimming_for_expected_power() -> None:
-    off = Pole()
+    off = _rated()
     off.feed(5, dimming_pct=0.0, lamp_power_w=0.0)  # commanded off: a dark lamp is right
     assert off.level("lamp_failure") == 0
-    dim = Pole()
+    dim = _rated()
     dim.feed(5, dimming_pct=50.0, lamp_power_w=50.0)  # 50/60 = 83 %: fine
     assert dim.level("lamp_failure") == 0
-    weak = Pole()
+    weak = _rated()
     weak.feed(5, dimming_pct=50.0, lamp_power_w=47.0)  # 47/60 = 78 %
     assert weak.severity("lamp_failure") == "warning"
     assert "expected 60 W" in weak.alerts[0]["explain"]
 
 
 def test_lamp_failure_falls_back_to_illuminance_and_knows_nothing_without_context() -> None:
-    dark = Pole()
+    dark = _rated()
     dark.feed(5, illuminance_lux=5.0, lamp_power_w=50.0)
     assert dark.level("lamp_failure") == 1
-    day = Pole()
+    day = _rated()
     day.feed(5, illuminance_lux=5000.0, lamp_power_w=0.0)
     assert day.level("lamp_failure") == 0
-    blind = Pole()
+    blind = _rated()
     blind.feed(5, lamp_power_w=0.0)
     assert blind.level("lamp_failure") == 0
 
 
 def test_lamp_failure_stays_through_the_day_until_the_lamp_is_seen_working() -> None:
-    p = Pole()
+    p = _rated()
     p.feed(5, dimming_pct=100.0, lamp_power_w=10.0)
     assert p.level("lamp_failure") == 1
     assert p.feed(10, dimming_pct=0.0, lamp_power_w=0.0) == []  # day: no evidence either way
@@ -216,6 +223,52 @@ def test_rated_power_and_nominal_voltage_are_per_pole() -> None:
     std.feed(5, dimming_pct=100.0, lamp_power_w=150.0, supply_voltage_v=120.0)
     assert std.level("lamp_failure") == 0
     assert std.level("voltage_low") == 1
+
+
+def test_a_lamp_of_unknown_rating_is_judged_against_its_own_lit_draw() -> None:
+    # a 60 W lamp whose device declares no rated_power_w (it is optional in the birth and the inventory):
+    # judged against a 120 W default it read as failed at every lit sample, for ever
+    p = Pole()
+    p.feed(10, dimming_pct=100.0, lamp_power_w=60.0)
+    assert p.level("lamp_failure") == 0
+    p.feed(10, dimming_pct=50.0, lamp_power_w=30.5)  # dimmed: half the learned draw is right
+    assert p.level("lamp_failure") == 0
+    p.feed(5, dimming_pct=100.0, lamp_power_w=40.0)  # 40 / 60 = 67 %: the lamp lost a third of its light
+    assert p.severity("lamp_failure") == "warning"
+    assert "expected 60." in p.alerts[-1]["explain"]  # learnt: 60 W and a little of the dimmed readings
+    p.feed(20, dimming_pct=100.0, lamp_power_w=40.0)  # a failing lamp does not teach its own rating
+    assert p.level("lamp_failure") == 1
+    p.feed(3, dimming_pct=100.0, lamp_power_w=60.0)
+    assert p.level("lamp_failure") == 0
+
+
+def test_a_lamp_of_unknown_rating_never_seen_lit_is_judged_as_the_smallest_lamp() -> None:
+    dark = Pole()
+    dark.feed(5, dimming_pct=100.0, lamp_power_w=0.4)  # a dark street from its first night
+    assert dark.level("lamp_failure") == 1
+    small = Pole()
+    small.feed(5, dimming_pct=100.0, lamp_power_w=12.0)  # a 12 W lamp is lit, not failed
+    assert small.level("lamp_failure") == 0
+    lux_only = Pole()  # no dimming reported: nothing is learnt, only a dark lamp is called failed
+    lux_only.feed(5, illuminance_lux=5.0, lamp_power_w=35.0)
+    assert lux_only.level("lamp_failure") == 0
+
+
+def test_a_learned_rating_survives_a_restart(tmp_path: Path) -> None:
+    now = [1_700_000_000.0]
+
+    def stage() -> DetectionStage:
+        return DetectionStage(state_path=str(tmp_path / "state.json"), clock=lambda: now[0], spatial=None,
+                              stream=False, background_save=False)
+
+    p = Pole(stage())
+    p.now = now
+    p.feed(10, dimming_pct=100.0, lamp_power_w=60.0)
+    p.stage.close()
+    q = Pole(stage())
+    q.now, q.t, q.seq = now, p.t, p.seq
+    q.feed(5, dimming_pct=100.0, lamp_power_w=40.0)  # a restart does not learn the failed lamp afresh
+    assert q.level("lamp_failure") == 1
 
 
 def test_power_factor_only_while_the_lamp_should_be_on() -> None:
