@@ -17,6 +17,8 @@ import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
+
 from contract import schema
 from contract.catalog import METRICS
 from contract.cli import quiet_logs
@@ -95,7 +97,7 @@ class FaultRun:
         return [n / pd * 1000.0 for _, pd, n in self.per_seed]
 
 
-def simulate(poles: int, days: float, step_s: int, seed: int, rate: float
+def simulate(poles: int, days: float, step_s: int, seed: int, rate: float, unrated: float = 0.0
              ) -> tuple[list[Alarm], list[Fault], int, int]:
     """A simulated city with seeded faults -> the gateway's pure pipeline -> DetectionStage.
 
@@ -103,7 +105,8 @@ def simulate(poles: int, days: float, step_s: int, seed: int, rate: float
     attributes) first, then per tick the messages are decoded and de-duplicated by the gateway's
     :class:`~gateway.pipeline.Pipeline` (``decode_telemetry`` + sequence tracking), their readings go
     to the stage as one batch, and ``stage.tick(now)`` checks silence. Raised/cleared alert points
-    become alarm intervals. Returns (alarms, faults, start_ms, end_ms).
+    become alarm intervals. Returns (alarms, faults, start_ms, end_ms). A share ``unrated`` of the poles
+    (drawn from ``seed``) are born without ``rated_power_w``, as devices whose makers did not declare it.
     """
     from gateway.detection import DetectionStage
     from gateway.pipeline import Outcome, Pipeline
@@ -138,7 +141,9 @@ def simulate(poles: int, days: float, step_s: int, seed: int, rate: float
                 done.append(open_.pop(ident)._replace(cleared_ms=t_ms))
 
     birth_ms = START_MS - step_ms
-    for topic, payload in birth_messages(stream, birth_ms):
+    pick = np.random.default_rng([seed, 0x0A7ED]).random(len(city.poles)) < unrated
+    no_rating = frozenset(p.pole_id for p, u in zip(city.poles, pick, strict=True) if u)
+    for topic, payload in birth_messages(stream, birth_ms, unrated=no_rating):
         collect(stage(pipe.status(topic, payload, birth_ms)))
     for _ in range(n_ticks):
         clock_ms[0] = stream.now_ms + 500  # arrival half a second after the device stamped it
@@ -195,13 +200,13 @@ def judge(alarms: list[Alarm], faults: list[Fault], *, step_ms: int, pole_days: 
 
 
 def run_faults(poles: int = 200, days: float = 3.0, step_s: int = 300, seed: int = 11,
-               rate: float = 0.3) -> FaultRun:
+               rate: float = 0.3, unrated: float = 0.0) -> FaultRun:
     """One seeded city, simulated and scored honestly (see :func:`judge`)."""
-    return run_seeds((seed,), poles=poles, days=days, step_s=step_s, rate=rate)
+    return run_seeds((seed,), poles=poles, days=days, step_s=step_s, rate=rate, unrated=unrated)
 
 
 def run_seeds(seeds: tuple[int, ...] = EVAL_SEEDS, *, poles: int = 100, days: float = 2.0, step_s: int = 300,
-              rate: float = 0.3, progress: bool = False) -> FaultRun:
+              rate: float = 0.3, progress: bool = False, unrated: float = 0.0) -> FaultRun:
     """Every seed simulated and judged on its own; the result pools them (pole ids prefixed by seed)."""
     alarms: list[Alarm] = []
     faults: list[Fault] = []
@@ -209,7 +214,7 @@ def run_seeds(seeds: tuple[int, ...] = EVAL_SEEDS, *, poles: int = 100, days: fl
     per_seed: list[tuple[int, float, int]] = []
     pd_all = 0.0
     for seed in seeds:
-        al, fs, start_ms, end_ms = simulate(poles, days, step_s, seed, rate)
+        al, fs, start_ms, end_ms = simulate(poles, days, step_s, seed, rate, unrated)
         pd = sc_pole_days(poles, start_ms, end_ms)
         _, _, _, false, _ = judge(al, fs, step_ms=step_ms, pole_days=pd, end_ms=end_ms)
         per_seed.append((seed, pd, len(false)))
@@ -370,9 +375,9 @@ def summary(run: FaultRun) -> str:
 
 
 def faults_line(table: bool = True, *, seeds: tuple[int, ...] = EVAL_SEEDS, poles: int = 100,
-                days: float = 2.0, progress: bool = False) -> str:
+                days: float = 2.0, progress: bool = False, unrated: float = 0.0) -> str:
     """Simulator fault-injection scoring over ``seeds``: the table (if ``table``) and the summary lines."""
-    run = run_seeds(seeds, poles=poles, days=days, progress=progress)
+    run = run_seeds(seeds, poles=poles, days=days, progress=progress, unrated=unrated)
     lines = [summary(run), sensor_line(run), trend_line(run), seeds_line(run)]
     return "\n".join([faults_table(run), *lines] if table else lines)
 
@@ -391,11 +396,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--poles", type=int, default=100, help="poles per simulated city")
     ap.add_argument("--days", type=float, default=2.0, help="simulated days per seed")
     ap.add_argument("--full", action="store_true", help="the issue's full size: 200 poles x 3 days per seed")
+    ap.add_argument("--unrated", type=float, default=0.0,
+                    help="share of poles born without rated_power_w (0-1; default 0: every birth declares it)")
     args = ap.parse_args(argv)
     if args.full:
         args.poles, args.days = 200, 3.0
-    if args.seeds < 1 or args.poles < 1 or args.days <= 0 or args.first_seed < 0:
-        print("error: --seeds and --poles must be >= 1, --days > 0 and --first-seed >= 0", file=sys.stderr)
+    if args.seeds < 1 or args.poles < 1 or args.days <= 0 or args.first_seed < 0 or not 0 <= args.unrated <= 1:
+        print("error: --seeds and --poles must be >= 1, --days > 0, --first-seed >= 0 and --unrated in 0..1",
+              file=sys.stderr)
         return 2
     if not args.no_nab:
         nab_dir = args.nab or default_nab_dir()
@@ -404,7 +412,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         print(nab_line(nab_dir, args.out), flush=True)
     seeds = tuple(range(args.first_seed, args.first_seed + args.seeds))
-    extra = None if args.no_faults else faults_line(seeds=seeds, poles=args.poles, days=args.days, progress=True)
+    extra = None if args.no_faults else faults_line(seeds=seeds, poles=args.poles, days=args.days, progress=True,
+                                                    unrated=args.unrated)
     if extra is not None:
         print(extra)
     return 0

@@ -245,9 +245,11 @@ def _malform(payload: bytes, rng: np.random.Generator) -> bytes:
     return payload.replace(b'"v":1', b'"v":1,"v2":true', 1)  # an extra field
 
 
-def birth_messages(stream: TelemetryStream, ts_ms: int, interval_s: float | None = None) -> list[tuple[str, bytes]]:
+def birth_messages(stream: TelemetryStream, ts_ms: int, interval_s: float | None = None, *,
+                   unrated: frozenset[str] = frozenset()) -> list[tuple[str, bytes]]:
     """One retained birth Status per pole, carrying what the pole's inventory record says (rated lamp
-    power, nominal voltage, installed tilt, sensor kit, location): the safety rules judge against it."""
+    power, nominal voltage, installed tilt, sensor kit, location): the safety rules judge against it.
+    The poles in ``unrated`` leave ``rated_power_w`` out, as a device whose maker did not declare it."""
     from contract.models import Location, Status
     from contract.topics import status
 
@@ -255,7 +257,8 @@ def birth_messages(stream: TelemetryStream, ts_ms: int, interval_s: float | None
     for i, p in enumerate(stream.city.poles):
         st = Status(pole=p.pole_id, district=p.district, state="birth", ts=ts_ms, boot=stream.boot(i),
                     agent_version="sim", sensors=p.sensors, location=Location(lat=p.lat, lon=p.lon),
-                    interval_s=interval_s or stream.step_ms / 1000, rated_power_w=p.rated_power_w,
+                    interval_s=interval_s or stream.step_ms / 1000,
+                    rated_power_w=None if p.pole_id in unrated else p.rated_power_w,
                     nominal_voltage_v=p.nominal_voltage_v, tilt_baseline_deg=p.tilt_baseline_deg)
         out.append((status(p.district, p.pole_id), st.model_dump_json(exclude_none=True).encode()))
     return out
