@@ -316,6 +316,10 @@ def repeat_prior(m: Metric) -> float:
 #: Nominal supply voltage and rated lamp power when a pole does not say otherwise.
 DEFAULT_NOMINAL_VOLTAGE_V = 230.0
 DEFAULT_RATED_POWER_W = 120.0
+#: A lamp whose rating nobody declared and that was never seen lit is judged as this, the smallest street
+#: lamp: it is called failed (dark) only below 80 % of it. Once seen lit, its own draw is its rating
+#: (gateway.detect.rules.Rules._rating; ingest.opendata.aggregate).
+UNRATED_FLOOR_W = 10.0
 
 
 def metric(name: str) -> Metric:

@@ -265,9 +265,17 @@ def _night_hour(h: PoleHour) -> tuple[bool, float] | None:
     return None
 
 
-def _lit(h: PoleHour, level_pct: float, rated_w: float) -> bool:
+def _full_draw(h: PoleHour, level_pct: float) -> float:
+    """The draw at full power the hour's mean implies (``power x 100 / level``); 0 without a power reading."""
     power = h.aggs.get("lamp_power_w")
-    return power is not None and power.count > 0 and power.mean >= LIT_FRACTION * rated_w * level_pct / 100.0
+    if power is None or not power.count or level_pct <= 0:
+        return 0.0
+    return power.mean * 100.0 / level_pct
+
+
+def _lit(full_w: float, rated_w: float) -> bool:
+    """Lit as scheduled: the catalog's lamp_failure rule on the hour's mean (80 % of rated x level)."""
+    return full_w >= LIT_FRACTION * rated_w
 
 
 def _received(h: PoleHour, cap: float) -> int:
@@ -288,20 +296,15 @@ def aggregate(hours: Iterable[PoleHour], alerts: Iterable[AlertEvent], poles: It
     received: dict[tuple[date, str], int] = defaultdict(int)
     air: dict[tuple[date, str, str], Agg] = {}
     noise: dict[tuple[date, str, str], list[float]] = defaultdict(list)
-    # lighting per (night, district, pole): [night hours with data, lit hours]
-    nights: dict[tuple[date, str, str], list[int]] = defaultdict(lambda: [0, 0])
+    # lighting per (night, district, pole): the full-power draw each of its night hours implies
+    nights: dict[tuple[date, str, str], list[float]] = defaultdict(list)
     caps: dict[tuple[str, str], float] = {}
     lo_ns, hi_ns = p.alert_range()
     for h in hours:
         known[h.district].add(h.pole)
         sched = _night_hour(h)
         if sched is not None and sched[0]:
-            pole_info = info.get((h.district, h.pole))
-            rated = (pole_info.rated_power_w if pole_info and pole_info.rated_power_w
-                     else catalog.DEFAULT_RATED_POWER_W)
-            tally = nights[(_night_of(h.start_ns, p), h.district, h.pole)]
-            tally[0] += 1
-            tally[1] += _lit(h, sched[1], rated)
+            nights[(_night_of(h.start_ns, p), h.district, h.pole)].append(_full_draw(h, sched[1]))
         if not lo_ns <= h.start_ns < hi_ns:
             continue
         local = _local(h.start_ns, p)
@@ -326,9 +329,21 @@ def aggregate(hours: Iterable[PoleHour], alerts: Iterable[AlertEvent], poles: It
             elif local.hour in NIGHT_PERIOD:
                 noise[(*key, "night")].append(n.mean)
 
-    dark = {k for k, (n_h, lit) in nights.items() if n_h and lit < n_h / 2}
+    # a pole's rating: the declared one; else, as the gateway judges it, the draw it was seen lit at (its
+    # brightest night hour in the read, the floor if it never showed more): the old 120 W default called
+    # every unrated lamp under 96 W dark, every night
+    rated: dict[tuple[str, str], float] = {}
+    for (_night, district, pole), draws in nights.items():
+        pole_info = info.get((district, pole))
+        if pole_info is not None and pole_info.rated_power_w:
+            rated[(district, pole)] = pole_info.rated_power_w
+        else:
+            seen = rated.get((district, pole), catalog.UNRATED_FLOOR_W)
+            rated[(district, pole)] = max(seen, *draws)
+    tally = {k: (len(draws), sum(_lit(w, rated[k[1:]]) for w in draws)) for k, draws in nights.items()}
+    dark = {k for k, (n_h, lit) in tally.items() if n_h and lit < n_h / 2}
     lighting: dict[tuple[date, str], list[int]] = defaultdict(lambda: [0, 0, 0])
-    for (night, district, pole), (n_h, lit) in nights.items():
+    for (night, district, pole), (n_h, lit) in tally.items():
         if night not in day_set:
             continue
         t = lighting[(night, district)]

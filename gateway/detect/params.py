@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from contract.catalog import UNRATED_FLOOR_W
 from contract.levels import BASELINE_LEARN_N
 
 
@@ -29,7 +30,7 @@ class RuleParams:
     # lamp_failure rule's clear level) moves it by rating_rate. Until it was seen lit it is judged as the
     # smallest street lamp, unrated_floor_w: a lamp dark from its first night still alarms. The old fallback,
     # a 120 W default, called every unrated lamp under 96 W failed at every lit sample.
-    unrated_floor_w: float = 10.0
+    unrated_floor_w: float = UNRATED_FLOOR_W
     rating_min_dim: float = 20.0
     rating_rate: float = 0.02
     flicker_window_ms: int = 10 * 60_000

@@ -548,6 +548,20 @@ def test_only_whole_scheduled_hours_count_and_a_dimmed_lamp_is_lit() -> None:
     assert (day.night_pole_hours, day.lit_pole_hours) == (2, 1)
 
 
+def test_a_lamp_of_unknown_rating_is_lit_at_the_draw_it_shows_on_its_brightest_night_hour() -> None:
+    # rated_power_w is optional: against the old 120 W default an unrated 60 W lamp was dark every night,
+    # and the public file said so
+    p = od.Params(date(2026, 3, 2), date(2026, 3, 3), min_poles=1)
+    t = p.local_ns(date(2026, 3, 2), 21)
+    on = roll.Agg.of(100.0)
+    hours = [_hour("north", "a", t + k * od.HOUR_NS, dimming_pct=on, lamp_power_w=roll.Agg.of(w))
+             for k, w in enumerate((60.0, 59.0, 40.0))]  # the last hour: 40 / 60 = 67 %, not lit
+    hours += [_hour("north", "b", t + k * od.HOUR_NS, dimming_pct=on, lamp_power_w=roll.Agg.of(0.3))
+              for k in range(3)]  # never seen lit: judged as the smallest lamp (10 W), dark
+    day = od.aggregate(hours, [], [od.PoleInfo("north", "a"), od.PoleInfo("north", "b")], p).days[0]
+    assert (day.night_pole_hours, day.lit_pole_hours) == (6, 2)
+
+
 def test_suppression_is_at_the_minimum_exactly() -> None:
     p = od.Params(date(2026, 3, 2), date(2026, 3, 3), min_poles=3)
     t = p.local_ns(date(2026, 3, 2), 10)
