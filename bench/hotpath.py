@@ -2,8 +2,9 @@
 ``python -m bench.hotpath [--poles N] [--ticks T] [--no-detect] [--no-births] [--profile]``.
 
 Renders ``poles * ticks`` lampwatch telemetry messages (the load generator's city and order), hands
-the gateway each pole's birth first (untimed; ``--no-births`` leaves every lamp judged against the
-default rating, an alarm storm over half the city, which is what this measured before), then
+the gateway each pole's birth first (untimed; ``--no-births`` leaves every lamp's rating to be learnt
+from its lit draw, as for a device that declares none; against the old 120 W default that was an alarm
+storm over half the city, which is what this measured before the births), then
 runs, per batch of ``batch`` messages as the pipeline thread does: ``Pipeline.telemetry`` (decode,
 validate, dedup, points) for every message, the detection stage over the batch's outcomes, and the
 line-protocol encoding of the batch's points (what ``Influx1Store.write`` sends). Prints one line
@@ -278,7 +279,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--compare-decoder", action="store_true",
                     help="alternate the msgspec fast path and the pydantic-only decoder, two rounds each")
     ap.add_argument("--no-births", action="store_true",
-                    help="skip the poles' births: every lamp is judged against the default rating (an alarm storm)")
+                    help="skip the poles' births: every lamp's rating is learnt from its lit draw")
     a = ap.parse_args(argv)
     born, msgs = city(a.poles, a.ticks, births=not a.no_births)
     if a.compare_decoder:

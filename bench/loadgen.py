@@ -28,10 +28,12 @@ CPU (``RUSAGE_SELF``) over each publish phase, so rendering before the clock is 
 power, nominal voltage, installed tilt and sensor kit of its inventory record), at the same rate, as the
 simulator and every edge agent send them; with ``--shard k/n`` every n-th pole's from the k-th. They are
 part of the warm phase's time and the consumer's first-interval CPU, and never counted as published
-messages. Without them a lampwatch gateway judges every lamp against the catalog's default rating
-(120 W): the city's 60-100 W lamps, over half of them, read as failed, and a bench would measure an
-alarm storm instead of a city (``tests/bench/test_loadgen.py``). Only the lampwatch gateways are sent
-them: every other consumer subscribes to telemetry alone, so the broker would route them to nobody.
+messages. Without them a lampwatch gateway judged every lamp against the catalog's default rating
+(120 W): the city's 60-100 W lamps, over half of them, read as failed, and the bench measured an alarm
+storm instead of a city. Today it learns an unrated lamp's rating from its lit draw
+(``tests/bench/test_loadgen.py`` checks both ways), but a real agent declares it, so the bench sends
+it. Only the lampwatch gateways are sent them: every other consumer subscribes to telemetry alone, so
+the broker would route them to nobody.
 """
 
 from __future__ import annotations
