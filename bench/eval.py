@@ -200,9 +200,9 @@ def judge(alarms: list[Alarm], faults: list[Fault], *, step_ms: int, pole_days: 
 
 
 def run_faults(poles: int = 200, days: float = 3.0, step_s: int = 300, seed: int = 11,
-               rate: float = 0.3, unrated: float = 0.0) -> FaultRun:
+               rate: float = 0.3) -> FaultRun:
     """One seeded city, simulated and scored honestly (see :func:`judge`)."""
-    return run_seeds((seed,), poles=poles, days=days, step_s=step_s, rate=rate, unrated=unrated)
+    return run_seeds((seed,), poles=poles, days=days, step_s=step_s, rate=rate)
 
 
 def run_seeds(seeds: tuple[int, ...] = EVAL_SEEDS, *, poles: int = 100, days: float = 2.0, step_s: int = 300,

@@ -332,15 +332,15 @@ def aggregate(hours: Iterable[PoleHour], alerts: Iterable[AlertEvent], poles: It
     # a pole's rating: the declared one; else, as the gateway judges it, the draw it was seen lit at (its
     # brightest night hour in the read, the floor if it never showed more): the old 120 W default called
     # every unrated lamp under 96 W dark, every night
-    rated: dict[tuple[str, str], float] = {}
+    brightest: dict[tuple[str, str], float] = defaultdict(lambda: catalog.UNRATED_FLOOR_W)
     for (_night, district, pole), draws in nights.items():
-        pole_info = info.get((district, pole))
-        if pole_info is not None and pole_info.rated_power_w:
-            rated[(district, pole)] = pole_info.rated_power_w
-        else:
-            seen = rated.get((district, pole), catalog.UNRATED_FLOOR_W)
-            rated[(district, pole)] = max(seen, *draws)
-    tally = {k: (len(draws), sum(_lit(w, rated[k[1:]]) for w in draws)) for k, draws in nights.items()}
+        brightest[(district, pole)] = max(brightest[(district, pole)], *draws)
+
+    def rated(pole: tuple[str, str]) -> float:
+        declared = info[pole].rated_power_w if pole in info else None
+        return declared or brightest[pole]
+
+    tally = {k: (len(draws), sum(_lit(w, rated(k[1:])) for w in draws)) for k, draws in nights.items()}
     dark = {k for k, (n_h, lit) in tally.items() if n_h and lit < n_h / 2}
     lighting: dict[tuple[date, str], list[int]] = defaultdict(lambda: [0, 0, 0])
     for (night, district, pole), (n_h, lit) in tally.items():

@@ -360,8 +360,14 @@ class Mosquitto(_Server):
     def _command(self) -> list[str]:
         return [self.executable, "-c", str(self.conf_path)]
 
+    def listen_ports(self) -> tuple[int, ...]:
+        """Every port the config listens on (a subclass with more listeners names them all)."""
+        return (self.port,)
+
     def _ready(self) -> bool:
-        return tcp_open(self.host, self.port)
+        # all of them: Mosquitto opens its listeners one after another, so the first one accepting says
+        # nothing of the next (a plain login right after start was refused 1 time in 40)
+        return all(tcp_open(self.host, p) for p in self.listen_ports())
 
 
 class InfluxDB1(_Server):

@@ -24,15 +24,10 @@ class RuleParams:
     clear_n: int = 3
     tilt_learn_n: int = BASELINE_LEARN_N  # readings whose median becomes the installed tilt baseline
     lamp_on_frac: float = 0.05  # lamp counts as "on" (flicker) above this share of rated power
-    # A lamp whose rating nobody declared (rated_power_w is optional in the birth and the inventory) is judged
-    # against the full-power draw it showed while lit (Rules._rating): the first lit reading at a known dimming
-    # of at least rating_min_dim % seeds it, and each later one that reads healthy against it (at or above the
-    # lamp_failure rule's clear level) moves it by rating_rate. Until it was seen lit it is judged as the
-    # smallest street lamp, unrated_floor_w: a lamp dark from its first night still alarms. The old fallback,
-    # a 120 W default, called every unrated lamp under 96 W failed at every lit sample.
-    unrated_floor_w: float = UNRATED_FLOOR_W
-    rating_min_dim: float = 20.0
-    rating_rate: float = 0.02
+    # a lamp whose rating nobody declared: judged against the draw it was seen lit at (Rules._rating)
+    unrated_floor_w: float = UNRATED_FLOOR_W  # ... never seen lit: judged as the smallest street lamp
+    rating_min_dim: float = 20.0  # learnt from lit readings at a known dimming of at least this (%)
+    rating_rate: float = 0.02  # each healthy reading moves the learnt rating by this share
     flicker_window_ms: int = 10 * 60_000
     flicker_on: int = 4  # toggles within the window that raise lamp_flicker ...
     flicker_clear: int = 1  # ... and the count at which it clears

@@ -53,7 +53,7 @@ from simulator.drills.gateway_drills import Log
 from simulator.signals import SignalModel
 from simulator.stream import TelemetryStream
 from testbed.gateway import GatewayProcess
-from testbed.servers import Mosquitto, free_port, tcp_open
+from testbed.servers import Mosquitto, free_port
 
 WAIT_S = 30.0
 GATEWAY = credentials.GATEWAY_USER
@@ -68,10 +68,8 @@ class ProductionBroker(Mosquitto):
         self.broker_dir = broker_dir
         self.identity = identity
 
-    def _ready(self) -> bool:
-        # Mosquitto opens its listeners one after another, the TLS one first: ready on the TLS port
-        # alone let a plain login arrive before the plain port listened (CI: connection refused).
-        return tcp_open(self.host, self.port) and tcp_open(self.host, self.plain_port)
+    def listen_ports(self) -> tuple[int, ...]:
+        return (self.port, self.plain_port)
 
     def config_text(self) -> str:
         text = brokerfiles.bare_metal_config(brokerfiles.repository_config().read_text(), self.broker_dir,

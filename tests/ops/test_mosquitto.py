@@ -24,7 +24,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from contract import topics
 from ingest import credentials
-from testbed.servers import Mosquitto, ServerMissing, free_port, require, tcp_open
+from testbed.servers import Mosquitto, ServerMissing, free_port, require
 from tests.servers import missing
 
 REPO = Path(__file__).resolve().parents[2]
@@ -64,8 +64,8 @@ class RepoBroker(Mosquitto):
         self.plain_port = free_port()
         self.certs, self.creds = certs, creds
 
-    def _ready(self) -> bool:  # both listeners: Mosquitto opens the TLS one first
-        return tcp_open(self.host, self.port) and tcp_open(self.host, self.plain_port)
+    def listen_ports(self) -> tuple[int, ...]:
+        return (self.port, self.plain_port)
 
     def config_text(self) -> str:
         text = (REPO / "mosquitto.conf").read_text()
