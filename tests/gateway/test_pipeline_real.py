@@ -289,3 +289,56 @@ def test_detection_gets_statuses_and_readings_in_arrival_order_a_run_of_statuses
         gw.stop()
     assert calls == [(0, 1), (3, 0), (0, 2)]  # one batch: the reading, the three statuses, the two readings
     assert sorted((a.pole, a.key) for a in stage.active()) == [("p-1", "pole_offline")]
+
+
+def test_an_unrated_lamp_is_judged_by_its_lit_draw_across_a_gateway_restart(mosquitto: Mosquitto,
+                                                                           tmp_path: Path) -> None:
+    """A pole born without rated_power_w (a device that does not declare it), its 60 W lamp lit: no
+    lamp_failure (against the old 120 W default it alarmed at the third reading). After a restart of the
+    gateway the lamp, now at 40 W, alarms: the rating it was seen lit at is saved and loaded again."""
+    from contract.models import Sample, Telemetry
+    from edge.wire import status_payload
+    from gateway.detection import DetectionStage
+    from simulator.publisher import Publisher
+
+    now = int(time.time() * 1000)
+    store_path, state_path = str(tmp_path / "db.sqlite"), str(tmp_path / "state.json")
+
+    def run(msgs: list[tuple[str, bytes]]) -> None:
+        stage = DetectionStage(state_path=state_path, spatial=None, stream=False)
+        gw = Gateway(GatewayConfig(host=mosquitto.host, port=mosquitto.port, spool_path=str(tmp_path / "spool.sqlite"),
+                                   batch_max_age_s=0.2), SqliteStore(store_path), on_outcome=stage)
+        gw.start()
+        try:
+            wait_until(lambda: gw.connected, what="gateway subscribed")
+            pub = Publisher(mosquitto.host, mosquitto.port, "test-unrated").connect()
+            try:
+                for topic, body in msgs:
+                    pub.publish(topic, body)
+                pub.flush()
+            finally:
+                pub.close()
+            wait_until(lambda: gw.counters().get("acked", 0) >= len(msgs), what="gateway acks")
+        finally:
+            gw.stop()
+            stage.close()
+
+    def readings(first: int, watts: float) -> list[tuple[str, bytes]]:
+        return [(topics.telemetry("north", "p-1"),
+                 Telemetry(pole="p-1", boot="b1", samples=[Sample(seq=first + i, ts=now - 60_000 + (first + i) * 1000,
+                                                                   m={"dimming_pct": 100.0, "lamp_power_w": watts})]
+                           ).model_dump_json().encode()) for i in range(5)]
+
+    def lamp_alerts() -> list[str]:
+        store = SqliteStore(store_path)
+        try:
+            return [r["state"] for r in store.select("alerts", {"pole": "p-1"}) if r.get("key") == "lamp_failure"]
+        finally:
+            store.close()
+
+    birth = (topics.status("north", "p-1"), status_payload(pole="p-1", district="north", state="birth",
+                                                           ts_ms=now - 61_000, boot="b1"))
+    run([birth, *readings(0, 60.0)])
+    assert lamp_alerts() == []
+    run(readings(5, 40.0))  # a restarted gateway: 40 / 60 = 67 % of the draw it was seen lit at
+    assert lamp_alerts() == ["raised"]
