@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -47,11 +48,13 @@ def wait_until(pred: Callable[[], bool], timeout_s: float = 60.0, what: str = "c
 
 def run_through_gateway(broker_host: str, broker_port: int, sink: Sink, tmp: Path,
                         messages: Sequence[tuple[str, bytes]], expected_handled: int,
-                        mqtt_version: int = 5, **cfg: object) -> Gateway:
-    """Start a gateway, publish every message at QoS 1, wait until each one is handled and the
-    last batch is written, stop the gateway. Returns it (stopped) for its counters."""
+                        mqtt_version: int = 5, on_outcome: Any = None, **cfg: object) -> Gateway:
+    """Start a gateway (``on_outcome``: its detection stage), publish every message at QoS 1, wait until
+    each one is handled and the last batch is written, stop the gateway. Returns it (stopped) for its
+    counters."""
     gw = Gateway(GatewayConfig(host=broker_host, port=broker_port, spool_path=str(tmp / "spool.sqlite"),
-                               mqtt_version=mqtt_version, **cfg), sink)  # type: ignore[arg-type]
+                               mqtt_version=mqtt_version, **cfg), sink,  # type: ignore[arg-type]
+                 on_outcome=on_outcome)
     gw.start()
     pub = Publisher(broker_host, broker_port, "test-publisher", mqtt_version=mqtt_version).connect()
     try:

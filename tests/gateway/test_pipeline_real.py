@@ -250,7 +250,6 @@ def test_detection_gets_statuses_and_readings_in_arrival_order_a_run_of_statuses
     from gateway.detection import DetectionStage
     from gateway.pipeline import Outcome
     from ingest.sqlite import SqliteStore
-    from simulator.publisher import Publisher
 
     calls: list[tuple[int, int]] = []  # (statuses, readings) of each call detection got
 
@@ -272,21 +271,8 @@ def test_detection_gets_statuses_and_readings_in_arrival_order_a_run_of_statuses
     msgs = [reading("p-1", now - 3000), status("p-1", "offline", now - 2000), status("p-2", "birth", now - 2000),
             status("p-3", "birth", now - 2000), reading("p-2", now - 1000), reading("p-3", now - 1000)]
     stage = Recording(spatial=None, stream=False)
-    gw = Gateway(GatewayConfig(host=mosquitto.host, port=mosquitto.port, spool_path=str(tmp_path / "spool.sqlite"),
-                               batch_max_age_s=2.0), SqliteStore(str(tmp_path / "db.sqlite")), on_outcome=stage)
-    gw.start()
-    try:
-        wait_until(lambda: gw.connected, what="gateway subscribed")
-        pub = Publisher(mosquitto.host, mosquitto.port, "test-arrival-order").connect()
-        try:
-            for topic, body in msgs:
-                pub.publish(topic, body)
-            pub.flush()
-        finally:
-            pub.close()
-        wait_until(lambda: gw.counters().get("acked", 0) >= len(msgs), what="gateway acks")
-    finally:
-        gw.stop()
+    run_through_gateway(mosquitto.host, mosquitto.port, SqliteStore(str(tmp_path / "db.sqlite")), tmp_path, msgs,
+                        len(msgs), on_outcome=stage, batch_max_age_s=2.0)
     assert calls == [(0, 1), (3, 0), (0, 2)]  # one batch: the reading, the three statuses, the two readings
     assert sorted((a.pole, a.key) for a in stage.active()) == [("p-1", "pole_offline")]
 
@@ -299,28 +285,16 @@ def test_an_unrated_lamp_is_judged_by_its_lit_draw_across_a_gateway_restart(mosq
     from contract.models import Sample, Telemetry
     from edge.wire import status_payload
     from gateway.detection import DetectionStage
-    from simulator.publisher import Publisher
 
     now = int(time.time() * 1000)
     store_path, state_path = str(tmp_path / "db.sqlite"), str(tmp_path / "state.json")
 
-    def run(msgs: list[tuple[str, bytes]]) -> None:
+    def run(msgs: list[tuple[str, bytes]]) -> None:  # one gateway's life: start, take msgs, stop, save
         stage = DetectionStage(state_path=state_path, spatial=None, stream=False)
-        gw = Gateway(GatewayConfig(host=mosquitto.host, port=mosquitto.port, spool_path=str(tmp_path / "spool.sqlite"),
-                                   batch_max_age_s=0.2), SqliteStore(store_path), on_outcome=stage)
-        gw.start()
         try:
-            wait_until(lambda: gw.connected, what="gateway subscribed")
-            pub = Publisher(mosquitto.host, mosquitto.port, "test-unrated").connect()
-            try:
-                for topic, body in msgs:
-                    pub.publish(topic, body)
-                pub.flush()
-            finally:
-                pub.close()
-            wait_until(lambda: gw.counters().get("acked", 0) >= len(msgs), what="gateway acks")
+            run_through_gateway(mosquitto.host, mosquitto.port, SqliteStore(store_path), tmp_path, msgs, len(msgs),
+                                on_outcome=stage, batch_max_age_s=0.2)
         finally:
-            gw.stop()
             stage.close()
 
     def readings(first: int, watts: float) -> list[tuple[str, bytes]]:
